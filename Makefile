@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   create the environment if missing, install, train the quickstart config, print the mIoU
+#   make test   create the environment if missing, install, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export NO_ALBUMENTATIONS_UPDATE := 1
+export HF_HUB_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install only when the package metadata or the pins change.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --constraint constraints.txt --editable ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m wsss_lightning.demo
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile
+
+test-slow: $(STAMP)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check wsss_lightning tests benchmarks
+	$(BIN)/ruff format --check wsss_lightning tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/data_pipeline.py
+	$(BIN)/python benchmarks/crf.py
+
+clean:
+	rm -rf $(VENV) lightning_logs wandb .pytest_cache

@@ -1,0 +1,90 @@
+"""The ``wsss`` command: LightningCLI over every method and the shared datamodule.
+
+``wsss fit|validate|test|predict -c configs/<method>/<dataset>.yaml [--data.root DIR] [...]``
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+from typing_extensions import override
+
+import wsss_lightning.callbacks  # noqa: F401  (registers short class names for configs)
+import wsss_lightning.data  # noqa: F401
+from wsss_lightning.methods import SegmentationMethod
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Writes ``config.yaml`` and also sends the resolved config to the logger (e.g. W&B run config),
+    with the facts that decide reproducibility: global batch size, device count, seed and versions."""
+
+    @override
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.logger is None:
+            return
+        import torch
+
+        config = self.config.as_dict()
+        data = trainer.datamodule
+        per_device = getattr(data, "batch_size", None)
+        facts: dict[str, Any] = {
+            "world_size": trainer.world_size,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "git_sha": _git_sha(),
+            "torch_version": torch.__version__,
+            "lightning_version": L.__version__,
+        }
+        if per_device is not None:
+            facts["global_batch_size"] = per_device * trainer.world_size * trainer.accumulate_grad_batches
+        trainer.logger.log_hyperparams({"config": config, "run": facts})
+
+
+class WSSSLightningCLI(LightningCLI):
+    """LightningCLI with the dataset facts linked into the method."""
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for source, target in (
+            ("data.num_classes", "model.init_args.num_classes"),
+            ("data.ignore_index", "model.init_args.ignore_index"),
+            ("data.class_names", "model.init_args.class_names"),
+            ("data.mean", "model.init_args.image_mean"),
+            ("data.std", "model.init_args.image_std"),
+        ):
+            parser.link_arguments(source, target, apply_on="instantiate")
+
+
+def main(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
+    """Entry point of the ``wsss`` console script (also callable from Python with a list of arguments)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    return WSSSLightningCLI(
+        SegmentationMethod,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=LoggerSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        parser_kwargs={"default_env": False},
+        args=args,
+        run=run,
+    )
+
+
+if __name__ == "__main__":
+    main()

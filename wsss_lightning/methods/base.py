@@ -1,0 +1,224 @@
+"""Shared plumbing of every method: evaluation, prediction, metrics and optimizers.
+
+A method subclasses :class:`SegmentationMethod`, builds its networks in ``configure_models``, names its
+parameter groups in ``param_groups`` and writes ``training_step``; validation, test and predict steps,
+metric logging and the optimizer / schedule come from here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+from typing_extensions import override
+
+from wsss_lightning.inference import (
+    CRFParams,
+    CRFPostProcessor,
+    multiscale_flip_logits,
+    sliding_window_logits,
+)
+from wsss_lightning.methods.config import InferenceConfig, OptimizerConfig
+from wsss_lightning.metrics import SegmentationIoU, iou_log_dict
+from wsss_lightning.schedules import warmup_poly
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SegmentationMethod(L.LightningModule, ABC):
+    """Base class of all methods.
+
+    Args:
+        num_classes: number of classes (linked from the datamodule by the CLI).
+        ignore_index: label of ignored pixels (linked from the datamodule).
+        class_names: class names for per-class logging (linked from the datamodule).
+        image_mean: normalisation mean of the datamodule (to recover RGB images for the CRF).
+        image_std: normalisation std of the datamodule.
+        optim: optimizer and learning-rate schedule.
+        inference: validation / test-time inference (scales, flip, sliding window, CRF).
+    """
+
+    #: metric that checkpointing and model selection monitor
+    monitor = "val/miou"
+    mode = "max"
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
+        optim: OptimizerConfig | None = None,
+        inference: InferenceConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+        self.optim = optim or OptimizerConfig()
+        self.inference = inference or InferenceConfig()
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
+        self._crf: CRFPostProcessor | None = None
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # ----------------------------------------------------------------- hooks for methods
+    @abstractmethod
+    def configure_models(self) -> None:
+        """Build the networks (called from ``__init__`` after the hyper-parameters are set)."""
+
+    def configure_losses(self) -> None:
+        """Build loss modules (optional)."""
+
+    def configure_metrics(self) -> None:
+        """Create the IoU metrics; methods add their own (e.g. CAM and pseudo-label mIoU) with super()."""
+        self.val_iou = SegmentationIoU(self.num_classes, self.ignore_index)
+        self.test_iou = SegmentationIoU(self.num_classes, self.ignore_index)
+
+    @abstractmethod
+    def param_groups(self) -> dict[str, tuple[list[nn.Parameter], float]]:
+        """Trainable parameters by group name, each with its default learning-rate multiplier."""
+
+    @abstractmethod
+    def forward(self, images: Tensor) -> Tensor:
+        """Segmentation logits (B, C, h, w) for normalised images (B, 3, H, W); any output stride."""
+
+    # ----------------------------------------------------------------- inference
+    def _single_pass(self, images: Tensor) -> Tensor:
+        cfg = self.inference
+        if cfg.window is None:
+            return self(images)
+        stride = cfg.stride or max(1, (2 * cfg.window + 2) // 3)
+        return sliding_window_logits(self, images, self.num_classes, cfg.window, stride)
+
+    def predict_logits(self, images: Tensor, test_time: bool = False) -> Tensor:
+        """Logits (B, C, H, W) at the input resolution, multi-scale/flip/sliding-window per ``inference``."""
+        cfg = self.inference
+        scales = cfg.test_scales if test_time else cfg.val_scales
+        flip = cfg.flip and test_time
+        return multiscale_flip_logits(self._single_pass, images, scales=scales, flip=flip, merge=cfg.merge)
+
+    def _to_uint8(self, images: Tensor) -> np.ndarray:
+        rgb = (images * self.image_std + self.image_mean).clamp(0, 1) * 255
+        return rgb.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def _crf_processor(self) -> CRFPostProcessor:
+        if self._crf is None:
+            c = self.inference.crf
+            params = CRFParams(
+                iterations=c.iterations,
+                gaussian_sxy=c.gaussian_sxy,
+                gaussian_compat=c.gaussian_compat,
+                bilateral_sxy=c.bilateral_sxy,
+                bilateral_srgb=c.bilateral_srgb,
+                bilateral_compat=c.bilateral_compat,
+            )
+            self._crf = CRFPostProcessor(params, num_workers=c.workers)
+        return self._crf
+
+    def predict_masks(self, images: Tensor, sizes: Tensor, test_time: bool = True) -> list[Tensor]:
+        """Label maps (h_i, w_i) int64 per image, cropped to each image's size, CRF-refined if enabled."""
+        logits = self.predict_logits(images, test_time=test_time)
+        sizes_list = sizes.tolist()
+        if not (test_time and self.inference.crf.enabled):
+            labels = logits.argmax(1)
+            return [labels[i, :h, :w] for i, (h, w) in enumerate(sizes_list)]
+        probs = logits.float().softmax(1).cpu().numpy()
+        rgb = self._to_uint8(images)
+        crops = [(rgb[i, :h, :w], probs[i, :, :h, :w]) for i, (h, w) in enumerate(sizes_list)]
+        refined = self._crf_processor()([c[0] for c in crops], [c[1] for c in crops])
+        return [torch.as_tensor(r, dtype=torch.long, device=images.device) for r in refined]
+
+    # ----------------------------------------------------------------- steps
+    @override
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self.predict_logits(batch["image"], test_time=False)
+        self.val_iou.update(logits.argmax(1), batch["mask"])
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_iou("val", self.val_iou)
+
+    @override
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        masks = self.predict_masks(batch["image"], batch["size"], test_time=True)
+        for pred, target, (h, w) in zip(masks, batch["mask"], batch["size"].tolist(), strict=True):
+            self.test_iou.update(pred[None], target[None, :h, :w])
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_iou("test", self.test_iou)
+
+    @override
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        masks = self.predict_masks(batch["image"], batch["size"], test_time=True)
+        return {"name": list(batch["name"]), "masks": [m.to(torch.uint8).cpu().numpy() for m in masks]}
+
+    def _log_iou(self, stage: str, metric: SegmentationIoU, prefix: str = "") -> float:
+        miou, per_class = metric.compute()
+        metric.reset()
+        values = iou_log_dict(f"{stage}/{prefix}", miou, per_class, self.class_names)
+        self.log_dict(values, sync_dist=False)  # already reduced across ranks by the metric
+        return float(miou)
+
+    @override
+    def teardown(self, stage: str) -> None:
+        if self._crf is not None:
+            self._crf.close()
+            self._crf = None
+
+    # ----------------------------------------------------------------- optimisation
+    def total_steps(self) -> int:
+        """Length of the learning-rate schedule in optimizer steps."""
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return int(trainer.max_steps)
+        return int(trainer.estimated_stepping_batches)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over ``param_groups`` with the configured learning-rate multipliers."""
+        cfg = self.optim
+        groups = []
+        for name, (params, default_mult) in self.param_groups().items():
+            trainable = [p for p in params if p.requires_grad]
+            if trainable:
+                mult = cfg.lr_mult.get(name, default_mult)
+                groups.append({"params": trainable, "name": name, "lr": cfg.lr * mult, "lr_mult": mult})
+        unknown = set(cfg.lr_mult) - set(self.param_groups())
+        if unknown:
+            raise ValueError(
+                f"optim.lr_mult names unknown parameter groups {sorted(unknown)}; "
+                f"this method has {sorted(self.param_groups())}"
+            )
+        if cfg.name == "sgd":
+            return torch.optim.SGD(
+                groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+            )
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer()
+        schedule = partial(
+            warmup_poly,
+            total_steps=self.total_steps(),
+            warmup_steps=self.optim.warmup_steps,
+            power=self.optim.poly_power,
+            warmup_ratio=self.optim.warmup_ratio,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
