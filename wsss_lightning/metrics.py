@@ -157,5 +157,5 @@ def iou_log_dict(
     if len(values) != len(class_names):
         raise ValueError(f"per_class has {len(values)} entries but class_names has {len(class_names)}")
     out = {f"{prefix}/miou": float(miou)}
-    out.update({f"{prefix}/iou/{name}": float(v) for name, v in zip(class_names, values)})
+    out.update({f"{prefix}/iou/{name}": float(v) for name, v in zip(class_names, values, strict=True)})
     return out

@@ -14,9 +14,9 @@ def warmup_poly(
 ) -> float:
     """Learning-rate multiplier: linear warm-up followed by polynomial decay.
 
-    ``(1 - step / total_steps) ** power`` after ``warmup_steps``; during warm-up the multiplier rises
-    linearly from ``warmup_ratio`` to the value the poly schedule has at the end of warm-up (mmseg's
-    convention, also used by the ToCo / DuPL code).
+    During warm-up the multiplier rises linearly from ``warmup_ratio`` to 1; afterwards it is
+    ``(1 - step / total_steps) ** power`` over the whole run, not re-based on the warm-up (the DuPL / ToCo
+    ``PolyWarmupAdamW`` convention, which leaves a small downward step at the end of warm-up).
 
     Args:
         step: optimizer steps taken so far (0-based).
@@ -30,11 +30,9 @@ def warmup_poly(
     """
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
-    poly = max(0.0, 1.0 - min(step, total_steps) / total_steps) ** power
     if step < warmup_steps:
-        progress = step / warmup_steps
-        return warmup_ratio + (poly - warmup_ratio) * progress
-    return poly
+        return 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_ratio)
+    return max(0.0, 1.0 - min(step, total_steps) / total_steps) ** power
 
 
 def cosine_descent(step: int, total_steps: int, start: float, end: float) -> float:

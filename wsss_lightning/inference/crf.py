@@ -6,6 +6,7 @@ process pool. This module imports only NumPy at the top so that pool workers sta
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -15,6 +16,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
+from typing_extensions import Self
 
 __all__ = ["CRFParams", "CRFPostProcessor", "crf_labels", "dense_crf"]
 
@@ -79,7 +81,9 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = N
     """
     params = params or CRFParams()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be an (H, W, 3) uint8 array, got shape {image.shape} dtype {image.dtype}")
+        raise ValueError(
+            f"image must be an (H, W, 3) uint8 array, got shape {image.shape} dtype {image.dtype}"
+        )
     if probs.ndim != 3 or probs.shape[1:] != image.shape[:2]:
         raise ValueError(
             f"probs must be (C, H, W) with (H, W) = image size {image.shape[:2]}, got shape {probs.shape}"
@@ -112,11 +116,11 @@ def _worker_ready() -> bool:
     return True
 
 
-def _as_list(arrays: Sequence[np.ndarray] | np.ndarray, name: str, ndim: int) -> list[np.ndarray]:
-    items = list(arrays) if isinstance(arrays, np.ndarray) and arrays.ndim == ndim + 1 else arrays
-    if isinstance(items, np.ndarray):
-        raise ValueError(f"{name} must be a list of {ndim}-D arrays or one {ndim + 1}-D array, got {items.shape}")
-    return [np.asarray(a) for a in items]
+def _as_list(arrays: Sequence[np.ndarray] | np.ndarray, name: str) -> list[np.ndarray]:
+    """A batch given as a list of 3-D arrays or one stacked 4-D array, as a list."""
+    if isinstance(arrays, np.ndarray) and arrays.ndim != 4:
+        raise ValueError(f"{name} must be a list of 3-D arrays or one 4-D array, got shape {arrays.shape}")
+    return [np.asarray(a) for a in arrays]
 
 
 class CRFPostProcessor:
@@ -176,12 +180,12 @@ class CRFPostProcessor:
         Returns:
             B (H_i, W_i) label maps (uint8; int32 if C > 256), argmax of the refined probabilities.
         """
-        image_list = _as_list(images, "images", 3)
-        prob_list = [np.ascontiguousarray(p, dtype=np.float32) for p in _as_list(probs, "probs", 3)]
+        image_list = _as_list(images, "images")
+        prob_list = [np.ascontiguousarray(p, dtype=np.float32) for p in _as_list(probs, "probs")]
         if len(image_list) != len(prob_list):
             raise ValueError(f"got {len(image_list)} images but {len(prob_list)} probability maps")
         if self.num_workers == 0 or len(image_list) <= 1:
-            return [crf_labels(img, p, self.params) for img, p in zip(image_list, prob_list)]
+            return [crf_labels(img, p, self.params) for img, p in zip(image_list, prob_list, strict=True)]
         self.start()
         assert self._executor is not None
         return list(self._executor.map(crf_labels, image_list, prob_list, repeat(self.params)))
@@ -192,7 +196,7 @@ class CRFPostProcessor:
         if executor is not None:
             executor.shutdown(wait=wait, cancel_futures=True)
 
-    def __enter__(self) -> CRFPostProcessor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -200,10 +204,8 @@ class CRFPostProcessor:
 
     def __del__(self) -> None:
         # At interpreter shutdown the executor machinery may already be torn down; nothing to report then.
-        try:
+        with contextlib.suppress(Exception):
             self.close(wait=False)
-        except Exception:
-            pass
 
     def __getstate__(self) -> dict[str, Any]:
         # A pool cannot be pickled (e.g. when hparams or a module holding this are copied); the copy

@@ -108,7 +108,7 @@ def sliding_window_logits(
         logits = resize(logits, (win_h, win_w), mode, align_corners)
         if canvas is None:
             canvas = logits.new_zeros(batch, num_classes, full_h, full_w)
-        for (b, top, left), window_logits in zip(part, logits):
+        for (b, top, left), window_logits in zip(part, logits, strict=True):
             canvas[b, :, top : top + win_h, left : left + win_w] += window_logits
     assert canvas is not None
     count = canvas.new_zeros(1, 1, full_h, full_w)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from wsss_lightning.callbacks.seeding import StepSeed
 from wsss_lightning.inference import (
     CRFParams,
     CRFPostProcessor,
@@ -97,6 +98,11 @@ class SegmentationMethod(L.LightningModule, ABC):
     def forward(self, images: Tensor) -> Tensor:
         """Segmentation logits (B, C, h, w) for normalised images (B, 3, H, W); any output stride."""
 
+    @override
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Random draws inside training_step become a function of the global step: exact resume.
+        return [StepSeed()]
+
     # ----------------------------------------------------------------- inference
     def _single_pass(self, images: Tensor) -> Tensor:
         cfg = self.inference
@@ -168,10 +174,11 @@ class SegmentationMethod(L.LightningModule, ABC):
         masks = self.predict_masks(batch["image"], batch["size"], test_time=True)
         return {"name": list(batch["name"]), "masks": [m.to(torch.uint8).cpu().numpy() for m in masks]}
 
-    def _log_iou(self, stage: str, metric: SegmentationIoU, prefix: str = "") -> float:
+    def _log_iou(self, stage: str, metric: SegmentationIoU, output: str = "") -> float:
+        """Log ``<stage>[/<output>]/miou`` and the per-class IoU; returns the mIoU."""
         miou, per_class = metric.compute()
         metric.reset()
-        values = iou_log_dict(f"{stage}/{prefix}", miou, per_class, self.class_names)
+        values = iou_log_dict(f"{stage}/{output}" if output else stage, miou, per_class, self.class_names)
         self.log_dict(values, sync_dist=False)  # already reduced across ranks by the metric
         return float(miou)
 

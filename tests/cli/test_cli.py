@@ -1,0 +1,113 @@
+"""End-to-end ``wsss fit / validate / test / predict`` on every synthetic layout with a tiny network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.helpers import Interrupt
+from wsss_lightning.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+LAYOUTS = {"voc": "voc", "coco": "coco", "cityscapes": "cityscapes", "gta5": "gta5"}
+
+TINY = [
+    "--model.init_args.encoder=resnet18",
+    "--model.init_args.inference.test_scales=[0.75,1.0]",
+    "--data.init_args.crop_size=64",
+    "--data.init_args.batch_size=2",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.persistent_workers=false",
+    "--data.init_args.pin_memory=false",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.precision=32-true",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+def tiny_args(config: Path, root: Path, steps: int = 2) -> list[str]:
+    return [
+        "--config", str(config), "--data.root", str(root), *TINY,
+        f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}", "--trainer.limit_val_batches=2",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_fit_validate_test_predict(layout, synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = synthetic(layout)
+    config = CONFIGS / "supervised" / f"{layout}.yaml"
+    cli = main(["fit", *tiny_args(config, root)])
+    assert cli.trainer.global_step == 2
+    assert "val/miou" in cli.trainer.callback_metrics
+    ckpt = next(Path("outputs").rglob("last.ckpt"))
+
+    cli = main(["validate", *tiny_args(config, root), f"--ckpt_path={ckpt}"])
+    assert 0.0 <= float(cli.trainer.callback_metrics["val/miou"]) <= 1.0
+
+    cli = main(["test", *tiny_args(config, root), f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=2"])
+    assert "test/miou" in cli.trainer.callback_metrics
+
+    out = tmp_path / "predictions"
+    main([
+        "predict", *tiny_args(config, root), f"--ckpt_path={ckpt}", "--trainer.limit_predict_batches=2",
+        "--trainer.callbacks+=wsss_lightning.callbacks.PredictionWriter",
+        f"--trainer.callbacks.output_dir={out}",
+    ])  # fmt: skip
+    written = sorted(out.rglob("*.png"))
+    assert len(written) >= 2
+    pred = np.asarray(Image.open(written[0]))
+    assert pred.ndim == 2 and pred.max() < cli.datamodule.num_classes
+
+
+def test_fit_resumes_from_last_checkpoint_exactly(synthetic, tmp_path, monkeypatch):
+    """An interrupted run continued with ``--ckpt_path last`` ends with the same weights."""
+    root = synthetic("voc")
+    config = CONFIGS / "supervised" / "voc.yaml"
+    every2 = [
+        "--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_top_k=-1",
+        "--trainer.callbacks.monitor=null", "--trainer.deterministic=true", "--trainer.val_check_interval=100",
+    ]  # fmt: skip
+
+    def run(workdir: Path, *extra: str):
+        workdir.mkdir()
+        monkeypatch.chdir(workdir)
+        args = [*tiny_args(config, root, steps=6), "--trainer.limit_val_batches=0", *every2, *extra]
+        return main(["fit", *args])
+
+    straight = run(tmp_path / "straight").model.state_dict()
+    with pytest.raises(Interrupt):
+        run(tmp_path / "resumed", "--trainer.callbacks+=tests.helpers.InterruptAtStep", "--trainer.callbacks.step=4")
+    monkeypatch.chdir(tmp_path / "resumed")
+    args = [*tiny_args(config, root, steps=6), "--trainer.limit_val_batches=0", *every2]
+    resumed_cli = main(["fit", *args, "--ckpt_path=last"])
+    assert resumed_cli.trainer.global_step == 6
+    resumed = resumed_cli.model.state_dict()
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("config", sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
+                                          if p.parent.name not in ("trainer", "logger")))
+def test_print_config_for_every_shipped_config(config, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / config), "--print_config"])
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path" in printed and "trainer:" in printed
+
+
+def test_data_root_override_reaches_the_datamodule(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = synthetic("voc")
+    cli = main(["fit", *tiny_args(CONFIGS / "quickstart.yaml", root)[:4], "--trainer.fast_dev_run=1", *TINY])
+    assert Path(cli.datamodule.root) == root
+    # linked from the datamodule into the method
+    assert cli.model.num_classes == cli.datamodule.num_classes == 21
+    assert cli.model.class_names == list(cli.datamodule.class_names)

@@ -1,0 +1,23 @@
+"""Helpers importable from test configs (``class_path: tests.helpers.X``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class Interrupt(RuntimeError):
+    """Raised to simulate a run that dies (pre-emption, node failure)."""
+
+
+class InterruptAtStep(Callback):
+    """Kill the run once ``global_step`` reaches ``step`` (after that step's checkpoint was written)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step >= self.step:
+            raise Interrupt(f"interrupted at step {trainer.global_step}")

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from wsss_lightning.models import build_segmentation_network, load_weights_file
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3plus", "unet"])
+def test_forward_shape(arch):
+    net = build_segmentation_network(arch, "resnet18", num_classes=5)
+    out = net(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 5, 64, 64)
+
+
+def test_timm_encoder_by_name():
+    net = build_segmentation_network("fpn", "tu-resnet10t", num_classes=3)
+    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_unknown_arch_lists_valid_names():
+    with pytest.raises(KeyError, match="deeplabv3plus"):
+        build_segmentation_network("segnet", "resnet18", 3)
+
+
+def test_unknown_encoder_is_named():
+    with pytest.raises(ValueError, match="not_an_encoder"):
+        build_segmentation_network("deeplabv3plus", "not_an_encoder", 3)
+
+
+def test_local_weights_file_round_trip(tmp_path):
+    src = build_segmentation_network("deeplabv3plus", "resnet18", 3)
+    path = tmp_path / "encoder.pth"
+    # wrapper prefixes as found in real checkpoints are stripped
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.encoder.state_dict().items()}}, path)
+    dst = build_segmentation_network("deeplabv3plus", "resnet18", 3, encoder_weights=str(path))
+    for (name, a), b in zip(src.encoder.state_dict().items(), dst.encoder.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_weights_file_of_other_architecture_is_rejected(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"foo.weight": torch.zeros(3)}, path)
+    net = build_segmentation_network("deeplabv3plus", "resnet18", 3)
+    with pytest.raises(ValueError, match="only 0 of"):
+        load_weights_file(net.encoder, path)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_weights_file(net.encoder, tmp_path / "missing.pth")
