@@ -6,7 +6,7 @@ probability maps (softmax of low-resolution logits upsampled, as a segmentation 
 
 Usage::
 
-    python benchmarks/crf.py [--num-images 16] [--workers 0 1 2]
+    python benchmarks/crf.py [--num-images 16] [--workers 0 1 2] [--repeats 3] [--transport auto]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Literal
 
 import numpy as np
 from scipy.ndimage import zoom
@@ -44,22 +45,38 @@ def synthetic_batch(
     return images, probs
 
 
-def images_per_second(num_workers: int, images: list[np.ndarray], probs: list[np.ndarray]) -> float:
-    with CRFPostProcessor(CRFParams(), num_workers=num_workers) as crf:
-        crf.start()  # pool start-up is paid once per run, not per batch: keep it out of the timing
-        start = time.perf_counter()
+def images_per_second(
+    num_workers: int,
+    images: list[np.ndarray],
+    probs: list[np.ndarray],
+    repeats: int,
+    transport: Literal["auto", "shared_memory", "pickle"],
+) -> float:
+    """Best of ``repeats`` timed calls, after one untimed call.
+
+    The untimed call pays what a long evaluation pays once: starting the workers and first-touching the
+    shared-memory arena. The best repeat is the figure least disturbed by other load on the machine.
+    """
+    with CRFPostProcessor(CRFParams(), num_workers=num_workers, transport=transport) as crf:
         crf(images, probs)
-        return len(images) / (time.perf_counter() - start)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            crf(images, probs)
+            best = min(best, time.perf_counter() - start)
+        return len(images) / best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-images", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--transport", choices=["auto", "shared_memory", "pickle"], default="auto")
     args = parser.parse_args()
 
     images, probs = synthetic_batch(args.num_images)
-    rates = {w: images_per_second(w, images, probs) for w in args.workers}
+    rates = {w: images_per_second(w, images, probs, args.repeats, args.transport) for w in args.workers}
     base = rates[args.workers[0]]
     print(
         f"Dense CRF, {args.num_images} images 500x375, 21 classes, DuPL parameters, {os.cpu_count()} CPU cores\n"

@@ -94,6 +94,10 @@ class SegmentationIoU(MulticlassConfusionMatrix):
         ignore_index: target value whose pixels are not counted.
         validate_args: raise ``ValueError`` on class ids outside ``[0, C)``.
 
+    ``compute`` returns a tuple, so log its result rather than the metric object, e.g. in
+    ``on_validation_epoch_end``: ``self.log_dict(iou_log_dict("val", *metric.compute(), names))``
+    followed by ``metric.reset()``.
+
     Example:
         >>> metric = SegmentationIoU(num_classes=21)
         >>> metric.update(preds, target)  # (B, H, W) int class ids, or (B, C, H, W) scores

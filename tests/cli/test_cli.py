@@ -26,7 +26,6 @@ TINY = [
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
     "--trainer.precision=32-true",
-    "--trainer.enable_progress_bar=false",
 ]
 
 

@@ -1,14 +1,31 @@
-"""Test-time inference helpers: multi-scale + flip, sliding window, dense CRF post-processing."""
+"""Test-time inference helpers: multi-scale + flip, sliding window, dense CRF post-processing.
+
+The torch-based helpers are imported on first access, so that CRF pool workers (which import this
+package to reach :mod:`wsss_lightning.inference.crf`) start without loading torch.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from wsss_lightning.inference.crf import CRFParams, CRFPostProcessor, crf_labels, dense_crf
-from wsss_lightning.inference.multiscale import Forward, multiscale_flip_logits
-from wsss_lightning.inference.sliding_window import (
-    sliding_window_forward,
-    sliding_window_logits,
-    window_starts,
-)
+
+if TYPE_CHECKING:
+    from wsss_lightning.inference.multiscale import Forward, multiscale_flip_logits
+    from wsss_lightning.inference.sliding_window import (
+        sliding_window_forward,
+        sliding_window_logits,
+        window_starts,
+    )
+
+_LAZY = {
+    "Forward": "multiscale",
+    "multiscale_flip_logits": "multiscale",
+    "sliding_window_forward": "sliding_window",
+    "sliding_window_logits": "sliding_window",
+    "window_starts": "sliding_window",
+}
 
 __all__ = [
     "CRFParams",
@@ -21,3 +38,9 @@ __all__ = [
     "sliding_window_logits",
     "window_starts",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

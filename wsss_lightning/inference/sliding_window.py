@@ -122,7 +122,10 @@ def sliding_window_forward(
     num_classes: int,
     window: int | tuple[int, int],
     stride: int | tuple[int, int],
-    **kwargs: object,
+    max_batch: int | None = None,
+    pad_value: float = 0.0,
+    mode: str = "bilinear",
+    align_corners: bool = False,
 ) -> Forward:
     """Wrap ``forward`` so that it runs as a sliding window; composable with ``multiscale_flip_logits``.
 
@@ -135,11 +138,22 @@ def sliding_window_forward(
         num_classes: C.
         window: window size, int or (h, w).
         stride: step between windows, int or (h, w).
-        **kwargs: further arguments of :func:`sliding_window_logits`.
+        max_batch: most windows per ``forward`` call.
+        pad_value: value of the padding added to images smaller than the window.
+        mode: interpolation mode for resizing window logits.
+        align_corners: passed to the interpolation.
 
     Returns:
         A forward mapping (B, 3, H, W) -> (B, C, H, W) logits.
     """
     return functools.partial(
-        sliding_window_logits, forward, num_classes=num_classes, window=window, stride=stride, **kwargs
+        sliding_window_logits,
+        forward,
+        num_classes=num_classes,
+        window=window,
+        stride=stride,
+        max_batch=max_batch,
+        pad_value=pad_value,
+        mode=mode,
+        align_corners=align_corners,
     )
