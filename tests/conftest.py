@@ -12,6 +12,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 # Small sets so every test stays fast; each layout generated at most once per session (per xdist worker).
 SMALL = {"num_train": 16, "num_val": 4, "image_size": (64, 64)}

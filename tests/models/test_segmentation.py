@@ -44,3 +44,8 @@ def test_weights_file_of_other_architecture_is_rejected(tmp_path):
         load_weights_file(net.encoder, path)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_weights_file(net.encoder, tmp_path / "missing.pth")
+
+
+def test_any_input_size_is_padded_and_cropped_back():
+    net = build_segmentation_network("deeplabv3plus", "resnet18", num_classes=4, output_stride=8).eval()
+    assert net(torch.randn(1, 3, 77, 45)).shape == (1, 4, 77, 45)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import segmentation_models_pytorch as smp
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss_lightning.models.weights import load_weights_file
@@ -37,8 +38,18 @@ class SegmentationNetwork(nn.Module):
         return [p for p in self.parameters() if id(p) not in encoder_ids]
 
     def forward(self, images: Tensor) -> Tensor:
-        """Return logits (B, C, H, W) for images (B, 3, H, W)."""
-        return self.net(images)  # type: ignore[no-any-return]
+        """Return logits (B, C, H, W) for images (B, 3, H, W) of any size.
+
+        smp needs sides divisible by the encoder's output stride; other sizes (e.g. the 769-pixel crops of
+        the Cityscapes protocol) are zero-padded at the bottom / right and the logits cropped back.
+        """
+        h, w = images.shape[-2:]
+        stride = int(getattr(self.net.encoder, "output_stride", 32))
+        pad_h, pad_w = -h % stride, -w % stride
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        logits = self.net(images)
+        return logits[..., :h, :w]  # type: ignore[no-any-return]
 
 
 def build_segmentation_network(
