@@ -7,8 +7,10 @@ process pool. This module imports only NumPy at the top so that pool workers sta
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -118,6 +120,25 @@ def _worker_ready() -> bool:
     return True
 
 
+def _keep_freed_memory() -> None:
+    """Pool-worker initializer: keep freed CRF buffers in the heap instead of returning them (glibc).
+
+    Each CRF allocates and frees buffers of tens of MB. With glibc's adaptive defaults they go back to
+    the OS and every image pays the page faults again, which cost ~30 % of the CRF time on a 2-core VM;
+    a worker process can afford to keep up to 256 MiB of freed heap instead. Other C libraries are left
+    as they are (this changes speed only).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
+    mallopt(m_trim_threshold, 256 << 20)
+
+
 # Worker side: the arena last attached to (one per worker, replaced when the parent grows its arena).
 _ATTACHED: dict[str, SharedMemory] = {}
 
@@ -207,7 +228,9 @@ class CRFPostProcessor:
         if self.num_workers == 0 or self._executor is not None:
             return
         self._executor = ProcessPoolExecutor(
-            max_workers=self.num_workers, mp_context=multiprocessing.get_context(self.mp_context)
+            max_workers=self.num_workers,
+            mp_context=multiprocessing.get_context(self.mp_context),
+            initializer=_keep_freed_memory,
         )
         # Submitting one task per worker before any finishes makes the executor start all of them.
         futures = [self._executor.submit(_worker_ready) for _ in range(self.num_workers)]

@@ -1,0 +1,306 @@
+"""WSSSDataModule: every supervision view on every layout, partitions, caches, collation, reproducibility."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+
+import wsss_lightning.data.datamodule as dm_module
+from wsss_lightning.data.datamodule import WSSSDataModule
+from wsss_lightning.data.datasets import build_source
+from wsss_lightning.data.supervision import save_tags, write_id_list
+from wsss_lightning.data.synthetic import generate
+from wsss_lightning.data.torch_datasets import image_tags, oversample_indices, pad_collate
+
+CROP = 32
+NUM_CLASSES = {"voc": 21, "coco": 81, "coco_stuff": 21, "cityscapes": 19, "gta5": 19}
+TRAIN_KEYS = {
+    "full": {"image", "valid_box", "name", "mask", "tags"},
+    "image": {"image", "valid_box", "name", "mask", "tags"},
+    "click": {"image", "valid_box", "name", "mask", "tags", "clicks"},
+}
+UNLABELED_KEYS = {"image", "valid_box", "name"}
+
+
+def make_dm(root: Path, **kwargs: Any) -> WSSSDataModule:
+    defaults: dict[str, Any] = {"crop_size": CROP, "batch_size": 2, "num_workers": 0, "cache_dir": None}
+    defaults.update(kwargs)
+    return WSSSDataModule(root=str(root), **defaults)
+
+
+def first_batch(loader: Any) -> Any:
+    if isinstance(loader, dict):
+        return {k: next(iter(v)) for k, v in loader.items()}
+    return next(iter(loader))
+
+
+def check_train_batch(batch: dict[str, Any], keys: set[str], num_classes: int, batch_size: int = 2) -> None:
+    assert set(batch) == keys
+    assert batch["image"].shape == (batch_size, 3, CROP, CROP) and batch["image"].dtype == torch.float32
+    assert batch["valid_box"].shape == (batch_size, 4) and batch["valid_box"].dtype == torch.int64
+    assert isinstance(batch["name"], list) and all(isinstance(n, str) for n in batch["name"])
+    for key in ("mask", "clicks"):
+        if key in batch:
+            assert batch[key].shape == (batch_size, CROP, CROP) and batch[key].dtype == torch.int64
+            values = batch[key].unique()
+            assert ((values >= 0) & (values < num_classes) | (values == 255)).all()
+    if "tags" in batch:
+        assert batch["tags"].shape == (batch_size, num_classes) and batch["tags"].dtype == torch.float32
+        assert set(batch["tags"].unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.fixture()
+def voc(tmp_path: Path) -> Path:
+    """A private VOC tree (tests that write caches or touch files must not share one)."""
+    return generate("voc", tmp_path / "voc", seed=0, num_train=12, num_val=3, image_size=(40, 48))
+
+
+@pytest.mark.parametrize("layout", ["voc", "coco", "coco_stuff", "cityscapes", "gta5"])
+@pytest.mark.parametrize("view", ["full", "image", "click"])
+def test_single_source_views(synthetic: Callable[[str], Path], tmp_path: Path, layout: str, view: str) -> None:
+    dm = make_dm(synthetic(layout), dataset=layout, supervision=view, cache_dir=str(tmp_path / "cache"))
+    assert dm.num_classes == NUM_CLASSES[layout]
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader, torch.utils.data.DataLoader)
+    batch = first_batch(loader)
+    check_train_batch(batch, TRAIN_KEYS[view], dm.num_classes)
+    if dm.info.has_background:
+        assert (batch["tags"][:, 0] == 1).all()
+    val = first_batch(dm.val_dataloader())
+    assert set(val) == {"image", "mask", "size", "name", "tags"}
+    assert val["image"].dtype == torch.float32 and val["mask"].dtype == torch.int64
+    assert val["size"].tolist() == [list(val["image"].shape[-2:])]
+
+
+@pytest.mark.parametrize("layout", ["voc", "coco", "coco_stuff", "cityscapes", "gta5"])
+def test_semi_view_every_layout(synthetic: Callable[[str], Path], tmp_path: Path, layout: str) -> None:
+    dm = make_dm(synthetic(layout), dataset=layout, supervision="semi", labeled_fraction=0.25,
+                 cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup("fit")
+    loaders: Any = dm.train_dataloader()
+    assert set(loaders) == {"labeled", "unlabeled"}
+    n_train = len(build_source(layout, synthetic(layout), dm.train_split).ids)
+    n_labeled = -(-n_train // 4)
+    assert len(loaders["labeled"].dataset) == len(loaders["unlabeled"].dataset) == n_train - n_labeled
+    assert len(loaders["labeled"]) == len(loaders["unlabeled"])
+    batch = first_batch(loaders)
+    check_train_batch(batch["labeled"], TRAIN_KEYS["full"], dm.num_classes)
+    check_train_batch(batch["unlabeled"], UNLABELED_KEYS, dm.num_classes)
+    # the generated partition is written for reproducibility and is disjoint
+    folder = dm.partition_dir()
+    labeled = (folder / "labeled.txt").read_text().split()
+    unlabeled = (folder / "unlabeled.txt").read_text().split()
+    assert len(labeled) == n_labeled and not set(labeled) & set(unlabeled)
+
+
+def test_semi_list_files_oversampling_and_keep_masks(voc: Path) -> None:
+    ids = build_source("voc", voc, "train_aug").ids
+    write_id_list(voc / "lab.txt", ids[:5])
+    dm = make_dm(voc, supervision="semi", labeled_list="lab.txt", keep_target_masks=True, batch_size=1)
+    dm.setup("fit")
+    loaders: Any = dm.train_dataloader()
+    lab, unl = loaders["labeled"].dataset, loaders["unlabeled"].dataset
+    assert len(unl) == 7 and len(lab) == 7
+    counts = np.bincount(lab.indices, minlength=12)
+    assert sorted(counts[:5].tolist()) == [1, 1, 1, 2, 2] and counts[5:].sum() == 0
+    assert "mask" in first_batch(loaders)["unlabeled"]
+    combined = CombinedLoader(loaders, "max_size_cycle")
+    steps = sum(1 for _ in combined)
+    assert steps == 7
+
+
+def test_click_files_match_simulated_clicks(synthetic: Callable[[str], Path]) -> None:
+    root = synthetic("voc")  # its SegmentationClicks/ were simulated with seed 0, like click_seed=0 here
+    common: dict[str, Any] = {"supervision": "click", "crop_size": 64, "scale_range": (1.0, 1.0), "hflip_p": 0.0,
+                              "click_mode": "points"}
+    from_files = first_batch(make_dm(root, clicks_dir="SegmentationClicks", **common).train_dataloader())
+    L.seed_everything(0, verbose=False)
+    simulated = make_dm(root, **common)
+    simulated.setup("fit")
+    by_name: dict[str, torch.Tensor] = {}
+    loader: Any = simulated.train_dataloader()
+    for batch in loader:
+        by_name.update(zip(batch["name"], batch["clicks"], strict=True))
+    assert (from_files["clicks"] != 255).any()
+    for name, clicks in zip(from_files["name"], from_files["clicks"], strict=True):
+        assert torch.equal(by_name[name], clicks)
+
+
+def test_image_tags_background_convention() -> None:
+    from wsss_lightning.data.classes import get_dataset_info
+
+    full_object = np.full((4, 4), 12, dtype=np.uint8)
+    assert image_tags(full_object, get_dataset_info("voc")).nonzero()[0].tolist() == [0, 12]
+    assert image_tags(full_object, get_dataset_info("cityscapes")).nonzero()[0].tolist() == [12]
+
+
+def test_oversample_indices_balanced() -> None:
+    out = oversample_indices(3, 10, seed=0)
+    assert len(out) == 10 and sorted(np.bincount(out).tolist()) == [3, 3, 4]
+    assert oversample_indices(5, 3, seed=0) == [0, 1, 2, 3, 4]
+    assert oversample_indices(3, 10, seed=1) == oversample_indices(3, 10, seed=1)
+
+
+def test_semi_cityscapes_u2pl_style_paths(synthetic: Callable[[str], Path], tmp_path: Path) -> None:
+    root = synthetic("cityscapes")
+    ids = build_source("cityscapes", root, "train").ids
+    lines = [f"leftImg8bit/train/{i}_leftImg8bit.png" for i in ids[:3]]
+    (tmp_path / "labeled.txt").write_text("\n".join(lines) + "\n")
+    dm = make_dm(root, dataset="cityscapes", supervision="semi", labeled_list=str(tmp_path / "labeled.txt"))
+    dm.setup("fit")
+    loaders: Any = dm.train_dataloader()
+    assert set(loaders["labeled"].dataset.indices) == {0, 1, 2}
+
+
+def test_bad_semi_partitions_raise(voc: Path) -> None:
+    (voc / "bad.txt").write_text("2007_000000\nnot_an_id_1\nnot_an_id_2\n")
+    dm = make_dm(voc, supervision="semi", labeled_list="bad.txt")
+    with pytest.raises(ValueError, match=r"bad\.txt.*not_an_id_1"):
+        dm.setup("fit")
+    ids = build_source("voc", voc, "train_aug").ids
+    write_id_list(voc / "l.txt", ids[:4])
+    write_id_list(voc / "u.txt", ids[3:])
+    dm = make_dm(voc, supervision="semi", labeled_list="l.txt", unlabeled_list="u.txt")
+    with pytest.raises(ValueError, match=ids[3]):
+        dm.setup("fit")
+    with pytest.raises(ValueError, match="labeled_list"):
+        make_dm(voc, supervision="semi")
+    with pytest.raises(ValueError, match="labeled_fraction"):
+        make_dm(voc, supervision="full", labeled_fraction=0.5)
+
+
+def test_domain_gta5_to_cityscapes(synthetic: Callable[[str], Path]) -> None:
+    dm = make_dm(synthetic("gta5"), dataset="gta5", supervision="domain", target_dataset="cityscapes",
+                 target_root=str(synthetic("cityscapes")))
+    assert dm.num_classes == 19 and dm.class_names[0] == "road" and len(dm.palette) == 19
+    dm.prepare_data()
+    dm.setup("fit")
+    loaders: Any = dm.train_dataloader()
+    assert set(loaders) == {"source", "target"}
+    assert len(loaders["source"].dataset) == 20  # gta5 "all" = train + val images
+    assert len(loaders["target"].dataset) == 16
+    batch = first_batch(loaders)
+    check_train_batch(batch["source"], TRAIN_KEYS["full"], 19)
+    check_train_batch(batch["target"], UNLABELED_KEYS, 19)
+    assert all("/" in n for n in batch["target"]["name"])  # cityscapes ids
+    assert dm._eval_sets["val"].source.info.name == "cityscapes"
+    assert sum(1 for _ in CombinedLoader(loaders, "max_size_cycle")) == 10
+
+
+def test_domain_class_mismatch_and_missing_target() -> None:
+    with pytest.raises(ValueError, match=r"voc.*cityscapes"):
+        WSSSDataModule(root="/nowhere", dataset="voc", supervision="domain", target_dataset="cityscapes",
+                       target_root="/nowhere")
+    with pytest.raises(ValueError, match="target_root"):
+        WSSSDataModule(root="/nowhere", dataset="gta5", supervision="domain", target_dataset="cityscapes")
+
+
+def test_properties_without_data_and_prepare_checks_root(tmp_path: Path) -> None:
+    dm = WSSSDataModule(root=str(tmp_path / "missing"))
+    assert (dm.num_classes, dm.ignore_index, dm.class_names[15]) == (21, 255, "person")
+    assert dm.palette[1] == [128, 0, 0]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        dm.prepare_data()
+
+
+def test_tags_cache_reuse_and_stale_rebuild(voc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dm = make_dm(voc, supervision="image")
+    dm.prepare_data()
+    cached = list((voc / ".wsss_cache").glob("tags_voc_train_aug_*.npz"))
+    assert len(cached) == 1
+    source = build_source("voc", voc, "train_aug")
+    first = dm._cached_tags(source)
+
+    calls = []
+    real_build = dm_module.build_tags
+
+    def counting_build(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(dm_module, "build_tags", counting_build)
+    np.testing.assert_array_equal(dm._cached_tags(source), first)
+    assert calls == []  # reused
+
+    # Edit one mask (newer mtime): the cache is stale and rebuilt with the new labels.
+    sample = source.ids[0]
+    mask = np.full_like(source.read_mask(sample), 7)
+    from wsss_lightning.data.datasets.base import write_index_png
+
+    mask_path = source.mask_path(sample)
+    assert mask_path is not None
+    write_index_png(mask_path, mask, dm.info.palette_bytes())
+    later = cached[0].stat().st_mtime + 10
+    os.utime(mask_path, (later, later))
+    rebuilt = dm._cached_tags(source)
+    assert calls == [1]
+    assert rebuilt[0].tolist() == [1.0 if c in (0, 7) else 0.0 for c in range(21)]  # background always 1
+    np.testing.assert_array_equal(rebuilt[1:], first[1:])
+
+
+def test_tags_file_is_used(voc: Path) -> None:
+    ids = build_source("voc", voc, "train_aug").ids
+    save_tags(voc / "tags.txt", {i: np.eye(21, dtype=np.float32)[3] for i in ids})
+    dm = make_dm(voc, supervision="image", tags_file="tags.txt", diagnostic_masks=False)
+    dm.setup("fit")
+    batch = first_batch(dm.train_dataloader())
+    assert set(batch) == {"image", "valid_box", "name", "tags"}
+    expected = torch.zeros(21)
+    expected[[0, 3]] = 1.0  # the file's class 3 plus background
+    assert (batch["tags"] == expected).all()
+    assert not (voc / ".wsss_cache").exists()
+
+
+def test_eval_collate_pads_to_batch_max() -> None:
+    samples = [
+        {"image": torch.ones(3, 4, 6), "mask": torch.zeros(4, 6, dtype=torch.int64),
+         "size": torch.tensor([4, 6]), "name": "a", "tags": torch.ones(5)},
+        {"image": torch.ones(3, 7, 3), "mask": torch.ones(7, 3, dtype=torch.int64),
+         "size": torch.tensor([7, 3]), "name": "b", "tags": torch.zeros(5)},
+    ]
+    batch = pad_collate(samples)
+    assert batch["image"].shape == (2, 3, 7, 6) and batch["mask"].shape == (2, 7, 6)
+    assert batch["size"].tolist() == [[4, 6], [7, 3]] and batch["name"] == ["a", "b"]
+    assert (batch["image"][0, :, 4:] == 0).all() and (batch["image"][1, :, :, 3:] == 0).all()
+    assert (batch["mask"][0, 4:] == 255).all() and (batch["mask"][1, :, 3:] == 255).all()
+    assert (batch["mask"][1, :7, :3] == 1).all()
+    no_mask = pad_collate([{k: v for k, v in s.items() if k not in ("mask", "tags")} for s in samples])
+    assert set(no_mask) == {"image", "size", "name"}
+
+
+def test_eval_short_side_and_predict_without_masks(voc: Path) -> None:
+    dm = make_dm(voc, eval_short_side=20, eval_batch_size=2, predict_split="test")
+    dm.setup("validate")
+    val = first_batch(dm.val_dataloader())
+    assert val["image"].shape == (2, 3, 20, 24) and val["mask"].shape == (2, 20, 24)
+    dm.setup("predict")
+    pred = first_batch(dm.predict_dataloader())
+    assert set(pred) == {"image", "size", "name"}
+    with pytest.raises(ValueError, match="no masks"):
+        make_dm(voc, test_split="test").setup("test")
+
+
+def test_workers_reproducible_with_seed_everything(voc: Path) -> None:
+    def run() -> list[torch.Tensor]:
+        L.seed_everything(3, verbose=False)
+        dm = make_dm(voc, supervision="click", num_workers=2, persistent_workers=False, color_jitter=0.3,
+                     blur_p=0.5)
+        dm.setup("fit")
+        loader: Any = dm.train_dataloader()
+        return [torch.cat([b["image"].flatten(), b["clicks"].flatten().float()]) for b in loader]
+
+    a, b = run(), run()
+    assert len(a) == 6
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], a[1])
