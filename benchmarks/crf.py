@@ -79,12 +79,13 @@ def main() -> None:
     rates = {w: images_per_second(w, images, probs, args.repeats, args.transport) for w in args.workers}
     base = rates[args.workers[0]]
     print(
-        f"Dense CRF, {args.num_images} images 500x375, 21 classes, DuPL parameters, {os.cpu_count()} CPU cores\n"
+        f"Dense CRF, {args.num_images} images 500x375, 21 classes, DuPL parameters, {os.cpu_count()} CPU "
+        f"cores, transport {args.transport}, best of {args.repeats}\n"
     )
-    print("| num_workers | processes doing CRF | images/s | speed-up |")
-    print("|---:|---:|---:|---:|")
+    print("| num_workers | processes doing CRF | images/s | s/image | speed-up |")
+    print("|---:|---:|---:|---:|---:|")
     for w, rate in rates.items():
-        print(f"| {w} | {max(w, 1)} | {rate:.2f} | {rate / base:.2f}x |")
+        print(f"| {w} | {max(w, 1)} | {rate:.2f} | {1 / rate:.3f} | {rate / base:.2f}x |")
     if 0 in rates and 2 in rates:
         print(f"\nspeed-up of 2 worker processes over in-process: {rates[2] / rates[0]:.2f}x")
 

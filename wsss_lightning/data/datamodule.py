@@ -77,6 +77,8 @@ from wsss_lightning.data.torch_datasets import (
     TrainSegDataset,
     oversample_indices,
     pad_collate,
+    EpochKeyedSampler,
+    ResumableDataLoader,
     seed_worker,
 )
 from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
@@ -585,17 +587,27 @@ class WSSSDataModule(L.LightningDataModule):
         self, dataset: Dataset[Any], batch_size: int, train: bool, collate: Any = None
     ) -> DataLoader[Any]:
         workers = self.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and self.drop_last,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and workers > 0,
-            worker_init_fn=seed_worker if workers > 0 else None,
-        )
+        options: dict[str, Any] = {
+            "batch_size": batch_size,
+            "drop_last": train and self.drop_last,
+            "num_workers": workers,
+            "collate_fn": collate,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.persistent_workers and workers > 0,
+            "worker_init_fn": seed_worker if workers > 0 else None,
+        }
+        if not train:
+            return DataLoader(dataset, **options)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochKeyedSampler(dataset, num_replicas=replicas, rank=rank)
+        return ResumableDataLoader(dataset, sampler=sampler, progress=self._epoch_batches, **options)
+
+    def _epoch_batches(self) -> int:
+        """Batches the training loop has taken in the current epoch (0 outside ``fit``)."""
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def train_dataloader(self) -> DataLoader[Any] | dict[str, DataLoader[Any]]:
         """One loader (full / image / click) or a dict of two (semi / domain); see the module docstring."""

@@ -6,16 +6,17 @@ DataLoader workers; the main process only collates.
 
 from __future__ import annotations
 
+import os
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from wsss_lightning.data.classes import DatasetInfo
 from wsss_lightning.data.datasets.base import (
@@ -28,6 +29,71 @@ from wsss_lightning.data.supervision import clicks_from_mask, tags_from_mask
 from wsss_lightning.data.transforms import EvalTransform, TrainTransform
 
 _SEED_HIGH = 2**31 - 1
+
+#: A training key: (seed, epoch, index). The sample's augmentations are a function of it alone.
+SampleKey = tuple[int, int, int]
+
+
+class EpochKeyedSampler(DistributedSampler):  # type: ignore[type-arg]
+    """Shuffles per epoch from ``(seed, epoch)`` and yields ``(seed, epoch, index)`` keys.
+
+    Lightning neither checkpoints random-number-generator state nor the workers' streams, so a plain
+    ``shuffle=True`` loader draws another order and other augmentations after ``fit --ckpt_path last``.
+    Here the order and every sample's augmentation seed depend only on (seed, epoch, index): a resumed
+    run sees the same batches. Being a ``DistributedSampler`` it also shards across DDP ranks (Lightning
+    keeps it instead of injecting its own and calls ``set_epoch`` on it every epoch).
+
+    Args:
+        dataset: the training dataset.
+        num_replicas: number of DDP processes (1 without DDP).
+        rank: this process's rank.
+        seed: base seed; ``None`` takes the seed given to ``seed_everything`` (``PL_GLOBAL_SEED``), else 0.
+    """
+
+    def __init__(self, dataset: Dataset[Any], num_replicas: int = 1, rank: int = 0, seed: int | None = None) -> None:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.resume_at: tuple[int, int] | None = None  # (epoch, samples already consumed in it)
+
+    def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
+        skip = 0
+        if self.resume_at is not None and self.resume_at[0] == self.epoch:
+            skip = self.resume_at[1]
+        self.resume_at = None
+        for position, index in enumerate(super().__iter__()):
+            if position >= skip:
+                yield (self.seed, self.epoch, int(index))
+
+
+class ResumableDataLoader(DataLoader):  # type: ignore[type-arg]
+    """A training loader whose position inside an epoch is saved in Lightning checkpoints.
+
+    Lightning stores the ``state_dict`` of loaders that have one and hands it back on resume, so a run
+    continued from a mid-epoch checkpoint skips the batches it has already trained on instead of
+    restarting the epoch. ``progress`` returns how many batches of the current epoch the training loop
+    has taken (the trainer's batch counter, which unlike a count of yielded batches is not inflated by
+    prefetching).
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        assert isinstance(sampler, EpochKeyedSampler)
+        batches = self.progress() if self.progress is not None else 0
+        return {"epoch": sampler.epoch, "samples": batches * int(self.batch_size or 1)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self.sampler
+        assert isinstance(sampler, EpochKeyedSampler)
+        sampler.resume_at = (int(state["epoch"]), int(state["samples"]))
+
+
+def key_seed(key: SampleKey) -> int:
+    """The augmentation seed of a training key."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0]) % _SEED_HIGH
 
 
 def seed_worker(worker_id: int) -> None:
@@ -159,7 +225,13 @@ class TrainSegDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
+        if isinstance(key, int):
+            # A plain index (e.g. a user's own sampler): the seed comes from torch's RNG, seeded by
+            # seed_everything in the main process and per worker by the DataLoader.
+            index, seed = key, int(torch.randint(0, _SEED_HIGH, (1,)).item())
+        else:
+            index, seed = key[2], key_seed(key)
         position = self.indices[index]
         sample_id = self.source.ids[position]
         if self._needs_mask:
@@ -173,9 +245,6 @@ class TrainSegDataset(Dataset[dict[str, Any]]):
             if clicks is None:
                 assert mask is not None
                 clicks = self.clicks.simulate(sample_id, mask)
-        # The augmentation seed comes from torch's RNG: seeded by seed_everything in the main process and by
-        # the DataLoader per worker, hence reproducible.
-        seed = int(torch.randint(0, _SEED_HIGH, (1,)).item())
         out = self.transform(image, mask if self.with_mask else None, clicks, seed=seed)
         out["name"] = sample_id
         if isinstance(self.tags, np.ndarray):
