@@ -32,3 +32,12 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
         return cache[layout]
 
     return make
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist every worker would start one torch thread per core: on a 2-core machine two
+    # workers then oversubscribe the CPU several-fold. One thread per worker keeps both cores busy.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
