@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+import yaml
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from typing_extensions import override
 
@@ -37,17 +39,16 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.logger is None:
             return
-        import torch
-
-        config = self.config.as_dict()
+        # The YAML dump turns jsonargparse paths, tuples and dataclasses into plain values loggers accept.
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
         data = trainer.datamodule
         per_device = getattr(data, "batch_size", None)
         facts: dict[str, Any] = {
             "world_size": trainer.world_size,
             "accumulate_grad_batches": trainer.accumulate_grad_batches,
             "git_sha": _git_sha(),
-            "torch_version": torch.__version__,
-            "lightning_version": L.__version__,
+            "torch_version": str(torch.__version__),
+            "lightning_version": str(L.__version__),
         }
         if per_device is not None:
             facts["global_batch_size"] = per_device * trainer.world_size * trainer.accumulate_grad_batches
@@ -69,10 +70,13 @@ class WSSSLightningCLI(LightningCLI):
             parser.link_arguments(source, target, apply_on="instantiate")
 
 
-def main(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
-    """Entry point of the ``wsss`` console script (also callable from Python with a list of arguments)."""
+def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
+    """Parse ``args`` (``sys.argv`` when ``None``) like the ``wsss`` command, run it, return the CLI object.
+
+    ``run_cli(["fit", "-c", "configs/quickstart.yaml"]).trainer`` gives access to the trained state.
+    """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    return WSSSLightningCLI(
+    cli = WSSSLightningCLI(
         SegmentationMethod,
         L.LightningDataModule,
         subclass_mode_model=True,
@@ -84,6 +88,15 @@ def main(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
         args=args,
         run=run,
     )
+    # DDP processes that exit with a live process group occasionally abort at interpreter shutdown.
+    if run and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return cli
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of the ``wsss`` console script."""
+    run_cli(args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tests.helpers import Interrupt
-from wsss_lightning.cli import main
+from wsss_lightning.cli import run_cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 LAYOUTS = {"voc": "voc", "coco": "coco", "cityscapes": "cityscapes", "gta5": "gta5"}
@@ -43,19 +43,19 @@ def test_fit_validate_test_predict(layout, synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = synthetic(layout)
     config = CONFIGS / "supervised" / f"{layout}.yaml"
-    cli = main(["fit", *tiny_args(config, root)])
+    cli = run_cli(["fit", *tiny_args(config, root)])
     assert cli.trainer.global_step == 2
     assert "val/miou" in cli.trainer.callback_metrics
     ckpt = next(Path("outputs").rglob("last.ckpt"))
 
-    cli = main(["validate", *tiny_args(config, root), f"--ckpt_path={ckpt}"])
+    cli = run_cli(["validate", *tiny_args(config, root), f"--ckpt_path={ckpt}"])
     assert 0.0 <= float(cli.trainer.callback_metrics["val/miou"]) <= 1.0
 
-    cli = main(["test", *tiny_args(config, root), f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=2"])
+    cli = run_cli(["test", *tiny_args(config, root), f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=2"])
     assert "test/miou" in cli.trainer.callback_metrics
 
     out = tmp_path / "predictions"
-    main([
+    run_cli([
         "predict", *tiny_args(config, root), f"--ckpt_path={ckpt}", "--trainer.limit_predict_batches=2",
         "--trainer.callbacks+=wsss_lightning.callbacks.PredictionWriter",
         f"--trainer.callbacks.output_dir={out}",
@@ -80,14 +80,14 @@ def test_fit_resumes_from_last_checkpoint_exactly(synthetic, tmp_path, monkeypat
         workdir.mkdir()
         monkeypatch.chdir(workdir)
         args = [*tiny_args(config, root, steps=6), "--trainer.limit_val_batches=0", *every2, *extra]
-        return main(["fit", *args])
+        return run_cli(["fit", *args])
 
     straight = run(tmp_path / "straight").model.state_dict()
     with pytest.raises(Interrupt):
         run(tmp_path / "resumed", "--trainer.callbacks+=tests.helpers.InterruptAtStep", "--trainer.callbacks.step=4")
     monkeypatch.chdir(tmp_path / "resumed")
     args = [*tiny_args(config, root, steps=6), "--trainer.limit_val_batches=0", *every2]
-    resumed_cli = main(["fit", *args, "--ckpt_path=last"])
+    resumed_cli = run_cli(["fit", *args, "--ckpt_path=last"])
     assert resumed_cli.trainer.global_step == 6
     resumed = resumed_cli.model.state_dict()
     assert resumed.keys() == straight.keys()
@@ -99,7 +99,7 @@ def test_fit_resumes_from_last_checkpoint_exactly(synthetic, tmp_path, monkeypat
                                           if p.parent.name not in ("trainer", "logger")))
 def test_print_config_for_every_shipped_config(config, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(CONFIGS / config), "--print_config"])
+        run_cli(["fit", "--config", str(CONFIGS / config), "--print_config"])
     assert exc.value.code == 0
     printed = capsys.readouterr().out
     assert "class_path" in printed and "trainer:" in printed
@@ -108,7 +108,7 @@ def test_print_config_for_every_shipped_config(config, capsys):
 def test_data_root_override_reaches_the_datamodule(synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = synthetic("voc")
-    cli = main(["fit", *tiny_args(CONFIGS / "quickstart.yaml", root)[:4], "--trainer.fast_dev_run=1", *TINY])
+    cli = run_cli(["fit", *tiny_args(CONFIGS / "quickstart.yaml", root)[:4], "--trainer.fast_dev_run=1", *TINY])
     assert Path(cli.datamodule.root) == root
     # linked from the datamodule into the method
     assert cli.model.num_classes == cli.datamodule.num_classes == 21

@@ -179,7 +179,9 @@ class SegmentationMethod(L.LightningModule, ABC):
         miou, per_class = metric.compute()
         metric.reset()
         values = iou_log_dict(f"{stage}/{output}" if output else stage, miou, per_class, self.class_names)
-        self.log_dict(values, sync_dist=False)  # already reduced across ranks by the metric
+        # The metric already reduced its confusion matrix across ranks, so every rank holds the same values;
+        # sync_dist only makes Lightning aware of that (a mean of equal numbers).
+        self.log_dict(values, sync_dist=True)
         return float(miou)
 
     @override
