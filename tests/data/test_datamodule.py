@@ -304,3 +304,28 @@ def test_workers_reproducible_with_seed_everything(voc: Path) -> None:
     assert len(a) == 6
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not torch.equal(a[0], a[1])
+
+
+def test_mask_dir_replaces_training_masks_but_not_validation(tmp_path):
+    from wsss_lightning.data.datasets.base import write_index_png
+
+    root = generate("voc", tmp_path / "voc", seed=0, num_train=8, num_val=2, image_size=(48, 48))
+    source = build_source("voc", root, "train_aug")
+    pseudo = tmp_path / "pseudo"
+    for sample_id in source.ids:  # a first stage that predicts class 7 everywhere
+        write_index_png(pseudo / f"{sample_id}.png", np.full(source.read_image(sample_id).shape[:2], 7, np.uint8))
+    dm = WSSSDataModule(root=str(root), crop_size=32, batch_size=2, num_workers=0, scale_range=(1.0, 1.0),
+                        mask_dir=str(pseudo))  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch["mask"].unique().tolist()) <= {7, 255}
+    val = next(iter(dm.val_dataloader()))
+    assert set(val["mask"].unique().tolist()) - {7, 255}, "validation must keep the ground truth"
+
+
+def test_mask_dir_with_missing_masks_names_them(tmp_path):
+    root = generate("voc", tmp_path / "voc", seed=0, num_train=4, num_val=2, image_size=(32, 32))
+    (tmp_path / "pseudo").mkdir()
+    dm = WSSSDataModule(root=str(root), crop_size=32, batch_size=2, num_workers=0, mask_dir=str(tmp_path / "pseudo"))
+    with pytest.raises(FileNotFoundError, match="lacks masks for 4 of 4"):
+        dm.setup("fit")

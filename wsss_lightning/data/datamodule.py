@@ -69,6 +69,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsss_lightning.data.classes import DatasetInfo, get_dataset_info
 from wsss_lightning.data.datasets import build_source
+from wsss_lightning.data.datasets.mask_folder import MaskFolderSource
 from wsss_lightning.data.datasets.base import SegmentationSource, parse_list_lines
 from wsss_lightning.data.supervision import build_tags, load_tags, make_semi_split, write_id_list
 from wsss_lightning.data.torch_datasets import (
@@ -193,6 +194,10 @@ class WSSSDataModule(L.LightningDataModule):
         drop_last: Drop the last incomplete training batch (BatchNorm misbehaves on tiny batches; U2PL does it).
         diagnostic_masks: In the image / click views, also load the ground-truth mask for diagnostics (set
             False to guarantee methods never see it and to skip decoding it).
+        mask_dir: Full view: train on the masks in this folder (``<id>.png`` of train ids, e.g. the
+            pseudo-masks a first-stage model wrote with ``wsss predict`` + ``PredictionWriter``) instead of the
+            ground truth; validation and test keep the ground truth. This is the second stage of two-stage
+            weakly supervised methods.
         tags_file: Image-level tags (``.npy`` dict or ``.txt``, see ``supervision.load_tags``) for the training
             split; None derives them from the masks and caches them.
         cache_dir: Where derived tags and generated partitions are stored. None: ``<root>/.wsss_cache`` if the
@@ -254,6 +259,7 @@ class WSSSDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         drop_last: bool = True,
         diagnostic_masks: bool = True,
+        mask_dir: str | None = None,
         tags_file: str | None = None,
         cache_dir: str | None = None,
         clicks_dir: str | None = None,
@@ -284,6 +290,7 @@ class WSSSDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.drop_last = drop_last
         self.diagnostic_masks = diagnostic_masks
+        self.mask_dir = mask_dir
         self.tags_file = tags_file
         self.cache_dir = cache_dir
         self.clicks_dir = clicks_dir
@@ -368,6 +375,7 @@ class WSSSDataModule(L.LightningDataModule):
             "semi": ("labeled_list", "unlabeled_list", "labeled_fraction"),
             "domain": ("target_dataset", "target_root", "target_split"),
             "click": ("clicks_dir",),
+            "full": ("mask_dir",),
         }
         for owner, names in only.items():
             for name in names:
@@ -463,6 +471,8 @@ class WSSSDataModule(L.LightningDataModule):
 
     def _build_train_sets(self) -> dict[str, Dataset[Any]]:
         source = build_source(self.dataset, self.root, self.train_split)
+        if self.mask_dir is not None:
+            source = MaskFolderSource(source, self.mask_dir)
         tf, view = self.train_tf, self.supervision
         if view in ("full", "image", "click"):
             if not source.has_masks and (view != "image" or self.tags_file is None or self.diagnostic_masks):
