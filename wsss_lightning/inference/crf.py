@@ -188,8 +188,11 @@ class CRFPostProcessor:
     no copy of the parent's torch threads or CUDA state. Images (small, uint8) are pickled to the
     workers; float32 probability maps (~16 MB for a VOC image with 21 classes) are copied once into a
     reusable shared-memory arena that the workers read in place, because pickling them through a pipe
-    costs several copies and page faults per image in both processes. Workers send back only the uint8
-    label maps.
+    costs several copies and page faults per image in both processes. The arena keeps the size of the
+    largest batch until :meth:`close`. Workers send back only the uint8 label maps, and keep freed CRF
+    buffers for the next image (see ``_keep_freed_memory``). One call at a time: the arena is shared by
+    the calls of one instance. As with any ``spawn``/``forkserver`` pool, a script that uses workers
+    needs an ``if __name__ == "__main__":`` guard.
 
     Args:
         params: CRF parameters; ``None`` = :class:`CRFParams` defaults (DuPL's).
