@@ -40,8 +40,15 @@ def images_per_second(root: Path, crop: int, workers: int, epochs: int, view: st
     """Mean training-loader throughput over ``epochs`` timed epochs (after one warm-up epoch)."""
     L.seed_everything(0, verbose=False)
     dm = WSSSDataModule(
-        root=str(root), supervision=view, crop_size=crop, batch_size=8, num_workers=workers,  # type: ignore[arg-type]
-        persistent_workers=True, pin_memory=False, cache_dir=str(root / "cache"), **aug,
+        root=str(root),
+        supervision=view,
+        crop_size=crop,
+        batch_size=8,
+        num_workers=workers,  # type: ignore[arg-type]
+        persistent_workers=True,
+        pin_memory=False,
+        cache_dir=str(root / "cache"),
+        **aug,
     )
     dm.prepare_data()
     dm.setup("fit")
@@ -75,17 +82,29 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        root = generate("voc", Path(tmp) / "voc", seed=0, num_train=args.images, num_val=4,
-                        image_size=(args.height, args.width))
-        print(f"generated {args.images} images of {args.height}x{args.width} in {time.perf_counter() - start:.1f} s; "
-              f"view={args.view}, batch 8, {os.cpu_count()} CPU cores\n")
+        root = generate(
+            "voc",
+            Path(tmp) / "voc",
+            seed=0,
+            num_train=args.images,
+            num_val=4,
+            image_size=(args.height, args.width),
+        )
+        print(
+            f"generated {args.images} images of {args.height}x{args.width} in {time.perf_counter() - start:.1f} s; "
+            f"view={args.view}, batch 8, {os.cpu_count()} CPU cores\n"
+        )
         header = "| pipeline | crop | " + " | ".join(f"{w} workers" for w in args.workers) + " |"
         print(header)
         print("|" + "---|" * (2 + len(args.workers)))
         for name, aug in PIPELINES.items():
             for crop in args.crop:
-                rates = [images_per_second(root, crop, w, args.epochs, args.view, **aug) for w in args.workers]
-                print(f"| {name} | {crop} | " + " | ".join(f"{r:.0f} img/s" for r in rates) + " |", flush=True)
+                rates = [
+                    images_per_second(root, crop, w, args.epochs, args.view, **aug) for w in args.workers
+                ]
+                print(
+                    f"| {name} | {crop} | " + " | ".join(f"{r:.0f} img/s" for r in rates) + " |", flush=True
+                )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import yaml
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from typing_extensions import override
 
-import wsss_lightning.callbacks  # noqa: F401  (registers short class names for configs)
+import wsss_lightning.callbacks
 import wsss_lightning.data  # noqa: F401
 from wsss_lightning.methods import SegmentationMethod
 
@@ -24,7 +24,12 @@ from wsss_lightning.methods import SegmentationMethod
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None

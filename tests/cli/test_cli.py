@@ -51,12 +51,16 @@ def test_fit_validate_test_predict(layout, synthetic, tmp_path, monkeypatch):
     cli = run_cli(["validate", *tiny_args(config, root), f"--ckpt_path={ckpt}"])
     assert 0.0 <= float(cli.trainer.callback_metrics["val/miou"]) <= 1.0
 
-    cli = run_cli(["test", *tiny_args(config, root), f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=2"])
+    # test and predict go through multi-scale inference and the dense CRF in its process pool
+    crf = ["--model.init_args.inference.crf.enabled=true", "--model.init_args.inference.crf.workers=2"]
+    cli = run_cli(
+        ["test", *tiny_args(config, root), f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=2", *crf]
+    )
     assert "test/miou" in cli.trainer.callback_metrics
 
     out = tmp_path / "predictions"
     run_cli([
-        "predict", *tiny_args(config, root), f"--ckpt_path={ckpt}", "--trainer.limit_predict_batches=2",
+        "predict", *tiny_args(config, root), f"--ckpt_path={ckpt}", "--trainer.limit_predict_batches=2", *crf,
         "--trainer.callbacks+=wsss_lightning.callbacks.PredictionWriter",
         f"--trainer.callbacks.output_dir={out}",
     ])  # fmt: skip
@@ -74,7 +78,11 @@ def test_fit_resumes_from_last_checkpoint_exactly(synthetic, tmp_path, monkeypat
         '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "ckpts",'
         ' "every_n_train_steps": 2, "save_top_k": -1, "save_last": true}}]'
     )
-    every2 = [f"--trainer.callbacks={checkpoint}", "--trainer.deterministic=true", "--trainer.val_check_interval=100"]
+    every2 = [
+        f"--trainer.callbacks={checkpoint}",
+        "--trainer.deterministic=true",
+        "--trainer.val_check_interval=100",
+    ]
 
     def run(workdir: Path, *extra: str):
         workdir.mkdir()
@@ -84,7 +92,11 @@ def test_fit_resumes_from_last_checkpoint_exactly(synthetic, tmp_path, monkeypat
 
     straight = run(tmp_path / "straight").model.state_dict()
     with pytest.raises(Interrupt):
-        run(tmp_path / "resumed", "--trainer.callbacks+=tests.helpers.InterruptAtStep", "--trainer.callbacks.step=4")
+        run(
+            tmp_path / "resumed",
+            "--trainer.callbacks+=tests.helpers.InterruptAtStep",
+            "--trainer.callbacks.step=4",
+        )
     monkeypatch.chdir(tmp_path / "resumed")
     args = [*tiny_args(config, root, steps=6), "--trainer.limit_val_batches=0", *every2]
     resumed_cli = run_cli(["fit", *args, "--ckpt_path=last"])
@@ -95,8 +107,14 @@ def test_fit_resumes_from_last_checkpoint_exactly(synthetic, tmp_path, monkeypat
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("config", sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
-                                          if p.parent.name not in ("trainer", "logger")))
+@pytest.mark.parametrize(
+    "config",
+    sorted(
+        p.relative_to(CONFIGS).as_posix()
+        for p in CONFIGS.rglob("*.yaml")
+        if p.parent.name not in ("trainer", "logger")
+    ),
+)
 def test_print_config_for_every_shipped_config(config, capsys):
     with pytest.raises(SystemExit) as exc:
         run_cli(["fit", "--config", str(CONFIGS / config), "--print_config"])
@@ -108,7 +126,9 @@ def test_print_config_for_every_shipped_config(config, capsys):
 def test_data_root_override_reaches_the_datamodule(synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = synthetic("voc")
-    cli = run_cli(["fit", *tiny_args(CONFIGS / "quickstart.yaml", root)[:4], "--trainer.fast_dev_run=1", *TINY])
+    cli = run_cli(
+        ["fit", *tiny_args(CONFIGS / "quickstart.yaml", root)[:4], "--trainer.fast_dev_run=1", *TINY]
+    )
     assert Path(cli.datamodule.root) == root
     # linked from the datamodule into the method
     assert cli.model.num_classes == cli.datamodule.num_classes == 21

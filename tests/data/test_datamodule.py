@@ -65,7 +65,9 @@ def voc(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("layout", ["voc", "coco", "coco_stuff", "cityscapes", "gta5"])
 @pytest.mark.parametrize("view", ["full", "image", "click"])
-def test_single_source_views(synthetic: Callable[[str], Path], tmp_path: Path, layout: str, view: str) -> None:
+def test_single_source_views(
+    synthetic: Callable[[str], Path], tmp_path: Path, layout: str, view: str
+) -> None:
     dm = make_dm(synthetic(layout), dataset=layout, supervision=view, cache_dir=str(tmp_path / "cache"))
     assert dm.num_classes == NUM_CLASSES[layout]
     dm.prepare_data()
@@ -84,8 +86,13 @@ def test_single_source_views(synthetic: Callable[[str], Path], tmp_path: Path, l
 
 @pytest.mark.parametrize("layout", ["voc", "coco", "coco_stuff", "cityscapes", "gta5"])
 def test_semi_view_every_layout(synthetic: Callable[[str], Path], tmp_path: Path, layout: str) -> None:
-    dm = make_dm(synthetic(layout), dataset=layout, supervision="semi", labeled_fraction=0.25,
-                 cache_dir=str(tmp_path / "cache"))
+    dm = make_dm(
+        synthetic(layout),
+        dataset=layout,
+        supervision="semi",
+        labeled_fraction=0.25,
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm.prepare_data()
     dm.setup("fit")
     loaders: Any = dm.train_dataloader()
@@ -122,8 +129,13 @@ def test_semi_list_files_oversampling_and_keep_masks(voc: Path) -> None:
 
 def test_click_files_match_simulated_clicks(synthetic: Callable[[str], Path]) -> None:
     root = synthetic("voc")  # its SegmentationClicks/ were simulated with seed 0, like click_seed=0 here
-    common: dict[str, Any] = {"supervision": "click", "crop_size": 64, "scale_range": (1.0, 1.0), "hflip_p": 0.0,
-                              "click_mode": "points"}
+    common: dict[str, Any] = {
+        "supervision": "click",
+        "crop_size": 64,
+        "scale_range": (1.0, 1.0),
+        "hflip_p": 0.0,
+        "click_mode": "points",
+    }
     from_files = first_batch(make_dm(root, clicks_dir="SegmentationClicks", **common).train_dataloader())
     L.seed_everything(0, verbose=False)
     simulated = make_dm(root, **common)
@@ -181,8 +193,13 @@ def test_bad_semi_partitions_raise(voc: Path) -> None:
 
 
 def test_domain_gta5_to_cityscapes(synthetic: Callable[[str], Path]) -> None:
-    dm = make_dm(synthetic("gta5"), dataset="gta5", supervision="domain", target_dataset="cityscapes",
-                 target_root=str(synthetic("cityscapes")))
+    dm = make_dm(
+        synthetic("gta5"),
+        dataset="gta5",
+        supervision="domain",
+        target_dataset="cityscapes",
+        target_root=str(synthetic("cityscapes")),
+    )
     assert dm.num_classes == 19 and dm.class_names[0] == "road" and len(dm.palette) == 19
     dm.prepare_data()
     dm.setup("fit")
@@ -200,8 +217,13 @@ def test_domain_gta5_to_cityscapes(synthetic: Callable[[str], Path]) -> None:
 
 def test_domain_class_mismatch_and_missing_target() -> None:
     with pytest.raises(ValueError, match=r"voc.*cityscapes"):
-        WSSSDataModule(root="/nowhere", dataset="voc", supervision="domain", target_dataset="cityscapes",
-                       target_root="/nowhere")
+        WSSSDataModule(
+            root="/nowhere",
+            dataset="voc",
+            supervision="domain",
+            target_dataset="cityscapes",
+            target_root="/nowhere",
+        )
     with pytest.raises(ValueError, match="target_root"):
         WSSSDataModule(root="/nowhere", dataset="gta5", supervision="domain", target_dataset="cityscapes")
 
@@ -264,10 +286,20 @@ def test_tags_file_is_used(voc: Path) -> None:
 
 def test_eval_collate_pads_to_batch_max() -> None:
     samples = [
-        {"image": torch.ones(3, 4, 6), "mask": torch.zeros(4, 6, dtype=torch.int64),
-         "size": torch.tensor([4, 6]), "name": "a", "tags": torch.ones(5)},
-        {"image": torch.ones(3, 7, 3), "mask": torch.ones(7, 3, dtype=torch.int64),
-         "size": torch.tensor([7, 3]), "name": "b", "tags": torch.zeros(5)},
+        {
+            "image": torch.ones(3, 4, 6),
+            "mask": torch.zeros(4, 6, dtype=torch.int64),
+            "size": torch.tensor([4, 6]),
+            "name": "a",
+            "tags": torch.ones(5),
+        },
+        {
+            "image": torch.ones(3, 7, 3),
+            "mask": torch.ones(7, 3, dtype=torch.int64),
+            "size": torch.tensor([7, 3]),
+            "name": "b",
+            "tags": torch.zeros(5),
+        },
     ]
     batch = pad_collate(samples)
     assert batch["image"].shape == (2, 3, 7, 6) and batch["mask"].shape == (2, 7, 6)
@@ -294,8 +326,9 @@ def test_eval_short_side_and_predict_without_masks(voc: Path) -> None:
 def test_workers_reproducible_with_seed_everything(voc: Path) -> None:
     def run() -> list[torch.Tensor]:
         L.seed_everything(3, verbose=False)
-        dm = make_dm(voc, supervision="click", num_workers=2, persistent_workers=False, color_jitter=0.3,
-                     blur_p=0.5)
+        dm = make_dm(
+            voc, supervision="click", num_workers=2, persistent_workers=False, color_jitter=0.3, blur_p=0.5
+        )
         dm.setup("fit")
         loader: Any = dm.train_dataloader()
         return [torch.cat([b["image"].flatten(), b["clicks"].flatten().float()]) for b in loader]
@@ -313,7 +346,9 @@ def test_mask_dir_replaces_training_masks_but_not_validation(tmp_path):
     source = build_source("voc", root, "train_aug")
     pseudo = tmp_path / "pseudo"
     for sample_id in source.ids:  # a first stage that predicts class 7 everywhere
-        write_index_png(pseudo / f"{sample_id}.png", np.full(source.read_image(sample_id).shape[:2], 7, np.uint8))
+        write_index_png(
+            pseudo / f"{sample_id}.png", np.full(source.read_image(sample_id).shape[:2], 7, np.uint8)
+        )
     dm = WSSSDataModule(root=str(root), crop_size=32, batch_size=2, num_workers=0, scale_range=(1.0, 1.0),
                         mask_dir=str(pseudo))  # fmt: skip
     dm.setup("fit")
@@ -326,6 +361,8 @@ def test_mask_dir_replaces_training_masks_but_not_validation(tmp_path):
 def test_mask_dir_with_missing_masks_names_them(tmp_path):
     root = generate("voc", tmp_path / "voc", seed=0, num_train=4, num_val=2, image_size=(32, 32))
     (tmp_path / "pseudo").mkdir()
-    dm = WSSSDataModule(root=str(root), crop_size=32, batch_size=2, num_workers=0, mask_dir=str(tmp_path / "pseudo"))
+    dm = WSSSDataModule(
+        root=str(root), crop_size=32, batch_size=2, num_workers=0, mask_dir=str(tmp_path / "pseudo")
+    )
     with pytest.raises(FileNotFoundError, match="lacks masks for 4 of 4"):
         dm.setup("fit")

@@ -73,8 +73,12 @@ def test_rescaled_patches_coincide_with_mask() -> None:
 @pytest.mark.parametrize("pad_position", ["random", "top_left", "center"])
 def test_padding_fills_mask_255_image_0_and_box_matches_params(pad_position: str) -> None:
     image, mask = planted_sample(30, 40)
-    tf = train_transform(64, scale_range=(0.5, 1.5), pad_position=pad_position,  # type: ignore[arg-type]
-                         record_params=True)
+    tf = train_transform(
+        64,
+        scale_range=(0.5, 1.5),
+        pad_position=pad_position,  # type: ignore[arg-type]
+        record_params=True,
+    )
     for seed in range(30):
         out = tf(image, mask, clicks=np.full_like(mask, 255), seed=seed)
         box = tuple(out["valid_box"].tolist())
@@ -181,8 +185,10 @@ def test_click_points_mode_keeps_one_pixel_clicks_on_their_class() -> None:
     as_mask = train_transform(48, scale_range=(1.0, 1.0), click_mode="mask")
     as_points = train_transform(48, scale_range=(1.0, 1.0), click_mode="points")
     for seed in range(5):  # without rescaling both modes agree exactly
-        assert torch.equal(as_mask(image, mask, clicks, seed=seed)["clicks"],
-                           as_points(image, mask, clicks, seed=seed)["clicks"])
+        assert torch.equal(
+            as_mask(image, mask, clicks, seed=seed)["clicks"],
+            as_points(image, mask, clicks, seed=seed)["clicks"],
+        )
     tf = train_transform(64, scale_range=(0.3, 3.0), click_mode="points")
     for seed in range(10):
         out = tf(image, mask, clicks, seed=seed)

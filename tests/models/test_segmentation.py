@@ -40,9 +40,9 @@ def test_weights_file_of_other_architecture_is_rejected(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"foo.weight": torch.zeros(3)}, path)
     net = build_segmentation_network("deeplabv3plus", "resnet18", 3)
-    with pytest.raises(ValueError, match="only 0 of"):
+    with pytest.raises(ValueError, match=r"only 0 of"):
         load_weights_file(net.encoder, path)
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
         load_weights_file(net.encoder, tmp_path / "missing.pth")
 
 

@@ -35,8 +35,10 @@ class StepSeed(Callback):
         self.seed = seed
 
     @override
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", "0"))
         seed = step_seed(base, trainer.global_step, trainer.global_rank)
         random.seed(seed)
         np.random.seed(seed)

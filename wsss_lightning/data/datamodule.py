@@ -69,17 +69,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsss_lightning.data.classes import DatasetInfo, get_dataset_info
 from wsss_lightning.data.datasets import build_source
-from wsss_lightning.data.datasets.mask_folder import MaskFolderSource
 from wsss_lightning.data.datasets.base import SegmentationSource, parse_list_lines
+from wsss_lightning.data.datasets.mask_folder import MaskFolderSource
 from wsss_lightning.data.supervision import build_tags, load_tags, make_semi_split, write_id_list
 from wsss_lightning.data.torch_datasets import (
     ClickConfig,
+    EpochKeyedSampler,
     EvalSegDataset,
+    ResumableDataLoader,
     TrainSegDataset,
     oversample_indices,
     pad_collate,
-    EpochKeyedSampler,
-    ResumableDataLoader,
     seed_worker,
 )
 from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
@@ -326,14 +326,27 @@ class WSSSDataModule(L.LightningDataModule):
             if value <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {value}")
         if unlabeled_batch_size is not None and unlabeled_batch_size <= 0:
-            raise ValueError(f"unlabeled_batch_size: expected a positive int or None, got {unlabeled_batch_size}")
+            raise ValueError(
+                f"unlabeled_batch_size: expected a positive int or None, got {unlabeled_batch_size}"
+            )
         if num_workers < 0:
             raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
         # Building the pipelines here validates the augmentation arguments at construction time.
         self.train_tf = train_transform(
-            crop_size, scale_range, hflip_p, color_jitter, blur_p, color_jitter_p=color_jitter_p,
-            grayscale_p=grayscale_p, blur_sigma=blur_sigma, image_pad_value=image_pad_value,
-            mask_pad_value=mask_pad_value, pad_position=pad_position, mean=mean, std=std, click_mode=click_mode,
+            crop_size,
+            scale_range,
+            hflip_p,
+            color_jitter,
+            blur_p,
+            color_jitter_p=color_jitter_p,
+            grayscale_p=grayscale_p,
+            blur_sigma=blur_sigma,
+            image_pad_value=image_pad_value,
+            mask_pad_value=mask_pad_value,
+            pad_position=pad_position,
+            mean=mean,
+            std=std,
+            click_mode=click_mode,
         )
         self.eval_tf = eval_transform(eval_short_side, mean=mean, std=std)
         self.train_split = train_split or DEFAULT_SPLITS[dataset][0]
@@ -380,7 +393,9 @@ class WSSSDataModule(L.LightningDataModule):
         for owner, names in only.items():
             for name in names:
                 if view != owner and getattr(self, name) is not None:
-                    raise ValueError(f"{name} is only used with supervision={owner!r}, got supervision={view!r}")
+                    raise ValueError(
+                        f"{name} is only used with supervision={owner!r}, got supervision={view!r}"
+                    )
         if view == "semi":
             if self.labeled_list is None and self.labeled_fraction is None:
                 raise ValueError("supervision='semi' needs labeled_list (partition file) or labeled_fraction")
@@ -432,7 +447,10 @@ class WSSSDataModule(L.LightningDataModule):
         if stage in (None, "fit") and self._train_sets is None:
             self._train_sets = self._build_train_sets()
         wanted = {
-            "fit": ["val"], "validate": ["val"], "test": ["test"], "predict": ["predict"],
+            "fit": ["val"],
+            "validate": ["val"],
+            "test": ["test"],
+            "predict": ["predict"],
             None: ["val", "test", "predict"],
         }.get(stage, [])
         splits = {"val": self.val_split, "test": self.test_split, "predict": self.predict_split}
@@ -462,12 +480,18 @@ class WSSSDataModule(L.LightningDataModule):
     def _tags_for(self, source: SegmentationSource) -> np.ndarray | Literal["mask"]:
         """Tags of the training split: from the tag file, else from the masks (cached for the image view)."""
         if self.tags_file is not None:
-            table = load_tags(self._resolve(self.tags_file), self.num_classes, source.ids,
-                              add_background=self.info.has_background)
+            table = load_tags(
+                self._resolve(self.tags_file),
+                self.num_classes,
+                source.ids,
+                add_background=self.info.has_background,
+            )
             return np.stack([table[i] for i in source.ids]).astype(np.float32)
         if self.supervision == "image":
             return self._cached_tags(source)
-        return "mask"  # the mask is decoded anyway in these views; counting its labels is cheaper than a cache
+        return (
+            "mask"  # the mask is decoded anyway in these views; counting its labels is cheaper than a cache
+        )
 
     def _build_train_sets(self) -> dict[str, Dataset[Any]]:
         source = build_source(self.dataset, self.root, self.train_split)
@@ -478,12 +502,14 @@ class WSSSDataModule(L.LightningDataModule):
             if not source.has_masks and (view != "image" or self.tags_file is None or self.diagnostic_masks):
                 raise ValueError(
                     f"train_split {self.train_split!r} of {self.dataset} under {self.root} has no masks; "
-                    f"supervision={view!r} needs them" + (" (or a tags_file and diagnostic_masks=False)"
-                                                          if view == "image" else "")
+                    f"supervision={view!r} needs them"
+                    + (" (or a tags_file and diagnostic_masks=False)" if view == "image" else "")
                 )
             with_mask = view == "full" or self.diagnostic_masks
             clicks = self._click_config() if view == "click" else None
-            single = TrainSegDataset(source, tf, with_mask=with_mask, tags=self._tags_for(source), clicks=clicks)
+            single = TrainSegDataset(
+                source, tf, with_mask=with_mask, tags=self._tags_for(source), clicks=clicks
+            )
             self._check_size("train", single, self.batch_size)
             return {"train": single}
         if view == "semi":
@@ -492,7 +518,9 @@ class WSSSDataModule(L.LightningDataModule):
             lab_pos = [position[i] for i in labeled_ids]
             unl_pos = [position[i] for i in unlabeled_ids]
             if self.oversample_labeled:
-                lab_pos = [lab_pos[k] for k in oversample_indices(len(lab_pos), len(unl_pos), self.split_seed)]
+                lab_pos = [
+                    lab_pos[k] for k in oversample_indices(len(lab_pos), len(unl_pos), self.split_seed)
+                ]
             tags = self._tags_for(source)
             labeled = TrainSegDataset(source, tf, lab_pos, with_mask=True, tags=tags)
             unlabeled = TrainSegDataset(source, tf, unl_pos, with_mask=self.keep_target_masks)
@@ -589,8 +617,11 @@ class WSSSDataModule(L.LightningDataModule):
     def partition_dir(self, source: SegmentationSource | None = None) -> Path:
         """Folder where a generated partition (``labeled.txt`` / ``unlabeled.txt``) is written."""
         split = source.split if source is not None else self.train_split
-        return (self.cache_path / "partitions"
-                / f"{self.dataset}_{_split_label(split)}_{self.labeled_fraction:g}_seed{self.split_seed}")
+        return (
+            self.cache_path
+            / "partitions"
+            / f"{self.dataset}_{_split_label(split)}_{self.labeled_fraction:g}_seed{self.split_seed}"
+        )
 
     # ---- loaders -----------------------------------------------------------------------------------------
     def _loader(
@@ -624,9 +655,13 @@ class WSSSDataModule(L.LightningDataModule):
         if self._train_sets is None:
             self.setup("fit")
         assert self._train_sets is not None
-        sizes = {"train": self.batch_size, "labeled": self.batch_size, "source": self.batch_size,
-                 "unlabeled": self.unlabeled_batch_size,
-                 "target": self.unlabeled_batch_size}
+        sizes = {
+            "train": self.batch_size,
+            "labeled": self.batch_size,
+            "source": self.batch_size,
+            "unlabeled": self.unlabeled_batch_size,
+            "target": self.unlabeled_batch_size,
+        }
         loaders = {k: self._loader(ds, sizes[k], train=True) for k, ds in self._train_sets.items()}
         if len(loaders) == 1:
             return loaders["train"]

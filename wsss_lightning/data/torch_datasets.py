@@ -50,9 +50,13 @@ class EpochKeyedSampler(DistributedSampler):  # type: ignore[type-arg]
         seed: base seed; ``None`` takes the seed given to ``seed_everything`` (``PL_GLOBAL_SEED``), else 0.
     """
 
-    def __init__(self, dataset: Dataset[Any], num_replicas: int = 1, rank: int = 0, seed: int | None = None) -> None:
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    def __init__(
+        self, dataset: Dataset[Any], num_replicas: int = 1, rank: int = 0, seed: int | None = None
+    ) -> None:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0")) if seed is None else seed
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
         self.resume_at: tuple[int, int] | None = None  # (epoch, samples already consumed in it)
 
     def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
@@ -172,16 +176,24 @@ class ClickConfig:
         path = self.clicks_dir / f"{sample_id}.png"
         clicks = read_index_png(path)
         if clicks.shape != image_hw:
-            raise DataError(f"click file {path} is {clicks.shape[0]}x{clicks.shape[1]} (HxW) but its image is "
-                            f"{image_hw[0]}x{image_hw[1]}")
+            raise DataError(
+                f"click file {path} is {clicks.shape[0]}x{clicks.shape[1]} (HxW) but its image is "
+                f"{image_hw[0]}x{image_hw[1]}"
+            )
         check_label_values(clicks, self.num_classes, path)
         return clicks.astype(np.uint8, copy=False)
 
     def simulate(self, sample_id: str, mask: np.ndarray) -> np.ndarray:
         """Simulated clicks of ``sample_id`` from its mask ((H, W) uint8, 255 off-click)."""
         rng = np.random.default_rng([self.seed, zlib.crc32(sample_id.encode())])
-        return clicks_from_mask(mask, self.num_classes, rng, background_clicks=self.background_clicks,
-                                background_class=self.background_class, placement=self.placement)
+        return clicks_from_mask(
+            mask,
+            self.num_classes,
+            rng,
+            background_clicks=self.background_clicks,
+            background_class=self.background_class,
+            placement=self.placement,
+        )
 
 
 class TrainSegDataset(Dataset[dict[str, Any]]):
@@ -216,11 +228,15 @@ class TrainSegDataset(Dataset[dict[str, Any]]):
         self.with_mask = with_mask
         self.tags = tags
         self.clicks = clicks
-        self._needs_mask = with_mask or isinstance(tags, str) or (clicks is not None and clicks.clicks_dir is None)
+        self._needs_mask = (
+            with_mask or isinstance(tags, str) or (clicks is not None and clicks.clicks_dir is None)
+        )
         if self._needs_mask and not source.has_masks:
             raise ValueError(f"{source!r} has no masks, but this supervision view needs them")
         if isinstance(tags, np.ndarray) and tags.shape[0] != len(source.ids):
-            raise ValueError(f"tags: expected {len(source.ids)} rows (one per id of {source!r}), got {tags.shape}")
+            raise ValueError(
+                f"tags: expected {len(source.ids)} rows (one per id of {source!r}), got {tags.shape}"
+            )
 
     def __len__(self) -> int:
         return len(self.indices)

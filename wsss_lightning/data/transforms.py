@@ -55,7 +55,9 @@ def normalize_to_tensor(
     # A per-channel 256-entry lookup table: ~2.5x faster than float arithmetic on a 448 crop and, unlike torch
     # ops, free of intra-op threads (which stall badly when the main process loads data on a busy machine).
     levels = np.arange(256, dtype=np.float32)
-    lut = (levels[None, :] / 255.0 - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+    lut = (levels[None, :] / 255.0 - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[
+        :, None
+    ]
     chw = np.ascontiguousarray(image.transpose(2, 0, 1))
     out = np.empty(chw.shape, dtype=np.float32)
     for channel in range(3):
@@ -123,7 +125,10 @@ def box_from_applied_params(applied: Sequence[tuple[str, dict[str, Any]]], out_h
         if name == "RandomScale":
             # Records its input shape; albumentations truncates the scaled size.
             top, left = 0, 0
-            bottom, right = (int(params["shape"][0] * params["scale"]), int(params["shape"][1] * params["scale"]))
+            bottom, right = (
+                int(params["shape"][0] * params["scale"]),
+                int(params["shape"][1] * params["scale"]),
+            )
         elif name == "PadIfNeeded":
             # Content fills PadIfNeeded's whole input (recorded as "shape"), shifted by the top/left padding.
             top, left = int(params["pad_top"]), int(params["pad_left"])
@@ -245,8 +250,12 @@ class TrainTransform:
         lo, hi = float(scale_range[0]), float(scale_range[1])
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range: expected 0 < low <= high, got {scale_range!r}")
-        for name, p in (("hflip_p", hflip_p), ("color_jitter_p", color_jitter_p),
-                        ("grayscale_p", grayscale_p), ("blur_p", blur_p)):
+        for name, p in (
+            ("hflip_p", hflip_p),
+            ("color_jitter_p", color_jitter_p),
+            ("grayscale_p", grayscale_p),
+            ("blur_p", blur_p),
+        ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
         if not 0 <= mask_pad_value <= 255:
@@ -264,11 +273,23 @@ class TrainTransform:
         ops: list[A.BasicTransform] = []
         if (lo, hi) != (1.0, 1.0):
             # RandomScale samples s ~ U(1 + low, 1 + high); bilinear image, nearest-neighbour masks.
-            ops.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR,
-                                     mask_interpolation=cv2.INTER_NEAREST, p=1.0))
+            ops.append(
+                A.RandomScale(
+                    scale_limit=(lo - 1.0, hi - 1.0),
+                    interpolation=cv2.INTER_LINEAR,
+                    mask_interpolation=cv2.INTER_NEAREST,
+                    p=1.0,
+                )
+            )
         ops += [
-            A.PadIfNeeded(min_height=h, min_width=w, position=pad_position, border_mode=cv2.BORDER_CONSTANT,
-                          fill=int(image_pad_value), fill_mask=_INTERNAL_MASK_FILL),
+            A.PadIfNeeded(
+                min_height=h,
+                min_width=w,
+                position=pad_position,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=int(image_pad_value),
+                fill_mask=_INTERNAL_MASK_FILL,
+            ),
             A.RandomCrop(height=h, width=w),
         ]
         if hflip_p > 0:
@@ -346,8 +367,9 @@ class TrainTransform:
             result["applied_transforms"] = out["applied_transforms"]
         return result
 
-
-    def _rasterise_clicks(self, clicks: np.ndarray, applied: Sequence[tuple[str, dict[str, Any]]]) -> np.ndarray:
+    def _rasterise_clicks(
+        self, clicks: np.ndarray, applied: Sequence[tuple[str, dict[str, Any]]]
+    ) -> np.ndarray:
         """Warp the click pixels of ``clicks`` through the recorded geometry and draw them as 1-px marks."""
         rows, cols = np.nonzero(clicks != _INTERNAL_MASK_FILL)
         labels = clicks[rows, cols]
@@ -406,10 +428,21 @@ def train_transform(
         A :class:`TrainTransform`; call it as ``t(image, mask=..., clicks=..., seed=...)``.
     """
     return TrainTransform(
-        crop_size=crop_size, scale_range=scale_range, hflip_p=hflip_p, color_jitter=color_jitter,
-        color_jitter_p=color_jitter_p, grayscale_p=grayscale_p, blur_p=blur_p, blur_sigma=blur_sigma,
-        image_pad_value=image_pad_value, mask_pad_value=mask_pad_value, pad_position=pad_position,
-        mean=mean, std=std, click_mode=click_mode, record_params=record_params,
+        crop_size=crop_size,
+        scale_range=scale_range,
+        hflip_p=hflip_p,
+        color_jitter=color_jitter,
+        color_jitter_p=color_jitter_p,
+        grayscale_p=grayscale_p,
+        blur_p=blur_p,
+        blur_sigma=blur_sigma,
+        image_pad_value=image_pad_value,
+        mask_pad_value=mask_pad_value,
+        pad_position=pad_position,
+        mean=mean,
+        std=std,
+        click_mode=click_mode,
+        record_params=record_params,
     )
 
 
@@ -432,9 +465,14 @@ class EvalTransform:
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.resize = (
-            None if short_side is None
-            else A.SmallestMaxSize(max_size=short_side, interpolation=cv2.INTER_LINEAR,
-                                   mask_interpolation=cv2.INTER_NEAREST, p=1.0)
+            None
+            if short_side is None
+            else A.SmallestMaxSize(
+                max_size=short_side,
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=1.0,
+            )
         )
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, torch.Tensor]:

@@ -90,8 +90,12 @@ class InferenceConfig:
         for name in ("val_scales", "test_scales"):
             scales = getattr(self, name)
             if not scales or any(s <= 0 for s in scales):
-                raise ValueError(f"inference.{name} must be a non-empty list of positive scales, got {scales}")
+                raise ValueError(
+                    f"inference.{name} must be a non-empty list of positive scales, got {scales}"
+                )
         if self.window is not None and self.window <= 0:
             raise ValueError(f"inference.window must be positive, got {self.window}")
         if self.stride is not None and (self.window is None or not 0 < self.stride <= self.window):
-            raise ValueError(f"inference.stride must be in (0, window], got {self.stride} (window {self.window})")
+            raise ValueError(
+                f"inference.stride must be in (0, window], got {self.stride} (window {self.window})"
+            )

@@ -76,7 +76,9 @@ class SupervisedModule(SegmentationMethod):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch["image"])
         if logits.shape[-2:] != batch["mask"].shape[-2:]:
-            logits = F.interpolate(logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                logits, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False
+            )
         loss = F.cross_entropy(logits, batch["mask"], ignore_index=self.ignore_index)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss

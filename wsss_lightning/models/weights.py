@@ -21,7 +21,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict (or a checkpoint holding one), got {type(obj).__name__}")
+        raise TypeError(
+            f"{path}: expected a state dict (or a checkpoint holding one), got {type(obj).__name__}"
+        )
     return obj
 
 
