@@ -9,12 +9,12 @@ import torch
 from wsss_lightning.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    TrainTransform,
     box_from_applied_params,
     box_from_valid_mask,
     denormalize_to_uint8,
     eval_transform,
     normalize_to_tensor,
-    train_transform,
 )
 
 # One distinct colour per class, so the image alone tells which class a pixel belongs to.
@@ -43,7 +43,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def test_geometry_keeps_image_and_mask_aligned_exactly_without_rescale() -> None:
     image, mask = planted_sample()
-    tf = train_transform((48, 96), scale_range=(1.0, 1.0), hflip_p=0.5, record_params=True)
+    tf = TrainTransform((48, 96), scale_range=(1.0, 1.0), hflip_p=0.5, record_params=True)
     flipped = 0
     for seed in range(20):
         out = tf(image, mask, clicks=mask, seed=seed)
@@ -60,7 +60,7 @@ def test_geometry_keeps_image_and_mask_aligned_exactly_without_rescale() -> None
 
 def test_rescaled_patches_coincide_with_mask() -> None:
     image, mask = planted_sample(80, 100)
-    tf = train_transform(64, scale_range=(0.5, 2.0))
+    tf = TrainTransform(64, scale_range=(0.5, 2.0))
     for seed in range(10):
         out = tf(image, mask, seed=seed)
         top, left, bottom, right = out["valid_box"].tolist()
@@ -73,7 +73,7 @@ def test_rescaled_patches_coincide_with_mask() -> None:
 @pytest.mark.parametrize("pad_position", ["random", "top_left", "center"])
 def test_padding_fills_mask_255_image_0_and_box_matches_params(pad_position: str) -> None:
     image, mask = planted_sample(30, 40)
-    tf = train_transform(
+    tf = TrainTransform(
         64,
         scale_range=(0.5, 1.5),
         pad_position=pad_position,  # type: ignore[arg-type]
@@ -98,7 +98,7 @@ def test_mask_pad_value_zero_reproduces_u2pl_but_clicks_stay_255() -> None:
     image, mask = planted_sample(20, 20)
     clicks = np.full_like(mask, 255)
     clicks[5, 5] = 1
-    tf = train_transform(48, scale_range=(1.0, 1.0), mask_pad_value=0)
+    tf = TrainTransform(48, scale_range=(1.0, 1.0), mask_pad_value=0)
     out = tf(image, mask + 1, clicks=clicks, seed=0)  # shift labels so 0 appears only in the padding
     top, left, bottom, right = out["valid_box"].tolist()
     m = out["mask"].numpy()
@@ -108,7 +108,7 @@ def test_mask_pad_value_zero_reproduces_u2pl_but_clicks_stay_255() -> None:
 
 def test_valid_box_full_crop_without_padding_and_analytic_agreement() -> None:
     image, mask = planted_sample(200, 300)
-    tf = train_transform(64, scale_range=(0.8, 1.5), record_params=True)
+    tf = TrainTransform(64, scale_range=(0.8, 1.5), record_params=True)
     for seed in range(20):
         out = tf(image, mask, seed=seed)
         assert out["valid_box"].tolist() == [0, 0, 64, 64]
@@ -124,7 +124,7 @@ def test_box_from_valid_mask_edge_cases() -> None:
 
 def test_seed_makes_calls_reproducible_and_children_independent() -> None:
     image, mask = planted_sample()
-    tf = train_transform(32, color_jitter=0.4, blur_p=0.5, grayscale_p=0.5, hflip_p=0.5, record_params=True)
+    tf = TrainTransform(32, color_jitter=0.4, blur_p=0.5, grayscale_p=0.5, hflip_p=0.5, record_params=True)
     a, b = tf(image, mask, seed=7), tf(image, mask, seed=7)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
     assert not torch.equal(a["image"], tf(image, mask, seed=8)["image"])
@@ -161,15 +161,15 @@ def test_eval_transform_short_side() -> None:
 def test_bad_arguments_name_the_field() -> None:
     image, mask = planted_sample()
     with pytest.raises(ValueError, match="mask"):
-        train_transform(32)(image, mask[:10])
+        TrainTransform(32)(image, mask[:10])
     with pytest.raises(ValueError, match="crop_size"):
-        train_transform((32, 32, 3))
+        TrainTransform((32, 32, 3))
     with pytest.raises(ValueError, match="mask_pad_value"):
-        train_transform(32, mask_pad_value=300)
+        TrainTransform(32, mask_pad_value=300)
     with pytest.raises(ValueError, match="scale_range"):
-        train_transform(32, scale_range=(2.0, 1.0))
+        TrainTransform(32, scale_range=(2.0, 1.0))
     with pytest.raises(ValueError, match="color_jitter"):
-        train_transform(32, color_jitter=(0.1, 0.2))
+        TrainTransform(32, color_jitter=(0.1, 0.2))
     with pytest.raises(ValueError, match="image"):
         normalize_to_tensor(image[:, :, 0])
 
@@ -182,14 +182,14 @@ def test_click_points_mode_keeps_one_pixel_clicks_on_their_class() -> None:
         if ys.size:
             clicks[int(np.median(ys)), int(np.median(xs))] = cls
     n_clicks = int((clicks != 255).sum())
-    as_mask = train_transform(48, scale_range=(1.0, 1.0), click_mode="mask")
-    as_points = train_transform(48, scale_range=(1.0, 1.0), click_mode="points")
+    as_mask = TrainTransform(48, scale_range=(1.0, 1.0), click_mode="mask")
+    as_points = TrainTransform(48, scale_range=(1.0, 1.0), click_mode="points")
     for seed in range(5):  # without rescaling both modes agree exactly
         assert torch.equal(
             as_mask(image, mask, clicks, seed=seed)["clicks"],
             as_points(image, mask, clicks, seed=seed)["clicks"],
         )
-    tf = train_transform(64, scale_range=(0.3, 3.0), click_mode="points")
+    tf = TrainTransform(64, scale_range=(0.3, 3.0), click_mode="points")
     for seed in range(10):
         out = tf(image, mask, clicks, seed=seed)
         c, m = out["clicks"].numpy(), out["mask"].numpy()
@@ -197,6 +197,6 @@ def test_click_points_mode_keeps_one_pixel_clicks_on_their_class() -> None:
         assert on.sum() <= n_clicks
         np.testing.assert_array_equal(c[on], m[on])  # each click stays on its own class
     # a crop larger than the scaled image (at most 200x250) keeps every click, as exactly one pixel
-    whole = train_transform(256, scale_range=(0.3, 2.5), click_mode="points")
+    whole = TrainTransform(256, scale_range=(0.3, 2.5), click_mode="points")
     for seed in range(5):
         assert int((whole(image, mask, clicks, seed=seed)["clicks"] != 255).sum()) == n_clicks

@@ -82,7 +82,7 @@ from wsss_lightning.data.torch_datasets import (
     pad_collate,
     seed_worker,
 )
-from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, eval_transform
 
 DatasetName = Literal["voc", "coco", "coco_stuff", "cityscapes", "gta5"]
 Supervision = Literal["full", "image", "click", "semi", "domain"]
@@ -175,7 +175,7 @@ class WSSSDataModule(L.LightningDataModule):
         blur_p: Gaussian-blur probability (0: off).
         blur_sigma: Range of the blur sigma in pixels.
         pad_position: Where a rescaled image smaller than the crop is placed before cropping ("random",
-            "top_left", "center"); see :func:`wsss_lightning.data.transforms.train_transform`.
+            "top_left", "center"); see :class:`wsss_lightning.data.transforms.TrainTransform`.
         image_pad_value: Raw RGB value of image padding in training crops.
         mask_pad_value: Label of padded crop pixels. 255 (ignored) is correct; 0 reproduces the U2PL code.
         mean: Normalisation mean for [0, 1] pixels (ImageNet, matching pretrained backbones).
@@ -332,12 +332,12 @@ class WSSSDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
         # Building the pipelines here validates the augmentation arguments at construction time.
-        self.train_tf = train_transform(
-            crop_size,
-            scale_range,
-            hflip_p,
-            color_jitter,
-            blur_p,
+        self.train_tf = TrainTransform(
+            crop_size=crop_size,
+            scale_range=scale_range,
+            hflip_p=hflip_p,
+            color_jitter=color_jitter,
+            blur_p=blur_p,
             color_jitter_p=color_jitter_p,
             grayscale_p=grayscale_p,
             blur_sigma=blur_sigma,

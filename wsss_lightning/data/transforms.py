@@ -220,8 +220,32 @@ class TrainTransform:
     The geometric part is applied identically to the image, the label mask, the click map and an internal
     all-ones "valid" map; the valid map yields the ``valid_box`` of real content inside the crop and decides
     which pixels are padding (image: ``image_pad_value``; mask: ``mask_pad_value``; clicks: always 255).
+    Call it as ``t(image, mask=..., clicks=..., seed=...)``.
 
-    Build it with :func:`train_transform`.
+    Args:
+        crop_size: Output crop, an int or (height, width).
+        scale_range: Uniform range of the random rescale factor applied to both sides (DuPL / U2PL: 0.5-2.0,
+            ASDT: 0.7-1.3). (1, 1) disables rescaling.
+        hflip_p: Probability of a horizontal flip.
+        color_jitter: None (off), a strength ``s`` (brightness = contrast = saturation = s, hue = s / 4) or an
+            explicit (brightness, contrast, saturation, hue); DuPL uses (0.4, 0.4, 0.2, 0.1).
+        blur_p: Probability of a Gaussian blur (DuPL: 1.0, Seminar: 0.5, U2PL: 0).
+        color_jitter_p: Probability of applying the colour jitter (DuPL: 0.8).
+        grayscale_p: Probability of converting to grey (DuPL: 0.2).
+        blur_sigma: Range of the blur's sigma in pixels (DuPL: PIL radius 0.1-2.0).
+        image_pad_value: Raw RGB value of padding when the rescaled image is smaller than the crop (0 = black,
+            as DuPL / Seminar; after normalisation it is not the mean colour).
+        mask_pad_value: Label of padded pixels; 255 (ignored) is correct, 0 reproduces the U2PL code, which
+            trains padding as class 0.
+        pad_position: Where the image sits in the padded canvas before cropping: "random" (DuPL: any offset,
+            so the model does not learn that content hugs the top-left corner), "top_left" (U2PL / Seminar pad
+            right / bottom only) or "center".
+        mean: Normalisation mean for [0, 1] pixels (ImageNet by default, matching pretrained backbones).
+        std: Normalisation std for [0, 1] pixels.
+        click_mode: How click maps follow the geometry: "mask" resizes them like a label mask (nearest
+            neighbour; a click may vanish when down-scaled or become a block when up-scaled, as in the rloss /
+            Seminar code), "points" warps each click's coordinates and redraws it as one pixel (Gated-CRF).
+        record_params: Keep albumentations' record of the sampled parameters in the output (for tests).
     """
 
     def __init__(
@@ -377,73 +401,6 @@ class TrainTransform:
         out = np.full(self.crop_hw, _INTERNAL_MASK_FILL, dtype=np.uint8)
         out[rc[keep, 0], rc[keep, 1]] = labels[keep]
         return out
-
-
-def train_transform(
-    crop_size: int | Sequence[int],
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    hflip_p: float = 0.5,
-    color_jitter: float | Sequence[float] | None = None,
-    blur_p: float = 0.0,
-    *,
-    color_jitter_p: float = 0.8,
-    grayscale_p: float = 0.0,
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
-    image_pad_value: int = 0,
-    mask_pad_value: int = 255,
-    pad_position: PadPosition = "random",
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    click_mode: ClickMode = "mask",
-    record_params: bool = False,
-) -> TrainTransform:
-    """Build the weak training pipeline shared by all methods.
-
-    Args:
-        crop_size: Output crop, an int or (height, width).
-        scale_range: Uniform range of the random rescale factor applied to both sides (DuPL / U2PL: 0.5-2.0,
-            ASDT: 0.7-1.3). (1, 1) disables rescaling.
-        hflip_p: Probability of a horizontal flip.
-        color_jitter: None (off), a strength ``s`` (brightness = contrast = saturation = s, hue = s / 4) or an
-            explicit (brightness, contrast, saturation, hue); DuPL uses (0.4, 0.4, 0.2, 0.1).
-        blur_p: Probability of a Gaussian blur (DuPL: 1.0, Seminar: 0.5, U2PL: 0).
-        color_jitter_p: Probability of applying the colour jitter (DuPL: 0.8).
-        grayscale_p: Probability of converting to grey (DuPL: 0.2).
-        blur_sigma: Range of the blur's sigma in pixels (DuPL: PIL radius 0.1-2.0).
-        image_pad_value: Raw RGB value of padding when the rescaled image is smaller than the crop (0 = black,
-            as DuPL / Seminar; after normalisation it is not the mean colour).
-        mask_pad_value: Label of padded pixels; 255 (ignored) is correct, 0 reproduces the U2PL code, which
-            trains padding as class 0.
-        pad_position: Where the image sits in the padded canvas before cropping: "random" (DuPL: any offset,
-            so the model does not learn that content hugs the top-left corner), "top_left" (U2PL / Seminar pad
-            right / bottom only) or "center".
-        mean: Normalisation mean for [0, 1] pixels (ImageNet by default, matching pretrained backbones).
-        std: Normalisation std for [0, 1] pixels.
-        click_mode: How click maps follow the geometry: "mask" resizes them like a label mask (nearest
-            neighbour; a click may vanish when down-scaled or become a block when up-scaled, as in the rloss /
-            Seminar code), "points" warps each click's coordinates and redraws it as one pixel (Gated-CRF).
-        record_params: Keep albumentations' record of the sampled parameters in the output (for tests).
-
-    Returns:
-        A :class:`TrainTransform`; call it as ``t(image, mask=..., clicks=..., seed=...)``.
-    """
-    return TrainTransform(
-        crop_size=crop_size,
-        scale_range=scale_range,
-        hflip_p=hflip_p,
-        color_jitter=color_jitter,
-        color_jitter_p=color_jitter_p,
-        grayscale_p=grayscale_p,
-        blur_p=blur_p,
-        blur_sigma=blur_sigma,
-        image_pad_value=image_pad_value,
-        mask_pad_value=mask_pad_value,
-        pad_position=pad_position,
-        mean=mean,
-        std=std,
-        click_mode=click_mode,
-        record_params=record_params,
-    )
 
 
 class EvalTransform:

@@ -20,7 +20,6 @@ from typing_extensions import override
 
 from wsss_lightning.callbacks.seeding import StepSeed
 from wsss_lightning.inference import (
-    CRFParams,
     CRFPostProcessor,
     multiscale_flip_logits,
     sliding_window_logits,
@@ -124,16 +123,8 @@ class SegmentationMethod(L.LightningModule, ABC):
 
     def _crf_processor(self) -> CRFPostProcessor:
         if self._crf is None:
-            c = self.inference.crf
-            params = CRFParams(
-                iterations=c.iterations,
-                gaussian_sxy=c.gaussian_sxy,
-                gaussian_compat=c.gaussian_compat,
-                bilateral_sxy=c.bilateral_sxy,
-                bilateral_srgb=c.bilateral_srgb,
-                bilateral_compat=c.bilateral_compat,
-            )
-            self._crf = CRFPostProcessor(params, num_workers=c.workers)
+            crf = self.inference.crf
+            self._crf = CRFPostProcessor(crf.params, num_workers=crf.workers)
         return self._crf
 
     def predict_masks(self, images: Tensor, sizes: Tensor, test_time: bool = True) -> list[Tensor]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from wsss_lightning.inference.crf import CRFParams
+
 
 @dataclass
 class OptimizerConfig:
@@ -48,20 +50,21 @@ class OptimizerConfig:
 
 @dataclass
 class CRFConfig:
-    """Dense CRF post-processing (pydensecrf2) used at test / predict time.
+    """Dense CRF post-processing (pydensecrf2) at test / predict time.
 
-    Defaults are the values of the DuPL / ToCo evaluation code (Gaussian sxy 1 / compat 1, bilateral
-    sxy 121 / srgb 5 / compat 4, 10 mean-field iterations). ``workers`` processes refine images in parallel.
+    Attributes:
+        enabled: refine test / predict outputs with the CRF.
+        workers: processes refining images in parallel (0 runs in the main process).
+        params: the CRF's kernels and iterations; the defaults are DuPL's official evaluation values.
     """
 
     enabled: bool = False
-    iterations: int = 10
-    gaussian_sxy: float = 1.0
-    gaussian_compat: float = 1.0
-    bilateral_sxy: float = 121.0
-    bilateral_srgb: float = 5.0
-    bilateral_compat: float = 4.0
     workers: int = 2
+    params: CRFParams = field(default_factory=CRFParams)
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"inference.crf.workers must be >= 0, got {self.workers}")
 
 
 @dataclass
