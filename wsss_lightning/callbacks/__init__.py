@@ -1,7 +1,9 @@
-"""Callbacks: prediction writing and W&B media (teacher / schedule callbacks arrive with the methods)."""
+"""Callbacks: teachers, schedules, seeding, prediction writing and W&B media."""
 
+from wsss_lightning.callbacks.ema import EMATeacherCallback
 from wsss_lightning.callbacks.prediction_writer import PredictionWriter
+from wsss_lightning.callbacks.schedule import ScheduleCallback
 from wsss_lightning.callbacks.seeding import StepSeed
 from wsss_lightning.callbacks.wandb_media import WandbSegmentationMedia
 
-__all__ = ["PredictionWriter", "StepSeed", "WandbSegmentationMedia"]
+__all__ = ["EMATeacherCallback", "PredictionWriter", "ScheduleCallback", "StepSeed", "WandbSegmentationMedia"]

@@ -1,0 +1,172 @@
+"""Apply a pure schedule to an attribute of the LightningModule before every training batch."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from wsss_lightning.schedules import cosine_descent, linear_ramp
+
+ScheduleKind = Literal["linear", "cosine", "constant"]
+
+
+def resolve_attribute(root: object, path: str) -> tuple[object, str]:
+    """Split a dotted attribute path into (owner object, last name), checking that it exists.
+
+    Raises:
+        AttributeError: naming the missing part of ``path`` and the class where it was looked up.
+    """
+    owner = root
+    parts = path.split(".")
+    for i, name in enumerate(parts):
+        if not hasattr(owner, name):
+            where = ".".join(parts[:i]) or type(root).__name__
+            raise AttributeError(
+                f"attribute '{path}': {type(owner).__name__} ({where}) has no attribute '{name}'; "
+                f"the callback needs an existing attribute of the LightningModule"
+            )
+        if i < len(parts) - 1:
+            owner = getattr(owner, name)
+    return owner, parts[-1]
+
+
+def schedule_value(kind: ScheduleKind, t: int, total: int, start: float, end: float) -> float:
+    """Value of a schedule at progress ``t`` (clamped to ``[0, total]``).
+
+    Args:
+        kind: ``"linear"`` and ``"cosine"`` go from ``start`` at ``t = 0`` to ``end`` at ``t = total``;
+            ``"constant"`` is always ``start``.
+        t: progress since the schedule began (steps or epochs).
+        total: length of the schedule in the same unit.
+        start: value at the beginning.
+        end: value at the end.
+    """
+    if kind == "constant":
+        return start
+    if kind == "linear":
+        return linear_ramp(t, total, start, end)
+    if kind == "cosine":
+        return cosine_descent(t, total, start, end)
+    raise ValueError(f"schedule kind must be one of 'linear', 'cosine', 'constant', got {kind!r}")
+
+
+class ScheduleCallback(Callback):
+    """Before every training batch, set ``pl_module.<attribute>`` to a schedule's value and log it.
+
+    The value is a pure function of the trainer's progress (global step or epoch index), so a resumed run
+    sees the same values at the same steps and nothing needs checkpointing. Before ``start_step`` the value
+    is ``start``; after ``start_step + total_steps`` it is ``end``.
+
+    U2PL's unreliable-pixel percentage ``alpha_t = 20 * (1 - epoch / epochs)`` (spec u2pl §3.6) is::
+
+        ScheduleCallback(attribute="percent_unreliable", kind="linear", start=20.0, end=0.0, interval="epoch")
+
+    If the attribute currently holds a tensor (e.g. a buffer) it is filled in place; otherwise a Python
+    float is assigned.
+
+    Args:
+        attribute: attribute of the LightningModule to set; dotted paths reach submodules
+            (``"loss_fn.threshold"``). It must exist when training starts.
+        kind: ``"linear"``, ``"cosine"`` (from ``start`` to ``end``) or ``"constant"`` (``start``).
+        start: value at ``start_step``.
+        end: value at ``start_step + total_steps``.
+        total_steps: length of the schedule, in optimizer steps (``interval="step"``) or epochs
+            (``interval="epoch"``). ``None`` runs it to the end of training: ``trainer.max_epochs`` or
+            ``trainer.estimated_stepping_batches``, minus ``start_step``.
+        start_step: step (or epoch) at which the schedule begins.
+        interval: ``"step"`` evaluates at ``trainer.global_step`` (optimizer steps taken so far);
+            ``"epoch"`` at ``trainer.current_epoch`` (constant within an epoch, as U2PL's code does).
+        log_name: name of the logged value; default ``"schedule/<attribute>"``.
+    """
+
+    def __init__(
+        self,
+        attribute: str,
+        kind: ScheduleKind = "linear",
+        start: float = 0.0,
+        end: float = 0.0,
+        total_steps: int | None = None,
+        start_step: int = 0,
+        interval: Literal["step", "epoch"] = "step",
+        log_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in ("linear", "cosine", "constant"):
+            raise ValueError(f"ScheduleCallback.kind must be 'linear', 'cosine' or 'constant', got {kind!r}")
+        if interval not in ("step", "epoch"):
+            raise ValueError(f"ScheduleCallback.interval must be 'step' or 'epoch', got {interval!r}")
+        if total_steps is not None and total_steps <= 0:
+            raise ValueError(f"ScheduleCallback.total_steps must be positive or None, got {total_steps}")
+        if start_step < 0:
+            raise ValueError(f"ScheduleCallback.start_step must be >= 0, got {start_step}")
+        self.attribute = attribute
+        self.kind: ScheduleKind = kind
+        self.start = float(start)
+        self.end = float(end)
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.interval = interval
+        self.log_name = log_name or f"schedule/{attribute}"
+        self._total: int | None = None  # resolved once per fit: estimated_stepping_batches is not free
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(attribute=self.attribute)
+
+    def total(self, trainer: L.Trainer) -> int:
+        """Length of the schedule in its unit, resolved from the trainer when ``total_steps`` is None."""
+        if self.total_steps is not None:
+            return self.total_steps
+        if self.interval == "epoch":
+            if trainer.max_epochs is None or trainer.max_epochs < 0:
+                raise ValueError(
+                    f"ScheduleCallback({self.attribute}): total_steps=None with interval='epoch' needs "
+                    f"Trainer(max_epochs=...), got max_epochs={trainer.max_epochs}"
+                )
+            end = trainer.max_epochs
+        else:
+            estimated = trainer.estimated_stepping_batches
+            if not math.isfinite(estimated):
+                raise ValueError(
+                    f"ScheduleCallback({self.attribute}): total_steps=None needs a finite run "
+                    "(Trainer max_steps or max_epochs with a sized dataloader)"
+                )
+            end = int(estimated)
+        if end - self.start_step <= 0:
+            raise ValueError(
+                f"ScheduleCallback({self.attribute}): start_step={self.start_step} is not before the end of "
+                f"training ({end} {self.interval}s)"
+            )
+        return end - self.start_step
+
+    def value(self, trainer: L.Trainer) -> float:
+        """The schedule's value at the trainer's current progress."""
+        if self._total is None:
+            self._total = self.total(trainer)
+        now = trainer.current_epoch if self.interval == "epoch" else trainer.global_step
+        return schedule_value(self.kind, now - self.start_step, self._total, self.start, self.end)
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._total = None
+            resolve_attribute(pl_module, self.attribute)  # fail before training, not at the first batch
+
+    @override
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        value = self.value(trainer)
+        owner, name = resolve_attribute(pl_module, self.attribute)
+        current = getattr(owner, name)
+        if isinstance(current, torch.Tensor):
+            current.fill_(value)
+        else:
+            setattr(owner, name, value)
+        pl_module.log(self.log_name, value, on_step=True, on_epoch=False, batch_size=1)
