@@ -133,3 +133,14 @@ def test_data_root_override_reaches_the_datamodule(synthetic, tmp_path, monkeypa
     # linked from the datamodule into the method
     assert cli.model.num_classes == cli.datamodule.num_classes == 21
     assert cli.model.class_names == list(cli.datamodule.class_names)
+
+
+def test_normalisation_is_linked_from_the_datamodule(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = synthetic("voc")
+    cli = run_cli([
+        "fit", *tiny_args(CONFIGS / "quickstart.yaml", root)[:4], "--trainer.fast_dev_run=1", *TINY,
+        "--data.init_args.mean=[0.5,0.5,0.5]", "--data.init_args.std=[0.25,0.25,0.25]",
+    ])  # fmt: skip
+    assert cli.model.image_mean.flatten().tolist() == [0.5, 0.5, 0.5]
+    assert cli.model.image_std.flatten().tolist() == [0.25, 0.25, 0.25]

@@ -282,6 +282,8 @@ class WSSSDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.dataset = dataset
         self.supervision = supervision
+        # normalisation, linked into the method (which needs it to recover RGB images for the CRF)
+        self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size = batch_size
         self.unlabeled_batch_size = unlabeled_batch_size or batch_size
         self.eval_batch_size = eval_batch_size
