@@ -76,7 +76,6 @@ from wsss_lightning.data.torch_datasets import (
     ClickConfig,
     EpochKeyedSampler,
     EvalSegDataset,
-    ResumableDataLoader,
     TrainSegDataset,
     oversample_indices,
     pad_collate,
@@ -283,7 +282,7 @@ class WSSSDataModule(L.LightningDataModule):
         self.dataset = dataset
         self.supervision = supervision
         # normalisation, linked into the method (which needs it to recover RGB images for the CRF)
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
         self.batch_size = batch_size
         self.unlabeled_batch_size = unlabeled_batch_size or batch_size
         self.eval_batch_size = eval_batch_size
@@ -293,6 +292,8 @@ class WSSSDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.diagnostic_masks = diagnostic_masks
         self.mask_dir = mask_dir
+        self._train_loaders: dict[str, DataLoader[Any]] = {}
+        self._resume_positions: dict[str, dict[str, int]] = {}
         self.tags_file = tags_file
         self.cache_dir = cache_dir
         self.clicks_dir = clicks_dir
@@ -644,13 +645,29 @@ class WSSSDataModule(L.LightningDataModule):
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochKeyedSampler(dataset, num_replicas=replicas, rank=rank)
-        return ResumableDataLoader(dataset, sampler=sampler, progress=self._epoch_batches, **options)
+        return DataLoader(dataset, sampler=sampler, **options)
 
-    def _epoch_batches(self) -> int:
-        """Batches the training loop has taken in the current epoch (0 outside ``fit``)."""
-        if self.trainer is None:
-            return 0
-        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+    # ---- exact resume -------------------------------------------------------------------------------
+    # Lightning restores a datamodule's state before it builds the loaders (its own loader-state hook runs
+    # after ``estimated_stepping_batches`` may already have built them), so the position inside the epoch
+    # travels here: (sampler epoch, samples consumed) per training loader.
+    def state_dict(self) -> dict[str, Any]:
+        """Position of every training loader inside its epoch (saved in checkpoints by Lightning)."""
+        batches = 0
+        if self.trainer is not None:
+            batches = int(self.trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        positions = {}
+        for name, loader in self._train_loaders.items():
+            assert isinstance(loader.sampler, EpochKeyedSampler)
+            positions[name] = {
+                "epoch": loader.sampler.epoch,
+                "samples": batches * int(loader.batch_size or 1),
+            }
+        return {"train_positions": positions}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember the checkpointed positions; the next training loaders start there."""
+        self._resume_positions = dict(state_dict.get("train_positions", {}))
 
     def train_dataloader(self) -> DataLoader[Any] | dict[str, DataLoader[Any]]:
         """One loader (full / image / click) or a dict of two (semi / domain); see the module docstring."""
@@ -665,6 +682,12 @@ class WSSSDataModule(L.LightningDataModule):
             "target": self.unlabeled_batch_size,
         }
         loaders = {k: self._loader(ds, sizes[k], train=True) for k, ds in self._train_sets.items()}
+        for name, position in self._resume_positions.items():
+            sampler = loaders[name].sampler
+            assert isinstance(sampler, EpochKeyedSampler)
+            sampler.resume_at = (int(position["epoch"]), int(position["samples"]))
+        self._resume_positions = {}
+        self._train_loaders = loaders
         if len(loaders) == 1:
             return loaders["train"]
         return loaders

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import random
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from wsss_lightning.data.classes import DatasetInfo
 from wsss_lightning.data.datasets.base import (
@@ -39,8 +39,9 @@ class EpochKeyedSampler(DistributedSampler):  # type: ignore[type-arg]
 
     Lightning neither checkpoints random-number-generator state nor the workers' streams, so a plain
     ``shuffle=True`` loader draws another order and other augmentations after ``fit --ckpt_path last``.
-    Here the order and every sample's augmentation seed depend only on (seed, epoch, index): a resumed
-    run sees the same batches. Being a ``DistributedSampler`` it also shards across DDP ranks (Lightning
+    Here the order and every sample's augmentation seed depend only on (seed, epoch, index), and
+    ``resume_at`` (set from the datamodule's checkpointed state) skips what a mid-epoch checkpoint had
+    already consumed: a resumed run sees the same batches. Being a ``DistributedSampler`` it also shards across DDP ranks (Lightning
     keeps it instead of injecting its own and calls ``set_epoch`` on it every epoch).
 
     Args:
@@ -67,32 +68,6 @@ class EpochKeyedSampler(DistributedSampler):  # type: ignore[type-arg]
         for position, index in enumerate(super().__iter__()):
             if position >= skip:
                 yield (self.seed, self.epoch, int(index))
-
-
-class ResumableDataLoader(DataLoader):  # type: ignore[type-arg]
-    """A training loader whose position inside an epoch is saved in Lightning checkpoints.
-
-    Lightning stores the ``state_dict`` of loaders that have one and hands it back on resume, so a run
-    continued from a mid-epoch checkpoint skips the batches it has already trained on instead of
-    restarting the epoch. ``progress`` returns how many batches of the current epoch the training loop
-    has taken (the trainer's batch counter, which unlike a count of yielded batches is not inflated by
-    prefetching).
-    """
-
-    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.progress = progress
-
-    def state_dict(self) -> dict[str, int]:
-        sampler = self.sampler
-        assert isinstance(sampler, EpochKeyedSampler)
-        batches = self.progress() if self.progress is not None else 0
-        return {"epoch": sampler.epoch, "samples": batches * int(self.batch_size or 1)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler = self.sampler
-        assert isinstance(sampler, EpochKeyedSampler)
-        sampler.resume_at = (int(state["epoch"]), int(state["samples"]))
 
 
 def key_seed(key: SampleKey) -> int:

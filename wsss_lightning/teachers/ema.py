@@ -162,3 +162,29 @@ class EMATeacher(nn.Module):
         with_buffers = not self.params_only if include_buffers is None else include_buffers
         teacher_tensors, student_tensors, _ = self._pairs(student, with_buffers=with_buffers)
         torch._foreach_copy_(teacher_tensors, student_tensors)
+
+    @torch.no_grad()
+    def sync_buffers(self) -> None:
+        """Average the teacher's floating-point buffers (BN statistics) over all DDP ranks.
+
+        With ``params_only`` the teacher's BN statistics come from its own train-mode forwards, which see
+        each rank's own images; averaging them after those forwards keeps every rank's teacher identical
+        (on GPUs with ``sync_batchnorm`` they already agree and this changes nothing). One all-reduce of
+        the flattened buffers; a no-op outside distributed runs.
+        """
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        world = torch.distributed.get_world_size()
+        buffers = [b for b in self.module.buffers() if b.is_floating_point()]
+        if world == 1 or not buffers:
+            return
+        flat = torch.cat([b.reshape(-1).float() for b in buffers])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        torch._foreach_copy_(
+            buffers,
+            [
+                chunk.view_as(b)
+                for chunk, b in zip(flat.split([b.numel() for b in buffers]), buffers, strict=True)
+            ],
+        )

@@ -1,0 +1,147 @@
+"""U2PLModule through the CLI on synthetic VOC: semi-supervised and SupOnly runs, exact resume, DDP, errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import Interrupt
+from wsss_lightning.cli import run_cli
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs" / "u2pl"
+
+# A small network, a small bank, a few steps: one warm-up epoch of 2 steps, then semi-supervised steps.
+TINY = [
+    "--model.init_args.encoder=resnet18",
+    "--model.init_args.multi_grid=null",
+    "--model.init_args.contrastive.capacity=256",
+    "--model.init_args.contrastive.background_capacity=512",
+    "--model.init_args.contrastive.num_anchors=16",
+    "--model.init_args.contrastive.num_negatives=8",
+    "--data.init_args.labeled_list=splits/1_8/labeled.txt",
+    "--data.init_args.unlabeled_list=splits/1_8/unlabeled.txt",
+    "--data.init_args.crop_size=64",
+    "--data.init_args.batch_size=2",
+    "--data.init_args.unlabeled_batch_size=2",
+    "--data.init_args.eval_batch_size=2",
+    "--data.init_args.num_workers=0",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.precision=32-true",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=1",
+]
+
+
+def args(root: Path, config: str = "voc_1464.yaml", epochs: int = 2) -> list[str]:
+    return [
+        "--config",
+        str(CONFIGS / config),
+        "--data.root",
+        str(root),
+        *TINY,
+        f"--trainer.max_epochs={epochs}",
+    ]
+
+
+def test_u2pl_fit_runs_warmup_then_semi_supervised_losses(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", *args(synthetic("voc"))])
+    metrics = cli.trainer.callback_metrics
+    assert cli.trainer.global_step == 4
+    for key in ("train/loss_sup", "train/loss_unsup", "train/loss_contrastive", "val/miou", "teacher/decay"):
+        assert key in metrics, key
+    model = cli.model
+    assert model.contrastive.memory_bank.filled().sum() > 0, "no negatives were enqueued"
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert float(metrics["schedule/anneal"]) == pytest.approx(0.5)  # alpha_t at epoch 1 of 2
+
+
+def test_suponly_baseline_trains_on_labeled_list_only(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = [a for a in TINY if "labeled_list" not in a and "unlabeled" not in a]
+    cli = run_cli([
+        "fit", "--config", str(CONFIGS / "voc_1464_suponly.yaml"), "--data.root", str(synthetic("voc")), *tiny,
+        "--data.init_args.train_split=splits/1_8/labeled.txt", "--trainer.max_epochs=1",
+    ])  # fmt: skip
+    assert cli.model.contrastive is None  # no memory bank is allocated for SupOnly
+    assert "train/loss_sup" in cli.trainer.callback_metrics and "val/miou" in cli.trainer.callback_metrics
+
+
+def test_resume_restores_student_teacher_and_memory_bank_exactly(synthetic, tmp_path, monkeypatch):
+    root = synthetic("voc")
+    ckpt = (
+        '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "ckpts",'
+        ' "every_n_train_steps": 1, "save_top_k": -1, "save_last": true}}]'
+    )
+    common = [*args(root, epochs=3), f"--trainer.callbacks={ckpt}", "--trainer.limit_val_batches=0"]
+
+    def run(name: str, *extra: str):
+        (tmp_path / name).mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path / name)
+        return run_cli(["fit", *common, *extra])
+
+    straight = run("straight").model.state_dict()
+    with pytest.raises(Interrupt):  # dies in the semi-supervised phase, mid-epoch
+        run("resumed", "--trainer.callbacks+=tests.helpers.InterruptAtStep", "--trainer.callbacks.step=5")
+    resumed_cli = run("resumed", "--ckpt_path=last")
+    assert resumed_cli.trainer.global_step == 6
+    resumed = resumed_cli.model.state_dict()
+    assert any(k.startswith("teacher.") for k in straight) and any("memory_bank" in k for k in straight)
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_ddp_two_processes_keep_memory_banks_and_teachers_identical(synthetic, tmp_path):
+    wsss = shutil.which("wsss", path=str(Path(sys.executable).parent)) or shutil.which("wsss")
+    assert wsss
+    dump = tmp_path / "dump"
+    cmd = [
+        wsss, "fit", *args(synthetic("voc"), epochs=2), "-c", str(REPO / "configs" / "trainer" / "ddp_cpu.yaml"),
+        "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", "--trainer.logger=false",
+        "--trainer.limit_val_batches=0", "--trainer.callbacks+=tests.helpers.DumpState",
+        f"--trainer.callbacks.out={dump}",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1 = (torch.load(dump / f"rank{r}.pt") for r in (0, 1))
+    bank = [k for k in rank0 if "memory_bank" in k]
+    teacher = [k for k in rank0 if k.startswith("teacher.")]
+    assert bank and teacher
+    assert int(rank0["contrastive.memory_bank.count"].sum()) > 0
+    for name in bank + teacher:
+        torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        (["--model.init_args.contrastive.num_negatives=1000"], "num_negatives"),
+        (["--model.init_args.encoder=no_such_encoder"], "encoder"),
+        (["--model.init_args.drop_percent=150"], "drop_percent"),
+    ],
+)
+def test_bad_configuration_fails_at_start_naming_the_field(override, field, synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((ValueError, SystemExit)) as err:
+        run_cli(["fit", *args(synthetic("voc")), *override])
+    assert field in str(err.value) or field in str(err.value.__context__)
+
+
+def test_split_file_that_does_not_match_the_dataset_is_named(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "labeled.txt"
+    bad.write_text("2099_999999\n")
+    with pytest.raises(ValueError, match=r"labeled\.txt"):
+        run_cli(["fit", *args(synthetic("voc")), f"--data.init_args.labeled_list={bad}",
+                 "--data.init_args.unlabeled_list=null"])  # fmt: skip

@@ -1,0 +1,43 @@
+"""Losses: pure functions (shapes in their docstrings) and thin ``nn.Module`` wrappers."""
+
+from wsss_lightning.losses.contrastive import (
+    ContrastiveOutput,
+    select_negative_keys,
+    u2pl_contrastive_loss,
+    u2pl_negative_mask,
+)
+from wsss_lightning.losses.functional import (
+    downsample_labels,
+    entropy_band_masks,
+    entropy_percentile_mask,
+    masked_percentile,
+    ohem_ce,
+    pixel_entropy,
+    symmetric_ce,
+    unsupervised_loss,
+)
+from wsss_lightning.losses.u2pl import (
+    OhemCrossEntropy,
+    SymmetricCrossEntropy,
+    U2PLContrastiveLoss,
+    U2PLUnsupervisedLoss,
+)
+
+__all__ = [
+    "ContrastiveOutput",
+    "OhemCrossEntropy",
+    "SymmetricCrossEntropy",
+    "U2PLContrastiveLoss",
+    "U2PLUnsupervisedLoss",
+    "downsample_labels",
+    "entropy_band_masks",
+    "entropy_percentile_mask",
+    "masked_percentile",
+    "ohem_ce",
+    "pixel_entropy",
+    "select_negative_keys",
+    "symmetric_ce",
+    "u2pl_contrastive_loss",
+    "u2pl_negative_mask",
+    "unsupervised_loss",
+]
