@@ -74,7 +74,7 @@ class ContrastiveConfig:
         background_capacity: queue length of class 0 (50,000).
         bank_dtype: storage dtype of the queues (float32 as released; float16 halves the memory).
         max_keys_per_step: keys enqueued per rank and step, shared between classes (fixed shapes, no host
-            sync, default 8192); ``None`` enqueues every negative pixel as the released code does (one host
+            sync); ``None`` (default) enqueues every negative pixel as the released code does (one host
             sync per step).
         momentum_prototype: U2PL+ momentum prototypes (m = 0.999) as positives instead of batch means.
         prototype_momentum: their momentum.
@@ -96,7 +96,7 @@ class ContrastiveConfig:
     capacity: int = 30000
     background_capacity: int = 50000
     bank_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    max_keys_per_step: int | None = 8192
+    max_keys_per_step: int | None = None
     momentum_prototype: bool = False
     prototype_momentum: float = 0.999
 
