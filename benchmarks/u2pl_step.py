@@ -16,6 +16,7 @@ encoder and crop and read the figures as proportions.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from collections import defaultdict
 
@@ -27,7 +28,9 @@ from wsss_lightning.pseudo_labels.cutmix import apply_cutmix, cutmix_boxes
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--crop", type=int, default=129)
     parser.add_argument("--batch", type=int, default=4, help="labeled and unlabeled images per step")
@@ -79,7 +82,7 @@ def main() -> None:
         if step == 0:
             continue  # warm-up
         names = list(t)
-        for prev, name in zip(names, names[1:], strict=False):
+        for prev, name in itertools.pairwise(names):
             times[name].append(t[name] - t[prev])
     total = sum(sum(v) for v in times.values()) / args.steps
     print(f"U2PL step, {args.encoder}, crop {args.crop} ({grid}x{grid} grid), {b} + {b} images, {device}:")
@@ -88,7 +91,9 @@ def main() -> None:
         ms = 1000 * sum(values) / len(values)
         print(f"| {name} | {ms:.0f} | {100 * ms / (1000 * total):.0f} % |")
     print(f"| **total** | **{1000 * total:.0f}** | 100 % |")
-    print(f"memory bank: {bank.keys.shape[0]} x {bank.keys.shape[1]} {bank.keys.dtype} = {bank.nbytes / 2**20:.1f} MiB")
+    print(
+        f"memory bank: {bank.keys.shape[0]} x {bank.keys.shape[1]} {bank.keys.dtype} = {bank.nbytes / 2**20:.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from wsss_lightning.losses import (
+    ContrastiveLossConfig,
     ContrastiveOutput,
     OhemCrossEntropy,
     U2PLContrastiveLoss,
@@ -415,14 +416,16 @@ def test_contrastive_with_momentum_prototypes_matches_numpy() -> None:
     protos.update(t(old), torch.tensor([1, 1, 1, 0, 1]))  # class 3 starts without a prototype
     loss = U2PLContrastiveLoss(
         C,
-        D,
-        num_anchors=7,
-        num_negatives=3,
-        low_rank=2,
-        high_rank=4,
-        momentum_prototype=True,
-        prototype_momentum=0.9,
-        max_keys_per_step=4,
+        ContrastiveLossConfig(
+            num_anchors=7,
+            num_negatives=3,
+            low_rank=2,
+            high_rank=4,
+            momentum_prototype=True,
+            prototype_momentum=0.9,
+            max_keys_per_step=4,
+        ),
+        dim=D,
     )
     loss.memory_bank = bank
     assert loss.prototype_bank is not None
@@ -500,7 +503,7 @@ def test_contrastive_bad_arguments_name_the_fields() -> None:
     with pytest.raises(ValueError, match=r"capacity \(10\) must be >= num_negatives \(50\)"):
         run_loss(x, small)
     with pytest.raises(ValueError, match=r"capacity \(30\) must be >= num_negatives \(50\)"):
-        U2PLContrastiveLoss(C, D, capacity=30)
+        ContrastiveLossConfig(capacity=30)
     bank = CategoryMemoryBank(C, D)
     bad = dict(x, prob_u=x["prob_u"][:, :3])
     with pytest.raises(ValueError, match="prob_u must have shape"):
@@ -510,7 +513,7 @@ def test_contrastive_bad_arguments_name_the_fields() -> None:
     with pytest.raises(ValueError, match="low_rank < high_rank"):
         run_loss(x, bank, low_rank=4, high_rank=4)
     with pytest.raises(ValueError, match="negative_rule"):
-        U2PLContrastiveLoss(C, D, negative_rule="other")  # type: ignore[arg-type]
+        ContrastiveLossConfig(negative_rule="other")  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to observe host syncs")
@@ -518,9 +521,10 @@ def test_losses_do_not_sync_on_cuda() -> None:
     x = {k: t(v).cuda() for k, v in contrastive_inputs(17).items()}
     x["rep"].requires_grad_()
     logits, target, teacher = (t(a).cuda() for a in random_seg(18))
-    loss = U2PLContrastiveLoss(
-        C, D, capacity=64, background_capacity=64, num_negatives=4, low_rank=2, high_rank=4
+    config = ContrastiveLossConfig(
+        capacity=64, background_capacity=64, num_negatives=4, low_rank=2, high_rank=4
     )
+    loss = U2PLContrastiveLoss(C, config, dim=D)
     loss = loss.cuda()
     torch.cuda.set_sync_debug_mode("error")
     try:

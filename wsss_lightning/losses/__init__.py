@@ -17,6 +17,7 @@ from wsss_lightning.losses.functional import (
     unsupervised_loss,
 )
 from wsss_lightning.losses.u2pl import (
+    ContrastiveLossConfig,
     OhemCrossEntropy,
     SymmetricCrossEntropy,
     U2PLContrastiveLoss,
@@ -24,6 +25,7 @@ from wsss_lightning.losses.u2pl import (
 )
 
 __all__ = [
+    "ContrastiveLossConfig",
     "ContrastiveOutput",
     "OhemCrossEntropy",
     "SymmetricCrossEntropy",

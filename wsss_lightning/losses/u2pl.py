@@ -5,6 +5,7 @@ The maths lives in :mod:`wsss_lightning.losses.functional` and :mod:`wsss_lightn
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -15,7 +16,13 @@ from wsss_lightning.losses.functional import ohem_ce, symmetric_ce, unsupervised
 from wsss_lightning.pseudo_labels.memory_bank import CategoryMemoryBank
 from wsss_lightning.pseudo_labels.prototypes import PrototypeBank
 
-__all__ = ["OhemCrossEntropy", "SymmetricCrossEntropy", "U2PLContrastiveLoss", "U2PLUnsupervisedLoss"]
+__all__ = [
+    "ContrastiveLossConfig",
+    "OhemCrossEntropy",
+    "SymmetricCrossEntropy",
+    "U2PLContrastiveLoss",
+    "U2PLUnsupervisedLoss",
+]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -98,6 +105,72 @@ class U2PLUnsupervisedLoss(nn.Module):
         )
 
 
+@dataclass
+class ContrastiveLossConfig:
+    """Options of U2PL's contrastive loss and its memory bank (spec u2pl §3.7, §5.2).
+
+    Attributes:
+        capacity: queue capacity per class (30,000).
+        background_capacity: queue capacity of class 0 (50,000).
+        bank_dtype: storage dtype of the queues (float32 as released; float16 halves the memory).
+        num_anchors: M anchors per class (256).
+        num_negatives: N negatives per anchor (50).
+        delta_p: anchor threshold on the teacher probability of the class (0.3).
+        delta_n: negatives need a teacher probability below this (1 = vacuous, as released).
+        low_rank: r_l (3).
+        high_rank: r_h (20).
+        temperature: tau (0.5).
+        negative_rule: ``paper`` (Eq. 25-28, default as the spec recommends) or ``code`` (released code,
+            issue #171: only pixels pseudo-labelled c become negatives of c).
+        class_pairing: ``matched`` (correct) or ``shifted`` (the released code's index-mismatch bug, #111).
+        normalization: divide by the number of ``present`` classes (code) or by ``all`` C (paper Eq. 10).
+        min_valid_classes: below this many valid classes the loss is 0 (2, as released).
+        momentum_prototype: U2PL+ momentum prototypes as positives instead of batch means.
+        prototype_momentum: their momentum (0.999).
+        max_keys_per_step: keys enqueued per rank and step, shared fairly between classes (fixed shapes, no
+            host sync); ``None`` (default) enqueues every negative pixel as the released code does (one host
+            sync per step for the count).
+    """
+
+    capacity: int = 30000
+    background_capacity: int | None = 50000
+    bank_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    num_anchors: int = 256
+    num_negatives: int = 50
+    delta_p: float = 0.3
+    delta_n: float = 1.0
+    low_rank: int = 3
+    high_rank: int = 20
+    temperature: float = 0.5
+    negative_rule: Literal["paper", "code"] = "paper"
+    class_pairing: Literal["matched", "shifted"] = "matched"
+    normalization: Literal["present", "all"] = "present"
+    min_valid_classes: int = 2
+    momentum_prototype: bool = False
+    prototype_momentum: float = 0.999
+    max_keys_per_step: int | None = None
+
+    def __post_init__(self) -> None:
+        smallest = min(self.capacity, self.background_capacity or self.capacity)
+        if smallest < self.num_negatives:
+            raise ValueError(
+                f"contrastive: queue capacity ({smallest}) must be >= num_negatives ({self.num_negatives})"
+            )
+        choices = {
+            "negative_rule": ("paper", "code"),
+            "class_pairing": ("matched", "shifted"),
+            "normalization": ("present", "all"),
+            "bank_dtype": tuple(_DTYPES),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"contrastive: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 1 <= self.low_rank < self.high_rank:
+            raise ValueError(
+                f"contrastive: need 1 <= low_rank < high_rank, got {self.low_rank}, {self.high_rank}"
+            )
+
+
 class U2PLContrastiveLoss(nn.Module):
     """U2PL's contrastive loss with its memory bank (and optional momentum prototypes) as submodules.
 
@@ -107,92 +180,31 @@ class U2PLContrastiveLoss(nn.Module):
 
     Args:
         num_classes: C.
+        config: the loss and bank options (defaults as released, see :class:`ContrastiveLossConfig`).
         dim: representation dimension D (256).
-        capacity: queue capacity per class (30,000).
-        background_capacity: queue capacity of class 0 (50,000).
-        bank_dtype: storage dtype of the queues (float32 as released; float16 halves the memory).
-        num_anchors: M (256).
-        num_negatives: N (50).
-        delta_p: anchor probability threshold (0.3).
-        delta_n: negative probability bound (1 = vacuous).
-        low_rank: r_l (3).
-        high_rank: r_h (20).
-        temperature: T (0.5).
-        negative_rule: ``"paper"`` (default) or ``"code"``.
-        class_pairing: ``"matched"`` (default) or ``"shifted"`` (released bug).
-        normalization: ``"present"`` (default, code) or ``"all"`` (paper).
-        min_valid_classes: below this many valid classes the loss is 0 (2).
-        momentum_prototype: use U2PL+ momentum prototypes as positives.
-        prototype_momentum: their momentum (0.999).
-        max_keys_per_step: keys enqueued per rank and step, shared fairly between classes (8192: about
-            what the released code enqueues on VOC; fixed shapes, no host sync). None = every negative.
         ignore_index: label of unlabelled pixels.
     """
 
     def __init__(
         self,
         num_classes: int,
+        config: ContrastiveLossConfig | None = None,
         dim: int = 256,
-        capacity: int = 30000,
-        background_capacity: int | None = 50000,
-        bank_dtype: Literal["float32", "float16", "bfloat16"] = "float32",
-        num_anchors: int = 256,
-        num_negatives: int = 50,
-        delta_p: float = 0.3,
-        delta_n: float = 1.0,
-        low_rank: int = 3,
-        high_rank: int = 20,
-        temperature: float = 0.5,
-        negative_rule: Literal["paper", "code"] = "paper",
-        class_pairing: Literal["matched", "shifted"] = "matched",
-        normalization: Literal["present", "all"] = "present",
-        min_valid_classes: int = 2,
-        momentum_prototype: bool = False,
-        prototype_momentum: float = 0.999,
-        max_keys_per_step: int | None = 8192,
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
-        smallest = min(capacity, background_capacity if background_capacity is not None else capacity)
-        if smallest < num_negatives:
-            raise ValueError(
-                f"U2PLContrastiveLoss: queue capacity ({smallest}) must be >= num_negatives ({num_negatives})"
-            )
-        if negative_rule not in ("paper", "code"):
-            raise ValueError(
-                f"U2PLContrastiveLoss: negative_rule must be 'paper' or 'code', got {negative_rule!r}"
-            )
-        if class_pairing not in ("matched", "shifted"):
-            raise ValueError(
-                f"U2PLContrastiveLoss: class_pairing must be 'matched' or 'shifted', got {class_pairing!r}"
-            )
-        if normalization not in ("present", "all"):
-            raise ValueError(
-                f"U2PLContrastiveLoss: normalization must be 'present' or 'all', got {normalization!r}"
-            )
-        if not 1 <= low_rank < high_rank:
-            raise ValueError(
-                f"U2PLContrastiveLoss: need 1 <= low_rank < high_rank, got {low_rank}, {high_rank}"
-            )
-        if bank_dtype not in _DTYPES:
-            raise ValueError(
-                f"U2PLContrastiveLoss: bank_dtype must be one of {sorted(_DTYPES)}, got {bank_dtype!r}"
-            )
-        # Keys stored unit-norm: the loss only takes cosines, so the sampled negatives need no normalising.
+        self.config = cfg = config or ContrastiveLossConfig()
         self.memory_bank = CategoryMemoryBank(
-            num_classes, dim, capacity, background_capacity, dtype=_DTYPES[bank_dtype], normalize=True
+            num_classes,
+            dim,
+            cfg.capacity,
+            cfg.background_capacity,
+            dtype=_DTYPES[cfg.bank_dtype],
+            normalize=True,
         )
         self.prototype_bank = (
-            PrototypeBank(num_classes, dim, prototype_momentum) if momentum_prototype else None
+            PrototypeBank(num_classes, dim, cfg.prototype_momentum) if cfg.momentum_prototype else None
         )
-        self.num_anchors, self.num_negatives = num_anchors, num_negatives
-        self.delta_p, self.delta_n = delta_p, delta_n
-        self.low_rank, self.high_rank, self.temperature = low_rank, high_rank, temperature
-        self.negative_rule: Literal["paper", "code"] = negative_rule
-        self.class_pairing: Literal["matched", "shifted"] = class_pairing
-        self.normalization: Literal["present", "all"] = normalization
-        self.min_valid_classes = min_valid_classes
-        self.max_keys_per_step = max_keys_per_step
         self.ignore_index = ignore_index
 
     def forward(
@@ -208,6 +220,7 @@ class U2PLContrastiveLoss(nn.Module):
         generator: torch.Generator | None = None,
     ) -> ContrastiveOutput:
         """Shapes as :func:`~.contrastive.u2pl_contrastive_loss`; pushes this step's keys to the bank."""
+        cfg = self.config
         return u2pl_contrastive_loss(
             rep,
             rep_teacher,
@@ -218,19 +231,19 @@ class U2PLContrastiveLoss(nn.Module):
             low_mask_u,
             high_mask_u,
             self.memory_bank,
-            num_anchors=self.num_anchors,
-            num_negatives=self.num_negatives,
-            delta_p=self.delta_p,
-            delta_n=self.delta_n,
-            low_rank=self.low_rank,
-            high_rank=self.high_rank,
-            temperature=self.temperature,
-            negative_rule=self.negative_rule,
-            class_pairing=self.class_pairing,
-            normalization=self.normalization,
-            min_valid_classes=self.min_valid_classes,
+            num_anchors=cfg.num_anchors,
+            num_negatives=cfg.num_negatives,
+            delta_p=cfg.delta_p,
+            delta_n=cfg.delta_n,
+            low_rank=cfg.low_rank,
+            high_rank=cfg.high_rank,
+            temperature=cfg.temperature,
+            negative_rule=cfg.negative_rule,
+            class_pairing=cfg.class_pairing,
+            normalization=cfg.normalization,
+            min_valid_classes=cfg.min_valid_classes,
             prototype_bank=self.prototype_bank,
-            max_keys_per_step=self.max_keys_per_step,
+            max_keys_per_step=cfg.max_keys_per_step,
             ignore_index=self.ignore_index,
             generator=generator,
         )

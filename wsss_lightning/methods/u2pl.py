@@ -19,7 +19,7 @@ the same network on labels alone: the SupOnly baseline.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -38,7 +38,7 @@ from wsss_lightning.losses.functional import (
     ohem_ce,
     unsupervised_loss,
 )
-from wsss_lightning.losses.u2pl import U2PLContrastiveLoss
+from wsss_lightning.losses.u2pl import ContrastiveLossConfig, U2PLContrastiveLoss
 from wsss_lightning.methods.base import IMAGENET_MEAN, IMAGENET_STD, SegmentationMethod
 from wsss_lightning.methods.config import InferenceConfig, OptimizerConfig
 from wsss_lightning.models.deeplab import DeepLabV3PlusRep
@@ -48,11 +48,12 @@ from wsss_lightning.teachers import EMATeacher
 
 
 @dataclass
-class ContrastiveConfig:
-    """U2PL's contrastive loss (spec u2pl §3.7-3.8, §5.2).
+class ContrastiveConfig(ContrastiveLossConfig):
+    """U2PL's contrastive term: the loss and bank options of :class:`ContrastiveLossConfig` plus how the
+    method uses it (spec u2pl §3.7-3.8).
 
     Attributes:
-        enabled: use the contrastive loss at all.
+        enabled: use the contrastive loss at all (SupOnly: false, and no memory bank is allocated).
         weight: lambda_c. The released code sets 1 but its DDP reduction divides the gradient by the number
             of GPUs W, so the effective weight of the published runs is 1/W: 0.25 for VOC (4 GPUs), 0.125 for
             Cityscapes (8 GPUs). The default is the VOC value.
@@ -60,45 +61,12 @@ class ContrastiveConfig:
             lowest-entropy pixels and negatives from the alpha^c_t % highest (alpha^c_t anneals like alpha_t).
         anchor_set: ``code`` (the alpha^c_t % lowest-entropy pixels, released code and Table III) or ``paper``
             (every reliable pixel, Eq. 17 / 22).
-        num_anchors: M anchors per class (256).
-        num_negatives: N negatives per anchor (50).
-        delta_p: anchor threshold on the teacher probability of the class (0.3).
-        low_rank: r_l (3).
-        high_rank: r_h (20).
-        temperature: tau (0.5).
-        negative_rule: ``paper`` (Eq. 25-28, default as the spec recommends) or ``code`` (released code,
-            issue #171: only pixels pseudo-labelled c become negatives of c).
-        class_pairing: ``matched`` (correct) or ``shifted`` (the released code's index-mismatch bug, #111).
-        normalization: divide by the number of ``present`` classes (code) or by ``all`` C (paper Eq. 10).
-        capacity: queue length per class (30,000).
-        background_capacity: queue length of class 0 (50,000).
-        bank_dtype: storage dtype of the queues (float32 as released; float16 halves the memory).
-        max_keys_per_step: keys enqueued per rank and step, shared between classes (fixed shapes, no host
-            sync); ``None`` (default) enqueues every negative pixel as the released code does (one host
-            sync per step).
-        momentum_prototype: U2PL+ momentum prototypes (m = 0.999) as positives instead of batch means.
-        prototype_momentum: their momentum.
     """
 
     enabled: bool = True
     weight: float = 0.25
     low_entropy_percent: float = 20.0
     anchor_set: Literal["code", "paper"] = "code"
-    num_anchors: int = 256
-    num_negatives: int = 50
-    delta_p: float = 0.3
-    low_rank: int = 3
-    high_rank: int = 20
-    temperature: float = 0.5
-    negative_rule: Literal["paper", "code"] = "paper"
-    class_pairing: Literal["matched", "shifted"] = "matched"
-    normalization: Literal["present", "all"] = "present"
-    capacity: int = 30000
-    background_capacity: int = 50000
-    bank_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    max_keys_per_step: int | None = None
-    momentum_prototype: bool = False
-    prototype_momentum: float = 0.999
 
 
 def _up(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -231,10 +199,9 @@ class U2PLModule(SegmentationMethod):
         # The memory bank is large (650k x 256 floats for VOC): build it only when the loss is used.
         self.contrastive: U2PLContrastiveLoss | None = None
         if self.contrastive_cfg.enabled:
-            cfg = asdict(self.contrastive_cfg)
-            for key in ("enabled", "weight", "low_entropy_percent", "anchor_set"):
-                cfg.pop(key)
-            self.contrastive = U2PLContrastiveLoss(self.num_classes, ignore_index=self.ignore_index, **cfg)
+            self.contrastive = U2PLContrastiveLoss(
+                self.num_classes, self.contrastive_cfg, ignore_index=self.ignore_index
+            )
             # Every rank pushes the same gathered keys, so the banks are identical by construction: keep DDP
             # from broadcasting hundreds of MB of queue from rank 0 before every forward.
             self._ddp_params_and_buffers_to_ignore = [
