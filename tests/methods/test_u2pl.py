@@ -145,3 +145,17 @@ def test_split_file_that_does_not_match_the_dataset_is_named(synthetic, tmp_path
     with pytest.raises(ValueError, match=r"labeled\.txt"):
         run_cli(["fit", *args(synthetic("voc")), f"--data.init_args.labeled_list={bad}",
                  "--data.init_args.unlabeled_list=null"])  # fmt: skip
+
+
+def test_evaluation_uses_the_configured_network_outside_fit():
+    from wsss_lightning.methods import ContrastiveConfig, U2PLModule
+
+    for evaluate in ("teacher", "student"):
+        model = U2PLModule(encoder="resnet18", multi_grid=None, evaluate=evaluate,
+                           contrastive=ContrastiveConfig(enabled=False)).eval()  # fmt: skip
+        with torch.no_grad():
+            for p in model.teacher.parameters():
+                p.add_(0.1)
+            images = torch.randn(1, 3, 33, 33)
+            expected = getattr(model, evaluate)(images, with_rep=False)["pred"]
+            torch.testing.assert_close(model(images), expected)

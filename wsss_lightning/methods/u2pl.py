@@ -25,6 +25,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -231,7 +232,10 @@ class U2PLModule(SegmentationMethod):
 
     @override
     def forward(self, images: Tensor) -> Tensor:
-        warming_up = self._trainer is not None and self.trainer.current_epoch < self.warmup_epochs
+        # the teacher is still untrained during the supervised-only warm-up of a fit (validate / test /
+        # predict of a checkpoint always use the configured network)
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        warming_up = fitting and self.trainer.current_epoch < self.warmup_epochs
         use_teacher = self.evaluate == "teacher" and not warming_up
         net = self.teacher if use_teacher else self.student
         return net(images, with_rep=False)["pred"]
