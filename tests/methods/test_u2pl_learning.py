@@ -21,6 +21,8 @@ MIN_MIOU = 0.25
 def test_u2pl_learns_on_synthetic_voc_with_one_eighth_labeled(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = generate("voc", tmp_path / "synthetic_voc", seed=0)
-    cli = run_cli(["fit", "--config", str(CONFIG), "--data.root", str(root), "--trainer.enable_progress_bar=false"])
+    cli = run_cli(
+        ["fit", "--config", str(CONFIG), "--data.root", str(root), "--trainer.enable_progress_bar=false"]
+    )
     metrics = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     assert metrics["val/miou"] >= MIN_MIOU
