@@ -1,15 +1,12 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.helpers import run_gloo
 from wsss_lightning.metrics import (
     SegmentationIoU,
     build_iou_metric,
@@ -100,35 +97,18 @@ def test_iou_log_dict() -> None:
         iou_log_dict("val", 0.5, [0.1], ["a", "b"])
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, result_path: str) -> None:
-    # One intra-op thread: a forked child must not enter an OpenMP region the parent may have started.
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        preds, target = random_data(3, n=4)
-        half = preds.shape[0] // world_size
-        metric = SegmentationIoU(NUM_CLASSES)
-        metric.update(preds[rank * half : (rank + 1) * half], target[rank * half : (rank + 1) * half])
-        miou, per_class = metric.compute()
-        torch.save({"miou": miou, "per_class": per_class}, f"{result_path}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _ddp_worker(rank: int, world_size: int, result_path: str) -> None:
+    preds, target = random_data(3, n=4)
+    half = preds.shape[0] // world_size
+    metric = SegmentationIoU(NUM_CLASSES)
+    metric.update(preds[rank * half : (rank + 1) * half], target[rank * half : (rank + 1) * half])
+    miou, per_class = metric.compute()
+    torch.save({"miou": miou, "per_class": per_class}, f"{result_path}.{rank}")
 
 
 def test_ddp_sync_equals_reference_on_all_data(tmp_path) -> None:
     result = str(tmp_path / "result")
-    # "fork" starts in ~0.1 s where "spawn" re-imports torch in each rank (~12 s on 2 cores).
-    start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _ddp_worker, args=(2, _free_port(), result), nprocs=2, join=True, start_method=start_method
-    )
+    run_gloo(_ddp_worker, result)
     preds, target = random_data(3, n=4)
     ref_miou, ref_iou = numpy_reference(preds.numpy(), target.numpy(), NUM_CLASSES)
     for rank in range(2):

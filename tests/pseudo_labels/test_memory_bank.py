@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-import os
-import socket
 from collections import deque
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.helpers import run_gloo
 from wsss_lightning.pseudo_labels import CategoryMemoryBank, PrototypeBank, class_centroids, prototype_denoise
 
 C, D = 4, 3
@@ -200,42 +197,26 @@ def _rank_keys(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, D, generator=g), torch.randint(-1, C, (n,), generator=g)
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, result_path: str) -> None:
-    # One intra-op thread: a forked child must not enter an OpenMP region the parent may have started.
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        bank, half = make_bank(), make_bank(dtype=torch.float16)
-        for step in range(3):
-            bank.gather_and_push(*_rank_keys(rank, step))
-            half.gather_and_push(*_rank_keys(rank, step))
-        # Fixed-size path: every rank passes the same number of rows.
-        keys, labels = _rank_keys(rank, 0)
-        bank.gather_and_push(keys[:3], labels[:3], equal_sizes=True)
-        protos = PrototypeBank(C, D)
-        counts = torch.tensor([rank + 1, 0, 2, rank])
-        protos.update(torch.full((C, D), float(rank)), counts)
-        torch.save(
-            {"state": bank.state_dict(), "half": half.state_dict(), "protos": protos.state_dict()},
-            f"{result_path}.{rank}",
-        )
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _ddp_worker(rank: int, world_size: int, result_path: str) -> None:
+    bank, half = make_bank(), make_bank(dtype=torch.float16)
+    for step in range(3):
+        bank.gather_and_push(*_rank_keys(rank, step))
+        half.gather_and_push(*_rank_keys(rank, step))
+    # Fixed-size path: every rank passes the same number of rows.
+    keys, labels = _rank_keys(rank, 0)
+    bank.gather_and_push(keys[:3], labels[:3], equal_sizes=True)
+    protos = PrototypeBank(C, D)
+    counts = torch.tensor([rank + 1, 0, 2, rank])
+    protos.update(torch.full((C, D), float(rank)), counts)
+    torch.save(
+        {"state": bank.state_dict(), "half": half.state_dict(), "protos": protos.state_dict()},
+        f"{result_path}.{rank}",
+    )
 
 
 def test_gather_and_push_leaves_identical_banks_on_every_rank(tmp_path) -> None:
     result = str(tmp_path / "bank")
-    start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _ddp_worker, args=(2, _free_port(), result), nprocs=2, join=True, start_method=start_method
-    )
+    run_gloo(_ddp_worker, result)
     states = [torch.load(f"{result}.{rank}") for rank in range(2)]
     for key in ("keys", "ptr", "count"):
         torch.testing.assert_close(states[0]["state"][key], states[1]["state"][key], rtol=0, atol=0)
