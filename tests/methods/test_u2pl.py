@@ -53,9 +53,11 @@ def args(root: Path, config: str = "voc_1464.yaml", epochs: int = 2) -> list[str
 
 def test_u2pl_fit_runs_warmup_then_semi_supervised_losses(synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = run_cli(["fit", *args(synthetic("voc"))])
+    # keep_target_masks: the unlabeled ground truth is loaded for the pseudo-label accuracy diagnostic only
+    cli = run_cli(["fit", *args(synthetic("voc")), "--data.init_args.keep_target_masks=true"])
     metrics = cli.trainer.callback_metrics
     assert cli.trainer.global_step == 4
+    assert 0.0 <= float(metrics["train/pseudo_accuracy"]) <= 1.0
     for key in ("train/loss_sup", "train/loss_unsup", "train/loss_contrastive", "val/miou", "teacher/decay"):
         assert key in metrics, key
     model = cli.model

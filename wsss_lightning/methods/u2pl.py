@@ -311,7 +311,8 @@ class U2PLModule(SegmentationMethod):
         images_u = batch["unlabeled"]["image"]
         if self.trainer.current_epoch < self.warmup_epochs:
             return self._warmup_step(images_l, labels_l)
-        return self._semi_step(images_l, labels_l, images_u)
+        # ground truth of unlabeled images, only when the datamodule keeps it (keep_target_masks) for diagnostics
+        return self._semi_step(images_l, labels_l, images_u, batch["unlabeled"].get("mask"))
 
     def _warmup_step(self, images_l: Tensor, labels_l: Tensor) -> Tensor:
         out = self.student(images_l)
@@ -323,9 +324,16 @@ class U2PLModule(SegmentationMethod):
         # every parameter stays in the graph, so DDP needs no find_unused_parameters
         return loss + 0.0 * out["rep"].sum()
 
-    def _semi_step(self, images_l: Tensor, labels_l: Tensor, images_u: Tensor) -> Tensor:
+    def _semi_step(
+        self, images_l: Tensor, labels_l: Tensor, images_u: Tensor, truth_u: Tensor | None = None
+    ) -> Tensor:
         n_l, size = images_l.shape[0], images_l.shape[-2:]
         conf_u, labels_u = self._pseudo_labels(images_u)
+        diagnostics = {}
+        if truth_u is not None:  # pixel accuracy of the teacher's pseudo-labels (never trained on)
+            valid = truth_u != self.ignore_index
+            correct = ((labels_u == truth_u) & valid).sum()
+            diagnostics["train/pseudo_accuracy"] = correct / valid.sum().clamp(min=1)
         boxes = cutmix_boxes(images_u.shape[0], *size, prob=self.cutmix_prob, device=images_u.device)
         images_u, labels_u, conf_u = apply_cutmix(images_u, labels_u, conf_u, boxes)
 
@@ -356,6 +364,7 @@ class U2PLModule(SegmentationMethod):
         else:
             loss = loss + 0.0 * out["rep"].sum()
         logs["train/pseudo_confidence"] = conf_u.mean()
+        logs.update(diagnostics)
         self._log_losses(loss, logs, images_u.shape[0])
         return loss
 
