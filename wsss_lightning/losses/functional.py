@@ -95,6 +95,17 @@ def masked_percentile(values: Tensor, valid: Tensor, q: float | Tensor) -> Tenso
     return torch.where(n > 0, out, torch.nan)
 
 
+@torch.no_grad()
+def _entropy_and_valid(prob: Tensor, target: Tensor, ignore_index: int, where: str) -> tuple[Tensor, Tensor]:
+    """Pixel entropy (B, H, W) of ``prob`` (B, C, H, W) and the mask of labelled pixels of ``target``."""
+    if prob.ndim != 4 or target.shape != (prob.shape[0], *prob.shape[2:]):
+        raise ValueError(
+            f"{where}: expected prob (B, C, H, W) and target (B, H, W); "
+            f"got {tuple(prob.shape)} and {tuple(target.shape)}"
+        )
+    return pixel_entropy(prob.float()), target != ignore_index
+
+
 def entropy_percentile_mask(
     prob: Tensor, target: Tensor, percent_drop: float | Tensor, ignore_index: int = 255
 ) -> Tensor:
@@ -112,16 +123,8 @@ def entropy_percentile_mask(
     Returns:
         ``(B, H, W)`` bool, True where the pseudo-label is kept.
     """
-    if prob.ndim != 4 or target.shape != (prob.shape[0], *prob.shape[2:]):
-        raise ValueError(
-            f"entropy_percentile_mask: expected prob (B, C, H, W) and target (B, H, W); "
-            f"got {tuple(prob.shape)} and {tuple(target.shape)}"
-        )
-    with torch.no_grad():
-        entropy = pixel_entropy(prob.float())
-        valid = target != ignore_index
-        thresh = masked_percentile(entropy, valid, 100.0 - percent_drop)
-        return valid & (entropy < thresh)
+    entropy, valid = _entropy_and_valid(prob, target, ignore_index, "entropy_percentile_mask")
+    return valid & (entropy < masked_percentile(entropy, valid, 100.0 - percent_drop))
 
 
 def entropy_band_masks(
@@ -148,16 +151,9 @@ def entropy_band_masks(
     Returns:
         ``(low, high)``: two ``(B, H, W)`` bool masks.
     """
-    if prob.ndim != 4 or target.shape != (prob.shape[0], *prob.shape[2:]):
-        raise ValueError(
-            f"entropy_band_masks: expected prob (B, C, H, W) and target (B, H, W); "
-            f"got {tuple(prob.shape)} and {tuple(target.shape)}"
-        )
-    with torch.no_grad():
-        entropy = pixel_entropy(prob.float())
-        valid = target != ignore_index
-        low = valid & (entropy <= masked_percentile(entropy, valid, low_percent))
-        high = valid & (entropy >= masked_percentile(entropy, valid, high_percent))
+    entropy, valid = _entropy_and_valid(prob, target, ignore_index, "entropy_band_masks")
+    low = valid & (entropy <= masked_percentile(entropy, valid, low_percent))
+    high = valid & (entropy >= masked_percentile(entropy, valid, high_percent))
     return low, high
 
 
