@@ -317,26 +317,43 @@ def _write_voc(root: Path, seed: int, n_train: int, n_val: int, size: tuple[int,
     save_tags(root / "cls_labels.txt", tags)
 
 
-def _write_coco(root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int]) -> None:
-    info = DATASET_INFO["coco"]
-    for split_index, (split, n) in enumerate((("train", n_train), ("val", n_val))):
-        ids = [f"COCO_{split}2014_{i + 1:012d}" for i in range(n)]
+def _write_object_splits(
+    root: Path,
+    info_name: str,
+    splits: tuple[str, str],
+    sample_id: Callable[[str, int, int], str],
+    folders: tuple[str, str, str],
+    seed: int,
+    counts: tuple[int, int],
+    size: tuple[int, int],
+) -> None:
+    """Write the two splits of an object layout: JPEG images, palette masks and one list file per split.
+
+    ``folders`` is (images, masks, lists) under ``root``; ``sample_id(split, split_index, i)`` names sample i.
+    """
+    info = DATASET_INFO[info_name]
+    image_dir, mask_dir, list_dir = folders
+    for split_index, (split, n) in enumerate(zip(splits, counts, strict=True)):
+        ids = [sample_id(split, split_index, i) for i in range(n)]
         samples = object_split(seed, split_index, n, size, info, False)
-        for sample_id, (image, mask) in zip(ids, samples, strict=True):
-            _save_jpeg(root / "JPEGImages" / f"{sample_id}.jpg", image)
-            write_index_png(root / "SegmentationClass" / f"{sample_id}.png", mask, info.palette_bytes())
-        write_id_list(root / "ImageSets" / f"{split}.txt", ids)
+        for name, (image, mask) in zip(ids, samples, strict=True):
+            _save_jpeg(root / image_dir / f"{name}.jpg", image)
+            write_index_png(root / mask_dir / f"{name}.png", mask, info.palette_bytes())
+        write_id_list(root / list_dir / f"{split}.txt", ids)
+
+
+def _write_coco(root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int]) -> None:
+    _write_object_splits(
+        root, "coco", ("train", "val"), lambda split, _, i: f"COCO_{split}2014_{i + 1:012d}",
+        ("JPEGImages", "SegmentationClass", "ImageSets"), seed, (n_train, n_val), size,
+    )  # fmt: skip
 
 
 def _write_coco_stuff(root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int]) -> None:
-    info = DATASET_INFO["coco_stuff"]
-    for split_index, (split, n) in enumerate((("train", n_train), ("test", n_val))):
-        ids = [f"COCO_train2014_{split_index * 10**6 + i + 1:012d}" for i in range(n)]
-        samples = object_split(seed, split_index, n, size, info, False)
-        for sample_id, (image, mask) in zip(ids, samples, strict=True):
-            _save_jpeg(root / "images" / f"{sample_id}.jpg", image)
-            write_index_png(root / "annotations" / f"{sample_id}.png", mask, info.palette_bytes())
-        write_id_list(root / "imageLists" / f"{split}.txt", ids)
+    _write_object_splits(
+        root, "coco_stuff", ("train", "test"), lambda _, k, i: f"COCO_train2014_{k * 10**6 + i + 1:012d}",
+        ("images", "annotations", "imageLists"), seed, (n_train, n_val), size,
+    )  # fmt: skip
 
 
 # =============================================================================================================
