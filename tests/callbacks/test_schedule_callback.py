@@ -158,3 +158,33 @@ def test_linear_anneal_u2pl_percentages() -> None:
     assert linear_anneal(2500, 10_000, 20.0) == pytest.approx(15.0)  # the iteration-wise variant
     with pytest.raises(ValueError, match="total"):
         linear_anneal(0, 0, 20.0)
+
+
+def test_per_element_end_values_follow_dupl_threshold_formula(tmp_path: Path) -> None:
+    """DuPL Eq. 5 with the code's per-class ends: delta_c(s) = end_c + (start - end_c)(1 + cos(pi s / (N-1))) / 2."""
+    ends = [0.55, 0.70, 0.60]
+    schedule = ScheduleCallback("tau3", kind="cosine", start=0.7, end=ends, start_step=2, total_steps=4)
+
+    class WithVector(Tiny):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("tau3", torch.zeros(3))
+
+    model, recorder = WithVector(), Recorder("tau3")
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[schedule, recorder], max_steps=8,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    trainer.fit(model, DataLoader(TensorDataset(torch.randn(16, 4, generator=g), torch.randn(16, 2, generator=g)),
+                                  batch_size=2))  # fmt: skip
+    for _, step, value in recorder.values:
+        s = min(max(step - 2, 0), 4)
+        expected = [e + (0.7 - e) * (1 + math.cos(math.pi * s / 4)) / 2 for e in ends]
+        torch.testing.assert_close(value, torch.tensor(expected))
+    torch.testing.assert_close(model.tau3, torch.tensor(ends))
+
+
+def test_per_element_end_values_must_match_the_attribute(tmp_path: Path) -> None:
+    schedule = ScheduleCallback("tau", kind="cosine", start=0.7, end=[0.5, 0.6])
+    with pytest.raises(ValueError, match="end has 2 values"):
+        fit(tmp_path, schedule, max_steps=2)

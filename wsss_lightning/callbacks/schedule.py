@@ -67,14 +67,18 @@ class ScheduleCallback(Callback):
         ScheduleCallback(attribute="percent_unreliable", kind="linear", start=20.0, end=0.0, interval="epoch")
 
     If the attribute currently holds a tensor (e.g. a buffer) it is filled in place; otherwise a Python
-    float is assigned.
+    float is assigned. ``end`` may be a list (one end value per element of a tensor attribute): DuPL's
+    per-class background thresholds descend from one start value to per-class end values (spec dupl §3.4)::
+
+        ScheduleCallback(attribute="class_thresholds", kind="cosine", start=0.7, end=[0.7, 0.55, ...],
+                         start_step=2000, total_steps=17999)
 
     Args:
         attribute: attribute of the LightningModule to set; dotted paths reach submodules
             (``"loss_fn.threshold"``). It must exist when training starts.
         kind: ``"linear"``, ``"cosine"`` (from ``start`` to ``end``) or ``"constant"`` (``start``).
         start: value at ``start_step``.
-        end: value at ``start_step + total_steps``.
+        end: value at ``start_step + total_steps``, or one value per element of a tensor attribute.
         total_steps: length of the schedule, in optimizer steps (``interval="step"``) or epochs
             (``interval="epoch"``). ``None`` runs it to the end of training: ``trainer.max_epochs`` or
             ``trainer.estimated_stepping_batches``, minus ``start_step``.
@@ -89,7 +93,7 @@ class ScheduleCallback(Callback):
         attribute: str,
         kind: ScheduleKind = "linear",
         start: float = 0.0,
-        end: float = 0.0,
+        end: float | list[float] = 0.0,
         total_steps: int | None = None,
         start_step: int = 0,
         interval: Literal["step", "epoch"] = "step",
@@ -107,7 +111,9 @@ class ScheduleCallback(Callback):
         self.attribute = attribute
         self.kind: ScheduleKind = kind
         self.start = float(start)
-        self.end = float(end)
+        self.end: float | list[float] = (
+            [float(e) for e in end] if isinstance(end, (list, tuple)) else float(end)
+        )
         self.total_steps = total_steps
         self.start_step = start_step
         self.interval = interval
@@ -145,18 +151,31 @@ class ScheduleCallback(Callback):
             )
         return end - self.start_step
 
-    def value(self, trainer: L.Trainer) -> float:
-        """The schedule's value at the trainer's current progress."""
+    def value(self, trainer: L.Trainer) -> float | list[float]:
+        """The schedule's value at the trainer's current progress (a list when ``end`` is a list)."""
         if self._total is None:
             self._total = self.total(trainer)
         now = trainer.current_epoch if self.interval == "epoch" else trainer.global_step
-        return schedule_value(self.kind, now - self.start_step, self._total, self.start, self.end)
+        t = now - self.start_step
+        if isinstance(self.end, list):
+            return [schedule_value(self.kind, t, self._total, self.start, end) for end in self.end]
+        return schedule_value(self.kind, t, self._total, self.start, self.end)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._total = None
-            resolve_attribute(pl_module, self.attribute)  # fail before training, not at the first batch
+            # fail before training, not at the first batch
+            owner, name = resolve_attribute(pl_module, self.attribute)
+            current = getattr(owner, name)
+            if isinstance(self.end, list) and (
+                not isinstance(current, torch.Tensor) or current.numel() != len(self.end)
+            ):
+                size = current.numel() if isinstance(current, torch.Tensor) else "not a tensor"
+                raise ValueError(
+                    f"ScheduleCallback({self.attribute}): end has {len(self.end)} values but the attribute "
+                    f"holds {size} elements"
+                )
 
     @override
     def on_train_batch_start(
@@ -165,8 +184,13 @@ class ScheduleCallback(Callback):
         value = self.value(trainer)
         owner, name = resolve_attribute(pl_module, self.attribute)
         current = getattr(owner, name)
-        if isinstance(current, torch.Tensor):
+        if isinstance(value, list):
+            current.copy_(torch.tensor(value, dtype=current.dtype).view_as(current))
+            logged = sum(value) / len(value)  # the mean over elements
+        elif isinstance(current, torch.Tensor):
             current.fill_(value)
+            logged = value
         else:
             setattr(owner, name, value)
-        pl_module.log(self.log_name, value, on_step=True, on_epoch=False, batch_size=1)
+            logged = value
+        pl_module.log(self.log_name, logged, on_step=True, on_epoch=False, batch_size=1)

@@ -115,7 +115,9 @@ class SegmentationMethod(L.LightningModule, ABC):
         cfg = self.inference
         scales = cfg.test_scales if test_time else cfg.val_scales
         flip = cfg.flip and test_time
-        return multiscale_flip_logits(self._single_pass, images, scales=scales, flip=flip, merge=cfg.merge)
+        return multiscale_flip_logits(
+            self._single_pass, images, scales=scales, flip=flip, merge=cfg.merge, flip_merge=cfg.flip_merge
+        )
 
     def _to_uint8(self, images: Tensor) -> np.ndarray:
         rgb = (images * self.image_std + self.image_mean).clamp(0, 1) * 255

@@ -75,7 +75,9 @@ class InferenceConfig:
         val_scales: input scales during validation (single scale keeps validation cheap).
         test_scales: input scales at test / predict time (multi-scale inference).
         flip: add horizontally flipped passes at test / predict time.
-        merge: how the passes are combined: ``sum`` of logits or element-wise ``max``.
+        merge: how the scales are combined: ``sum`` of logits or element-wise ``max``.
+        flip_merge: how a scale's original and flipped passes are combined; ``None`` = as ``merge``
+            (DuPL's VOC protocol: flips summed, scales maxed).
         window: sliding-window size (pixels) for large images; ``None`` runs the whole image at once.
         stride: sliding-window stride; defaults to two thirds of the window.
         crf: dense CRF after multi-scale inference.
@@ -85,6 +87,7 @@ class InferenceConfig:
     test_scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     merge: Literal["sum", "max"] = "sum"
+    flip_merge: Literal["sum", "max"] | None = None
     window: int | None = None
     stride: int | None = None
     crf: CRFConfig = field(default_factory=CRFConfig)

@@ -10,6 +10,8 @@ from wsss_lightning.data.datasets.base import SegmentationSource
 
 # Split names used interchangeably by WSSS code bases for the COCO 2014 lists.
 _COCO_SPLIT_ALIASES = {"train": "train2014", "train2014": "train", "val": "val2014", "val2014": "val"}
+# Image sub-folders of lists that are subsets of a split (DuPL validates on the 5000-image ``val_part``).
+_COCO_SUBDIR_ALIASES = {**_COCO_SPLIT_ALIASES, "val_part": "val2014"}
 
 
 class COCOSource(SegmentationSource):
@@ -31,7 +33,7 @@ class COCOSource(SegmentationSource):
         # Some releases keep one sub-folder per split; use it when it exists.
         sub = [
             s
-            for s in (split, _COCO_SPLIT_ALIASES.get(split, ""))
+            for s in (split, _COCO_SUBDIR_ALIASES.get(split, ""))
             if s and (self.root / "JPEGImages" / s).is_dir()
         ]
         self._subdir = sub[0] if sub else ""

@@ -1,0 +1,155 @@
+"""DuPLModule through the CLI on synthetic VOC: every phase, exact resume, DDP, bad configuration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import Interrupt
+from wsss_lightning.cli import run_cli
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "dupl" / "voc.yaml"
+
+# A 2-block ViT with 8-px patches on 64-px crops and a compressed schedule: the CAM warm-up is step 0-1,
+# the cross segmentation loss starts at step 2, noise filtering and the strong view at step 3, the
+# consistency loss at step 4.
+TINY = [
+    "--model.init_args.backbone=vit_tiny_patch16_224",
+    '--model.init_args.backbone_kwargs={"depth": 2, "patch_size": 8, "img_size": 64}',
+    "--model.init_args.aux_layer=0",
+    "--model.init_args.head_channels=16",
+    "--model.init_args.phases.seg_start=1",
+    "--model.init_args.phases.noise_filter_start=3",
+    "--model.init_args.noise_filter.min_pixels=10",
+    "--model.init_args.noise_filter.min_gap=0.0",
+    "--model.init_args.cam.par_iterations=2",
+    "--model.init_args.cam.par_dilations=[1,2]",
+    "--model.init_args.global_batch_size=null",
+    "--model.init_args.optim.warmup_steps=2",
+    "--model.init_args.inference.crf.enabled=false",
+    "--data.init_args.crop_size=64",
+    "--data.init_args.batch_size=2",
+    "--data.init_args.eval_batch_size=2",
+    "--data.init_args.num_workers=0",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.precision=32-true",
+    "--trainer.limit_val_batches=1",
+    "--trainer.val_check_interval=3",
+]
+
+
+def args(root: Path, steps: int = 6) -> list[str]:
+    return ["--config", str(CONFIG), "--data.root", str(root), *TINY, f"--trainer.max_steps={steps}"]
+
+
+def test_fit_runs_every_phase_and_logs_cam_pseudo_and_seg_miou(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", *args(synthetic("voc"))])
+    metrics = cli.trainer.callback_metrics
+    assert cli.trainer.global_step == 6
+    for key in ("train/loss_cls", "train/loss_ptc", "train/loss_dis", "train/loss_seg", "train/loss_reg",
+                "train/noise_fraction", "train/pseudo_accuracy1", "train/threshold_high", "val/miou",
+                "val/best_subnet"):  # fmt: skip
+        assert key in metrics, key
+    for output in ("seg1", "seg2", "cam1", "cam2", "pseudo1", "pseudo2"):
+        assert 0.0 <= float(metrics[f"val/{output}/miou"]) <= 1.0, output
+    # the cosine descent ran: the last step's thresholds sit at the per-class end values (0.55 / hard 0.70)
+    thresholds = cli.model.class_thresholds
+    names = cli.model.class_names[1:]
+    assert thresholds[names.index("person")] == pytest.approx(0.55)
+    assert thresholds[names.index("aeroplane")] == pytest.approx(0.70)
+    # test: the recorded better sub-net, multi-scale + flip
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    assert 0.0 <= results["test/miou"] <= 1.0
+
+
+def test_resume_continues_exactly(synthetic, tmp_path, monkeypatch):
+    root = synthetic("voc")
+    ckpt = (
+        '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "ckpts",'
+        ' "every_n_train_steps": 1, "save_top_k": -1, "save_last": true}}]'
+    )
+    common = [*args(root, steps=6), f"--trainer.callbacks={ckpt}", "--trainer.limit_val_batches=0"]
+
+    def run(name: str, *extra: str):
+        (tmp_path / name).mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path / name)
+        return run_cli(["fit", *common, *extra])
+
+    straight = run("straight").model.state_dict()
+    with pytest.raises(Interrupt):  # dies after the noise filter and the strong view have started
+        run("resumed", "--trainer.callbacks+=tests.helpers.InterruptAtStep", "--trainer.callbacks.step=4")
+    resumed_cli = run("resumed", "--ckpt_path=last")
+    assert resumed_cli.trainer.global_step == 6
+    resumed = resumed_cli.model.state_dict()
+    assert any(k.startswith("students.1.") for k in straight) and "class_thresholds" in straight
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_ddp_two_cpu_processes_run_the_full_phase_schedule(synthetic, tmp_path):
+    wsss = shutil.which("wsss", path=str(Path(sys.executable).parent)) or shutil.which("wsss")
+    assert wsss
+    dump = tmp_path / "dump"
+    cmd = [
+        wsss, "fit", *args(synthetic("voc"), steps=5), "-c", str(REPO / "configs" / "trainer" / "ddp_cpu.yaml"),
+        "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", "--trainer.logger=false",
+        "--trainer.limit_val_batches=0", "--trainer.callbacks+=tests.helpers.DumpState",
+        f"--trainer.callbacks.out={dump}",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1 = (torch.load(dump / f"rank{r}.pt") for r in (0, 1))
+    # DDP averaged the gradients of every phase: both ranks hold the same weights
+    for name, value in rank0.items():
+        torch.testing.assert_close(rank1[name], value, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        (["--model.init_args.backbone=no_such_vit"], "backbone"),
+        (["--model.init_args.threshold.start=1.5"], "threshold.start"),
+        (["--model.init_args.threshold.low=0.8"], "threshold"),
+        (["--model.init_args.threshold.hard_classes=[unicorn]"], "hard_classes"),
+        (["--model.init_args.phases.noise_filter_start=0"], "noise_filter_start"),
+        (["--model.init_args.strong_view.confidence=2"], "strong_view.confidence"),
+        (["--model.init_args.global_batch_size=4"], "global_batch_size"),
+    ],
+)
+def test_bad_configuration_fails_at_start_naming_the_field(override, field, synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((ValueError, SystemExit)) as err:
+        run_cli(["fit", *args(synthetic("voc")), *override])
+    text = str(err.value) + str(err.value.__context__)
+    assert field in text, text
+
+
+def test_evaluation_uses_the_configured_or_best_subnet():
+    from wsss_lightning.methods import DuPLModule
+
+    kwargs = {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"depth": 1, "img_size": 32}, "aux_layer": 0,
+              "head_channels": 8}  # fmt: skip
+    images = torch.randn(1, 3, 40, 56)  # not a multiple of the patch: padded, then cropped back
+    for evaluate, index in (("1", 0), ("2", 1)):
+        model = DuPLModule(evaluate=evaluate, **kwargs).eval()
+        with torch.no_grad():
+            out = model(images)
+        assert out.shape == (1, 21, 40, 56)
+        expected = model.students[index].segment(torch.nn.functional.pad(images, (0, 8, 0, 8)))
+        expected = torch.nn.functional.interpolate(expected, size=(48, 64), mode="bilinear")[..., :40, :56]
+        torch.testing.assert_close(out, expected)
+    model = DuPLModule(evaluate="best", **kwargs).eval()
+    model.best_subnet.fill_(1)
+    assert model.eval_subnet() == 1

@@ -1,0 +1,370 @@
+"""Class activation maps to pseudo-labels: multi-scale CAMs, thresholds, PAR-refined labels (DuPL).
+
+DuPL (spec dupl §3) turns each sub-net's CAMs into two kinds of supervision:
+
+* token-level labels for the patch-token contrast loss: thresholded CAMs (``threshold_labels``) turned into
+  pairwise same/different-label targets (``affinity_labels``);
+* full-resolution segmentation pseudo-labels refined with pixel-adaptive refinement (``par_pseudo_labels``).
+
+Everything is batched over images and free of host synchronisation, except the one documented read of the
+largest number of present classes in ``par_pseudo_labels``.
+
+Label convention: 0 = background, ``1..C`` = foreground classes, 255 = ignore. ``tags`` are ``(B, C)``
+multi-hot image-level labels over the foreground classes only; a class counts as present when its tag is
+``> 0``. ``valid_box`` is int64 ``(B, 4)`` = ``(top, left, bottom, right)`` with bottom/right exclusive, in
+crop-pixel coordinates: the part of the training crop that shows real image content.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wsss_lightning.models.vit import padded_forward
+
+__all__ = [
+    "affinity_labels",
+    "cam_labels_eval",
+    "image_thresholds",
+    "multiscale_cams",
+    "normalize_cams",
+    "par_pseudo_labels",
+    "threshold_labels",
+]
+
+IGNORE_INDEX = 255
+
+
+def normalize_cams(cams: Tensor) -> Tensor:
+    """Min-max normalise every (image, class) map to ``[0, 1)``.
+
+    ``x <- x - min(x)``, then ``x <- x / (max(x) + 1e-5)`` with the max taken after the shift (spec dupl
+    §3.1); the ``1e-5`` keeps all-constant maps (absent classes) at 0 instead of dividing by zero.
+
+    Args:
+        cams: ``(B, C, H, W)`` maps.
+
+    Returns:
+        ``(B, C, H, W)`` maps in ``[0, 1)``.
+    """
+    if cams.ndim != 4:
+        raise ValueError(f"normalize_cams: cams must be (B, C, H, W), got shape {tuple(cams.shape)}")
+    cams = cams - cams.amin(dim=(-2, -1), keepdim=True)
+    return cams / (cams.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def multiscale_cams(
+    cam_fn: Callable[[Tensor], tuple[Tensor, Tensor]],
+    images: Tensor,
+    scales: Sequence[float] = (1.0, 0.5, 1.5),
+    pad_to: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Multi-scale, flip-augmented, normalised CAMs and auxiliary CAMs (spec dupl §3.1).
+
+    For each scale ``s`` the images are resized bilinearly to ``(int(s*H), int(s*W))`` (no resize when that
+    is ``(H, W)``) and stacked with their horizontal flips, so ``cam_fn`` runs once per scale on ``2B``
+    images. Both maps are resized bilinearly to ``(H, W)``; the flipped half is flipped back and merged with
+    the original by an element-wise max, then ReLU. The per-scale maps are summed and each (image, class)
+    map is min-max normalised (``normalize_cams``). Runs under ``torch.no_grad``: CAMs only make labels.
+
+    ``pad_to`` handles backbones that need sizes divisible by their patch size: the resized (and flipped)
+    images are zero-padded at the right/bottom to the next multiple of ``pad_to``; each map is then resized
+    to the padded pixel grid, cropped to the unpadded part and resized to ``(H, W)``. With ``pad_to=1`` (or
+    when the resized size is already a multiple) this is exactly the plain path above.
+
+    Args:
+        cam_fn: maps ``(N, 3, h', w')`` images to raw ``(cam, aux_cam)``, each ``(N, C, h, w)`` at token
+            resolution (no ReLU).
+        images: ``(B, 3, H, W)`` normalised images.
+        scales: resize factors; DuPL uses ``(1.0, 0.5, 1.5)``.
+        pad_to: pad every resized image to a multiple of this many pixels (1 = no padding).
+
+    Returns:
+        ``(cams, aux_cams)``, each ``(B, C, H, W)`` in ``[0, 1)``.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"multiscale_cams: images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    if len(scales) == 0 or any(s <= 0 for s in scales):
+        raise ValueError(
+            f"multiscale_cams: scales must be a non-empty sequence of positive floats, got {scales}"
+        )
+    if pad_to < 1:
+        raise ValueError(f"multiscale_cams: pad_to must be >= 1, got {pad_to}")
+    b, _, h, w = images.shape
+    totals: list[Tensor] = []
+    for scale in scales:
+        size = (int(scale * h), int(scale * w))
+        if min(size) < 1:
+            raise ValueError(f"multiscale_cams: scale {scale} makes the {h}x{w} images empty")
+        x = _resize(images, size)
+        x = torch.cat([x, x.flip(-1)], dim=0)
+        for i, raw in enumerate(padded_forward(cam_fn, x, pad_to)):
+            if raw.ndim != 4 or raw.shape[0] != 2 * b:
+                raise ValueError(
+                    f"multiscale_cams: cam_fn must return (2B, C, h, w) maps for 2B = {2 * b} images, "
+                    f"got shape {tuple(raw.shape)}"
+                )
+            raw = _resize(raw, (h, w))
+            merged = torch.relu(torch.maximum(raw[:b], raw[b:].flip(-1)))
+            if len(totals) < 2:
+                totals.append(merged)
+            else:
+                totals[i] = totals[i] + merged
+    return normalize_cams(totals[0]), normalize_cams(totals[1])
+
+
+def image_thresholds(class_thresholds: Tensor, tags: Tensor) -> Tensor:
+    """Per-image foreground threshold: the largest class threshold among the image's present classes.
+
+    DuPL (spec dupl §3.4) keeps per-class ``delta_h`` values and uses, for each image, the max over the
+    classes it contains, so an image with one "hard" class keeps that class's (higher) threshold. An image
+    without any tag gets the max over all classes.
+
+    Args:
+        class_thresholds: ``(C,)`` per-class thresholds.
+        tags: ``(B, C)`` multi-hot image-level labels.
+
+    Returns:
+        ``(B,)`` thresholds, in the dtype of ``class_thresholds``.
+    """
+    if class_thresholds.ndim != 1 or tags.ndim != 2 or tags.shape[1] != class_thresholds.shape[0]:
+        raise ValueError(
+            f"image_thresholds: class_thresholds must be (C,) and tags (B, C); "
+            f"got {tuple(class_thresholds.shape)} and {tuple(tags.shape)}"
+        )
+    present = tags > 0
+    masked = torch.where(present, class_thresholds, torch.full_like(class_thresholds, -math.inf))
+    return torch.where(present.any(dim=1), masked.amax(dim=1), class_thresholds.amax())
+
+
+def _check_cams_tags(name: str, cams: Tensor, tags: Tensor | None) -> None:
+    if cams.ndim != 4:
+        raise ValueError(f"{name}: cams must be (B, C, H, W), got shape {tuple(cams.shape)}")
+    if tags is not None and tuple(tags.shape) != tuple(cams.shape[:2]):
+        raise ValueError(
+            f"{name}: tags must be (B, C) = {tuple(cams.shape[:2])} to match cams, got {tuple(tags.shape)}"
+        )
+
+
+def _per_image(name: str, value: Tensor | float, batch: int) -> Tensor | float:
+    """A float, or a ``(B,)`` tensor viewed as ``(B, 1, 1)`` to broadcast against ``(B, H, W)`` maps."""
+    if not isinstance(value, Tensor):
+        return float(value)
+    if value.ndim == 0:
+        return value
+    if value.shape != (batch,):
+        raise ValueError(f"{name}: expected a float or a (B,) = ({batch},) tensor, got {tuple(value.shape)}")
+    return value.view(batch, 1, 1)
+
+
+def _box_mask(
+    name: str,
+    valid_box: Tensor,
+    size: tuple[int, int],
+    box_scale: float | tuple[float, float] | None,
+) -> Tensor:
+    """``(B, H, W)`` bool mask of the pixels inside each image's box, by comparing index grids."""
+    if valid_box.ndim != 2 or valid_box.shape[1] != 4:
+        raise ValueError(
+            f"{name}: valid_box must be (B, 4) = (top, left, bottom, right), got {tuple(valid_box.shape)}"
+        )
+    box = valid_box.long()
+    if box_scale is not None:
+        sy, sx = (box_scale, box_scale) if isinstance(box_scale, (int, float)) else box_scale
+        if sy <= 0 or sx <= 0:
+            raise ValueError(f"{name}: box_scale must be positive, got {box_scale}")
+        # Outward rounding: a map cell that overlaps real content at all stays valid (floor for the
+        # inclusive top/left, ceil for the exclusive bottom/right). The 1e-6 absorbs float error when the
+        # exact product is an integer (e.g. 448 * 28/448).
+        scale = box.new_tensor([sy, sx, sy, sx], dtype=torch.float64)
+        scaled = box.double() * scale
+        box = torch.cat([torch.floor(scaled[:, :2] + 1e-6), torch.ceil(scaled[:, 2:] - 1e-6)], dim=1).long()
+    rows = torch.arange(size[0], device=box.device).view(1, -1, 1)
+    cols = torch.arange(size[1], device=box.device).view(1, 1, -1)
+    top, left, bottom, right = (box[:, i].view(-1, 1, 1) for i in range(4))
+    return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+
+
+def threshold_labels(
+    cams: Tensor,
+    tags: Tensor,
+    high: Tensor | float,
+    low: float = 0.25,
+    valid_box: Tensor | None = None,
+    box_scale: float | tuple[float, float] | None = None,
+) -> Tensor:
+    """Labels with an uncertain band from normalised CAMs (spec dupl §3.2; PTC targets).
+
+    With ``v`` the max over present classes and ``c`` its class: ``v > high`` -> ``c``;
+    ``low < v <= high`` -> 255; ``v <= low`` -> background 0. Pixels outside ``valid_box`` -> 255.
+
+    The box is in crop-pixel coordinates. ``box_scale = map_size / crop_size`` (e.g. ``28 / 448``) maps it
+    onto the CAM grid, rounding outwards (top/left floored, bottom/right ceiled) so any map cell touching
+    real content stays valid. ``box_scale=None`` applies the box unchanged, i.e. assumes it is already in
+    map coordinates; passing a 448-pixel box for a 28x28 map that way reproduces the released DuPL/ToCo
+    behaviour (spec dupl §4.3), where a box starting at row or column >= 28 ignores the whole map.
+
+    Args:
+        cams: ``(B, C, H, W)`` normalised CAMs.
+        tags: ``(B, C)`` multi-hot image-level labels; absent classes are zeroed.
+        high: foreground threshold ``delta_h``, a float or a ``(B,)`` tensor (per image).
+        low: background threshold ``delta_l``.
+        valid_box: optional int64 ``(B, 4)`` boxes ``(top, left, bottom, right)``.
+        box_scale: factor from box to map coordinates (a float, or ``(rows, cols)``), or None.
+
+    Returns:
+        ``(B, H, W)`` int64 labels in ``{0, 1..C, 255}``.
+    """
+    _check_cams_tags("threshold_labels", cams, tags)
+    b = cams.shape[0]
+    high = _per_image("threshold_labels: high", high, b)
+    value, index = (cams * tags[:, :, None, None].to(cams.dtype)).max(dim=1)
+    labels = torch.where(value > high, index + 1, torch.where(value > low, IGNORE_INDEX, 0))
+    if valid_box is not None:
+        if valid_box.shape[0] != b:
+            raise ValueError(f"threshold_labels: valid_box must have B = {b} rows, got {valid_box.shape[0]}")
+        inside = _box_mask("threshold_labels", valid_box, (cams.shape[-2], cams.shape[-1]), box_scale)
+        labels = torch.where(inside, labels, IGNORE_INDEX)
+    return labels.long()
+
+
+def cam_labels_eval(cams: Tensor, tags: Tensor | None, bg_threshold: float = 0.5) -> Tensor:
+    """Validation labels from normalised CAMs: argmax class, background where the max is ``<= bg_threshold``.
+
+    Args:
+        cams: ``(B, C, H, W)`` normalised CAMs.
+        tags: ``(B, C)`` multi-hot image-level labels (absent classes zeroed), or None to use all classes.
+        bg_threshold: background score (0.5 VOC, 0.45 COCO in DuPL).
+
+    Returns:
+        ``(B, H, W)`` int64 labels in ``{0, 1..C}``.
+    """
+    _check_cams_tags("cam_labels_eval", cams, tags)
+    if tags is not None:
+        cams = cams * tags[:, :, None, None].to(cams.dtype)
+    value, index = cams.max(dim=1)
+    return torch.where(value > bg_threshold, index + 1, 0).long()
+
+
+def affinity_labels(token_labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Pairwise targets for patch-token contrast (spec dupl §4.3, step 2).
+
+    Args:
+        token_labels: ``(B, h, w)`` labels on the token grid.
+        ignore_index: label of ignored tokens.
+
+    Returns:
+        ``(B, N, N)`` int64 with ``N = h*w``: 1 where both tokens share a label, 0 where they differ,
+        ``ignore_index`` where either token is ignored and on the diagonal.
+    """
+    if token_labels.ndim != 3:
+        raise ValueError(f"affinity_labels: token_labels must be (B, h, w), got {tuple(token_labels.shape)}")
+    flat = token_labels.flatten(1)
+    n = flat.shape[1]
+    same = (flat[:, :, None] == flat[:, None, :]).long()
+    ignored = flat == ignore_index
+    drop = ignored[:, :, None] | ignored[:, None, :] | torch.eye(n, dtype=torch.bool, device=flat.device)
+    return same.masked_fill(drop, ignore_index)
+
+
+def par_pseudo_labels(
+    par: Callable[[Tensor, Tensor], Tensor],
+    images: Tensor,
+    cams: Tensor,
+    tags: Tensor,
+    high: Tensor | float,
+    low: float = 0.25,
+    valid_box: Tensor | None = None,
+    downscale: int = 2,
+) -> Tensor:
+    """PAR-refined segmentation pseudo-labels with a two-threshold background (spec dupl §3.3).
+
+    Images and CAMs are downsampled by ``downscale`` (bilinear). For each image, a constant background
+    plane (``high``, resp. ``low``) is stacked with the CAMs of its present classes, turned into
+    probabilities by a softmax over channels, refined by ``par`` at the reduced size, upsampled (bilinear) to
+    ``(H, W)`` and arg-maxed -> ``L_h`` and ``L_l``. Final label: ``L_h``, except 255 where ``L_h`` is
+    background, 0 where both ``L_h`` and ``L_l`` are background, and 255 outside ``valid_box``.
+
+    Batched without a loop over images: each image's present classes are gathered into ``K`` channels,
+    ``K`` = the largest number of present classes in the batch; padding channels are set to ``-inf``
+    before the softmax, so they get probability 0 and cannot win the argmax. Reading ``K`` is the one host
+    synchronisation here (tensor shapes must be known on the host). Both stacks go through ``par`` in a
+    single call as ``2 (1 + K)`` channels, so the image-dependent kernel is built once (PAR refines every
+    channel independently). Runs without gradients.
+
+    Args:
+        par: pixel-adaptive refinement, called as ``par(image (B, 3, h, w), masks (B, M, h, w))`` and
+            returning ``(B, M, h, w)`` (e.g. ``wsss_lightning.models.par.PAR``).
+        images: ``(B, 3, H, W)`` images in ``[0, 1]`` (denormalised).
+        cams: ``(B, C, H, W)`` normalised CAMs.
+        tags: ``(B, C)`` multi-hot image-level labels.
+        high: background score of the high stack ``delta_h``, a float or a ``(B,)`` tensor.
+        low: background score of the low stack ``delta_l``.
+        valid_box: optional int64 ``(B, 4)`` boxes ``(top, left, bottom, right)`` in ``(H, W)`` pixels.
+        downscale: integer factor by which PAR's resolution is reduced (``H // downscale``).
+
+    Returns:
+        ``(B, H, W)`` int64 labels in ``{0, 1..C, 255}``.
+    """
+    _check_cams_tags("par_pseudo_labels", cams, tags)
+    b, c, h, w = cams.shape
+    if images.ndim != 4 or images.shape[0] != b or tuple(images.shape[-2:]) != (h, w):
+        raise ValueError(
+            f"par_pseudo_labels: images must be (B, 3, H, W) = ({b}, 3, {h}, {w}) to match cams, "
+            f"got {tuple(images.shape)}"
+        )
+    if downscale < 1 or h // downscale < 1 or w // downscale < 1:
+        raise ValueError(f"par_pseudo_labels: downscale must be in [1, min(H, W)], got {downscale}")
+    if valid_box is not None and valid_box.shape[0] != b:
+        raise ValueError(f"par_pseudo_labels: valid_box must have B = {b} rows, got {valid_box.shape[0]}")
+    small = (h // downscale, w // downscale)
+    with torch.no_grad():
+        present = tags > 0
+        counts = present.sum(dim=1)
+        k = int(counts.max()) if b > 0 else 0  # the one host sync: K fixes tensor shapes
+        # Present class ids first, in ascending order: sort keys put absent classes after all present ones.
+        class_ids = torch.arange(c, device=cams.device)
+        order = torch.argsort(torch.where(present, class_ids, class_ids + c), dim=1)[:, :k]  # (B, K)
+        padding = torch.arange(k, device=cams.device)[None, :] >= counts[:, None]  # (B, K)
+
+        small_images = _resize(images, small)
+        small_cams = _resize(cams.detach(), small)
+        fg = torch.gather(small_cams, 1, order[:, :, None, None].expand(b, k, *small))
+        fg = fg.masked_fill(padding[:, :, None, None], -math.inf)
+        _per_image("par_pseudo_labels: high", high, b)  # validates the shape
+        stacks = []
+        for bg in (high, low):
+            if isinstance(bg, Tensor):
+                bg = bg.to(fg.dtype).reshape(-1, 1, 1, 1)
+            plane = torch.zeros_like(small_cams[:, :1]) + bg
+            stacks.append(torch.cat([plane, fg], dim=1).softmax(dim=1))
+        refined = par(small_images, torch.cat(stacks, dim=1))
+        refined = _resize(refined, (h, w))
+        # Padding channels are already 0 after the softmax; -inf also rules them out if PAR smears values.
+        keep_bg = torch.zeros((b, 1), dtype=torch.bool, device=padding.device)
+        drop = torch.cat([keep_bg, padding], dim=1)[:, :, None, None]
+        refined_h, refined_l = refined.masked_fill(drop.repeat(1, 2, 1, 1), -math.inf).split(1 + k, dim=1)
+        # channel -> class id: 0 for the background plane, then each image's present classes
+        label_ids = torch.cat([torch.zeros_like(keep_bg, dtype=torch.long), order + 1], dim=1)
+
+        def to_label(probs: Tensor) -> Tensor:
+            return torch.gather(label_ids, 1, probs.argmax(dim=1).flatten(1)).view(b, h, w)
+
+        label_h, label_l = to_label(refined_h), to_label(refined_l)
+        labels = torch.where(label_h == 0, torch.where(label_l == 0, 0, IGNORE_INDEX), label_h)
+        if valid_box is not None:
+            labels = torch.where(
+                _box_mask("par_pseudo_labels", valid_box, (h, w), None), labels, IGNORE_INDEX
+            )
+    return labels.long()
