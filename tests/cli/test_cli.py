@@ -127,7 +127,12 @@ def test_data_root_override_reaches_the_datamodule(synthetic, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     root = synthetic("voc")
     cli = run_cli(
-        ["fit", *tiny_args(CONFIGS / "quickstart.yaml", root)[:4], "--trainer.fast_dev_run=1", *TINY]
+        [
+            "fit",
+            *tiny_args(CONFIGS / "supervised" / "synthetic_voc.yaml", root)[:4],
+            "--trainer.fast_dev_run=1",
+            *TINY,
+        ]
     )
     assert Path(cli.datamodule.root) == root
     # linked from the datamodule into the method
@@ -139,7 +144,7 @@ def test_normalisation_is_linked_from_the_datamodule(synthetic, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     root = synthetic("voc")
     cli = run_cli([
-        "fit", *tiny_args(CONFIGS / "quickstart.yaml", root)[:4], "--trainer.fast_dev_run=1", *TINY,
+        "fit", *tiny_args(CONFIGS / "supervised" / "synthetic_voc.yaml", root)[:4], "--trainer.fast_dev_run=1", *TINY,
         "--data.init_args.mean=[0.5,0.5,0.5]", "--data.init_args.std=[0.25,0.25,0.25]",
     ])  # fmt: skip
     assert cli.model.image_mean.flatten().tolist() == [0.5, 0.5, 0.5]
