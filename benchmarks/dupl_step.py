@@ -23,8 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import wsss_lightning.methods.dupl as dupl
-from wsss_lightning.methods import DuPLModule, NoiseFilterConfig, PhaseConfig
+from wsss_lightning.methods import DuPLModule, NoiseFilterConfig, PhaseConfig, dupl
 from wsss_lightning.models.dupl import DuPLSubNet
 
 TIMES: dict[str, float] = defaultdict(float)

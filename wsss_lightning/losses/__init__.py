@@ -6,6 +6,13 @@ from wsss_lightning.losses.contrastive import (
     u2pl_contrastive_loss,
     u2pl_negative_mask,
 )
+from wsss_lightning.losses.dupl import (
+    balanced_seg_ce,
+    classification_loss,
+    consistency_loss,
+    discrepancy_loss,
+    patch_contrast_loss,
+)
 from wsss_lightning.losses.functional import (
     downsample_labels,
     entropy_band_masks,
@@ -31,11 +38,16 @@ __all__ = [
     "SymmetricCrossEntropy",
     "U2PLContrastiveLoss",
     "U2PLUnsupervisedLoss",
+    "balanced_seg_ce",
+    "classification_loss",
+    "consistency_loss",
+    "discrepancy_loss",
     "downsample_labels",
     "entropy_band_masks",
     "entropy_percentile_mask",
     "masked_percentile",
     "ohem_ce",
+    "patch_contrast_loss",
     "pixel_entropy",
     "select_negative_keys",
     "symmetric_ce",
