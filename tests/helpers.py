@@ -77,3 +77,36 @@ def run_gloo(fn: Any, *args: Any, world_size: int = 2) -> None:
         join=True,
         start_method=start_method,
     )
+
+
+def fit_ddp_cpu_and_dump(fit_args: list[str], workdir: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``wsss fit`` through the installed console script with 2 gloo CPU processes; each rank's final state.
+
+    ``fit_args`` are the run's own arguments (config, data root, sizes); the DDP trainer fragment, no
+    logger / checkpoints / validation and a :class:`DumpState` callback are added. Returns the state dicts of
+    rank 0 and rank 1. Fails with the tail of the run's stderr if it does not exit cleanly.
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    repo = Path(__file__).resolve().parents[1]
+    wsss = shutil.which("wsss", path=str(Path(sys.executable).parent)) or shutil.which("wsss")
+    assert wsss, "the wsss console script is not installed"
+    dump = Path(workdir) / "dump"
+    cmd = [
+        wsss, "fit", *fit_args, "-c", str(repo / "configs" / "trainer" / "ddp_cpu.yaml"),
+        "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", "--trainer.logger=false",
+        "--trainer.limit_val_batches=0", "--trainer.callbacks+=tests.helpers.DumpState",
+        f"--trainer.callbacks.out={dump}",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import Interrupt
+from tests.helpers import Interrupt, fit_ddp_cpu_and_dump
 from wsss_lightning.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,21 +98,7 @@ def test_resume_restores_student_teacher_and_memory_bank_exactly(synthetic, tmp_
 
 
 def test_ddp_two_processes_keep_memory_banks_and_teachers_identical(synthetic, tmp_path):
-    wsss = shutil.which("wsss", path=str(Path(sys.executable).parent)) or shutil.which("wsss")
-    assert wsss
-    dump = tmp_path / "dump"
-    cmd = [
-        wsss, "fit", *args(synthetic("voc"), epochs=2), "-c", str(REPO / "configs" / "trainer" / "ddp_cpu.yaml"),
-        "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", "--trainer.logger=false",
-        "--trainer.limit_val_batches=0", "--trainer.callbacks+=tests.helpers.DumpState",
-        f"--trainer.callbacks.out={dump}",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    result = subprocess.run(
-        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    rank0, rank1 = (torch.load(dump / f"rank{r}.pt") for r in (0, 1))
+    rank0, rank1 = fit_ddp_cpu_and_dump(args(synthetic("voc"), epochs=2), tmp_path)
     bank = [k for k in rank0 if "memory_bank" in k]
     teacher = [k for k in rank0 if k.startswith("teacher.")]
     assert bank and teacher

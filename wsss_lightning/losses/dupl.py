@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wsss_lightning.losses.functional import check_logits_target
+
 __all__ = [
     "balanced_seg_ce",
     "classification_loss",
@@ -24,19 +26,6 @@ __all__ = [
     "discrepancy_loss",
     "patch_contrast_loss",
 ]
-
-
-def _check_seg(logits: Tensor, labels: Tensor, where: str, logits_name: str, labels_name: str) -> None:
-    if (
-        logits.ndim != 4
-        or labels.ndim != 3
-        or logits.shape[0] != labels.shape[0]
-        or logits.shape[2:] != labels.shape[1:]
-    ):
-        raise ValueError(
-            f"{where}: expected {logits_name} (B, K, H, W) and {labels_name} (B, H, W) with the same B, H, W "
-            f"(resize the logits to the label size first); got {tuple(logits.shape)} and {tuple(labels.shape)}"
-        )
 
 
 def classification_loss(logits: Tensor, tags: Tensor) -> Tensor:
@@ -153,7 +142,7 @@ def balanced_seg_ce(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> 
     Returns:
         0-d tensor.
     """
-    _check_seg(logits, labels, "balanced_seg_ce", "logits", "labels")
+    check_logits_target(logits, labels, "balanced_seg_ce", ("logits", "labels"))
     labels = labels.long()
     ce = F.cross_entropy(
         logits, labels, ignore_index=ignore_index, reduction="none"
@@ -191,7 +180,7 @@ def consistency_loss(
     Returns:
         0-d tensor.
     """
-    _check_seg(strong_logits, supervision, "consistency_loss", "strong_logits", "supervision")
+    check_logits_target(strong_logits, supervision, "consistency_loss", ("strong_logits", "supervision"))
     if clean_logits.shape != strong_logits.shape:
         raise ValueError(
             f"consistency_loss: clean_logits must have the shape of strong_logits {tuple(strong_logits.shape)}, "

@@ -31,7 +31,10 @@ __all__ = [
 _RCE_SCALE = -math.log(1e-4)
 
 
-def _check_logits_target(logits: Tensor, target: Tensor, where: str) -> None:
+def check_logits_target(
+    logits: Tensor, target: Tensor, where: str, names: tuple[str, str] = ("logits", "target")
+) -> None:
+    """Raise a ValueError naming ``where`` unless logits are (B, C, H, W) and target (B, H, W) alike."""
     if (
         logits.ndim != 4
         or target.ndim != 3
@@ -39,8 +42,8 @@ def _check_logits_target(logits: Tensor, target: Tensor, where: str) -> None:
         or logits.shape[2:] != target.shape[1:]
     ):
         raise ValueError(
-            f"{where}: expected logits (B, C, H, W) and target (B, H, W) of the same B, H, W; "
-            f"got {tuple(logits.shape)} and {tuple(target.shape)}"
+            f"{where}: expected {names[0]} (B, C, H, W) and {names[1]} (B, H, W) of the same B, H, W "
+            f"(resize the logits to the label size first); got {tuple(logits.shape)} and {tuple(target.shape)}"
         )
 
 
@@ -215,7 +218,7 @@ def symmetric_ce(
     Returns:
         Scalar, or ``(B, H, W)`` per-pixel losses.
     """
-    _check_logits_target(logits, target, "symmetric_ce")
+    check_logits_target(logits, target, "symmetric_ce")
     ce, rce, valid = _ce_and_rce(logits, target, ignore_index)
     per_pixel = (xi1 * ce + xi2 * rce) * valid
     if reduction == "none":
@@ -262,7 +265,7 @@ def unsupervised_loss(
     Returns:
         Scalar loss.
     """
-    _check_logits_target(logits, target, "unsupervised_loss")
+    check_logits_target(logits, target, "unsupervised_loss")
     if prob_teacher.shape != logits.shape:
         raise ValueError(
             f"unsupervised_loss: prob_teacher must match logits {tuple(logits.shape)}, got {tuple(prob_teacher.shape)}"
@@ -299,7 +302,7 @@ def ohem_ce(
     Returns:
         Scalar loss (0 when nothing is kept).
     """
-    _check_logits_target(logits, target, "ohem_ce")
+    check_logits_target(logits, target, "ohem_ce")
     if min_kept < 0:
         raise ValueError(f"ohem_ce: min_kept must be >= 0, got {min_kept}")
     ce, _, valid = _ce_and_rce(logits, target, ignore_index)
