@@ -110,3 +110,40 @@ def fit_ddp_cpu_and_dump(fit_args: list[str], workdir: Any) -> tuple[dict[str, A
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
+
+
+#: a ModelCheckpoint that writes last.ckpt after every optimizer step (as a --trainer.callbacks value)
+CHECKPOINT_EVERY_STEP = (
+    '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "ckpts",'
+    ' "every_n_train_steps": 1, "save_top_k": -1, "save_last": true}}]'
+)
+
+
+def straight_and_resumed_states(
+    fit_args: list[str], workdir: Any, monkeypatch: Any, interrupt_at: int
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Fit once straight through, and once interrupted at ``interrupt_at`` then continued with ``--ckpt_path last``.
+
+    ``fit_args`` must make ``last.ckpt`` current at the interruption (e.g. :data:`CHECKPOINT_EVERY_STEP`).
+    Returns (straight state dict, resumed state dict, global step the resumed run ended at).
+    """
+    from pathlib import Path
+
+    import pytest
+
+    from wsss_lightning.cli import run_cli
+
+    def run(name: str, *extra: str) -> Any:
+        (Path(workdir) / name).mkdir(exist_ok=True)
+        monkeypatch.chdir(Path(workdir) / name)
+        return run_cli(["fit", *fit_args, *extra])
+
+    straight = run("straight").model.state_dict()
+    with pytest.raises(Interrupt):
+        run(
+            "resumed",
+            "--trainer.callbacks+=tests.helpers.InterruptAtStep",
+            f"--trainer.callbacks.step={interrupt_at}",
+        )
+    resumed_cli = run("resumed", "--ckpt_path=last")
+    return straight, resumed_cli.model.state_dict(), resumed_cli.trainer.global_step

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import Interrupt, fit_ddp_cpu_and_dump
+from tests.helpers import CHECKPOINT_EVERY_STEP, fit_ddp_cpu_and_dump, straight_and_resumed_states
 from wsss_lightning.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,25 +68,13 @@ def test_fit_runs_every_phase_and_logs_cam_pseudo_and_seg_miou(synthetic, tmp_pa
 
 
 def test_resume_continues_exactly(synthetic, tmp_path, monkeypatch):
-    root = synthetic("voc")
-    ckpt = (
-        '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "ckpts",'
-        ' "every_n_train_steps": 1, "save_top_k": -1, "save_last": true}}]'
-    )
-    common = [*args(root, steps=6), f"--trainer.callbacks={ckpt}", "--trainer.limit_val_batches=0"]
-
-    def run(name: str, *extra: str):
-        (tmp_path / name).mkdir(exist_ok=True)
-        monkeypatch.chdir(tmp_path / name)
-        return run_cli(["fit", *common, *extra])
-
-    straight = run("straight").model.state_dict()
-    with pytest.raises(Interrupt):  # dies after the noise filter and the strong view have started
-        run("resumed", "--trainer.callbacks+=tests.helpers.InterruptAtStep", "--trainer.callbacks.step=4")
-    resumed_cli = run("resumed", "--ckpt_path=last")
-    assert resumed_cli.trainer.global_step == 6
-    resumed = resumed_cli.model.state_dict()
+    common = [*args(synthetic("voc"), steps=6), f"--trainer.callbacks={CHECKPOINT_EVERY_STEP}",
+              "--trainer.limit_val_batches=0"]  # fmt: skip
+    # dies after the noise filter and the strong view have started
+    straight, resumed, step = straight_and_resumed_states(common, tmp_path, monkeypatch, interrupt_at=4)
+    assert step == 6
     assert any(k.startswith("students.1.") for k in straight) and "class_thresholds" in straight
+    assert resumed.keys() == straight.keys()
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
 

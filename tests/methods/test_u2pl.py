@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import Interrupt, fit_ddp_cpu_and_dump
+from tests.helpers import CHECKPOINT_EVERY_STEP, fit_ddp_cpu_and_dump, straight_and_resumed_states
 from wsss_lightning.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,24 +74,11 @@ def test_suponly_baseline_trains_on_labeled_list_only(synthetic, tmp_path, monke
 
 
 def test_resume_restores_student_teacher_and_memory_bank_exactly(synthetic, tmp_path, monkeypatch):
-    root = synthetic("voc")
-    ckpt = (
-        '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "ckpts",'
-        ' "every_n_train_steps": 1, "save_top_k": -1, "save_last": true}}]'
-    )
-    common = [*args(root, epochs=3), f"--trainer.callbacks={ckpt}", "--trainer.limit_val_batches=0"]
-
-    def run(name: str, *extra: str):
-        (tmp_path / name).mkdir(exist_ok=True)
-        monkeypatch.chdir(tmp_path / name)
-        return run_cli(["fit", *common, *extra])
-
-    straight = run("straight").model.state_dict()
-    with pytest.raises(Interrupt):  # dies in the semi-supervised phase, mid-epoch
-        run("resumed", "--trainer.callbacks+=tests.helpers.InterruptAtStep", "--trainer.callbacks.step=5")
-    resumed_cli = run("resumed", "--ckpt_path=last")
-    assert resumed_cli.trainer.global_step == 6
-    resumed = resumed_cli.model.state_dict()
+    common = [*args(synthetic("voc"), epochs=3), f"--trainer.callbacks={CHECKPOINT_EVERY_STEP}",
+              "--trainer.limit_val_batches=0"]  # fmt: skip
+    # dies in the semi-supervised phase, mid-epoch
+    straight, resumed, step = straight_and_resumed_states(common, tmp_path, monkeypatch, interrupt_at=5)
+    assert step == 6
     assert any(k.startswith("teacher.") for k in straight) and any("memory_bank" in k for k in straight)
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
