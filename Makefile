@@ -38,6 +38,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/crf.py
+	$(BIN)/python benchmarks/dupl_noise_filter.py
+	$(BIN)/python benchmarks/dupl_par.py
+	$(BIN)/python benchmarks/dupl_step.py --size 224
 
 clean:
 	rm -rf $(VENV) lightning_logs wandb .pytest_cache

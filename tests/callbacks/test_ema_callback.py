@@ -132,6 +132,30 @@ def test_copy_phase_after_warmup(tmp_path: Path) -> None:
         np.testing.assert_array_equal(row["teacher"], row["student"])
 
 
+class BNAtWarmupEnd(Callback):
+    """Teacher and student BN running means right after the EMA callback's batch-start hook at step 2."""
+
+    def __init__(self) -> None:
+        self.seen: tuple[np.ndarray, np.ndarray] | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == 2:
+            bn_t, bn_s = pl_module.teacher.module[1], pl_module.student[1]
+            self.seen = (bn_t.running_mean.numpy().copy(), bn_s.running_mean.numpy().copy())
+
+
+@pytest.mark.parametrize("copy_buffers", [False, True])
+def test_warmup_end_copies_bn_statistics_only_when_asked(tmp_path: Path, copy_buffers: bool) -> None:
+    ema = EMATeacherCallback(warmup_steps=2, copy_at_warmup_end=True, copy_steps=2,
+                             copy_buffers_at_warmup_end=copy_buffers)  # fmt: skip
+    probe = BNAtWarmupEnd()
+    trainer(tmp_path, [ema, probe], max_steps=3).fit(Tiny(), loader(8))
+    assert probe.seen is not None
+    teacher_mean, student_mean = probe.seen
+    # the teacher's own statistics come from train-mode forwards of its untrained weights: they differ
+    assert np.array_equal(teacher_mean, student_mean) == copy_buffers
+
+
 def test_updates_only_on_optimizer_steps_with_accumulation(tmp_path: Path) -> None:
     ema = EMATeacherCallback(decay=0.9, warmup_steps=1, copy_steps=1)
     _, rows, initial = run(tmp_path, ema, n=8, max_epochs=2, accumulate_grad_batches=2)

@@ -53,6 +53,11 @@ class EMATeacherCallback(Callback):
         copy_at_warmup_end: keep the teacher equal to the student for ``copy_steps`` steps after the warm-up
             (U2PL code behaviour, default; spec u2pl §3.1).
         copy_steps: length of the copy phase; ``None`` = one training epoch of optimizer steps (U2PL).
+        copy_buffers_at_warmup_end: at the end of the warm-up, before the first teacher forward, copy the
+            student's parameters AND buffers (BN running statistics) into the teacher. Off in the reference:
+            there the teacher keeps its own statistics, gathered during the warm-up by train-mode forwards of
+            its never-updated weights, which is harmless when both start from the same pretrained encoder but
+            leaves a from-scratch teacher with statistics of random weights for its first pseudo-labels.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class EMATeacherCallback(Callback):
         warmup_epochs: int | None = None,
         copy_at_warmup_end: bool = True,
         copy_steps: int | None = None,
+        copy_buffers_at_warmup_end: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= decay <= 1.0:
@@ -86,6 +92,7 @@ class EMATeacherCallback(Callback):
         self.warmup_epochs = warmup_epochs
         self.copy_at_warmup_end = copy_at_warmup_end
         self.copy_steps = copy_steps
+        self.copy_buffers_at_warmup_end = copy_buffers_at_warmup_end
         # resolved (W, C) in optimizer steps; restored from the checkpoint on resume
         self._resolved: tuple[int, int] | None = None
         self._loaded: tuple[int, int] | None = None
@@ -169,10 +176,10 @@ class EMATeacherCallback(Callback):
     ) -> None:
         self._step_at_batch_start = trainer.global_step
         warmup, copy = self.phases(trainer)
-        if copy and trainer.global_step == warmup:
+        if trainer.global_step == warmup and (copy or self.copy_buffers_at_warmup_end):
             # U2PL re-points the teacher at the student before the first post-warm-up forward
             teacher, student = self.networks(pl_module)
-            teacher.copy_from(student)
+            teacher.copy_from(student, include_buffers=True if self.copy_buffers_at_warmup_end else None)
 
     @override
     def on_train_batch_end(

@@ -92,6 +92,9 @@ class U2PLModule(SegmentationMethod):
         ema_decay: the teacher's maximum EMA decay (0.99); the decay ramps as min(1 - 1/(k+1), 0.99).
         teacher_copy_first_epoch: the teacher equals the student during the first semi-supervised epoch, as
             in the released code (spec §3.1).
+        teacher_bn_from_student: at the end of the warm-up the teacher also takes the student's BN running
+            statistics (the reference keeps the teacher's own, gathered with its untrained weights; fine from a
+            shared pretrained encoder, harmful from scratch).
         cutmix_prob: probability that a step mixes the unlabeled batch with CutMix (0.5).
         unsup_weight: weight of the unsupervised loss (1).
         drop_percent: alpha_0, the % of highest-entropy pseudo-labels dropped at the start (20; anneals to 0).
@@ -125,6 +128,7 @@ class U2PLModule(SegmentationMethod):
         warmup_epochs: int = 1,
         ema_decay: float = 0.99,
         teacher_copy_first_epoch: bool = True,
+        teacher_bn_from_student: bool = False,
         cutmix_prob: float = 0.5,
         unsup_weight: float = 1.0,
         drop_percent: float = 20.0,
@@ -149,6 +153,7 @@ class U2PLModule(SegmentationMethod):
         self.ohem_thresh, self.ohem_min_kept = ohem_thresh, ohem_min_kept
         self.warmup_epochs, self.ema_decay = warmup_epochs, ema_decay
         self.teacher_copy_first_epoch, self.cutmix_prob = teacher_copy_first_epoch, cutmix_prob
+        self.teacher_bn_from_student = teacher_bn_from_student
         self.unsup_weight, self.drop_percent, self.adaptive_weight = (
             unsup_weight,
             drop_percent,
@@ -220,6 +225,7 @@ class U2PLModule(SegmentationMethod):
                 ramp=True,
                 warmup_epochs=self.warmup_epochs,
                 copy_at_warmup_end=self.teacher_copy_first_epoch,
+                copy_buffers_at_warmup_end=self.teacher_bn_from_student,
             ),
             # alpha_t = alpha_0 (1 - t / T) with t the epoch index (spec §3.6)
             ScheduleCallback("anneal", kind="linear", start=1.0, end=0.0, interval="epoch"),
