@@ -56,8 +56,8 @@ class EMATeacherCallback(Callback):
         copy_buffers_at_warmup_end: at the end of the warm-up, before the first teacher forward, copy the
             student's parameters AND buffers (BN running statistics) into the teacher. Off in the reference:
             there the teacher keeps its own statistics, gathered during the warm-up by train-mode forwards of
-            its never-updated weights, which is harmless when both start from the same pretrained encoder but
-            leaves a from-scratch teacher with statistics of random weights for its first pseudo-labels.
+            its never-updated weights (close to the student's when both start from the same pretrained
+            encoder; statistics of random weights when trained from scratch).
     """
 
     def __init__(

@@ -93,8 +93,8 @@ class U2PLModule(SegmentationMethod):
         teacher_copy_first_epoch: the teacher equals the student during the first semi-supervised epoch, as
             in the released code (spec §3.1).
         teacher_bn_from_student: at the end of the warm-up the teacher also takes the student's BN running
-            statistics (the reference keeps the teacher's own, gathered with its untrained weights; fine from a
-            shared pretrained encoder, harmful from scratch).
+            statistics (the reference keeps the teacher's own, gathered by train-mode forwards of its
+            never-updated weights during the warm-up).
         cutmix_prob: probability that a step mixes the unlabeled batch with CutMix (0.5).
         unsup_weight: weight of the unsupervised loss (1).
         drop_percent: alpha_0, the % of highest-entropy pseudo-labels dropped at the start (20; anneals to 0).
