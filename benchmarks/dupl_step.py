@@ -130,7 +130,12 @@ def main() -> None:
     step = TIMES.pop("step") / args.steps
     closure = TIMES.pop("optimizer_step")
     TIMES["optimizer update + hooks"] = closure - TIMES["backward"] - TIMES.pop("training_step")
-    network = ("sub-net forward (train)", "sub-net forward (strong view)", "backward", "optimizer update + hooks")
+    network = (
+        "sub-net forward (train)",
+        "sub-net forward (strong view)",
+        "backward",
+        "optimizer update + hooks",
+    )
     print(f"\nDuPL step, {args.backbone}, batch {args.batch}, {args.size}x{args.size}, {args.device}, "
           f"{torch.get_num_threads()} threads, mean of {args.steps} steps: {step:.2f} s")  # fmt: skip
     print(f"{'part':55s} {'s/step':>8s} {'share':>7s}")

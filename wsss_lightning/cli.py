@@ -46,7 +46,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             return
         # The YAML dump turns jsonargparse paths, tuples and dataclasses into plain values loggers accept.
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
-        data = trainer.datamodule
+        data = getattr(trainer, "datamodule", None)
         per_device = getattr(data, "batch_size", None)
         facts: dict[str, Any] = {
             "world_size": trainer.world_size,

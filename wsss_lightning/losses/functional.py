@@ -10,6 +10,7 @@ Shapes: B batch, C classes, H x W label resolution; ``ignore_index`` (255) marks
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -160,7 +161,7 @@ def entropy_band_masks(
     return low, high
 
 
-def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+def downsample_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
     """Nearest-neighbour resize of a label map (as U2PL's one-hot + nearest interpolation).
 
     Args:
@@ -172,7 +173,7 @@ def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
     """
     if labels.ndim != 3:
         raise ValueError(f"downsample_labels: labels must be (B, H, W), got {tuple(labels.shape)}")
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:

@@ -45,6 +45,9 @@ class SegmentationMethod(L.LightningModule, ABC):
         inference: validation / test-time inference (scales, flip, sliding window, CRF).
     """
 
+    image_mean: Tensor
+    image_std: Tensor
+
     #: metric that checkpointing and model selection monitor
     monitor = "val/miou"
     mode = "max"

@@ -16,7 +16,7 @@ Segmentation" (CVPR 2024). Two independent ViT sub-nets; each step (spec dupl §
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -64,6 +64,11 @@ def _up(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def _total(terms: Sequence[Tensor] | Any) -> Tensor:
+    """Sum of loss tensors (a tensor, also for type checkers)."""
+    return torch.stack(list(terms)).sum()
+
+
 class DuPLModule(SegmentationMethod):
     """DuPL for the ``image`` supervision view (image-level tags).
 
@@ -99,6 +104,9 @@ class DuPLModule(SegmentationMethod):
             (x10): 6e-5 / 6e-4 with the VOC config.
         inference: see :class:`SegmentationMethod`.
     """
+
+    class_thresholds: Tensor
+    best_subnet: Tensor
 
     def __init__(
         self,
@@ -181,14 +189,20 @@ class DuPLModule(SegmentationMethod):
             )
             for _ in range(2)
         )
-        self.patch_size = self.students[0].backbone.patch_size
+        self.patch_size = self.student(0).patch_size
         self.par = PAR(self.cam_cfg.par_dilations, self.cam_cfg.par_iterations)
 
     @override
     def configure_metrics(self) -> None:
         super().configure_metrics()
-        make = lambda: nn.ModuleList(SegmentationIoU(self.num_classes, self.ignore_index) for _ in range(2))
-        self.val_seg_iou, self.val_cam_iou, self.val_pseudo_iou = make(), make(), make()
+        # per sub-net: segmentation, CAM and pseudo-label IoU (keys "seg1", "cam2", ...)
+        self.val_outputs = nn.ModuleDict(
+            {f"{kind}{k}": SegmentationIoU(self.num_classes, self.ignore_index)
+             for kind in ("seg", "cam", "pseudo") for k in (1, 2)}
+        )  # fmt: skip
+
+    def _val_metric(self, kind: str, k: int) -> SegmentationIoU:
+        return cast(SegmentationIoU, self.val_outputs[f"{kind}{k + 1}"])
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
@@ -222,7 +236,7 @@ class DuPLModule(SegmentationMethod):
 
     def _check_global_batch(self) -> None:
         trainer = self.trainer
-        per_device = getattr(trainer.datamodule, "batch_size", None)
+        per_device = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
         if per_device is None:
             return
         actual = per_device * trainer.world_size * trainer.accumulate_grad_batches
@@ -237,11 +251,15 @@ class DuPLModule(SegmentationMethod):
     @override
     def param_groups(self) -> dict[str, tuple[list[nn.Parameter], float]]:
         groups: dict[str, list[nn.Parameter]] = {"backbone": [], "classifier": [], "seg_head": []}
-        for student in self.students:
-            for name, params in student.param_groups().items():
+        for k in range(2):
+            for name, params in self.student(k).param_groups().items():
                 groups[name].extend(params)
         return {"backbone": (groups["backbone"], 1.0), "classifier": (groups["classifier"], 10.0),
                 "seg_head": (groups["seg_head"], 10.0)}  # fmt: skip
+
+    def student(self, k: int) -> DuPLSubNet:
+        """Sub-net ``k`` (0 or 1)."""
+        return cast(DuPLSubNet, self.students[k])
 
     # ------------------------------------------------------------------ inference
     def eval_subnet(self) -> int:
@@ -254,11 +272,10 @@ class DuPLModule(SegmentationMethod):
 
     @override
     def forward(self, images: Tensor) -> Tensor:
-        student = self.students[self.eval_subnet()]
-        return padded_forward(student.segment, images, self.patch_size)
+        return padded_forward(self.student(self.eval_subnet()).segment, images, self.patch_size)
 
     def _cams(self, k: int, images: Tensor) -> tuple[Tensor, Tensor]:
-        return multiscale_cams(self.students[k].cams, images, self.cam_cfg.scales, pad_to=self.patch_size)
+        return multiscale_cams(self.student(k).cams, images, self.cam_cfg.scales, pad_to=self.patch_size)
 
     def _images01(self, images: Tensor) -> Tensor:
         # the reference denormalises to uint8: rounding recovers the loaded pixels exactly
@@ -295,10 +312,10 @@ class DuPLModule(SegmentationMethod):
 
         with torch.no_grad():
             cams = [self._cams(k, images) for k in range(2)]  # [(cam, aux_cam)] per sub-net
-        outs: list[SubNetOutput] = [student(images) for student in self.students]
+        outs: list[SubNetOutput] = [self.student(k)(images) for k in range(2)]
         logs: dict[str, Tensor] = {}
 
-        loss_cls = sum(
+        loss_cls = _total(
             classification_loss(o.cls_logits, tags) + classification_loss(o.aux_cls_logits, tags)
             for o in outs
         )
@@ -306,7 +323,7 @@ class DuPLModule(SegmentationMethod):
         logs["train/loss_cls"] = loss_cls
 
         if t >= ph.ptc_start:
-            loss_ptc = sum(
+            loss_ptc = _total(
                 self._ptc(o.features, aux, tags, high, box) for o, (_, aux) in zip(outs, cams, strict=True)
             )
             loss = loss + w.ptc * loss_ptc
@@ -320,7 +337,7 @@ class DuPLModule(SegmentationMethod):
         if t > ph.seg_start:
             loss = loss + self._segmentation(images, images01, cams, seg_logits, tags, high, box, batch, logs)
         else:  # keeps the segmentation heads in the graph, so DDP needs no find_unused_parameters
-            loss = loss + 0.0 * sum(s.sum() for s in seg_logits)
+            loss = loss + 0.0 * _total(s.sum() for s in seg_logits)
         logs["train/loss"] = loss
         self.log_dict(logs, batch_size=images.shape[0], prog_bar=False)
         return loss
@@ -410,8 +427,8 @@ class DuPLModule(SegmentationMethod):
         if cfg.scale != 1.0:
             strong = _up(strong, (int(size[0] * cfg.scale), int(size[1] * cfg.scale)))
         loss = images01.new_zeros(())
-        for k, student in enumerate(self.students):
-            pred = padded_forward(student.segment, strong, self.patch_size)
+        for k in range(2):
+            pred = padded_forward(self.student(k).segment, strong, self.patch_size)
             pred = _up(pred.flip(-1) if cfg.flip else pred, size)  # back to the clean view's geometry
             # pixels ignored in the labels that supervise sub-net k, i.e. the other sub-net's pseudo-labels
             loss = loss + consistency_loss(
@@ -429,25 +446,29 @@ class DuPLModule(SegmentationMethod):
         for k in range(2):
             self._subnet = k
             try:
-                self.val_seg_iou[k].update(self.predict_logits(images, test_time=False).argmax(1), masks)
+                self._val_metric("seg", k).update(
+                    self.predict_logits(images, test_time=False).argmax(1), masks
+                )
             finally:
                 self._subnet = None
             cam, _ = self._cams(k, images)
             cam = cam * tags[:, :, None, None]
-            self.val_cam_iou[k].update(cam_labels_eval(cam, tags, self.threshold.eval_background), masks)
+            self._val_metric("cam", k).update(
+                cam_labels_eval(cam, tags, self.threshold.eval_background), masks
+            )
             pseudo = self._pseudo_labels(images01, cam, tags, high, None)
             # pseudo-label mIoU over the pixels the pseudo-labels keep (the rest are ignored in training)
             kept = pseudo != self.ignore_index
-            self.val_pseudo_iou[k].update(
+            self._val_metric("pseudo", k).update(
                 torch.where(kept, pseudo, 0), torch.where(kept, masks, self.ignore_index)
             )
 
     @override
     def on_validation_epoch_end(self) -> None:
-        seg = [self._log_iou("val", self.val_seg_iou[k], f"seg{k + 1}") for k in range(2)]
+        seg = [self._log_iou("val", self._val_metric("seg", k), f"seg{k + 1}") for k in range(2)]
         for k in range(2):
-            self._log_iou("val", self.val_cam_iou[k], f"cam{k + 1}")
-            self._log_iou("val", self.val_pseudo_iou[k], f"pseudo{k + 1}")
+            self._log_iou("val", self._val_metric("cam", k), f"cam{k + 1}")
+            self._log_iou("val", self._val_metric("pseudo", k), f"pseudo{k + 1}")
         best = 0 if seg[0] >= seg[1] else 1
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         if fitting and not self.trainer.sanity_checking:

@@ -70,9 +70,9 @@ class ContrastiveConfig(ContrastiveLossConfig):
     anchor_set: Literal["code", "paper"] = "code"
 
 
-def _up(x: Tensor, size: tuple[int, int]) -> Tensor:
+def _up(x: Tensor, size: Sequence[int]) -> Tensor:
     # U2PL upsamples logits with align_corners=True; the network pads inputs so this is exact.
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 class U2PLModule(SegmentationMethod):
@@ -340,7 +340,9 @@ class U2PLModule(SegmentationMethod):
             valid = truth_u != self.ignore_index
             correct = ((labels_u == truth_u) & valid).sum()
             diagnostics["train/pseudo_accuracy"] = correct / valid.sum().clamp(min=1)
-        boxes = cutmix_boxes(images_u.shape[0], *size, prob=self.cutmix_prob, device=images_u.device)
+        boxes = cutmix_boxes(
+            images_u.shape[0], size[0], size[1], prob=self.cutmix_prob, device=images_u.device
+        )
         images_u, labels_u, conf_u = apply_cutmix(images_u, labels_u, conf_u, boxes)
 
         both = torch.cat([images_l, images_u])

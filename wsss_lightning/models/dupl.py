@@ -16,6 +16,7 @@ called).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch.nn.functional as F
@@ -76,7 +77,10 @@ class SubNetOutput(NamedTuple):
     features: Tensor
 
 
-_POOLS = {"gmp": F.adaptive_max_pool2d, "gap": F.adaptive_avg_pool2d}
+_POOLS: dict[str, Callable[[Tensor, int], Tensor]] = {
+    "gmp": F.adaptive_max_pool2d,
+    "gap": F.adaptive_avg_pool2d,
+}
 
 
 class DuPLSubNet(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import segmentation_models_pytorch as smp
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ class SegmentationNetwork(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
-        return self.net.encoder  # type: ignore[no-any-return]
+        return cast(nn.Module, self.net.encoder)
 
     def head_parameters(self) -> list[nn.Parameter]:
         encoder_ids = {id(p) for p in self.encoder.parameters()}
