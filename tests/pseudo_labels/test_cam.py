@@ -377,3 +377,15 @@ def test_par_pseudo_labels_with_real_par_matches_per_image_reference() -> None:
     ref = per_image_reference(par, images, cams, tags, high, 0.25, box)
     np.testing.assert_array_equal(out.numpy(), ref.numpy())
     assert len(set(np.unique(out.numpy())) - {0, 255}) >= 2
+
+
+def test_par_pseudo_labels_of_several_networks_share_one_par_call() -> None:
+    images, cams, tags, high, box = par_case(11)
+    other = torch.flip(cams, dims=(-1,))  # a second network's CAMs of the same images
+    par = FakePAR()
+    both = par_pseudo_labels(par, images, [cams, other], tags, high, low=0.25, valid_box=box)
+    k = int((tags > 0).sum(1).max())
+    assert par.channels == [4 * (1 + k)]  # one kernel for both networks
+    for out, single in zip(both, (cams, other), strict=True):
+        expected = par_pseudo_labels(FakePAR(), images, single, tags, high, low=0.25, valid_box=box)
+        np.testing.assert_array_equal(out.numpy(), expected.numpy())

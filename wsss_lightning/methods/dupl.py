@@ -282,12 +282,13 @@ class DuPLModule(SegmentationMethod):
         return ((images * self.image_std + self.image_mean).clamp(0, 1) * 255).round() / 255
 
     def _pseudo_labels(
-        self, images01: Tensor, cams: Tensor, tags: Tensor, high: Tensor | float, box: Tensor | None
-    ) -> Tensor:
-        return par_pseudo_labels(
+        self, images01: Tensor, cams: list[Tensor], tags: Tensor, high: Tensor | float, box: Tensor | None
+    ) -> list[Tensor]:
+        """PAR pseudo-labels of each CAM tensor of the same images (one PAR call, one kernel)."""
+        return par_pseudo_labels(  # type: ignore[no-any-return]
             self.par,
             images01,
-            cams * tags[:, :, None, None],
+            cams,
             tags,
             high,
             low=self.threshold.low,
@@ -344,7 +345,7 @@ class DuPLModule(SegmentationMethod):
 
     def _ptc(self, features: Tensor, aux_cam: Tensor, tags: Tensor, high: Tensor, box: Tensor) -> Tensor:
         grid = features.shape[-2:]
-        small = _up(aux_cam, grid) * tags[:, :, None, None]
+        small = _up(aux_cam, grid)  # absent classes are zeroed by threshold_labels
         scale = grid[0] / aux_cam.shape[-2] if self.cam_cfg.token_box == "scaled" else None
         labels = threshold_labels(small, tags, high, self.threshold.low, valid_box=box, box_scale=scale)
         return patch_contrast_loss(features, affinity_labels(labels, self.ignore_index))
@@ -365,11 +366,11 @@ class DuPLModule(SegmentationMethod):
         with torch.no_grad():
             if ph.aux_labels_until is not None and t <= ph.aux_labels_until:
                 # COCO: labels from the auxiliary CAM with the fixed start threshold first (spec §5.2)
-                labels = [
-                    self._pseudo_labels(images01, aux, tags, self.threshold.start, box) for _, aux in cams
-                ]
+                labels = self._pseudo_labels(
+                    images01, [aux for _, aux in cams], tags, self.threshold.start, box
+                )
             else:
-                labels = [self._pseudo_labels(images01, cam, tags, high, box) for cam, _ in cams]
+                labels = self._pseudo_labels(images01, [cam for cam, _ in cams], tags, high, box)
             if "mask" in batch:  # ground truth of the image view: diagnostics only, never a training target
                 for k, lab in enumerate(labels):
                     logs[f"train/pseudo_accuracy{k + 1}"] = _pixel_accuracy(
@@ -443,6 +444,7 @@ class DuPLModule(SegmentationMethod):
         tags = self._fg_tags(batch)
         images01 = self._images01(images)
         high = image_thresholds(self.class_thresholds, tags)
+        cams = []
         for k in range(2):
             self._subnet = k
             try:
@@ -452,11 +454,11 @@ class DuPLModule(SegmentationMethod):
             finally:
                 self._subnet = None
             cam, _ = self._cams(k, images)
-            cam = cam * tags[:, :, None, None]
             self._val_metric("cam", k).update(
                 cam_labels_eval(cam, tags, self.threshold.eval_background), masks
             )
-            pseudo = self._pseudo_labels(images01, cam, tags, high, None)
+            cams.append(cam)
+        for k, pseudo in enumerate(self._pseudo_labels(images01, cams, tags, high, None)):
             # pseudo-label mIoU over the pixels the pseudo-labels keep (the rest are ignored in training)
             kept = pseudo != self.ignore_index
             self._val_metric("pseudo", k).update(

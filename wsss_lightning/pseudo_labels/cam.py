@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -281,13 +282,13 @@ def affinity_labels(token_labels: Tensor, ignore_index: int = IGNORE_INDEX) -> T
 def par_pseudo_labels(
     par: Callable[[Tensor, Tensor], Tensor],
     images: Tensor,
-    cams: Tensor,
+    cams: Tensor | Sequence[Tensor],
     tags: Tensor,
     high: Tensor | float,
     low: float = 0.25,
     valid_box: Tensor | None = None,
     downscale: int = 2,
-) -> Tensor:
+) -> Any:
     """PAR-refined segmentation pseudo-labels with a two-threshold background (spec dupl §3.3).
 
     Images and CAMs are downsampled by ``downscale`` (bilinear). For each image, a constant background
@@ -299,15 +300,16 @@ def par_pseudo_labels(
     Batched without a loop over images: each image's present classes are gathered into ``K`` channels,
     ``K`` = the largest number of present classes in the batch; padding channels are set to ``-inf``
     before the softmax, so they get probability 0 and cannot win the argmax. Reading ``K`` is the one host
-    synchronisation here (tensor shapes must be known on the host). Both stacks go through ``par`` in a
-    single call as ``2 (1 + K)`` channels, so the image-dependent kernel is built once (PAR refines every
-    channel independently). Runs without gradients.
+    synchronisation here (tensor shapes must be known on the host). Every stack of every CAM tensor goes
+    through ``par`` in a single call (``2 (1 + K)`` channels per CAM tensor), so the image-dependent kernel
+    is built once, also when several networks' CAMs of the same images are labelled (DuPL's two sub-nets;
+    PAR refines every channel independently). Runs without gradients.
 
     Args:
         par: pixel-adaptive refinement, called as ``par(image (B, 3, h, w), masks (B, M, h, w))`` and
             returning ``(B, M, h, w)`` (e.g. ``wsss_lightning.models.par.PAR``).
         images: ``(B, 3, H, W)`` images in ``[0, 1]`` (denormalised).
-        cams: ``(B, C, H, W)`` normalised CAMs.
+        cams: ``(B, C, H, W)`` normalised CAMs, or a sequence of them for the same images.
         tags: ``(B, C)`` multi-hot image-level labels.
         high: background score of the high stack ``delta_h``, a float or a ``(B,)`` tensor.
         low: background score of the low stack ``delta_l``.
@@ -315,10 +317,18 @@ def par_pseudo_labels(
         downscale: integer factor by which PAR's resolution is reduced (``H // downscale``).
 
     Returns:
-        ``(B, H, W)`` int64 labels in ``{0, 1..C, 255}``.
+        ``(B, H, W)`` int64 labels in ``{0, 1..C, 255}``; a list of them when ``cams`` is a sequence.
     """
-    _check_cams_tags("par_pseudo_labels", cams, tags)
-    b, c, h, w = cams.shape
+    maps = [cams] if isinstance(cams, Tensor) else list(cams)
+    if not maps:
+        raise ValueError("par_pseudo_labels: cams must be a tensor or a non-empty sequence of tensors")
+    for m in maps:
+        _check_cams_tags("par_pseudo_labels", m, tags)
+        if m.shape != maps[0].shape:
+            raise ValueError(
+                f"par_pseudo_labels: all cams must have one shape, got {[tuple(x.shape) for x in maps]}"
+            )
+    b, c, h, w = maps[0].shape
     if images.ndim != 4 or images.shape[0] != b or tuple(images.shape[-2:]) != (h, w):
         raise ValueError(
             f"par_pseudo_labels: images must be (B, 3, H, W) = ({b}, 3, {h}, {w}) to match cams, "
@@ -329,42 +339,40 @@ def par_pseudo_labels(
     if valid_box is not None and valid_box.shape[0] != b:
         raise ValueError(f"par_pseudo_labels: valid_box must have B = {b} rows, got {valid_box.shape[0]}")
     small = (h // downscale, w // downscale)
+    _per_image("par_pseudo_labels: high", high, b)  # validates the shape
     with torch.no_grad():
         present = tags > 0
         counts = present.sum(dim=1)
         k = int(counts.max()) if b > 0 else 0  # the one host sync: K fixes tensor shapes
         # Present class ids first, in ascending order: sort keys put absent classes after all present ones.
-        class_ids = torch.arange(c, device=cams.device)
+        class_ids = torch.arange(c, device=images.device)
         order = torch.argsort(torch.where(present, class_ids, class_ids + c), dim=1)[:, :k]  # (B, K)
-        padding = torch.arange(k, device=cams.device)[None, :] >= counts[:, None]  # (B, K)
+        padding = torch.arange(k, device=images.device)[None, :] >= counts[:, None]  # (B, K)
 
-        small_images = _resize(images, small)
-        small_cams = _resize(cams.detach(), small)
-        fg = torch.gather(small_cams, 1, order[:, :, None, None].expand(b, k, *small))
-        fg = fg.masked_fill(padding[:, :, None, None], -math.inf)
-        _per_image("par_pseudo_labels: high", high, b)  # validates the shape
         stacks = []
-        for bg in (high, low):
-            if isinstance(bg, Tensor):
-                bg = bg.to(fg.dtype).reshape(-1, 1, 1, 1)
-            plane = torch.zeros_like(small_cams[:, :1]) + bg
-            stacks.append(torch.cat([plane, fg], dim=1).softmax(dim=1))
-        refined = par(small_images, torch.cat(stacks, dim=1))
-        refined = _resize(refined, (h, w))
-        # Padding channels are already 0 after the softmax; -inf also rules them out if PAR smears values.
-        keep_bg = torch.zeros((b, 1), dtype=torch.bool, device=padding.device)
-        drop = torch.cat([keep_bg, padding], dim=1)[:, :, None, None]
-        refined_h, refined_l = refined.masked_fill(drop.repeat(1, 2, 1, 1), -math.inf).split(1 + k, dim=1)
-        # channel -> class id: 0 for the background plane, then each image's present classes
-        label_ids = torch.cat([torch.zeros_like(keep_bg, dtype=torch.long), order + 1], dim=1)
+        for m in maps:
+            small_cams = _resize(m.detach(), small)
+            fg = torch.gather(small_cams, 1, order[:, :, None, None].expand(b, k, *small))
+            fg = fg.masked_fill(padding[:, :, None, None], -math.inf)
+            for bg in (high, low):
+                if isinstance(bg, Tensor):
+                    bg = bg.to(fg.dtype).reshape(-1, 1, 1, 1)
+                plane = torch.zeros_like(small_cams[:, :1]) + bg
+                stacks.append(torch.cat([plane, fg], dim=1).softmax(dim=1))
+        refined = _resize(par(_resize(images, small), torch.cat(stacks, dim=1)), (h, w))
+        # channel -> class id: 0 for the background plane, then each image's present classes (padding
+        # channels are 0 after the softmax and PAR, behind the real ones: argmax never picks them)
+        label_ids = torch.cat([order.new_zeros((b, 1)), order + 1], dim=1)
+        inside = None if valid_box is None else _box_mask("par_pseudo_labels", valid_box, (h, w), None)
 
         def to_label(probs: Tensor) -> Tensor:
             return torch.gather(label_ids, 1, probs.argmax(dim=1).flatten(1)).view(b, h, w)
 
-        label_h, label_l = to_label(refined_h), to_label(refined_l)
-        labels = torch.where(label_h == 0, torch.where(label_l == 0, 0, IGNORE_INDEX), label_h)
-        if valid_box is not None:
-            labels = torch.where(
-                _box_mask("par_pseudo_labels", valid_box, (h, w), None), labels, IGNORE_INDEX
-            )
-    return labels.long()
+        labels = []
+        for refined_h, refined_l in zip(*[iter(refined.split(1 + k, dim=1))] * 2, strict=True):
+            label_h, label_l = to_label(refined_h), to_label(refined_l)
+            out = torch.where(label_h == 0, torch.where(label_l == 0, 0, IGNORE_INDEX), label_h)
+            if inside is not None:
+                out = torch.where(inside, out, IGNORE_INDEX)
+            labels.append(out.long())
+    return labels[0] if isinstance(cams, Tensor) else labels
