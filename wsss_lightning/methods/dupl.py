@@ -47,8 +47,8 @@ from wsss_lightning.methods.dupl_config import (
 )
 from wsss_lightning.metrics import SegmentationIoU
 from wsss_lightning.models.dupl import DuPLSubNet, SubNetOutput
+from wsss_lightning.models.padding import padded_forward
 from wsss_lightning.models.par import PAR
-from wsss_lightning.models.vit import padded_forward
 from wsss_lightning.pseudo_labels.cam import (
     affinity_labels,
     cam_labels_eval,

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import cast
 
 import segmentation_models_pytorch as smp
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsss_lightning.models.padding import padded_forward
 from wsss_lightning.models.weights import load_weights_file
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -44,13 +44,8 @@ class SegmentationNetwork(nn.Module):
         smp needs sides divisible by the encoder's output stride; other sizes (e.g. the 769-pixel crops of
         the Cityscapes protocol) are zero-padded at the bottom / right and the logits cropped back.
         """
-        h, w = images.shape[-2:]
         stride = int(getattr(self.net.encoder, "output_stride", 32))
-        pad_h, pad_w = -h % stride, -w % stride
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h))
-        logits = self.net(images)
-        return logits[..., :h, :w]  # type: ignore[no-any-return]
+        return padded_forward(self.net, images, stride)  # type: ignore[no-any-return]
 
 
 def build_segmentation_network(

@@ -14,7 +14,6 @@ Two things differ from timm's own forward:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -52,34 +51,6 @@ def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], size: tuple[int, 
     work = as_map.float() if as_map.dtype in (torch.float16, torch.bfloat16) else as_map
     resized = F.interpolate(work, size=size, mode="bicubic", align_corners=False)
     return resized.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, size[0] * size[1], dim)
-
-
-def padded_forward(fn: Callable[[Tensor], Any], images: Tensor, multiple: int) -> Any:
-    """Run a token-grid network on images of any size.
-
-    Images whose sides are multiples of ``multiple`` go straight through (training crops). Others are
-    zero-padded at the bottom / right; each output map is resized (bilinear) to the padded size and cropped
-    back to the image, so it lines up with the input pixels.
-
-    Args:
-        fn: images (B, 3, H', W') with H', W' multiples of ``multiple`` -> a map (B, K, h, w) or a tuple of maps.
-        images: (B, 3, H, W).
-        multiple: the patch size (1 = no padding).
-
-    Returns:
-        ``fn``'s output; resized to (H, W) when padding was needed.
-    """
-    h, w = images.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if ph == 0 and pw == 0:
-        return fn(images)
-    out = fn(F.pad(images, (0, pw, 0, ph)))
-    size = (h + ph, w + pw)
-
-    def crop(m: Tensor) -> Tensor:
-        return F.interpolate(m, size=size, mode="bilinear", align_corners=False)[..., :h, :w]
-
-    return tuple(crop(m) for m in out) if isinstance(out, tuple) else crop(out)
 
 
 def _unknown_backbone(name: str) -> ValueError:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsss_lightning.models.vit import padded_forward
+from wsss_lightning.models.padding import padded_forward
 
 __all__ = [
     "affinity_labels",
