@@ -334,11 +334,11 @@ class DuPLModule(SegmentationMethod):
             loss = loss + w.dis * loss_dis
             logs["train/loss_dis"] = loss_dis
 
-        seg_logits = [_up(o.seg_logits, size) for o in outs]
         if t > ph.seg_start:
+            seg_logits = [_up(o.seg_logits, size) for o in outs]  # at the crop size, as the labels
             loss = loss + self._segmentation(images, images01, cams, seg_logits, tags, high, box, batch, logs)
         else:  # keeps the segmentation heads in the graph, so DDP needs no find_unused_parameters
-            loss = loss + 0.0 * _total(s.sum() for s in seg_logits)
+            loss = loss + 0.0 * _total(o.seg_logits.sum() for o in outs)
         logs["train/loss"] = loss
         self.log_dict(logs, batch_size=images.shape[0], prog_bar=False)
         return loss
