@@ -391,6 +391,21 @@ def test_select_negative_keys_shares_the_budget_fairly() -> None:
     assert keys[:, 0].tolist() == [3, *range(10), *range(5, 10)]
 
 
+@pytest.mark.parametrize("max_keys", [None, 3])  # more keys than pixels / fewer
+def test_select_negative_keys_normalizes_like_the_bank(max_keys: int | None) -> None:
+    g = torch.Generator().manual_seed(4)
+    rep = torch.randn(2, 6, 3, 3, generator=g) * 4
+    before = rep.clone()
+    mask = torch.rand(2, 5, 3, 3, generator=g) > 0.3
+    raw, labels = select_negative_keys(rep, mask, max_keys, torch.Generator().manual_seed(1))
+    unit, unit_labels = select_negative_keys(
+        rep, mask, max_keys, torch.Generator().manual_seed(1), normalize=True
+    )
+    assert torch.equal(labels, unit_labels)
+    torch.testing.assert_close(unit, torch.nn.functional.normalize(raw, dim=1, eps=1e-8))
+    assert torch.equal(rep, before)  # normalised in a copy
+
+
 def test_code_rule_never_enqueues_labeled_pixels() -> None:
     x = contrastive_inputs(9)
     bank = CategoryMemoryBank(C, D, capacity=50, background_capacity=50)

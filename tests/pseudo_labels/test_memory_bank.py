@@ -99,6 +99,8 @@ def test_sample_maps_uniforms_to_arrival_order() -> None:
     for a, c in enumerate(classes.tolist()):
         idx = np.minimum(np.floor(u[a] * len(ref[c])).astype(int), len(ref[c]) - 1)
         np.testing.assert_array_equal(out[a].numpy(), ref[c][idx])
+    rows = bank.sample_rows(classes, 6, generator=torch.Generator().manual_seed(5))  # the same draws
+    torch.testing.assert_close(bank.keys[rows], out)
 
 
 def test_sample_from_empty_queue_returns_zeros() -> None:
@@ -118,6 +120,9 @@ def test_normalized_bank_stores_unit_keys() -> None:
     bank.push(keys, torch.tensor([0, 0, 1, 2, 3, 3]))
     torch.testing.assert_close(bank.queue(0), keys[:2] / keys[:2].norm(dim=1, keepdim=True))
     torch.testing.assert_close(bank.queue(3).norm(dim=1), torch.ones(2))
+    # Keys declared already normalised are stored as given.
+    bank.push(keys[:1], torch.tensor([1]), normalized=True)
+    torch.testing.assert_close(bank.queue(1)[-1], keys[0])
 
 
 def test_sample_negatives_draws_from_the_union() -> None:

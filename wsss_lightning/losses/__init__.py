@@ -23,6 +23,7 @@ from wsss_lightning.losses.functional import (
     symmetric_ce,
     unsupervised_loss,
 )
+from wsss_lightning.losses.gathered_dot import gathered_dot
 from wsss_lightning.losses.u2pl import (
     ContrastiveLossConfig,
     OhemCrossEntropy,
@@ -45,6 +46,7 @@ __all__ = [
     "downsample_labels",
     "entropy_band_masks",
     "entropy_percentile_mask",
+    "gathered_dot",
     "masked_percentile",
     "ohem_ce",
     "patch_contrast_loss",

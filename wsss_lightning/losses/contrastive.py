@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wsss_lightning.losses.gathered_dot import gathered_dot
 from wsss_lightning.pseudo_labels.memory_bank import CategoryMemoryBank
 from wsss_lightning.pseudo_labels.prototypes import PrototypeBank, class_centroids
 
@@ -146,6 +147,7 @@ def select_negative_keys(
     negative_mask: Tensor,
     max_keys_per_step: int | None = 8192,
     generator: torch.Generator | None = None,
+    normalize: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Keys to enqueue: the teacher representations at each class's negative pixels.
 
@@ -164,6 +166,7 @@ def select_negative_keys(
         negative_mask: ``(B, C, h, w)`` bool from :func:`u2pl_negative_mask`.
         max_keys_per_step: T, or None for all.
         generator: random generator on the tensors' device.
+        normalize: return unit-norm keys (eps 1e-8), for a bank that stores them normalised.
 
     Returns:
         ``(keys, labels)``: ``(K, D)`` detached keys and ``(K,)`` int64 classes (-1 = padding); K = T when
@@ -199,8 +202,21 @@ def select_negative_keys(
         if total < max_keys_per_step:
             pos = F.pad(pos, (0, max_keys_per_step - total))
             labels = F.pad(labels, (0, max_keys_per_step - total), value=-1)
-    keys = _gather_pixels(rep_teacher.detach(), pos)
-    return keys, labels
+    # One pixel-major copy, then contiguous row reads: much faster than gathering D strided values per key
+    # when there are more keys than pixels (every unreliable pixel is a negative of up to r_h - r_l classes).
+    # Always a fresh tensor, so it can be normalised in place.
+    b, d, h, w = rep_teacher.shape
+    pixels = rep_teacher.new_empty(b, h, w, d, dtype=torch.float32 if normalize else rep_teacher.dtype)
+    pixels = pixels.copy_(rep_teacher.detach().permute(0, 2, 3, 1)).view(-1, d)
+    if normalize and pos.shape[0] > num_pixels:  # normalise the fewer of pixels and keys
+        pixels, normalize = _unit_rows_(pixels), False
+    keys = pixels.index_select(0, pos)
+    return (_unit_rows_(keys) if normalize else keys), labels
+
+
+def _unit_rows_(x: Tensor) -> Tensor:
+    """Scales the rows of a float32 tensor to unit L2 norm in place (as ``F.normalize(x, dim=1, eps=1e-8)``)."""
+    return x.div_(x.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
 
 def _sample_positions(mask: Tensor, num: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -274,8 +290,9 @@ def u2pl_contrastive_loss(
     subsampling scores ``(C, B*h*w)`` float32 (only if ``max_keys_per_step`` is set), anchor uniforms
     ``(C, num_anchors)`` float64, negative uniforms ``(C*num_anchors, num_negatives)`` float64.
 
-    Memory: the ``(C, M, N, D)`` float32 negatives are kept for backward (275 MB for VOC's C=21, M=256,
-    N=50, D=256).
+    Memory: the ``(C, M, N, D)`` negatives (275 MB for VOC's C=21, M=256, N=50, D=256) are never held at
+    once: :func:`~wsss_lightning.losses.gathered_dot` gathers them in chunks of 16,384 keys in forward and
+    again in backward, keeping only their ``(C * M, N)`` bank rows.
 
     Args:
         rep: ``(B_l + B_u, D, h, w)`` student representations (gradient flows through the anchors).
@@ -376,9 +393,13 @@ def u2pl_contrastive_loss(
             negative_rule,
             ignore_index,
         )
-        keys, key_labels = select_negative_keys(rep_teacher, negative_mask, max_keys_per_step, generator)
+        keys, key_labels = select_negative_keys(
+            rep_teacher, negative_mask, max_keys_per_step, generator, normalize=memory_bank.normalize
+        )
         if update_bank:
-            memory_bank.gather_and_push(keys, key_labels, equal_sizes=max_keys_per_step is not None)
+            memory_bank.gather_and_push(
+                keys, key_labels, equal_sizes=max_keys_per_step is not None, normalized=memory_bank.normalize
+            )
 
         centroids, counts = class_centroids(rep_teacher, valid_low)
         positives = centroids if prototype_bank is None else prototype_bank.update(centroids, counts).clone()
@@ -395,16 +416,16 @@ def u2pl_contrastive_loss(
         active = term_ok & (num_candidates > 0) & (memory_bank.count[queue_class] > 0)
 
         per_anchor_queue = queue_class[:, None].expand(num_classes, num_anchors).reshape(-1)
-        negatives = memory_bank.sample(per_anchor_queue, num_negatives, generator)
-        negatives = negatives.float().view(num_classes, num_anchors, num_negatives, dim)
-        if not memory_bank.normalize:
-            negatives = negatives.div_(negatives.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+        negative_rows = memory_bank.sample_rows(per_anchor_queue, num_negatives, generator)
         positives = F.normalize(positives.float(), dim=-1, eps=1e-8)
 
     with torch.autocast(device_type=device.type, enabled=False):
         anchors = F.normalize(_gather_pixels(rep, anchor_pos).float(), dim=-1, eps=1e-8)  # (C, M, D)
         pos_logit = (anchors * positives[:, None]).sum(-1, keepdim=True)  # (C, M, 1)
-        neg_logit = torch.matmul(negatives, anchors.unsqueeze(-1)).squeeze(-1)  # (C, M, N)
+        # <z_i, z_ij-> over the drawn keys, gathered chunk by chunk: the (C, M, N, D) negatives never exist.
+        neg_logit = gathered_dot(
+            anchors.view(-1, dim), memory_bank.keys, negative_rows, normalize=not memory_bank.normalize
+        ).view(num_classes, num_anchors, num_negatives)
         logits = torch.cat([pos_logit, neg_logit], dim=-1) / temperature
         per_anchor = torch.logsumexp(logits, dim=-1) - logits[..., 0]
         per_class = torch.where(active, per_anchor.mean(1), 0.0)

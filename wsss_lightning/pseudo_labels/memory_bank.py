@@ -168,7 +168,7 @@ class CategoryMemoryBank(nn.Module):
             )
 
     @torch.no_grad()
-    def push(self, keys: Tensor, labels: Tensor) -> None:
+    def push(self, keys: Tensor, labels: Tensor, normalized: bool = False) -> None:
         """Append keys to their class queues; a full queue drops its oldest keys.
 
         Fully batched and free of host synchronisation: the keys are stably sorted by class, each key's
@@ -180,6 +180,7 @@ class CategoryMemoryBank(nn.Module):
         Args:
             keys: ``(N, D)`` keys, in arrival order.
             labels: ``(N,)`` integer class of each key; negative = padding.
+            normalized: the keys are already unit-norm, so a normalising bank stores them as they are.
         """
         self._check_keys(keys, labels, "CategoryMemoryBank.push")
         n = keys.shape[0]
@@ -202,14 +203,16 @@ class CategoryMemoryBank(nn.Module):
         dest = torch.where(keep, dest, self._scratch_row)
         # Scatter the destinations back to input order so the keys themselves need not be permuted.
         dest_in_order = torch.empty_like(dest).scatter_(0, order, dest)
-        if self.normalize:
+        if self.normalize and not normalized:
             keys = F.normalize(keys.float(), dim=1, eps=1e-8)
         self.keys.index_copy_(0, dest_in_order, keys.to(device=device, dtype=self.keys.dtype))
         self.ptr.copy_((self.ptr + counts) % self.capacities)
         self.count.copy_(torch.minimum(self.count + counts, self.capacities))
 
     @torch.no_grad()
-    def gather_and_push(self, keys: Tensor, labels: Tensor, equal_sizes: bool = False) -> None:
+    def gather_and_push(
+        self, keys: Tensor, labels: Tensor, equal_sizes: bool = False, normalized: bool = False
+    ) -> None:
         """Push every rank's keys on every rank, in rank order, so all ranks keep identical queues.
 
         Keys and labels travel in ONE ``all_gather`` of a packed ``(N, D + 1)`` tensor whose last column
@@ -226,11 +229,12 @@ class CategoryMemoryBank(nn.Module):
             keys: ``(N, D)`` this rank's keys.
             labels: ``(N,)`` their classes; negative = padding.
             equal_sizes: promise that N is the same on every rank.
+            normalized: the keys are already unit-norm (see :meth:`push`).
         """
         self._check_keys(keys, labels, "CategoryMemoryBank.gather_and_push")
         world = _world_size()
         if world == 1:
-            self.push(keys, labels)
+            self.push(keys, labels, normalized)
             return
         device, dtype = self.keys.device, self.keys.dtype
         int_dtype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
@@ -249,7 +253,7 @@ class CategoryMemoryBank(nn.Module):
         label_col[:n] = labels.to(device=device, dtype=int_dtype)
         gathered = torch.empty(world * size, self.dim + 1, device=device, dtype=dtype)
         _all_gather_single(gathered.view(torch.uint8), packed.view(torch.uint8))
-        self.push(gathered[:, : self.dim], gathered.view(int_dtype)[:, self.dim].long())
+        self.push(gathered[:, : self.dim], gathered.view(int_dtype)[:, self.dim].long(), normalized)
 
     def _gather(self, rows: Tensor) -> Tensor:
         """``keys[rows]`` for ``(A, N)`` rows; ``index_select`` is markedly faster than advanced indexing."""
@@ -286,13 +290,22 @@ class CategoryMemoryBank(nn.Module):
         Returns:
             ``(A, num, D)`` keys in the storage dtype.
         """
+        return self._gather(self.sample_rows(classes, num, generator))
+
+    @torch.no_grad()
+    def sample_rows(self, classes: Tensor, num: int, generator: torch.Generator | None = None) -> Tensor:
+        """The rows of ``keys`` that :meth:`sample` would return, ``(A, num)`` int64 (same draws).
+
+        For consumers that gather the keys themselves, e.g. chunk by chunk with
+        :func:`~wsss_lightning.losses.gathered_dot`.
+        """
         if classes.ndim != 1:
-            raise ValueError(f"sample: classes must be 1-D (A,), got shape {tuple(classes.shape)}")
+            raise ValueError(f"sample_rows: classes must be 1-D (A,), got shape {tuple(classes.shape)}")
         if num < 1:
-            raise ValueError(f"sample: num must be >= 1, got {num}")
+            raise ValueError(f"sample_rows: num must be >= 1, got {num}")
         classes = classes.to(device=self.keys.device, dtype=torch.long)
         rows, _ = self._sample_rows(classes, num, generator)
-        return self._gather(rows)
+        return rows
 
     @torch.no_grad()
     def sample_negatives(
