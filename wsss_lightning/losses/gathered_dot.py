@@ -18,31 +18,28 @@ from torch import Tensor
 __all__ = ["gathered_dot"]
 
 
-def _chunks(rows: Tensor, chunk_rows: int) -> Iterator[tuple[slice, Tensor]]:
-    """Slices of whole queries holding about ``chunk_rows`` gathered rows each, and their row blocks."""
+def _chunked_gathers(
+    table: Tensor, rows: Tensor, normalize: bool, chunk_rows: int
+) -> Iterator[tuple[slice, Tensor]]:
+    """``(block, table[rows[block]])`` for consecutive blocks of whole queries of about ``chunk_rows`` rows.
+
+    The gathered rows are float32 ``(a, N, D)``, unit-norm if ``normalize``; a float32 table is gathered
+    into one buffer reused by every block, so each yielded tensor is only valid until the next one.
+    """
     step = max(1, chunk_rows // max(1, rows.shape[1]))
+    buffer = None
+    if table.dtype == torch.float32:
+        buffer = table.new_empty(min(step, rows.shape[0]) * rows.shape[1], table.shape[1])
     for start in range(0, rows.shape[0], step):
         block = slice(start, start + step)
-        yield block, rows[block]
-
-
-def _gather(table: Tensor, rows: Tensor, normalize: bool, buffer: Tensor | None) -> Tensor:
-    """``table[rows]`` as float32 ``(a, N, D)``, unit-norm rows if ``normalize``; reuses ``buffer``."""
-    flat = rows.reshape(-1)
-    if table.dtype == torch.float32 and buffer is not None:
-        keys = torch.index_select(table, 0, flat, out=buffer[: flat.numel()])
-    else:
-        keys = table.index_select(0, flat).float()
-    if normalize:
-        keys = keys.div_(keys.norm(dim=1, keepdim=True).clamp_min(1e-8))
-    return keys.view(*rows.shape, table.shape[1])
-
-
-def _buffer(table: Tensor, rows: Tensor, chunk_rows: int) -> Tensor | None:
-    if table.dtype != torch.float32:
-        return None
-    step = max(1, chunk_rows // max(1, rows.shape[1]))
-    return table.new_empty(min(step, rows.shape[0]) * rows.shape[1], table.shape[1])
+        flat = rows[block].reshape(-1)
+        if buffer is not None:
+            keys = torch.index_select(table, 0, flat, out=buffer[: flat.numel()])
+        else:
+            keys = table.index_select(0, flat).float()
+        if normalize:
+            keys = keys.div_(keys.norm(dim=1, keepdim=True).clamp_min(1e-8))
+        yield block, keys.view(-1, rows.shape[1], table.shape[1])
 
 
 class _GatheredDot(torch.autograd.Function):
@@ -51,9 +48,7 @@ class _GatheredDot(torch.autograd.Function):
         ctx: Any, queries: Tensor, table: Tensor, rows: Tensor, normalize: bool, chunk_rows: int
     ) -> Tensor:
         out = queries.new_empty(rows.shape)
-        buffer = _buffer(table, rows, chunk_rows)
-        for block, block_rows in _chunks(rows, chunk_rows):
-            keys = _gather(table, block_rows, normalize, buffer)
+        for block, keys in _chunked_gathers(table, rows, normalize, chunk_rows):
             out[block] = torch.bmm(keys, queries[block, :, None]).squeeze(-1)
         ctx.save_for_backward(table, rows)
         ctx.normalize, ctx.chunk_rows = normalize, chunk_rows
@@ -65,9 +60,7 @@ class _GatheredDot(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         grad = grad_out.new_empty(rows.shape[0], table.shape[1])
-        buffer = _buffer(table, rows, ctx.chunk_rows)
-        for block, block_rows in _chunks(rows, ctx.chunk_rows):
-            keys = _gather(table, block_rows, ctx.normalize, buffer)
+        for block, keys in _chunked_gathers(table, rows, ctx.normalize, ctx.chunk_rows):
             grad[block] = torch.bmm(grad_out[block, None, :], keys).squeeze(1)
         return grad, None, None, None, None
 
