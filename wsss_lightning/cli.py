@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 import wsss_lightning.callbacks
@@ -61,7 +64,41 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 
 class WSSSLightningCLI(LightningCLI):
-    """LightningCLI with the dataset facts linked into the method."""
+    """LightningCLI with the dataset facts linked into the method, and checkpoint hyper-parameters that
+    never override what the config files or the command line set.
+
+    Given ``--ckpt_path FILE``, LightningCLI applies the hyper-parameters saved in the checkpoint on top of
+    the parsed config, which silently drops every model option the user set (``wsss test --ckpt_path X
+    --model.init_args.inference.crf.enabled=true`` would run without CRF). Here the checkpoint fills in the
+    model arguments and the config files and command line are applied again on top; each option where the
+    run now differs from the checkpoint is reported once.
+    """
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        self._cli_args = args
+        super().parse_arguments(parser, args)
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        explicit = self.config
+        super()._parse_ckpt_path()
+        if self.config is explicit:  # no checkpoint file, or no hyper-parameters in it
+            return
+        from_ckpt = self.config
+        args = self._cli_args
+        if isinstance(args, dict | Namespace):
+            given = args
+        else:  # only what the config files and the command line set, no defaults
+            given = self.parser.parse_args(sys.argv[1:] if args is None else args, defaults=False).as_dict()
+        self.config = self.parser.parse_object(given, from_ckpt)
+        sub = self.config["subcommand"]
+        changed = _differences(from_ckpt[sub].get("model"), self.config[sub].get("model"), "model")
+        if changed:
+            rank_zero_info(
+                "wsss: options that differ from the checkpoint's hyper-parameters (the config / command line "
+                "wins): " + "; ".join(f"{key}: {new!r} (checkpoint: {old!r})" for key, old, new in changed)
+            )
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -73,6 +110,20 @@ class WSSSLightningCLI(LightningCLI):
             ("data.std", "model.init_args.image_std"),
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
+
+
+def _differences(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
+    """Leaf keys where two (nested) config values differ: ``[(dotted key, old, new)]``."""
+    if isinstance(old, Namespace):
+        old = old.as_dict()
+    if isinstance(new, Namespace):
+        new = new.as_dict()
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}")
+        return out
+    return [] if old == new else [(prefix, old, new)]
 
 
 def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:

@@ -57,6 +57,7 @@ def test_fit_validate_test_predict(layout, synthetic, tmp_path, monkeypatch):
         ["test", *tiny_args(config, root), f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=2", *crf]
     )
     assert "test/miou" in cli.trainer.callback_metrics
+    assert cli.model.inference.crf.enabled  # not replaced by the checkpoint's hyper-parameters
 
     out = tmp_path / "predictions"
     run_cli([
@@ -149,3 +150,31 @@ def test_normalisation_is_linked_from_the_datamodule(synthetic, tmp_path, monkey
     ])  # fmt: skip
     assert cli.model.image_mean.flatten().tolist() == [0.5, 0.5, 0.5]
     assert cli.model.image_std.flatten().tolist() == [0.25, 0.25, 0.25]
+
+
+def test_checkpoint_hyperparameters_fill_in_but_never_override(synthetic, tmp_path, monkeypatch, caplog):
+    """``--ckpt_path FILE`` takes the model options the run does not set from the checkpoint; whatever the
+    config files or the command line set wins, and the differences are reported."""
+    monkeypatch.chdir(tmp_path)
+    root = synthetic("voc")
+    config = CONFIGS / "supervised" / "voc.yaml"
+    run_cli(["fit", *tiny_args(config, root), "--model.init_args.inference.flip_merge=max"])
+    ckpt = next(Path("outputs").rglob("last.ckpt"))
+
+    cli = run_cli(["validate", *tiny_args(config, root), f"--ckpt_path={ckpt}"])
+    assert cli.model.inference.flip_merge == "max"  # from the checkpoint: the config does not set it
+
+    with caplog.at_level("INFO"):
+        cli = run_cli(
+            [
+                "validate",
+                *tiny_args(config, root),
+                f"--ckpt_path={ckpt}",
+                "--model.init_args.inference.flip=false",
+                "--model.init_args.inference.merge=max",
+            ]
+        )
+    assert not cli.model.inference.flip and cli.model.inference.merge == "max"
+    assert cli.model.inference.flip_merge == "max"
+    assert "model.init_args.inference.flip: False (checkpoint: True)" in caplog.text
+    assert "model.init_args.inference.merge: 'max' (checkpoint: 'sum')" in caplog.text
