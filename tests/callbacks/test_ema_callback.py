@@ -201,6 +201,25 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert not np.array_equal(flat(straight.teacher), flat(Tiny().teacher))  # the teacher did move
 
 
+def test_resume_keeps_the_checkpoints_lengths_unless_the_settings_changed() -> None:
+    saved = EMATeacherCallback(warmup_epochs=1, copy_at_warmup_end=True)
+    saved._resolved = (4, 4)  # resolved with 4 steps per epoch
+    state = saved.state_dict()
+
+    class Steps:  # a trainer now running 6 steps per epoch (e.g. another device count)
+        num_training_batches, accumulate_grad_batches = 6, 1
+
+    same = EMATeacherCallback(warmup_epochs=1, copy_at_warmup_end=True)
+    same.load_state_dict(state)
+    with pytest.warns(UserWarning, match="steps per epoch changed"):
+        assert same.phases(Steps()) == (4, 4)  # type: ignore[arg-type]
+
+    no_copy = EMATeacherCallback(warmup_epochs=1, copy_at_warmup_end=False)
+    no_copy.load_state_dict(state)
+    with pytest.warns(UserWarning, match="settings changed"):
+        assert no_copy.phases(Steps()) == (6, 0)  # type: ignore[arg-type]
+
+
 def test_bad_configuration_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exclusive"):
         EMATeacherCallback(warmup_steps=2, warmup_epochs=1)

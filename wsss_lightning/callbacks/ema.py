@@ -96,6 +96,7 @@ class EMATeacherCallback(Callback):
         # resolved (W, C) in optimizer steps; restored from the checkpoint on resume
         self._resolved: tuple[int, int] | None = None
         self._loaded: tuple[int, int] | None = None
+        self._loaded_settings: list[Any] | None = None
         self._step_at_batch_start = -1
 
     @property
@@ -135,11 +136,18 @@ class EMATeacherCallback(Callback):
             copy = per_epoch if self.copy_steps is None else self.copy_steps
         resolved = (warmup, copy)
         if self._loaded is not None and self._loaded != resolved:
-            rank_zero_warn(
-                f"EMATeacherCallback: the checkpoint's warm-up/copy lengths {self._loaded} differ from this "
-                f"run's {resolved} (steps per epoch changed?); continuing with the checkpoint's"
-            )
-            resolved = self._loaded
+            if self._loaded_settings is not None and self._loaded_settings != self._settings():
+                rank_zero_warn(
+                    f"EMATeacherCallback: warm-up/copy settings changed since the checkpoint "
+                    f"({self._loaded_settings} -> {self._settings()} as [warmup_steps, warmup_epochs, "
+                    f"copy_at_warmup_end, copy_steps]); using this run's lengths {resolved} instead of {self._loaded}"
+                )
+            else:
+                rank_zero_warn(
+                    f"EMATeacherCallback: the checkpoint's warm-up/copy lengths {self._loaded} differ from this "
+                    f"run's {resolved} (steps per epoch changed?); continuing with the checkpoint's"
+                )
+                resolved = self._loaded
         self._resolved = resolved
         return resolved
 
@@ -198,10 +206,18 @@ class EMATeacherCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"resolved": list(self._resolved) if self._resolved is not None else None}
+        return {
+            "resolved": list(self._resolved) if self._resolved is not None else None,
+            "settings": self._settings(),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         resolved = state_dict.get("resolved")
         self._loaded = (int(resolved[0]), int(resolved[1])) if resolved is not None else None
+        self._loaded_settings = state_dict.get("settings")  # absent in older checkpoints
         self._resolved = None
+
+    def _settings(self) -> list[Any]:
+        """The options the warm-up and copy lengths are resolved from."""
+        return [self.warmup_steps, self.warmup_epochs, self.copy_at_warmup_end, self.copy_steps]
