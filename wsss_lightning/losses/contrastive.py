@@ -202,16 +202,15 @@ def select_negative_keys(
         if total < max_keys_per_step:
             pos = F.pad(pos, (0, max_keys_per_step - total))
             labels = F.pad(labels, (0, max_keys_per_step - total), value=-1)
-    # One pixel-major copy, then contiguous row reads: much faster than gathering D strided values per key
-    # when there are more keys than pixels (every unreliable pixel is a negative of up to r_h - r_l classes).
-    # Always a fresh tensor, so it can be normalised in place.
+    if pos.shape[0] <= num_pixels:  # e.g. a key budget: gather the few keys directly, normalise them
+        keys = _gather_pixels(rep_teacher.detach(), pos)  # a fresh tensor
+        return (_unit_rows_(keys.float()) if normalize else keys), labels
+    # More keys than pixels (a pixel is the negative of up to r_h - r_l classes): one pixel-major copy,
+    # normalised once per pixel, then contiguous row reads instead of D strided values per key.
     b, d, h, w = rep_teacher.shape
     pixels = rep_teacher.new_empty(b, h, w, d, dtype=torch.float32 if normalize else rep_teacher.dtype)
     pixels = pixels.copy_(rep_teacher.detach().permute(0, 2, 3, 1)).view(-1, d)
-    if normalize and pos.shape[0] > num_pixels:  # normalise the fewer of pixels and keys
-        pixels, normalize = _unit_rows_(pixels), False
-    keys = pixels.index_select(0, pos)
-    return (_unit_rows_(keys) if normalize else keys), labels
+    return (_unit_rows_(pixels) if normalize else pixels).index_select(0, pos), labels
 
 
 def _unit_rows_(x: Tensor) -> Tensor:
