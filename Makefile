@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python -m wsss_lightning.demo
 
 test: $(STAMP)
-	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -n 2 --dist load
 
 test-slow: $(STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow
@@ -34,6 +34,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check wsss_lightning tests benchmarks
 	$(BIN)/ruff format --check wsss_lightning tests benchmarks
+	$(BIN)/mypy wsss_lightning
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py

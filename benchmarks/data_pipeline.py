@@ -25,8 +25,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import lightning as L
 
-from wsss_lightning.data.datamodule import WSSSDataModule
+from wsss_lightning.data import DatasetSource, LoaderOptions, TransformOptions, WSSSDataModule
 from wsss_lightning.data.synthetic import generate
+from wsss_lightning.data.views import VIEWS
 
 PIPELINES: dict[str, dict[str, Any]] = {
     # scale / pad / crop / flip only: the weak augmentation of the semi-supervised methods
@@ -40,15 +41,11 @@ def images_per_second(root: Path, crop: int, workers: int, epochs: int, view: st
     """Mean training-loader throughput over ``epochs`` timed epochs (after one warm-up epoch)."""
     L.seed_everything(0, verbose=False)
     dm = WSSSDataModule(
-        root=str(root),
-        supervision=view,
-        crop_size=crop,
-        batch_size=8,
-        num_workers=workers,  # type: ignore[arg-type]
-        persistent_workers=True,
-        pin_memory=False,
+        DatasetSource(root=str(root)),
+        view=VIEWS[view](),
+        transform=TransformOptions(crop_size=crop, **aug),
+        loader=LoaderOptions(batch_size=8, num_workers=workers, persistent_workers=True, pin_memory=False),
         cache_dir=str(root / "cache"),
-        **aug,
     )
     dm.prepare_data()
     dm.setup("fit")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
-from wsss_lightning.pseudo_labels.noise_filter import adaptive_noise_filter
+from wsss_lightning.methods.dupl.noise_filter import adaptive_noise_filter
 
 
 def synthetic_map(rng: np.random.Generator, size: int, bimodal: bool) -> tuple[np.ndarray, np.ndarray]:

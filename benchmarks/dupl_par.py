@@ -3,7 +3,8 @@
 DuPL refines CAMs with PAR on the half-resolution training crop (448 → 224). The released code loops over
 images and, for each, refines only the background plane plus that image's present classes (1 + K_i
 channels, softmax over channels first), and it does so four times per image per step ({δ_h, δ_l}
-background × two sub-networks), recomputing the image's affinity kernel every time (spec dupl §3.3).
+background × two sub-networks), recomputing the image's affinity kernel every time (DuPL
+``utils/cam_helper.py``).
 The batched path computes the kernel once per batch and refines every image together, padding the
 channels to 1 + max_i K_i; the 21-channel rows (VOC background + 20 classes, no restriction to present
 classes) show what that restriction saves.

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsss_lightning.data import DATASET_INFO
 from wsss_lightning.methods import DuPLModule, NoiseFilterConfig, PhaseConfig, dupl
-from wsss_lightning.models.dupl import DuPLSubNet
+from wsss_lightning.methods.dupl.network import DuPLSubNet
 
 TIMES: dict[str, float] = defaultdict(float)
 COUNTING = [False]

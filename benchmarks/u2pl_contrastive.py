@@ -8,8 +8,9 @@ favour the label with random confidence.
 
 The baseline is the straightforward implementation the released code uses: a Python loop over classes
 with boolean-mask gathers, queues as lists of tensors that are concatenated in full on every push, and
-the whole queue of every contributing class cloned before drawing negatives (spec u2pl §10; single
-process, so without its per-class ``all_gather_object``).
+the whole queue of every contributing class cloned before drawing negatives (U2PL
+``compute_contra_memobank_loss`` in ``u2pl/utils/loss_helper.py`` and ``dequeue_and_enqueue`` in
+``u2pl/utils/utils.py``; single process, so without its per-class ``all_gather_object``).
 
 Usage::
 
@@ -30,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsss_lightning.losses import entropy_band_masks, u2pl_contrastive_loss
-from wsss_lightning.pseudo_labels import CategoryMemoryBank
+from wsss_lightning.methods.u2pl import ContrastiveConfig
+from wsss_lightning.methods.u2pl.contrastive import u2pl_contrastive_loss
+from wsss_lightning.methods.u2pl.losses import entropy_band_masks
+from wsss_lightning.methods.u2pl.memory_bank import CategoryMemoryBank
 
 NUM_CLASSES, DIM = 21, 256
 CAPACITY, BACKGROUND_CAPACITY = 30000, 50000
@@ -184,8 +187,7 @@ def main() -> None:
                 x["low_mask_u"],
                 x["high_mask_u"],
                 bank,
-                negative_rule=rule,  # type: ignore[arg-type]
-                max_keys_per_step=cap,
+                ContrastiveConfig(negative_rule=rule, max_keys_per_step=cap),  # type: ignore[arg-type]
                 generator=gens[cap],
             ).loss
 

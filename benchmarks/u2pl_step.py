@@ -22,9 +22,10 @@ from collections import defaultdict
 
 import torch
 
-from wsss_lightning.losses.functional import unsupervised_loss
-from wsss_lightning.methods.u2pl import ContrastiveConfig, U2PLModule, _up
-from wsss_lightning.pseudo_labels.cutmix import apply_cutmix, cutmix_boxes
+from wsss_lightning.methods.u2pl import ContrastiveConfig, U2PLModule
+from wsss_lightning.methods.u2pl.cutmix import apply_cutmix, cutmix_boxes
+from wsss_lightning.methods.u2pl.losses import unsupervised_loss
+from wsss_lightning.models.resize import resize
 
 
 def main() -> None:
@@ -69,9 +70,11 @@ def main() -> None:
         t["student forward + sup. loss"] = tick()
         with torch.no_grad(), model.teacher.train_mode():
             teacher = model.teacher(both)
-        prob_u_large = _up(teacher["pred"][b:], size).softmax(1)
+        prob_u_large = resize(teacher["pred"][b:], size, align_corners=True).softmax(1)
         t["teacher train-mode forward"] = tick()
-        loss_unsup = unsupervised_loss(_up(out["pred"][b:], size), labels_u, prob_u_large, 20.0)
+        loss_unsup = unsupervised_loss(
+            resize(out["pred"][b:], size, align_corners=True), labels_u, prob_u_large, 20.0
+        )
         t["unsupervised loss"] = tick()
         loss_con = model._contrastive(out["rep"], teacher, labels_l, labels_u, prob_u_large)
         t["contrastive loss + bank update"] = tick()

@@ -1,26 +1,31 @@
 """The ``wsss`` command: LightningCLI over every method and the shared datamodule.
 
-``wsss fit|validate|test|predict -c configs/<method>/<dataset>.yaml [--data.root DIR] [...]``
+``wsss fit|validate|test|predict -c configs/<method>/<dataset>.yaml [--data.source.root DIR] [...]``
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 import yaml
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 import wsss_lightning.callbacks
 import wsss_lightning.data  # noqa: F401
+from wsss_lightning.data.legacy import legacy_data_options_message
 from wsss_lightning.methods import SegmentationMethod
 
 
@@ -40,8 +45,11 @@ def _git_sha() -> str | None:
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
-    """Writes ``config.yaml`` and also sends the resolved config to the logger (e.g. W&B run config),
-    with the facts that decide reproducibility: global batch size, device count, seed and versions."""
+    """Writes ``config.yaml`` and also sends the resolved config to the logger (e.g. W&B run config).
+
+    Along with it go the facts that decide reproducibility: global batch size, device count, seed and
+    versions.
+    """
 
     @override
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -63,9 +71,42 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         trainer.logger.log_hyperparams({"config": config, "run": facts})
 
 
+#: the callbacks a run gets when its configuration does not set trainer.callbacks
+DEFAULT_CALLBACKS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "lightning.pytorch.callbacks.ModelCheckpoint",
+        {"dirpath": None, "save_last": True, "monitor": "val/miou", "mode": "max"},
+    ),
+    ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"}),
+    ("lightning.pytorch.callbacks.RichProgressBar", {}),
+]
+
+# jsonargparse's ``Namespace.__init__`` is unannotated; this is the same constructor, typed.
+_namespace = cast(Callable[..., Namespace], Namespace)
+
+
+def run_folder(configs: list[str], parent: str = "outputs") -> str:
+    """The folder of a run whose configuration does not set ``trainer.default_root_dir``.
+
+    Named after its config files, trainer / logger fragments left out:
+    ``-c configs/u2pl/voc.yaml -c configs/u2pl/splits/voc_92.yaml -c configs/u2pl/suponly.yaml`` ->
+    ``outputs/u2pl_voc+voc_92+suponly``; the first file is prefixed with its folder unless that is ``configs``.
+    """
+    paths = [Path(c) for c in configs if Path(c).parent.name not in ("trainer", "logger")]
+    if not paths:
+        return os.path.join(parent, "run")
+    first = paths[0]
+    names = [f"{first.parent.name}_{first.stem}" if first.parent.name not in ("", "configs") else first.stem]
+    return os.path.join(parent, "+".join(names + [p.stem for p in paths[1:]]))
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
 class WSSSLightningCLI(LightningCLI):
-    """LightningCLI with the dataset facts linked into the method, and checkpoint hyper-parameters that
-    never override what the config files or the command line set.
+    """LightningCLI linking the dataset facts into the method; a checkpoint never overrides what the user set.
 
     Given ``--ckpt_path FILE``, LightningCLI applies the hyper-parameters saved in the checkpoint on top of
     the parsed config, which silently drops every model option the user set (``wsss test --ckpt_path X
@@ -77,7 +118,17 @@ class WSSSLightningCLI(LightningCLI):
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         self._cli_args = args
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except SystemExit as exc:
+            # The parser rejects the datamodule's old flat options ("root", "supervision", ...) before the
+            # datamodule exists; name their new places after its own message.
+            if exc.code not in (None, 0):
+                given = sys.argv[1:] if args is None else args
+                message = legacy_data_options_message(given)
+                if message:
+                    print(f"error: {message}", file=sys.stderr)
+            raise
 
     @override
     def _parse_ckpt_path(self) -> None:
@@ -101,7 +152,40 @@ class WSSSLightningCLI(LightningCLI):
             )
 
     @override
+    def before_instantiate_classes(self) -> None:
+        """Fill in the run folder and the checkpoint folder where the configuration leaves them unset.
+
+        ``trainer.default_root_dir`` unset: ``outputs/<the config files' names>`` (:func:`run_folder`), so each
+        combination of base config and fragments (split, SupOnly, ...) gets its own folder. A ModelCheckpoint
+        without a folder writes to ``<default_root_dir>/checkpoints``: a fixed folder (not the logger's next
+        version folder), so ``fit --ckpt_path last`` finds the run's ``last.ckpt``.
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config["trainer"]
+        if trainer.get("default_root_dir") is None:
+            trainer["default_root_dir"] = run_folder([str(path) for path in config.get("config") or []])
+        root = trainer["default_root_dir"]
+        for callback in trainer.get("callbacks") or []:
+            init_args = callback.get("init_args") if isinstance(callback, Namespace) else None
+            if (
+                init_args is not None
+                and "dirpath" in init_args
+                and init_args["dirpath"] is None
+                and issubclass(_import_class(callback["class_path"]), ModelCheckpoint)
+            ):
+                init_args["dirpath"] = os.path.join(root, "checkpoints")
+
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Every run keeps last.ckpt and the best checkpoint by val/miou, logs the learning rate and shows a
+        # progress bar, unless its configuration sets trainer.callbacks itself.
+        parser.set_defaults(
+            {
+                "trainer.callbacks": [
+                    _namespace(class_path=c, init_args=_namespace(**a)) for c, a in DEFAULT_CALLBACKS
+                ]
+            }
+        )
         for source, target in (
             ("data.num_classes", "model.init_args.num_classes"),
             ("data.ignore_index", "model.init_args.ignore_index"),
@@ -132,6 +216,9 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
     ``run_cli(["fit", "-c", "configs/quickstart.yaml"]).trainer`` gives access to the trained state.
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    # Frozen teachers stay in eval mode on purpose; Lightning's generic warning about eval-mode modules at
+    # the start of fit would fire on every run of a teacher-student method.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     cli = WSSSLightningCLI(
         SegmentationMethod,
         L.LightningDataModule,

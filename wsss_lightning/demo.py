@@ -33,7 +33,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     args, extra = parser.parse_known_args(argv)
     root = ensure_synthetic(args.layout, args.data_dir)
     start = time.perf_counter()
-    cli = run_cli(["fit", "--config", args.config, "--data.root", str(root), *extra])
+    cli = run_cli(["fit", "--config", args.config, "--data.source.root", str(root), *extra])
     results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     minutes = (time.perf_counter() - start) / 60
     summary = {k: float(v) for k, v in results.items() if k.endswith("miou")}

@@ -20,6 +20,7 @@ __all__ = [
     "iou_from_confusion",
     "iou_log_dict",
     "miou_from_per_class",
+    "pseudo_label_accuracy",
 ]
 
 
@@ -132,7 +133,8 @@ class SegmentationIoU(MulticlassConfusionMatrix):
         if self.check_ids and bool(bad.any()):
             raise ValueError(
                 f"class ids must lie in [0, {c}) (or equal ignore_index={self.ignore_index} in target); "
-                f"found target values {target[bad].unique().tolist()[:10]}, pred values {preds[bad].unique().tolist()[:10]}"
+                f"found target values {torch.unique(target[bad]).tolist()[:10]}, "
+                f"pred values {torch.unique(preds[bad]).tolist()[:10]}"
             )
         self.confmat += torch.bincount(target * c + preds, minlength=c * c).reshape(c, c)
 
@@ -163,3 +165,12 @@ def iou_log_dict(
     out = {f"{prefix}/miou": float(miou)}
     out.update({f"{prefix}/iou/{name}": float(v) for name, v in zip(class_names, values, strict=True)})
     return out
+
+
+def pseudo_label_accuracy(pred: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
+    """Share of pixels labelled in both maps (B, H, W) whose pseudo-label ``pred`` equals ``target``.
+
+    A diagnostic of pseudo-labels against ground truth that is never trained on; 0-d tensor, no host sync.
+    """
+    valid = (pred != ignore_index) & (target != ignore_index)
+    return ((pred == target) & valid).sum() / valid.sum().clamp(min=1)

@@ -32,7 +32,7 @@ def warmup_poly(
         raise ValueError(f"total_steps must be positive, got {total_steps}")
     if step < warmup_steps:
         return 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_ratio)
-    return max(0.0, 1.0 - min(step, total_steps) / total_steps) ** power
+    return float(max(0.0, 1.0 - min(step, total_steps) / total_steps) ** power)
 
 
 def cosine_descent(step: int, total_steps: int, start: float, end: float) -> float:
@@ -53,7 +53,7 @@ def ema_decay_ramp(step_since_start: int, max_decay: float = 0.99) -> float:
     At ``k = 0`` the teacher becomes a copy of the student, then the decay grows as the running mean
     ``1 - 1/(k+1)`` until it reaches ``max_decay`` (k = 99 for 0.99). U2PL uses it with ``k`` counted
     from the end of its supervised-only warm-up and ``max_decay`` = ``ema_decay`` = 0.99
-    (spec u2pl §3.1; the AEL branch counts ``k`` from iteration 0).
+    (U2PL ``train_semi.py``; the ``with_AEL`` branch's ``train.py`` counts ``k`` from iteration 0).
 
     Args:
         step_since_start: optimizer steps since EMA updates began (0 for the first update).
@@ -70,10 +70,10 @@ def ema_decay_ramp(step_since_start: int, max_decay: float = 0.99) -> float:
 def linear_anneal(t: float, total: float, initial: float) -> float:
     """Linear decay to 0: ``initial * (1 - t / total)``, held at 0 from ``t = total`` on.
 
-    U2PL's unreliable-pixel percentage ``alpha_t = alpha_0 * (1 - t / T)`` (spec u2pl §3.6, paper Eq. 13) and
-    its contrastive entropy percentile use it. The released code counts ``t`` in **epochs** (the epoch index,
-    warm-up epochs included, constant within an epoch; ``T`` = total epochs), which is the default of the
-    U2PL configs. The iteration-wise variant passes the global step and the total number of steps instead.
+    U2PL's unreliable-pixel percentage ``alpha_t = alpha_0 * (1 - t / T)`` (U2PL+ Eq. 13) and its
+    contrastive entropy percentile use it. The released code (``train_semi.py``) counts ``t`` in **epochs**
+    (the epoch index, warm-up epochs included, constant within an epoch; ``T`` = total epochs), which is the
+    default of the U2PL configs. The iteration-wise variant passes the global step and the total number of steps instead.
     Either way ``t = T`` is never reached during training, so the last value is ``initial / T``.
 
     Args:

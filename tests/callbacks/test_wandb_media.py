@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import lightning as L
 import pytest
 from lightning.pytorch.loggers import WandbLogger
 
 from wsss_lightning.callbacks import WandbSegmentationMedia
-from wsss_lightning.data import WSSSDataModule
+from wsss_lightning.data import DatasetSource, LoaderOptions, TransformOptions, WSSSDataModule
 from wsss_lightning.methods import SupervisedModule
 
 
-def test_offline_run_writes_files_and_media(synthetic, tmp_path, monkeypatch):
+def small_datamodule(root: Path) -> WSSSDataModule:
+    loader = LoaderOptions(
+        batch_size=2, eval_batch_size=2, num_workers=0, persistent_workers=False, pin_memory=False
+    )
+    return WSSSDataModule(
+        DatasetSource(root=str(root), name="voc"), transform=TransformOptions(crop_size=64), loader=loader
+    )
+
+
+def test_offline_run_writes_files_and_media(
+    synthetic: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    dm = WSSSDataModule(root=str(synthetic("voc")), dataset="voc", crop_size=64, batch_size=2, eval_batch_size=2,
-                        num_workers=0, persistent_workers=False, pin_memory=False)  # fmt: skip
+    dm = small_datamodule(synthetic("voc"))
     model = SupervisedModule(encoder="resnet18", num_classes=dm.num_classes, class_names=dm.class_names)
     logger = WandbLogger(project="wsss-test", save_dir=str(tmp_path), offline=True)
     trainer = L.Trainer(
@@ -34,9 +47,8 @@ def test_offline_run_writes_files_and_media(synthetic, tmp_path, monkeypatch):
     assert tables, "per-class IoU table missing"
 
 
-def test_media_callback_is_inert_without_wandb(synthetic):
-    dm = WSSSDataModule(root=str(synthetic("voc")), dataset="voc", crop_size=64, batch_size=2, eval_batch_size=2,
-                        num_workers=0, persistent_workers=False, pin_memory=False)  # fmt: skip
+def test_media_callback_is_inert_without_wandb(synthetic: Callable[[str], Path]) -> None:
+    dm = small_datamodule(synthetic("voc"))
     model = SupervisedModule(encoder="resnet18", num_classes=dm.num_classes, class_names=dm.class_names)
     cb = WandbSegmentationMedia(num_images=2)
     trainer = L.Trainer(max_steps=1, limit_val_batches=1, accelerator="cpu", logger=False, callbacks=[cb],
@@ -45,6 +57,6 @@ def test_media_callback_is_inert_without_wandb(synthetic):
     assert cb._rows == []
 
 
-def test_media_callback_validates_arguments():
+def test_media_callback_validates_arguments() -> None:
     with pytest.raises(ValueError, match="num_images"):
         WandbSegmentationMedia(num_images=0)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+import yaml
 from PIL import Image
 
-from tests.helpers import Interrupt
+from tests.methods import tiny
 from wsss_lightning.cli import run_cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -18,14 +18,9 @@ LAYOUTS = {"voc": "voc", "coco": "coco", "cityscapes": "cityscapes", "gta5": "gt
 TINY = [
     "--model.init_args.encoder=resnet18",
     "--model.init_args.inference.test_scales=[0.75,1.0]",
-    "--data.init_args.crop_size=64",
-    "--data.init_args.batch_size=2",
-    "--data.init_args.num_workers=0",
-    "--data.init_args.persistent_workers=false",
-    "--data.init_args.pin_memory=false",
-    "--trainer.accelerator=cpu",
-    "--trainer.devices=1",
-    "--trainer.precision=32-true",
+    "--data.init_args.transform.crop_size=64",
+    "--data.init_args.loader.batch_size=2",
+    *tiny.CPU,
 ]
 
 
@@ -33,7 +28,7 @@ def tiny_args(config: Path, root: Path, steps: int = 2) -> list[str]:
     # street scenes use sliding-window evaluation: shrink the 769-pixel window to the tiny images
     window = ["--model.init_args.inference.window=48", "--model.init_args.inference.stride=32"]
     return [
-        "--config", str(config), "--data.root", str(root), *TINY, *(window if "window:" in config.read_text() else []),
+        "--config", str(config), "--data.source.root", str(root), *TINY, *(window if "window:" in config.read_text() else []),
         f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}", "--trainer.limit_val_batches=2",
     ]  # fmt: skip
 
@@ -71,57 +66,43 @@ def test_fit_validate_test_predict(layout, synthetic, tmp_path, monkeypatch):
     assert pred.ndim == 2 and pred.max() < cli.datamodule.num_classes
 
 
-def test_fit_resumes_from_last_checkpoint_exactly(synthetic, tmp_path, monkeypatch):
-    """An interrupted run continued with ``--ckpt_path last`` ends with the same weights."""
-    root = synthetic("voc")
-    config = CONFIGS / "supervised" / "voc.yaml"
-    checkpoint = (
-        '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "ckpts",'
-        ' "every_n_train_steps": 2, "save_top_k": -1, "save_last": true}}]'
-    )
-    every2 = [
-        f"--trainer.callbacks={checkpoint}",
-        "--trainer.deterministic=true",
-        "--trainer.val_check_interval=100",
-    ]
-
-    def run(workdir: Path, *extra: str):
-        workdir.mkdir()
-        monkeypatch.chdir(workdir)
-        args = [*tiny_args(config, root, steps=6), "--trainer.limit_val_batches=0", *every2, *extra]
-        return run_cli(["fit", *args])
-
-    straight = run(tmp_path / "straight").model.state_dict()
-    with pytest.raises(Interrupt):
-        run(
-            tmp_path / "resumed",
-            "--trainer.callbacks+=tests.helpers.InterruptAtStep",
-            "--trainer.callbacks.step=4",
-        )
-    monkeypatch.chdir(tmp_path / "resumed")
-    args = [*tiny_args(config, root, steps=6), "--trainer.limit_val_batches=0", *every2]
-    resumed_cli = run_cli(["fit", *args, "--ckpt_path=last"])
-    assert resumed_cli.trainer.global_step == 6
-    resumed = resumed_cli.model.state_dict()
-    assert resumed.keys() == straight.keys()
-    for name in straight:
-        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
-
-
-@pytest.mark.parametrize(
-    "config",
-    sorted(
+def _stacks() -> list[tuple[str, ...]]:
+    """Every configuration the README names: each base config alone, each U2PL split on its base with and
+    without the SupOnly fragment, and the trainer / logger fragments stacked on a base."""
+    fragments = ("trainer", "logger", "splits")
+    bases = sorted(
         p.relative_to(CONFIGS).as_posix()
         for p in CONFIGS.rglob("*.yaml")
-        if p.parent.name not in ("trainer", "logger")
-    ),
-)
-def test_print_config_for_every_shipped_config(config, capsys):
+        if p.parent.name not in fragments and p.name != "suponly.yaml"
+    )
+    stacks: list[tuple[str, ...]] = [(b,) for b in bases]
+    for split in sorted((CONFIGS / "u2pl" / "splits").glob("*.yaml")):
+        base = "u2pl/cityscapes.yaml" if split.stem.startswith("cityscapes") else "u2pl/voc.yaml"
+        stacks.append((base, f"u2pl/splits/{split.name}"))
+        stacks.append((base, f"u2pl/splits/{split.name}", "u2pl/suponly.yaml"))
+    stacks += [("u2pl/synthetic_voc_1_8.yaml", "u2pl/suponly.yaml")]
+    stacks += [("supervised/voc.yaml", f"{kind}/{f.name}") for kind in ("trainer", "logger")
+               for f in sorted((CONFIGS / kind).glob("*.yaml"))]  # fmt: skip
+    stacks += [("u2pl/voc.yaml", "u2pl/splits/voc_92.yaml", "trainer/ddp.yaml", "logger/wandb.yaml")]
+    return stacks
+
+
+@pytest.mark.parametrize("stack", _stacks(), ids="+".join)
+def test_print_config_for_every_shipped_config(stack, capsys):
+    args = [arg for config in stack for arg in ("--config", str(CONFIGS / config))]
     with pytest.raises(SystemExit) as exc:
-        run_cli(["fit", "--config", str(CONFIGS / config), "--print_config"])
+        run_cli(["fit", *args, "--print_config"])
     assert exc.value.code == 0
-    printed = capsys.readouterr().out
-    assert "class_path" in printed and "trainer:" in printed
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] and printed["data"]["class_path"]
+    view = printed["data"]["init_args"]["view"]
+    for config in stack:  # each fragment's values reach the resolved configuration
+        if "/splits/" in config:
+            lists = yaml.safe_load((CONFIGS / config).read_text())["data"]["init_args"]["view"]["init_args"]
+            assert view["init_args"]["labeled_list"] == lists["labeled_list"]
+        if config.endswith("suponly.yaml"):
+            assert view["init_args"]["labeled_only"] is True
+            assert printed["model"]["init_args"]["contrastive"]["enabled"] is False
 
 
 def test_data_root_override_reaches_the_datamodule(synthetic, tmp_path, monkeypatch):
@@ -146,7 +127,7 @@ def test_normalisation_is_linked_from_the_datamodule(synthetic, tmp_path, monkey
     root = synthetic("voc")
     cli = run_cli([
         "fit", *tiny_args(CONFIGS / "supervised" / "synthetic_voc.yaml", root)[:4], "--trainer.fast_dev_run=1", *TINY,
-        "--data.init_args.mean=[0.5,0.5,0.5]", "--data.init_args.std=[0.25,0.25,0.25]",
+        "--data.init_args.transform.mean=[0.5,0.5,0.5]", "--data.init_args.transform.std=[0.25,0.25,0.25]",
     ])  # fmt: skip
     assert cli.model.image_mean.flatten().tolist() == [0.5, 0.5, 0.5]
     assert cli.model.image_std.flatten().tolist() == [0.25, 0.25, 0.25]

@@ -14,9 +14,20 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 
 import wsss_lightning.data.datamodule as dm_module
-from wsss_lightning.data.datamodule import WSSSDataModule
+from wsss_lightning.data import (
+    ClickView,
+    DatasetSource,
+    DomainView,
+    FullView,
+    LoaderOptions,
+    SemiView,
+    SupervisionView,
+    TagsView,
+    TransformOptions,
+    WSSSDataModule,
+)
 from wsss_lightning.data.datasets import build_source
-from wsss_lightning.data.supervision import save_tags, write_id_list
+from wsss_lightning.data.supervision import build_tags, save_tags, write_id_list
 from wsss_lightning.data.synthetic import generate
 from wsss_lightning.data.torch_datasets import image_tags, oversample_indices, pad_collate
 
@@ -30,10 +41,27 @@ TRAIN_KEYS = {
 UNLABELED_KEYS = {"image", "valid_box", "name"}
 
 
-def make_dm(root: Path, **kwargs: Any) -> WSSSDataModule:
-    defaults: dict[str, Any] = {"crop_size": CROP, "batch_size": 2, "num_workers": 0, "cache_dir": None}
-    defaults.update(kwargs)
-    return WSSSDataModule(root=str(root), **defaults)
+SINGLE_VIEWS: dict[str, type[SupervisionView]] = {"full": FullView, "image": TagsView, "click": ClickView}
+
+
+def make_dm(
+    root: Path,
+    view: SupervisionView | None = None,
+    *,
+    name: str = "voc",
+    cache_dir: str | None = None,
+    source: dict[str, Any] | None = None,
+    transform: dict[str, Any] | None = None,
+    loader: dict[str, Any] | None = None,
+) -> WSSSDataModule:
+    """A datamodule with small crops and batches, no workers; the dicts override single group fields."""
+    return WSSSDataModule(
+        DatasetSource(root=str(root), name=name, **(source or {})),  # type: ignore[arg-type]
+        view=view,
+        transform=TransformOptions(**{"crop_size": CROP, **(transform or {})}),
+        loader=LoaderOptions(**{"batch_size": 2, "num_workers": 0, **(loader or {})}),
+        cache_dir=cache_dir,
+    )
 
 
 def first_batch(loader: Any) -> Any:
@@ -68,7 +96,7 @@ def voc(tmp_path: Path) -> Path:
 def test_single_source_views(
     synthetic: Callable[[str], Path], tmp_path: Path, layout: str, view: str
 ) -> None:
-    dm = make_dm(synthetic(layout), dataset=layout, supervision=view, cache_dir=str(tmp_path / "cache"))
+    dm = make_dm(synthetic(layout), SINGLE_VIEWS[view](), name=layout, cache_dir=str(tmp_path / "cache"))
     assert dm.num_classes == NUM_CLASSES[layout]
     dm.prepare_data()
     dm.setup("fit")
@@ -87,17 +115,15 @@ def test_single_source_views(
 @pytest.mark.parametrize("layout", ["voc", "coco", "coco_stuff", "cityscapes", "gta5"])
 def test_semi_view_every_layout(synthetic: Callable[[str], Path], tmp_path: Path, layout: str) -> None:
     dm = make_dm(
-        synthetic(layout),
-        dataset=layout,
-        supervision="semi",
-        labeled_fraction=0.25,
-        cache_dir=str(tmp_path / "cache"),
+        synthetic(layout), SemiView(labeled_fraction=0.25), name=layout, cache_dir=str(tmp_path / "cache")
     )
     dm.prepare_data()
     dm.setup("fit")
     loaders: Any = dm.train_dataloader()
     assert set(loaders) == {"labeled", "unlabeled"}
-    n_train = len(build_source(layout, synthetic(layout), dm.train_split).ids)
+    assert dm.supervision == "semi"
+    assert dm.source.train_split is not None
+    n_train = len(build_source(layout, synthetic(layout), dm.source.train_split).ids)
     n_labeled = -(-n_train // 4)
     assert len(loaders["labeled"].dataset) == len(loaders["unlabeled"].dataset) == n_train - n_labeled
     assert len(loaders["labeled"]) == len(loaders["unlabeled"])
@@ -114,7 +140,7 @@ def test_semi_view_every_layout(synthetic: Callable[[str], Path], tmp_path: Path
 def test_semi_list_files_oversampling_and_keep_masks(voc: Path) -> None:
     ids = build_source("voc", voc, "train_aug").ids
     write_id_list(voc / "lab.txt", ids[:5])
-    dm = make_dm(voc, supervision="semi", labeled_list="lab.txt", keep_target_masks=True, batch_size=1)
+    dm = make_dm(voc, SemiView(labeled_list="lab.txt", keep_target_masks=True), loader={"batch_size": 1})
     dm.setup("fit")
     loaders: Any = dm.train_dataloader()
     lab, unl = loaders["labeled"].dataset, loaders["unlabeled"].dataset
@@ -129,16 +155,14 @@ def test_semi_list_files_oversampling_and_keep_masks(voc: Path) -> None:
 
 def test_click_files_match_simulated_clicks(synthetic: Callable[[str], Path]) -> None:
     root = synthetic("voc")  # its SegmentationClicks/ were simulated with seed 0, like click_seed=0 here
-    common: dict[str, Any] = {
-        "supervision": "click",
-        "crop_size": 64,
-        "scale_range": (1.0, 1.0),
-        "hflip_p": 0.0,
-        "click_mode": "points",
-    }
-    from_files = first_batch(make_dm(root, clicks_dir="SegmentationClicks", **common).train_dataloader())
+    geometry: dict[str, Any] = {"crop_size": 64, "scale_range": (1.0, 1.0), "hflip_p": 0.0}
+    from_files = first_batch(
+        make_dm(
+            root, ClickView(clicks_dir="SegmentationClicks", click_mode="points"), transform=geometry
+        ).train_dataloader()
+    )
     L.seed_everything(0, verbose=False)
-    simulated = make_dm(root, **common)
+    simulated = make_dm(root, ClickView(click_mode="points"), transform=geometry)
     simulated.setup("fit")
     by_name: dict[str, torch.Tensor] = {}
     loader: Any = simulated.train_dataloader()
@@ -169,7 +193,7 @@ def test_semi_cityscapes_u2pl_style_paths(synthetic: Callable[[str], Path], tmp_
     ids = build_source("cityscapes", root, "train").ids
     lines = [f"leftImg8bit/train/{i}_leftImg8bit.png" for i in ids[:3]]
     (tmp_path / "labeled.txt").write_text("\n".join(lines) + "\n")
-    dm = make_dm(root, dataset="cityscapes", supervision="semi", labeled_list=str(tmp_path / "labeled.txt"))
+    dm = make_dm(root, SemiView(labeled_list=str(tmp_path / "labeled.txt")), name="cityscapes")
     dm.setup("fit")
     loaders: Any = dm.train_dataloader()
     assert set(loaders["labeled"].dataset.indices) == {0, 1, 2}
@@ -177,29 +201,28 @@ def test_semi_cityscapes_u2pl_style_paths(synthetic: Callable[[str], Path], tmp_
 
 def test_bad_semi_partitions_raise(voc: Path) -> None:
     (voc / "bad.txt").write_text("2007_000000\nnot_an_id_1\nnot_an_id_2\n")
-    dm = make_dm(voc, supervision="semi", labeled_list="bad.txt")
+    dm = make_dm(voc, SemiView(labeled_list="bad.txt"))
     with pytest.raises(ValueError, match=r"bad\.txt.*not_an_id_1"):
         dm.setup("fit")
     ids = build_source("voc", voc, "train_aug").ids
     write_id_list(voc / "l.txt", ids[:4])
     write_id_list(voc / "u.txt", ids[3:])
-    dm = make_dm(voc, supervision="semi", labeled_list="l.txt", unlabeled_list="u.txt")
+    dm = make_dm(voc, SemiView(labeled_list="l.txt", unlabeled_list="u.txt"))
     with pytest.raises(ValueError, match=ids[3]):
         dm.setup("fit")
     with pytest.raises(ValueError, match="labeled_list"):
-        make_dm(voc, supervision="semi")
+        SemiView()
     with pytest.raises(ValueError, match="labeled_fraction"):
-        make_dm(voc, supervision="full", labeled_fraction=0.5)
+        SemiView(labeled_list="l.txt", labeled_fraction=0.5)
 
 
 def test_domain_gta5_to_cityscapes(synthetic: Callable[[str], Path]) -> None:
     dm = make_dm(
         synthetic("gta5"),
-        dataset="gta5",
-        supervision="domain",
-        target_dataset="cityscapes",
-        target_root=str(synthetic("cityscapes")),
+        DomainView(target=DatasetSource(root=str(synthetic("cityscapes")), name="cityscapes")),
+        name="gta5",
     )
+    assert dm.supervision == "domain"
     assert dm.num_classes == 19 and dm.class_names[0] == "road" and len(dm.palette) == 19
     dm.prepare_data()
     dm.setup("fit")
@@ -218,18 +241,15 @@ def test_domain_gta5_to_cityscapes(synthetic: Callable[[str], Path]) -> None:
 def test_domain_class_mismatch_and_missing_target() -> None:
     with pytest.raises(ValueError, match=r"voc.*cityscapes"):
         WSSSDataModule(
-            root="/nowhere",
-            dataset="voc",
-            supervision="domain",
-            target_dataset="cityscapes",
-            target_root="/nowhere",
+            DatasetSource(root="/nowhere", name="voc"),
+            view=DomainView(target=DatasetSource(root="/nowhere", name="cityscapes")),
         )
-    with pytest.raises(ValueError, match="target_root"):
-        WSSSDataModule(root="/nowhere", dataset="gta5", supervision="domain", target_dataset="cityscapes")
+    with pytest.raises(TypeError, match="target"):
+        DomainView()  # type: ignore[call-arg]  # a target domain is required
 
 
 def test_properties_without_data_and_prepare_checks_root(tmp_path: Path) -> None:
-    dm = WSSSDataModule(root=str(tmp_path / "missing"))
+    dm = WSSSDataModule(DatasetSource(root=str(tmp_path / "missing")))
     assert (dm.num_classes, dm.ignore_index, dm.class_names[15]) == (21, 255, "person")
     assert dm.palette[1] == [128, 0, 0]
     with pytest.raises(FileNotFoundError, match="missing"):
@@ -237,7 +257,7 @@ def test_properties_without_data_and_prepare_checks_root(tmp_path: Path) -> None
 
 
 def test_tags_cache_reuse_and_stale_rebuild(voc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    dm = make_dm(voc, supervision="image")
+    dm = make_dm(voc, TagsView())
     dm.prepare_data()
     cached = list((voc / ".wsss_cache").glob("tags_voc_train_aug_*.npz"))
     assert len(cached) == 1
@@ -245,11 +265,10 @@ def test_tags_cache_reuse_and_stale_rebuild(voc: Path, monkeypatch: pytest.Monke
     first = dm._cached_tags(source)
 
     calls = []
-    real_build = dm_module.build_tags
 
     def counting_build(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        return real_build(*args, **kwargs)
+        return build_tags(*args, **kwargs)
 
     monkeypatch.setattr(dm_module, "build_tags", counting_build)
     np.testing.assert_array_equal(dm._cached_tags(source), first)
@@ -274,7 +293,7 @@ def test_tags_cache_reuse_and_stale_rebuild(voc: Path, monkeypatch: pytest.Monke
 def test_tags_file_is_used(voc: Path) -> None:
     ids = build_source("voc", voc, "train_aug").ids
     save_tags(voc / "tags.txt", {i: np.eye(21, dtype=np.float32)[3] for i in ids})
-    dm = make_dm(voc, supervision="image", tags_file="tags.txt", diagnostic_masks=False)
+    dm = make_dm(voc, TagsView(tags_file="tags.txt", diagnostic_masks=False))
     dm.setup("fit")
     batch = first_batch(dm.train_dataloader())
     assert set(batch) == {"image", "valid_box", "name", "tags"}
@@ -312,7 +331,12 @@ def test_eval_collate_pads_to_batch_max() -> None:
 
 
 def test_eval_short_side_and_predict_without_masks(voc: Path) -> None:
-    dm = make_dm(voc, eval_short_side=20, eval_batch_size=2, predict_split="test")
+    dm = make_dm(
+        voc,
+        transform={"eval_short_side": 20},
+        loader={"eval_batch_size": 2},
+        source={"predict_split": "test"},
+    )
     dm.setup("validate")
     val = first_batch(dm.val_dataloader())
     assert val["image"].shape == (2, 3, 20, 24) and val["mask"].shape == (2, 20, 24)
@@ -320,14 +344,17 @@ def test_eval_short_side_and_predict_without_masks(voc: Path) -> None:
     pred = first_batch(dm.predict_dataloader())
     assert set(pred) == {"image", "size", "name"}
     with pytest.raises(ValueError, match="no masks"):
-        make_dm(voc, test_split="test").setup("test")
+        make_dm(voc, source={"test_split": "test"}).setup("test")
 
 
 def test_workers_reproducible_with_seed_everything(voc: Path) -> None:
     def run() -> list[torch.Tensor]:
         L.seed_everything(3, verbose=False)
         dm = make_dm(
-            voc, supervision="click", num_workers=2, persistent_workers=False, color_jitter=0.3, blur_p=0.5
+            voc,
+            ClickView(),
+            loader={"num_workers": 2, "persistent_workers": False},
+            transform={"color_jitter": 0.3, "blur_p": 0.5},
         )
         dm.setup("fit")
         loader: Any = dm.train_dataloader()
@@ -339,7 +366,7 @@ def test_workers_reproducible_with_seed_everything(voc: Path) -> None:
     assert not torch.equal(a[0], a[1])
 
 
-def test_mask_dir_replaces_training_masks_but_not_validation(tmp_path):
+def test_mask_dir_replaces_training_masks_but_not_validation(tmp_path: Path) -> None:
     from wsss_lightning.data.datasets.base import write_index_png
 
     root = generate("voc", tmp_path / "voc", seed=0, num_train=8, num_val=2, image_size=(48, 48))
@@ -349,20 +376,27 @@ def test_mask_dir_replaces_training_masks_but_not_validation(tmp_path):
         write_index_png(
             pseudo / f"{sample_id}.png", np.full(source.read_image(sample_id).shape[:2], 7, np.uint8)
         )
-    dm = WSSSDataModule(root=str(root), crop_size=32, batch_size=2, num_workers=0, scale_range=(1.0, 1.0),
-                        mask_dir=str(pseudo))  # fmt: skip
+    dm = WSSSDataModule(
+        DatasetSource(root=str(root)),
+        view=FullView(mask_dir=str(pseudo)),
+        transform=TransformOptions(crop_size=32, scale_range=(1.0, 1.0)),
+        loader=LoaderOptions(batch_size=2, num_workers=0),
+    )
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = first_batch(dm.train_dataloader())
     assert set(batch["mask"].unique().tolist()) <= {7, 255}
     val = next(iter(dm.val_dataloader()))
     assert set(val["mask"].unique().tolist()) - {7, 255}, "validation must keep the ground truth"
 
 
-def test_mask_dir_with_missing_masks_names_them(tmp_path):
+def test_mask_dir_with_missing_masks_names_them(tmp_path: Path) -> None:
     root = generate("voc", tmp_path / "voc", seed=0, num_train=4, num_val=2, image_size=(32, 32))
     (tmp_path / "pseudo").mkdir()
     dm = WSSSDataModule(
-        root=str(root), crop_size=32, batch_size=2, num_workers=0, mask_dir=str(tmp_path / "pseudo")
+        DatasetSource(root=str(root)),
+        view=FullView(mask_dir=str(tmp_path / "pseudo")),
+        transform=TransformOptions(crop_size=32),
+        loader=LoaderOptions(batch_size=2, num_workers=0),
     )
     with pytest.raises(FileNotFoundError, match="lacks masks for 4 of 4"):
         dm.setup("fit")

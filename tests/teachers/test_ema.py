@@ -167,7 +167,7 @@ def test_ema_decay_ramp_matches_u2pl() -> None:
 
     assert [ema_decay_ramp(k) for k in range(3)] == pytest.approx([0.0, 0.5, 2 / 3])
     assert ema_decay_ramp(99) == pytest.approx(0.99) and ema_decay_ramp(10_000) == 0.99
-    # Cityscapes-1488: len(loader) = 93, so the second semi-supervised epoch starts at k = 93 (spec u2pl §3.1)
+    # Cityscapes-1488: len(loader) = 93, so the second semi-supervised epoch starts at k = 93 (U2PL `train_semi.py`)
     assert [ema_decay_ramp(k) for k in range(93, 100)] == pytest.approx(
         [1 - 1 / (k + 1) for k in range(93, 99)] + [0.99]
     )

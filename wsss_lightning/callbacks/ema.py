@@ -27,7 +27,7 @@ class EMATeacherCallback(Callback):
     * ``i >= W + C`` — EMA with decay ``min(1 - 1/(k+1), decay)`` (``ramp=True``) or ``decay``, where
       ``k = i - W``.
 
-    This reproduces U2PL's released code (spec u2pl §3.0-3.1): ``warmup_epochs=1`` (``sup_only_epoch``
+    This reproduces U2PL's released code (``train_semi.py``): ``warmup_epochs=1`` (``sup_only_epoch``
     falls back to 1 when absent, VOC configs), ``decay=0.99``, ramp on, and ``copy_at_warmup_end=True``:
     during the first semi-supervised epoch the code points each teacher parameter at the student's tensor
     before every step and averages two identical tensors after it, so the teacher equals the student
@@ -51,7 +51,7 @@ class EMATeacherCallback(Callback):
         warmup_epochs: warm-up in epochs instead (converted with the optimizer steps per training epoch);
             mutually exclusive with a non-zero ``warmup_steps``.
         copy_at_warmup_end: keep the teacher equal to the student for ``copy_steps`` steps after the warm-up
-            (U2PL code behaviour, default; spec u2pl §3.1).
+            (U2PL code behaviour, ``train_semi.py``; default).
         copy_steps: length of the copy phase; ``None`` = one training epoch of optimizer steps (U2PL).
         copy_buffers_at_warmup_end: at the end of the warm-up, before the first teacher forward, copy the
             student's parameters AND buffers (BN running statistics) into the teacher. Off in the reference:

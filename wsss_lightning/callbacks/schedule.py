@@ -62,13 +62,14 @@ class ScheduleCallback(Callback):
     sees the same values at the same steps and nothing needs checkpointing. Before ``start_step`` the value
     is ``start``; after ``start_step + total_steps`` it is ``end``.
 
-    U2PL's unreliable-pixel percentage ``alpha_t = 20 * (1 - epoch / epochs)`` (spec u2pl §3.6) is::
+    U2PL's unreliable-pixel percentage ``alpha_t = 20 * (1 - epoch / epochs)`` (U2PL+ Eq. 13) is::
 
         ScheduleCallback(attribute="percent_unreliable", kind="linear", start=20.0, end=0.0, interval="epoch")
 
     If the attribute currently holds a tensor (e.g. a buffer) it is filled in place; otherwise a Python
     float is assigned. ``end`` may be a list (one end value per element of a tensor attribute): DuPL's
-    per-class background thresholds descend from one start value to per-class end values (spec dupl §3.4)::
+    per-class background thresholds descend from one start value to per-class end values (DuPL Eq. 5 with the
+    per-class ends of DuPL's ``train_final_voc.py``)::
 
         ScheduleCallback(attribute="class_thresholds", kind="cosine", start=0.7, end=[0.7, 0.55, ...],
                          start_step=2000, total_steps=17999)

@@ -1,13 +1,27 @@
 """One ``LightningDataModule`` for every dataset and every supervision view.
 
 :class:`WSSSDataModule` reads PASCAL VOC (+SBD), COCO 2014, COCO-Stuff 10k, Cityscapes and GTA5 from their
-real on-disk layouts and serves them as one of five supervision views (``supervision=``):
+real on-disk layouts and serves them as one of five supervision views (``view=``, see
+:mod:`wsss_lightning.data.views`; ``WSSSDataModule.supervision`` holds the view's name):
 
-``"full"``    pixel masks.
-``"image"``   image-level tags (multi-hot) from a tag file, or derived from the masks once and cached.
-``"click"``   1-px clicks from click PNGs, or simulated from the masks (deterministic per image).
-``"semi"``    a labeled / unlabeled partition of the training split (list files, or generated from a fraction).
-``"domain"``  a labeled source dataset and an unlabeled target dataset with the same classes.
+============  ==============  ===========================================================================
+name          view            what the method trains on
+============  ==============  ===========================================================================
+``"full"``    ``FullView``    pixel masks (the default).
+``"image"``   ``TagsView``    image-level tags (multi-hot) from a tag file, or derived from the masks once
+                              and cached.
+``"click"``   ``ClickView``   1-px clicks from click PNGs, or simulated from the masks (deterministic per
+                              image).
+``"semi"``    ``SemiView``    a labeled / unlabeled partition of the training split (list files, or
+                              generated from a fraction).
+``"domain"``  ``DomainView``  a labeled source dataset and an unlabeled target dataset with the same
+                              classes.
+============  ==============  ===========================================================================
+
+Its arguments come in four groups, plus ``cache_dir``: ``source``
+(:class:`~wsss_lightning.data.source.DatasetSource`: dataset name, root, splits), ``view``, ``transform``
+(:class:`~wsss_lightning.data.options.TransformOptions`) and ``loader``
+(:class:`~wsss_lightning.data.options.LoaderOptions`).
 
 Batch format
 ------------
@@ -19,13 +33,13 @@ Training, single source (``full`` / ``image`` / ``click``), one dict per step:
 =============  =================  ============================================================================
 key            dtype, shape       meaning
 =============  =================  ============================================================================
-``image``      float32 (B,3,H,W)  crop normalised with ``mean`` / ``std`` (ImageNet by default)
+``image``      float32 (B,3,H,W)  crop normalised with ``transform.mean`` / ``std`` (ImageNet by default)
 ``valid_box``  int64 (B, 4)       (top, left, bottom, right) of real image content in the crop (exclusive
                                   bottom / right); outside it is padding
 ``name``       list[str]          sample ids
 ``mask``       int64 (B, H, W)    train ids, 255 = ignore and padding. In the image / click views it is the
                                   ground truth for diagnostics only (e.g. CAM mIoU): methods must not train on
-                                  it (``diagnostic_masks=False`` drops it)
+                                  it (the view's ``diagnostic_masks=False`` drops it)
 ``tags``       float32 (B, C)     multi-hot image-level labels over all C classes (background column = 1 when
                                   the dataset has a background class); whole-image labels, not crop labels
 ``clicks``     int64 (B, H, W)    click view only: class id at click pixels, 255 elsewhere (and in padding)
@@ -34,12 +48,12 @@ key            dtype, shape       meaning
 Training, two sources: a dict of such batches, ``{"labeled": ..., "unlabeled": ...}`` (semi) or
 ``{"source": ..., "target": ...}`` (domain). Lightning wraps the dict of loaders in a ``CombinedLoader``
 (``max_size_cycle``). ``labeled`` / ``source`` batches have ``image, valid_box, name, mask, tags``;
-``unlabeled`` / ``target`` batches have ``image, valid_box, name`` only, plus ``mask`` if
+``unlabeled`` / ``target`` batches have ``image, valid_box, name`` only, plus ``mask`` if the view's
 ``keep_target_masks=True`` (for diagnostics). The labeled set is oversampled to the unlabeled set's size, so
 one epoch is one pass over the unlabeled images.
 
-Evaluation (val / test), images at full resolution (or short side ``eval_short_side``), padded at the bottom /
-right to the batch's largest size:
+Evaluation (val / test), images at full resolution (or short side ``transform.eval_short_side``), padded at the
+bottom / right to the batch's largest size:
 
 =============  =================  ============================================================================
 ``image``      float32 (B,3,H,W)  normalised image, 0 in the padding
@@ -58,7 +72,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +86,8 @@ from wsss_lightning.data.classes import DatasetInfo, get_dataset_info
 from wsss_lightning.data.datasets import build_source
 from wsss_lightning.data.datasets.base import SegmentationSource, parse_list_lines
 from wsss_lightning.data.datasets.mask_folder import MaskFolderSource
+from wsss_lightning.data.options import LoaderOptions, TransformOptions
+from wsss_lightning.data.source import DEFAULT_SPLITS, DatasetName, DatasetSource
 from wsss_lightning.data.supervision import build_tags, load_tags, make_semi_split, write_id_list
 from wsss_lightning.data.torch_datasets import (
     ClickConfig,
@@ -81,20 +98,20 @@ from wsss_lightning.data.torch_datasets import (
     pad_collate,
     seed_worker,
 )
-from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, eval_transform
+from wsss_lightning.data.views import (
+    ClickView,
+    DomainView,
+    FullView,
+    SemiView,
+    SupervisionView,
+    TagsView,
+    view_from_config,
+)
 
-DatasetName = Literal["voc", "coco", "coco_stuff", "cityscapes", "gta5"]
 Supervision = Literal["full", "image", "click", "semi", "domain"]
 Stage = Literal["fit", "validate", "test", "predict"]
 
-#: (train split, evaluation split) used when a split argument is None.
-DEFAULT_SPLITS: dict[str, tuple[str, str]] = {
-    "voc": ("train_aug", "val"),  # 10,582 SBD-augmented images; the test split has no public masks
-    "coco": ("train", "val"),
-    "coco_stuff": ("train", "test"),  # COCO-Stuff 10k has no val split
-    "cityscapes": ("train", "val"),  # test masks are not public
-    "gta5": ("all", "val"),  # GTA5 is a source domain: all 24,966 images
-}
+__all__ = ["DEFAULT_SPLITS", "DatasetName", "Stage", "Supervision", "WSSSDataModule"]
 
 _CACHE_VERSION = 1
 
@@ -149,221 +166,154 @@ def _read_partition(path: Path, source: SegmentationSource) -> list[str]:
     return ids
 
 
+def _plain(value: Any) -> Any:
+    """An option group as plain values (dataclass -> dict, view -> class_path / init_args)."""
+    if isinstance(value, SupervisionView):
+        return value.as_config()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
+
+
+def _groups(
+    source: Any, view: Any, transform: Any, loader: Any
+) -> tuple[DatasetSource, SupervisionView, TransformOptions, LoaderOptions]:
+    """The option groups with defaults filled in; mappings (plain values from a checkpoint) are built."""
+    if isinstance(source, Mapping):
+        source = DatasetSource(**source)
+    if view is None:
+        view = FullView()
+    elif isinstance(view, Mapping):
+        view = view_from_config(view)
+    if transform is None or isinstance(transform, Mapping):
+        transform = TransformOptions(**(transform or {}))
+    if loader is None or isinstance(loader, Mapping):
+        loader = LoaderOptions(**(loader or {}))
+    return source, view, transform, loader
+
+
 class WSSSDataModule(L.LightningDataModule):
     """Datasets x supervision views for label-efficient semantic segmentation.
 
-    The batch format is documented in this module's docstring.
+    The batch format is documented in this module's docstring. In Python::
+
+        WSSSDataModule(
+            DatasetSource(root="/data/VOC2012", name="voc"),
+            view=SemiView(labeled_fraction=0.125),
+            transform=TransformOptions(crop_size=513, pad_position="top_left"),
+            loader=LoaderOptions(batch_size=16),
+        )
+
+    and in a config, ``source`` / ``transform`` / ``loader`` are nested mappings and ``view`` is a
+    ``class_path`` (+ ``init_args``), e.g. ``view: {class_path: wsss_lightning.data.TagsView}``.
 
     Args:
-        root: Dataset root folder (layouts: see ``wsss_lightning.data.datasets``). Required.
-        dataset: Dataset name; the source dataset for ``supervision="domain"``.
-        supervision: Supervision view (module docstring).
-        train_split: Training split name or list-file path (None: ``DEFAULT_SPLITS``, e.g. VOC ``train_aug``).
-        val_split: Validation split (None: the dataset's evaluation split, e.g. VOC ``val``; for ``domain`` the
-            target dataset's).
-        test_split: Test split (None: same as ``val_split``, because the usual test splits have no public masks).
-        predict_split: Prediction split (None: same as ``val_split``; use the train split to write pseudo-labels).
-        crop_size: Training crop, int or (height, width). 448 is DuPL's VOC / COCO crop; method configs set
-            their published value (U2PL 513 / 769, Seminar 513, ASDT 321).
-        scale_range: Range of the random rescale factor (0.5-2.0 is the common VOC / Cityscapes setting).
-        hflip_p: Horizontal-flip probability.
-        color_jitter: Colour jitter strength or (brightness, contrast, saturation, hue); None = off (the weak
-            augmentation of the semi-supervised methods has none).
-        color_jitter_p: Probability of applying the colour jitter.
-        grayscale_p: Random-greyscale probability.
-        blur_p: Gaussian-blur probability (0: off).
-        blur_sigma: Range of the blur sigma in pixels.
-        pad_position: Where a rescaled image smaller than the crop is placed before cropping ("random",
-            "top_left", "center"); see :class:`wsss_lightning.data.transforms.TrainTransform`.
-        image_pad_value: Raw RGB value of image padding in training crops.
-        mask_pad_value: Label of padded crop pixels. 255 (ignored) is correct; 0 reproduces the U2PL code.
-        mean: Normalisation mean for [0, 1] pixels (ImageNet, matching pretrained backbones).
-        std: Normalisation std for [0, 1] pixels.
-        eval_short_side: Resize evaluation images to this short side (None: full resolution, the standard
-            protocol; the mask is resized with nearest neighbour too).
-        batch_size: Training batch size per device (per loader for semi / domain).
-        unlabeled_batch_size: Batch size of the unlabeled / target loader (None: ``batch_size``, as U2PL).
-        eval_batch_size: Evaluation batch size per device. 1 because full-resolution images differ in size and
-            batching pads them to the largest one.
-        num_workers: DataLoader worker processes per loader. Decoding and augmenting a VOC image into a 448
-            crop costs ~8-10 ms on one core (``benchmarks/data_pipeline.py``), so 4 workers supply ~400
-            images/s, enough for one GPU; semi / domain runs start this many per loader.
-        pin_memory: Pin host memory for faster host-to-GPU copies (ignored without CUDA).
-        persistent_workers: Keep workers alive between epochs (avoids re-forking every epoch).
-        drop_last: Drop the last incomplete training batch (BatchNorm misbehaves on tiny batches; U2PL does it).
-        diagnostic_masks: In the image / click views, also load the ground-truth mask for diagnostics (set
-            False to guarantee methods never see it and to skip decoding it).
-        mask_dir: Full view: train on the masks in this folder (``<id>.png`` of train ids, e.g. the
-            pseudo-masks a first-stage model wrote with ``wsss predict`` + ``PredictionWriter``) instead of the
-            ground truth; validation and test keep the ground truth. This is the second stage of two-stage
-            weakly supervised methods.
-        tags_file: Image-level tags (``.npy`` dict or ``.txt``, see ``supervision.load_tags``) for the training
-            split; None derives them from the masks and caches them.
+        source: The dataset (name, root) and its train / val / test / predict splits. With a
+            :class:`DomainView` this is the labeled source domain; evaluation runs on the view's target.
+        view: Supervision view: :class:`FullView` (None: full masks), :class:`TagsView`,
+            :class:`ClickView`, :class:`SemiView` or :class:`DomainView`, each with its own options.
+        transform: Training augmentation, evaluation resizing and normalisation (None: the defaults of
+            :class:`TransformOptions`).
+        loader: Batch sizes and DataLoader settings (None: the defaults of :class:`LoaderOptions`).
         cache_dir: Where derived tags and generated partitions are stored. None: ``<root>/.wsss_cache`` if the
-            root is writable, else ``$XDG_CACHE_HOME/wsss_lightning`` (``~/.cache/wsss_lightning``).
-        clicks_dir: Folder of click PNGs ``<id>.png`` (relative to ``root`` unless absolute); None simulates
-            clicks from the masks.
-        click_seed: Seed of the simulated clicks.
-        background_clicks: Simulated clicks on the background class (VOC-style datasets only).
-        click_placement: Simulated click position in each object region: "center" (deepest pixel, like a
-            careful annotator) or "random".
-        click_mode: How clicks follow the crop geometry: "mask" (nearest-neighbour like a label map, as the
-            rloss / Seminar code: clicks can vanish when down-scaled) or "points" (coordinates warped, always
-            one pixel, as Gated-CRF).
-        labeled_list: Semi: list file of labeled ids (ids or image paths, e.g. U2PL's ``labeled.txt``).
-        unlabeled_list: Semi: list file of unlabeled ids (None: the rest of the training split).
-        labeled_fraction: Semi: generate a partition with this labeled fraction instead of list files.
-        split_seed: Semi: seed of the generated partition and of the oversampling.
-        oversample_labeled: Semi: repeat labeled ids to the unlabeled set's size (U2PL); one epoch = one pass
-            over the unlabeled set.
-        target_dataset: Domain: the target dataset (must have the same classes as ``dataset``).
-        target_root: Domain: the target dataset's root.
-        target_split: Domain: the unlabeled target training split (None: its default training split).
-        keep_target_masks: Semi / domain: keep ``mask`` in unlabeled / target batches for diagnostics.
+            source root is writable, else ``$XDG_CACHE_HOME/wsss_lightning`` (``~/.cache/wsss_lightning``).
 
     Raises:
-        ValueError: inconsistent arguments (e.g. view-specific options with another view, domain datasets
-            with different classes).
-        KeyError: unknown dataset name.
+        ValueError: inconsistent groups: domain datasets with different classes, or evaluation splits on the
+            source of a domain-adaptive run (they belong to the target).
+        TypeError: a group of the wrong type.
     """
 
     def __init__(
         self,
-        root: str,
-        dataset: DatasetName = "voc",
-        supervision: Supervision = "full",
-        train_split: str | None = None,
-        val_split: str | None = None,
-        test_split: str | None = None,
-        predict_split: str | None = None,
-        crop_size: int | tuple[int, int] = 448,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        hflip_p: float = 0.5,
-        color_jitter: float | tuple[float, float, float, float] | None = None,
-        color_jitter_p: float = 0.8,
-        grayscale_p: float = 0.0,
-        blur_p: float = 0.0,
-        blur_sigma: tuple[float, float] = (0.1, 2.0),
-        pad_position: Literal["random", "top_left", "center"] = "random",
-        image_pad_value: int = 0,
-        mask_pad_value: int = 255,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        eval_short_side: int | None = None,
-        batch_size: int = 8,
-        unlabeled_batch_size: int | None = None,
-        eval_batch_size: int = 1,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        drop_last: bool = True,
-        diagnostic_masks: bool = True,
-        mask_dir: str | None = None,
-        tags_file: str | None = None,
+        source: DatasetSource,
+        view: SupervisionView | None = None,
+        transform: TransformOptions | None = None,
+        loader: LoaderOptions | None = None,
         cache_dir: str | None = None,
-        clicks_dir: str | None = None,
-        click_seed: int = 0,
-        background_clicks: int = 1,
-        click_placement: Literal["center", "random"] = "center",
-        click_mode: Literal["mask", "points"] = "mask",
-        labeled_list: str | None = None,
-        unlabeled_list: str | None = None,
-        labeled_fraction: float | None = None,
-        split_seed: int = 0,
-        oversample_labeled: bool = True,
-        target_dataset: DatasetName | None = None,
-        target_root: str | None = None,
-        target_split: str | None = None,
-        keep_target_masks: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.root = Path(root)
-        self.dataset = dataset
-        self.supervision = supervision
-        # normalisation, linked into the method (which needs it to recover RGB images for the CRF)
-        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
-        self.batch_size = batch_size
-        self.unlabeled_batch_size = unlabeled_batch_size or batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
-        self.drop_last = drop_last
-        self.diagnostic_masks = diagnostic_masks
-        self.mask_dir = mask_dir
-        self._train_loaders: dict[str, DataLoader[Any]] = {}
-        self._resume_positions: dict[str, dict[str, int]] = {}
-        self.tags_file = tags_file
-        self.cache_dir = cache_dir
-        self.clicks_dir = clicks_dir
-        self.click_seed = click_seed
-        self.background_clicks = background_clicks
-        self.click_placement = click_placement
-        self.labeled_list = labeled_list
-        self.unlabeled_list = unlabeled_list
-        self.labeled_fraction = labeled_fraction
-        self.split_seed = split_seed
-        self.oversample_labeled = oversample_labeled
-        self.target_dataset = target_dataset
-        self.target_root = target_root
-        self.target_split = target_split  # the dataset's default is filled in below, after the checks
-        self.keep_target_masks = keep_target_masks
-        self.info: DatasetInfo = get_dataset_info(dataset)
-        if supervision not in ("full", "image", "click", "semi", "domain"):
-            raise ValueError(
-                f"supervision: expected 'full', 'image', 'click', 'semi' or 'domain', got {supervision!r}"
+        self.save_hyperparameters()  # from the CLI: the config's values; from Python: the objects given
+        plain = {key: _plain(value) for key, value in self.hparams.items()}
+        if plain != dict(self.hparams):
+            # Plain values, as the CLI stores them: checkpoints then load with torch's weights-only unpickler
+            # and loggers receive readable values. __init__ accepts them back (load_from_checkpoint).
+            self.save_hyperparameters(plain)
+        source, view, transform, loader = _groups(source, view, transform, loader)
+        if not isinstance(source, DatasetSource):
+            raise TypeError(
+                f"source: expected a DatasetSource(root=..., name=...), got {type(source).__name__}"
             )
-        self._check_view_options()
+        if not isinstance(view, SupervisionView):
+            raise TypeError(
+                f"view: expected FullView, TagsView, ClickView, SemiView or DomainView, got {type(view).__name__}"
+            )
+        self.view = view
+        self.transform = transform
+        self.loader = loader
+        self.cache_dir = cache_dir
+        self.info: DatasetInfo = get_dataset_info(source.name)
+        self.target: DatasetSource | None = None
         self.target_info: DatasetInfo | None = None
-        if supervision == "domain":
-            assert target_dataset is not None
-            self.target_info = get_dataset_info(target_dataset)
+        if isinstance(view, DomainView):
+            given = [
+                f for f in ("val_split", "test_split", "predict_split") if getattr(source, f) is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"source.{given[0]} is not used with DomainView: evaluation runs on the target domain; set "
+                    f"view.init_args.target.{given[0]} instead"
+                )
+            self.target = view.target.resolved()
+            self.target_info = get_dataset_info(self.target.name)
             if self.target_info.class_names != self.info.class_names:
                 raise ValueError(
-                    f"domain adaptation needs the same classes in source and target: dataset={dataset!r} has "
-                    f"{self.info.num_classes} classes {list(self.info.class_names)[:5]}..., target_dataset="
-                    f"{target_dataset!r} has {self.target_info.num_classes} {list(self.target_info.class_names)[:5]}..."
+                    f"domain adaptation needs the same classes in source and target: source.name={source.name!r} "
+                    f"has {self.info.num_classes} classes {list(self.info.class_names)[:5]}..., target.name="
+                    f"{self.target.name!r} has {self.target_info.num_classes} "
+                    f"{list(self.target_info.class_names)[:5]}..."
                 )
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value <= 0:
-                raise ValueError(f"{name}: expected a positive int, got {value}")
-        if unlabeled_batch_size is not None and unlabeled_batch_size <= 0:
-            raise ValueError(
-                f"unlabeled_batch_size: expected a positive int or None, got {unlabeled_batch_size}"
-            )
-        if num_workers < 0:
-            raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
-        # Building the pipelines here validates the augmentation arguments at construction time.
-        self.train_tf = TrainTransform(
-            crop_size=crop_size,
-            scale_range=scale_range,
-            hflip_p=hflip_p,
-            color_jitter=color_jitter,
-            blur_p=blur_p,
-            color_jitter_p=color_jitter_p,
-            grayscale_p=grayscale_p,
-            blur_sigma=blur_sigma,
-            image_pad_value=image_pad_value,
-            mask_pad_value=mask_pad_value,
-            pad_position=pad_position,
-            mean=mean,
-            std=std,
-            click_mode=click_mode,
+        self.source = source.resolved()
+        self.root = Path(self.source.root)
+        # Evaluation reads the target domain in domain-adaptive runs, else the source.
+        self.eval_source = self.target if self.target is not None else self.source
+        self.eval_root = Path(self.eval_source.root)
+        self.train_tf = self.transform.train_transform(
+            click_mode=view.click_mode if isinstance(view, ClickView) else "mask"
         )
-        self.eval_tf = eval_transform(eval_short_side, mean=mean, std=std)
-        self.train_split = train_split or DEFAULT_SPLITS[dataset][0]
-        self.eval_dataset = target_dataset if supervision == "domain" else dataset
-        self.eval_root = Path(target_root) if supervision == "domain" and target_root else self.root
-        assert self.eval_dataset is not None
-        self.val_split = val_split or DEFAULT_SPLITS[self.eval_dataset][1]
-        self.test_split = test_split or self.val_split
-        self.predict_split = predict_split or self.val_split
-        self.target_split = target_split or (DEFAULT_SPLITS[target_dataset][0] if target_dataset else None)
+        self.eval_tf = self.transform.eval_transform()
         self._train_sets: dict[str, Dataset[Any]] | None = None
         self._eval_sets: dict[str, EvalSegDataset] = {}
+        self._train_loaders: dict[str, DataLoader[Any]] = {}
+        self._resume_positions: dict[str, dict[str, int]] = {}
 
-    # ---- label-space properties (available right after __init__, for argument linking) ------------------
+    # ---- properties read by the CLI links, methods and callbacks (available right after __init__) -------
+    @property
+    def supervision(self) -> Supervision:
+        """Name of the supervision view: ``"full"``, ``"image"``, ``"click"``, ``"semi"`` or ``"domain"``."""
+        return self.view.name  # type: ignore[return-value]
+
+    @property
+    def batch_size(self) -> int:
+        """Training batch size per device (of the labeled / source loader in two-loader views)."""
+        return self.loader.batch_size
+
+    @property
+    def unlabeled_batch_size(self) -> int:
+        """Batch size of the unlabeled / target loader (the view's, else ``batch_size``)."""
+        size = getattr(self.view, "unlabeled_batch_size", None)
+        return self.loader.batch_size if size is None else size
+
+    @property
+    def mean(self) -> list[float]:
+        """Normalisation mean for [0, 1] pixels (linked into the method, which recovers RGB images with it)."""
+        return [float(v) for v in self.transform.mean]
+
+    @property
+    def std(self) -> list[float]:
+        """Normalisation std for [0, 1] pixels."""
+        return [float(v) for v in self.transform.std]
+
     @property
     def num_classes(self) -> int:
         """Number of classes C."""
@@ -384,33 +334,6 @@ class WSSSDataModule(L.LightningDataModule):
         """One RGB colour per class."""
         return [list(c) for c in self.info.palette]
 
-    # ---- argument checks ---------------------------------------------------------------------------------
-    def _check_view_options(self) -> None:
-        view = self.supervision
-        only = {
-            "semi": ("labeled_list", "unlabeled_list", "labeled_fraction"),
-            "domain": ("target_dataset", "target_root", "target_split"),
-            "click": ("clicks_dir",),
-            "full": ("mask_dir",),
-        }
-        for owner, names in only.items():
-            for name in names:
-                if view != owner and getattr(self, name) is not None:
-                    raise ValueError(
-                        f"{name} is only used with supervision={owner!r}, got supervision={view!r}"
-                    )
-        if view == "semi":
-            if self.labeled_list is None and self.labeled_fraction is None:
-                raise ValueError("supervision='semi' needs labeled_list (partition file) or labeled_fraction")
-            if self.labeled_list is not None and self.labeled_fraction is not None:
-                raise ValueError("give either labeled_list or labeled_fraction, not both")
-            if self.unlabeled_list is not None and self.labeled_list is None:
-                raise ValueError("unlabeled_list needs labeled_list")
-            if self.labeled_fraction is not None and not 0.0 < self.labeled_fraction < 1.0:
-                raise ValueError(f"labeled_fraction: expected a value in (0, 1), got {self.labeled_fraction}")
-        if view == "domain" and (self.target_dataset is None or self.target_root is None):
-            raise ValueError("supervision='domain' needs target_dataset and target_root")
-
     # ---- paths -------------------------------------------------------------------------------------------
     def _resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -429,21 +352,27 @@ class WSSSDataModule(L.LightningDataModule):
     def _cache_is_external(self) -> bool:
         return self.root.resolve() not in self.cache_path.resolve().parents
 
+    def _train_source(self) -> SegmentationSource:
+        assert self.source.train_split is not None  # resolved
+        return build_source(self.source.name, self.root, self.source.train_split)
+
     # ---- Lightning hooks ---------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Check the roots exist and build caches (runs on one process per node, before ``setup``)."""
-        roots = [("root", self.root)]
-        if self.supervision == "domain":
-            roots.append(("target_root", self.eval_root))
+        roots = [("source.root", self.root)]
+        if self.target is not None:
+            roots.append(("view.target.root", self.eval_root))
         for name, root in roots:
             if not root.is_dir():
                 raise FileNotFoundError(f"{name} {root} does not exist or is not a folder")
-        if self.clicks_dir is not None and not self._resolve(self.clicks_dir).is_dir():
-            raise FileNotFoundError(f"clicks_dir {self._resolve(self.clicks_dir)} is not a folder")
-        if self.supervision == "image" and self.tags_file is None:
-            self._cached_tags(build_source(self.dataset, self.root, self.train_split))
-        if self.supervision == "semi" and self.labeled_fraction is not None:
-            self._partition(build_source(self.dataset, self.root, self.train_split), write=True)
+        view = self.view
+        clicks_dir = view.clicks_dir if isinstance(view, ClickView) else None
+        if clicks_dir is not None and not self._resolve(clicks_dir).is_dir():
+            raise FileNotFoundError(f"clicks_dir {self._resolve(clicks_dir)} is not a folder")
+        if isinstance(view, TagsView) and view.tags_file is None:
+            self._cached_tags(self._train_source())
+        if isinstance(view, SemiView) and view.labeled_fraction is not None:
+            self._partition(self._train_source(), write=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the torch datasets needed for ``stage`` (None: all)."""
@@ -456,94 +385,107 @@ class WSSSDataModule(L.LightningDataModule):
             "predict": ["predict"],
             None: ["val", "test", "predict"],
         }.get(stage, [])
-        splits = {"val": self.val_split, "test": self.test_split, "predict": self.predict_split}
+        evaluated = self.eval_source
+        splits = {
+            "val": evaluated.val_split,
+            "test": evaluated.test_split,
+            "predict": evaluated.predict_split,
+        }
         for kind in wanted:
             if kind not in self._eval_sets:
-                assert self.eval_dataset is not None
-                source = build_source(self.eval_dataset, self.eval_root, splits[kind])
+                split = splits[kind]
+                assert split is not None  # resolved
+                source = build_source(evaluated.name, self.eval_root, split)
                 with_mask = kind != "predict" or source.has_masks
                 if not source.has_masks and kind != "predict":
                     raise ValueError(
-                        f"{kind}_split {splits[kind]!r} of {self.eval_dataset} has no masks to evaluate against; "
+                        f"{kind}_split {split!r} of {evaluated.name} has no masks to evaluate against; "
                         "pick a split with masks (or use it as predict_split)"
                     )
                 self._eval_sets[kind] = EvalSegDataset(source, self.eval_tf, with_mask=with_mask)
 
     # ---- training datasets -------------------------------------------------------------------------------
-    def _click_config(self) -> ClickConfig:
+    def _click_config(self, view: ClickView) -> ClickConfig:
         return ClickConfig(
             num_classes=self.num_classes,
-            clicks_dir=None if self.clicks_dir is None else self._resolve(self.clicks_dir),
-            seed=self.click_seed,
-            background_clicks=self.background_clicks,
+            clicks_dir=None if view.clicks_dir is None else self._resolve(view.clicks_dir),
+            seed=view.click_seed,
+            background_clicks=view.background_clicks,
             background_class=0 if self.info.has_background else None,
-            placement=self.click_placement,
+            placement=view.click_placement,
         )
 
     def _tags_for(self, source: SegmentationSource) -> np.ndarray | Literal["mask"]:
         """Tags of the training split: from the tag file, else from the masks (cached for the image view)."""
-        if self.tags_file is not None:
-            table = load_tags(
-                self._resolve(self.tags_file),
-                self.num_classes,
-                source.ids,
-                add_background=self.info.has_background,
-            )
-            return np.stack([table[i] for i in source.ids]).astype(np.float32)
-        if self.supervision == "image":
+        if isinstance(self.view, TagsView):
+            if self.view.tags_file is not None:
+                table = load_tags(
+                    self._resolve(self.view.tags_file),
+                    self.num_classes,
+                    source.ids,
+                    add_background=self.info.has_background,
+                )
+                return np.stack([table[i] for i in source.ids]).astype(np.float32)
             return self._cached_tags(source)
         return (
             "mask"  # the mask is decoded anyway in these views; counting its labels is cheaper than a cache
         )
 
     def _build_train_sets(self) -> dict[str, Dataset[Any]]:
-        source = build_source(self.dataset, self.root, self.train_split)
-        if self.mask_dir is not None:
-            source = MaskFolderSource(source, self.mask_dir)
-        tf, view = self.train_tf, self.supervision
-        if view in ("full", "image", "click"):
-            if not source.has_masks and (view != "image" or self.tags_file is None or self.diagnostic_masks):
+        source = self._train_source()
+        view, tf = self.view, self.train_tf
+        if isinstance(view, FullView) and view.mask_dir is not None:
+            source = MaskFolderSource(source, view.mask_dir)
+        if isinstance(view, FullView | TagsView | ClickView):
+            diagnostic = isinstance(view, TagsView | ClickView) and view.diagnostic_masks
+            tags_file = view.tags_file if isinstance(view, TagsView) else None
+            if not source.has_masks and (not isinstance(view, TagsView) or tags_file is None or diagnostic):
                 raise ValueError(
-                    f"train_split {self.train_split!r} of {self.dataset} under {self.root} has no masks; "
-                    f"supervision={view!r} needs them"
-                    + (" (or a tags_file and diagnostic_masks=False)" if view == "image" else "")
+                    f"train_split {self.source.train_split!r} of {self.source.name} under {self.root} has no "
+                    f"masks; the {type(view).__name__} needs them"
+                    + (" (or a tags_file and diagnostic_masks=False)" if isinstance(view, TagsView) else "")
                 )
-            with_mask = view == "full" or self.diagnostic_masks
-            clicks = self._click_config() if view == "click" else None
+            with_mask = isinstance(view, FullView) or diagnostic
+            clicks = self._click_config(view) if isinstance(view, ClickView) else None
             single = TrainSegDataset(
                 source, tf, with_mask=with_mask, tags=self._tags_for(source), clicks=clicks
             )
             self._check_size("train", single, self.batch_size)
             return {"train": single}
-        if view == "semi":
+        if isinstance(view, SemiView):
             labeled_ids, unlabeled_ids = self._partition(source, write=False)
             position = {sid: i for i, sid in enumerate(source.ids)}
             lab_pos = [position[i] for i in labeled_ids]
             unl_pos = [position[i] for i in unlabeled_ids]
-            if self.oversample_labeled:
-                lab_pos = [
-                    lab_pos[k] for k in oversample_indices(len(lab_pos), len(unl_pos), self.split_seed)
-                ]
             tags = self._tags_for(source)
+            if view.labeled_only:  # the supervised-only baseline of this partition
+                train = TrainSegDataset(source, tf, lab_pos, with_mask=True, tags=tags)
+                self._check_size("train", train, self.batch_size)
+                return {"train": train}
+            if view.oversample_labeled:
+                lab_pos = [
+                    lab_pos[k] for k in oversample_indices(len(lab_pos), len(unl_pos), view.split_seed)
+                ]
             labeled = TrainSegDataset(source, tf, lab_pos, with_mask=True, tags=tags)
-            unlabeled = TrainSegDataset(source, tf, unl_pos, with_mask=self.keep_target_masks)
+            unlabeled = TrainSegDataset(source, tf, unl_pos, with_mask=view.keep_target_masks)
             self._check_size("labeled", labeled, self.batch_size)
             self._check_size("unlabeled", unlabeled, self.unlabeled_batch_size)
             return {"labeled": labeled, "unlabeled": unlabeled}
-        # domain
-        assert self.target_dataset is not None and self.target_split is not None
-        target_source = build_source(self.target_dataset, self.eval_root, self.target_split)
+        if not isinstance(view, DomainView):
+            raise TypeError(f"unsupported supervision view {type(view).__name__}")
+        assert self.target is not None and self.target.train_split is not None
+        target_source = build_source(self.target.name, self.eval_root, self.target.train_split)
         src = TrainSegDataset(source, tf, with_mask=True, tags=self._tags_for(source))
-        tgt = TrainSegDataset(target_source, tf, with_mask=self.keep_target_masks)
+        tgt = TrainSegDataset(target_source, tf, with_mask=view.keep_target_masks)
         self._check_size("source", src, self.batch_size)
         self._check_size("target", tgt, self.unlabeled_batch_size)
         return {"source": src, "target": tgt}
 
     def _check_size(self, name: str, dataset: TrainSegDataset, batch_size: int) -> None:
-        if self.drop_last and len(dataset) < batch_size:
+        if self.loader.drop_last and len(dataset) < batch_size:
             raise ValueError(
                 f"the {name} training set has {len(dataset)} samples, fewer than one batch ({batch_size}) with "
-                f"drop_last=True ({dataset.source!r}); lower the batch size or set drop_last=False"
+                f"drop_last=True ({dataset.source!r}); lower the batch size or set loader.drop_last=False"
             )
 
     # ---- caches ------------------------------------------------------------------------------------------
@@ -563,7 +505,8 @@ class WSSSDataModule(L.LightningDataModule):
                         and float(cached["mask_mtime"]) >= newest
                     )
                     if fresh:
-                        return cached["tags"].astype(np.float32)
+                        tags: np.ndarray = cached["tags"].astype(np.float32)
+                        return tags
             except (OSError, ValueError, KeyError):
                 pass  # unreadable cache: rebuilt below and overwritten
         if not source.has_masks:
@@ -571,7 +514,7 @@ class WSSSDataModule(L.LightningDataModule):
                 f"cannot derive image tags: split {source.split!r} of {source.info.name} under {source.root} has "
                 "no masks; give tags_file"
             )
-        table = build_tags(source, num_workers=min(self.num_workers, os.cpu_count() or 1))
+        table = build_tags(source, num_workers=min(self.loader.num_workers, os.cpu_count() or 1))
         tags = np.stack([table[i] for i in source.ids]).astype(np.float32)
         if self.info.has_background:
             tags[:, 0] = 1.0  # background is present in every image by convention (see image_tags)
@@ -586,11 +529,13 @@ class WSSSDataModule(L.LightningDataModule):
 
     def _partition(self, source: SegmentationSource, write: bool) -> tuple[list[str], list[str]]:
         """Labeled / unlabeled ids of the semi view (validated list files, or a generated partition)."""
-        if self.labeled_list is not None:
-            lab_path = self._resolve(self.labeled_list)
+        view = self.view
+        assert isinstance(view, SemiView)
+        if view.labeled_list is not None:
+            lab_path = self._resolve(view.labeled_list)
             labeled = _read_partition(lab_path, source)
-            if self.unlabeled_list is not None:
-                unl_path = self._resolve(self.unlabeled_list)
+            if view.unlabeled_list is not None:
+                unl_path = self._resolve(view.unlabeled_list)
                 unlabeled = _read_partition(unl_path, source)
                 overlap = sorted(set(labeled) & set(unlabeled))
                 if overlap:
@@ -601,8 +546,8 @@ class WSSSDataModule(L.LightningDataModule):
                 chosen = set(labeled)
                 unlabeled = [i for i in source.ids if i not in chosen]
         else:
-            assert self.labeled_fraction is not None  # checked in __init__
-            labeled, unlabeled = make_semi_split(source.ids, self.labeled_fraction, self.split_seed)
+            assert view.labeled_fraction is not None  # checked by SemiView
+            labeled, unlabeled = make_semi_split(source.ids, view.labeled_fraction, view.split_seed)
             if write:
                 folder = self.partition_dir(source)
                 for name, ids in (("labeled.txt", labeled), ("unlabeled.txt", unlabeled)):
@@ -618,26 +563,33 @@ class WSSSDataModule(L.LightningDataModule):
         return labeled, unlabeled
 
     def partition_dir(self, source: SegmentationSource | None = None) -> Path:
-        """Folder where a generated partition (``labeled.txt`` / ``unlabeled.txt``) is written."""
-        split = source.split if source is not None else self.train_split
+        """Folder where a generated partition (``labeled.txt`` / ``unlabeled.txt``) is written.
+
+        Only a semi view with ``labeled_fraction`` generates one.
+        """
+        view = self.view
+        if not isinstance(view, SemiView) or view.labeled_fraction is None:
+            raise ValueError("partition_dir: only a SemiView with labeled_fraction generates a partition")
+        split = source.split if source is not None else self.source.train_split
+        assert split is not None  # resolved
         return (
             self.cache_path
             / "partitions"
-            / f"{self.dataset}_{_split_label(split)}_{self.labeled_fraction:g}_seed{self.split_seed}"
+            / f"{self.source.name}_{_split_label(split)}_{view.labeled_fraction:g}_seed{view.split_seed}"
         )
 
     # ---- loaders -----------------------------------------------------------------------------------------
     def _loader(
         self, dataset: Dataset[Any], batch_size: int, train: bool, collate: Any = None
     ) -> DataLoader[Any]:
-        workers = self.num_workers
+        workers = self.loader.num_workers
         options: dict[str, Any] = {
             "batch_size": batch_size,
-            "drop_last": train and self.drop_last,
+            "drop_last": train and self.loader.drop_last,
             "num_workers": workers,
             "collate_fn": collate,
-            "pin_memory": self.pin_memory and torch.cuda.is_available(),
-            "persistent_workers": self.persistent_workers and workers > 0,
+            "pin_memory": self.loader.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.loader.persistent_workers and workers > 0,
             "worker_init_fn": seed_worker if workers > 0 else None,
         }
         if not train:
@@ -695,7 +647,9 @@ class WSSSDataModule(L.LightningDataModule):
     def _eval_loader(self, kind: str) -> DataLoader[Any]:
         if kind not in self._eval_sets:
             self.setup({"val": "validate"}.get(kind, kind))
-        return self._loader(self._eval_sets[kind], self.eval_batch_size, train=False, collate=pad_collate)
+        return self._loader(
+            self._eval_sets[kind], self.loader.eval_batch_size, train=False, collate=pad_collate
+        )
 
     def val_dataloader(self) -> DataLoader[Any]:
         """Validation images padded per batch; see the module docstring."""

@@ -68,8 +68,11 @@ def _pil_grey(images: Tensor) -> Tensor:
 
 
 def _pil_blend(degenerate: Tensor, images: Tensor, factor: float) -> Tensor:
-    """PIL's ``Image.blend(degenerate, image, factor)`` on uint8 data: float32 ``d + factor * (x - d)``, clipped
-    to [0, 255] and truncated (``ImageEnhance`` is this blend with an op-specific degenerate image)."""
+    """PIL's ``Image.blend(degenerate, image, factor)`` on uint8 data.
+
+    Float32 ``d + factor * (x - d)``, clipped to [0, 255] and truncated (``ImageEnhance`` is this blend with
+    an op-specific degenerate image).
+    """
     d = degenerate.to(torch.float32)
     # (x - d) * f + d: the same float32 operations as PIL's d + f * (x - d), done in place.
     out = images.to(torch.float32).sub_(d).mul_(torch.tensor(factor, dtype=torch.float32)).add_(d)
@@ -77,8 +80,11 @@ def _pil_blend(degenerate: Tensor, images: Tensor, factor: float) -> Tensor:
 
 
 def _autocontrast(images: Tensor) -> Tensor:
-    """PIL's ``ImageOps.autocontrast`` (no cutoff): per channel, ``int(x * scale + offset)`` in float64 with
-    ``scale = 255 / (hi - lo)``, ``offset = -lo * scale``; identity for constant channels."""
+    """PIL's ``ImageOps.autocontrast`` (no cutoff).
+
+    Per channel, ``int(x * scale + offset)`` in float64 with ``scale = 255 / (hi - lo)``,
+    ``offset = -lo * scale``; identity for constant channels.
+    """
     b, c = images.shape[:2]
     flat = images.reshape(b, c, -1).to(torch.long)
     lo = flat.amin(dim=-1, keepdim=True).to(torch.float64)
@@ -107,9 +113,10 @@ def _contrast(images: Tensor, factor: float) -> Tensor:
 
 
 def _sharpness(images: Tensor, factor: float) -> Tensor:
-    """PIL's ``ImageEnhance.Sharpness``: blend with the SMOOTH-filtered image (3x3 kernel of ones with 5 in the
-    centre, divided by 13 and rounded; border pixels unchanged).
+    """PIL's ``ImageEnhance.Sharpness``: blend with the SMOOTH-filtered image.
 
+    The SMOOTH filter is a 3x3 kernel of ones with 5 in the centre, divided by 13 and rounded; border pixels
+    are unchanged.
     The filter runs in integer arithmetic: ``S / 13`` is never within 1/26 of a half-integer, so
     ``floor(S / 13 + 1/2)`` equals PIL's float32 result, and unlike a float convolution (TF32 on recent GPUs)
     it is the same on every device.

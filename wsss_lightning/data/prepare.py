@@ -124,7 +124,7 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarr
     Uses pycocotools when it is installed (it is not a dependency), the pure NumPy/PIL decoders otherwise.
     """
     try:
-        from pycocotools import mask as mask_utils  # type: ignore[import-not-found]
+        from pycocotools import mask as mask_utils
     except ImportError:
         mask_utils = None
     if mask_utils is not None:
@@ -135,7 +135,8 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarr
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
             rle = segmentation
-        return mask_utils.decode(rle).astype(bool)
+        mask: np.ndarray = mask_utils.decode(rle).astype(bool)
+        return mask
     if isinstance(segmentation, list):
         return polygons_to_mask(segmentation, height, width)
     return decode_rle(segmentation)

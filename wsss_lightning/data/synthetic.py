@@ -137,7 +137,8 @@ def texture_pattern(texture: str, yy: np.ndarray, xx: np.ndarray, period: float)
     if texture == "stripes_v":
         return (np.sin(xx * phase) > 0).astype(np.float32)
     if texture == "diagonal":
-        return (np.sin((xx + yy) * phase / np.sqrt(2)) > 0).astype(np.float32)
+        diagonal: np.ndarray = (np.sin((xx + yy) * phase / np.sqrt(2)) > 0).astype(np.float32)
+        return diagonal
     if texture == "checker":
         return ((np.floor(yy / (period / 2)) + np.floor(xx / (period / 2))) % 2).astype(np.float32)
     if texture == "dots":
@@ -157,7 +158,8 @@ def shape_mask(
     angle: float,
 ) -> np.ndarray:
     """(H, W) bool mask of a shape with the given centre (y, x), half-extents (ry, rx) and rotation (radians)."""
-    cos, sin = np.cos(angle), np.sin(angle)
+    cos: np.float64 = np.cos(angle)
+    sin: np.float64 = np.sin(angle)
     dy, dx = yy - centre[0], xx - centre[1]
     v = (cos * dy - sin * dx) / radii[0]
     u = (sin * dy + cos * dx) / radii[1]
@@ -394,6 +396,7 @@ class StreetGeometry:
         return float(np.clip((y - self.horizon) / (self.h - self.horizon), 0.0, 1.0))
 
     def road_edges(self, y: float) -> tuple[float, float]:
+        """Left and right road edge columns at row y."""
         half = self.depth(y) * self.road
         return self.vanish_x - half, self.vanish_x + half
 
@@ -401,7 +404,8 @@ class StreetGeometry:
         """A column on the left or right sidewalk at row y."""
         t = self.depth(y)
         offset = t * (self.road + rng.uniform(0.2, 0.8) * self.sidewalk)
-        return self.vanish_x + offset * rng.choice([-1.0, 1.0])
+        sign: float = rng.choice([-1.0, 1.0])
+        return self.vanish_x + offset * sign
 
 
 def _draw_ground(lab: np.ndarray, rng: np.random.Generator, geo: StreetGeometry, extras: set[int]) -> None:
@@ -572,7 +576,7 @@ STYLES: dict[str, StreetStyle] = {
 
 def _class_texture(label: int, yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(H, W) luminance offset giving a class its texture (windows, tiles, foliage, sky gradient...)."""
-    h, w = yy.shape
+    h, w = map(int, yy.shape)
     side = float(min(h, w))
     if label == BUILDING:
         period = side * 0.08
@@ -614,7 +618,8 @@ def render_street(rng: np.random.Generator, labels: np.ndarray, style: StreetSty
     image += rng.normal(0, style.fine_noise, size=image.shape).astype(np.float32)
     if style.blur > 0:
         image = ndimage.gaussian_filter(image, sigma=(style.blur, style.blur, 0))
-    return np.clip(image, 0, 255).astype(np.uint8)
+    rgb: np.ndarray = np.clip(image, 0, 255).astype(np.uint8)
+    return rgb
 
 
 def street_split(

@@ -60,7 +60,7 @@ class EpochKeyedSampler(DistributedSampler):  # type: ignore[type-arg]
         )
         self.resume_at: tuple[int, int] | None = None  # (epoch, samples already consumed in it)
 
-    def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[SampleKey]:
         skip = 0
         if self.resume_at is not None and self.resume_at[0] == self.epoch:
             skip = self.resume_at[1]

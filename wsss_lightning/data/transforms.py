@@ -407,6 +407,15 @@ class EvalTransform:
     """Deterministic evaluation transform: optional short-side resize, then normalisation.
 
     Build it with :func:`eval_transform`.
+
+    Args:
+        short_side: If set, resize so the shorter side has this length (bilinear image, nearest mask);
+            None keeps the full resolution.
+        mean: Normalisation mean for [0, 1] pixels (3 values).
+        std: Normalisation std for [0, 1] pixels (3 values, all > 0).
+
+    Raises:
+        ValueError: ``short_side`` is not positive, or ``mean`` / ``std`` do not hold 3 values (std > 0).
     """
 
     def __init__(

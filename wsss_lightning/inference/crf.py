@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from multiprocessing.shared_memory import SharedMemory
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from typing_extensions import Self
@@ -69,7 +69,7 @@ def _import_densecrf() -> ModuleType:
             "built from source by `pip install pydensecrf2`, which needs gcc (a C++ compiler) and the Python "
             "development headers."
         ) from err
-    return dcrf
+    return cast(ModuleType, dcrf)
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = None) -> np.ndarray:
@@ -112,7 +112,8 @@ def crf_labels(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = 
     """Label map after dense CRF: (H, W) uint8 argmax of :func:`dense_crf` (int32 if C > 256)."""
     refined = dense_crf(image, probs, params)
     dtype = np.uint8 if refined.shape[0] <= 256 else np.int32
-    return refined.argmax(axis=0).astype(dtype)
+    labels: np.ndarray = refined.argmax(axis=0).astype(dtype)
+    return labels
 
 
 def _worker_ready() -> bool:

@@ -1,59 +1,21 @@
-"""Losses: pure functions (shapes in their docstrings) and thin ``nn.Module`` wrappers."""
+"""Loss maths shared by two or more methods, as pure functions with their shapes documented."""
 
-from wsss_lightning.losses.contrastive import (
-    ContrastiveOutput,
-    select_negative_keys,
-    u2pl_contrastive_loss,
-    u2pl_negative_mask,
-)
-from wsss_lightning.losses.dupl import (
+from wsss_lightning.losses.segmentation import (
     balanced_seg_ce,
+    check_logits_target,
     classification_loss,
-    consistency_loss,
-    discrepancy_loss,
-    patch_contrast_loss,
-)
-from wsss_lightning.losses.functional import (
-    downsample_labels,
-    entropy_band_masks,
-    entropy_percentile_mask,
-    masked_percentile,
+    masked_mean,
     ohem_ce,
-    pixel_entropy,
+    per_pixel_ce_rce,
     symmetric_ce,
-    unsupervised_loss,
-)
-from wsss_lightning.losses.gathered_dot import gathered_dot
-from wsss_lightning.losses.u2pl import (
-    ContrastiveLossConfig,
-    OhemCrossEntropy,
-    SymmetricCrossEntropy,
-    U2PLContrastiveLoss,
-    U2PLUnsupervisedLoss,
 )
 
 __all__ = [
-    "ContrastiveLossConfig",
-    "ContrastiveOutput",
-    "OhemCrossEntropy",
-    "SymmetricCrossEntropy",
-    "U2PLContrastiveLoss",
-    "U2PLUnsupervisedLoss",
     "balanced_seg_ce",
+    "check_logits_target",
     "classification_loss",
-    "consistency_loss",
-    "discrepancy_loss",
-    "downsample_labels",
-    "entropy_band_masks",
-    "entropy_percentile_mask",
-    "gathered_dot",
-    "masked_percentile",
+    "masked_mean",
     "ohem_ce",
-    "patch_contrast_loss",
-    "pixel_entropy",
-    "select_negative_keys",
+    "per_pixel_ce_rce",
     "symmetric_ce",
-    "u2pl_contrastive_loss",
-    "u2pl_negative_mask",
-    "unsupervised_loss",
 ]

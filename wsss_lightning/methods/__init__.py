@@ -1,18 +1,28 @@
-"""One LightningModule per method, on a shared base."""
+"""One LightningModule per method, each in its own package, on a shared base.
+
+A method package (``methods/<method>/``) imports the shared folders (``losses``, ``pseudo_labels``, ``models``,
+``teachers``, ``schedules``), never another method.
+"""
 
 from wsss_lightning.methods.base import SegmentationMethod
-from wsss_lightning.methods.config import CRFConfig, InferenceConfig, OptimizerConfig
-from wsss_lightning.methods.dupl import DuPLModule
-from wsss_lightning.methods.dupl_config import (
+from wsss_lightning.methods.dupl import (
     CAMConfig,
+    DuPLModule,
     LossWeights,
     NoiseFilterConfig,
     PhaseConfig,
     StrongViewConfig,
     ThresholdConfig,
 )
+from wsss_lightning.methods.options import CRFConfig, InferenceConfig, OptimizerConfig
 from wsss_lightning.methods.supervised import SupervisedModule
-from wsss_lightning.methods.u2pl import ContrastiveConfig, U2PLModule
+from wsss_lightning.methods.u2pl import (
+    ContrastiveConfig,
+    SupervisedLossConfig,
+    TeacherConfig,
+    U2PLModule,
+    UnsupervisedConfig,
+)
 
 __all__ = [
     "CAMConfig",
@@ -26,7 +36,10 @@ __all__ = [
     "PhaseConfig",
     "SegmentationMethod",
     "StrongViewConfig",
+    "SupervisedLossConfig",
     "SupervisedModule",
+    "TeacherConfig",
     "ThresholdConfig",
     "U2PLModule",
+    "UnsupervisedConfig",
 ]

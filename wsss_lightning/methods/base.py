@@ -1,20 +1,29 @@
 """Shared plumbing of every method: evaluation, prediction, metrics and optimizers.
 
-A method subclasses :class:`SegmentationMethod`, builds its networks in ``configure_models``, names its
+A method subclasses :class:`SegmentationMethod`, declares only its own arguments (ending with ``**kwargs``
+passed to ``super().__init__``), builds its networks in ``configure_models`` from ``self.options``, names its
 parameter groups in ``param_groups`` and writes ``training_step``; validation, test and predict steps,
-metric logging and the optimizer / schedule come from here.
+metric logging and the optimizer / schedule come from here. The base saves every hyper-parameter (the
+method's and its own) before the networks are built, as TorchGeo's ``BaseTask`` does, so a checkpoint alone
+rebuilds the module.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import partial
+from types import FrameType
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -24,7 +33,7 @@ from wsss_lightning.inference import (
     multiscale_flip_logits,
     sliding_window_logits,
 )
-from wsss_lightning.methods.config import InferenceConfig, OptimizerConfig
+from wsss_lightning.methods.options import InferenceConfig, OptimizerConfig
 from wsss_lightning.metrics import SegmentationIoU, iou_log_dict
 from wsss_lightning.schedules import warmup_poly
 
@@ -34,6 +43,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class SegmentationMethod(L.LightningModule, ABC):
     """Base class of all methods.
+
+    A method's ``__init__`` lists only its own arguments and ends with ``**kwargs`` handed to
+    ``super().__init__``; LightningCLI follows that hand-over, so ``wsss fit --model.help <Method>`` lists the
+    base's arguments too. The base then saves the hyper-parameters, collects the instantiated arguments of the
+    whole chain in ``self.options`` (option groups left ``None`` become their defaults) and only then calls
+    ``configure_models``, ``configure_losses`` and ``configure_metrics``, which read ``self.options``.
 
     Args:
         num_classes: number of classes (linked from the datamodule by the CLI).
@@ -63,6 +78,10 @@ class SegmentationMethod(L.LightningModule, ABC):
         inference: InferenceConfig | None = None,
     ) -> None:
         super().__init__()
+        # What the checkpoint records: the arguments of every ``__init__`` in the call chain (the method's and
+        # these), or, under LightningCLI, the configuration as given (rebuilt by ``load_from_checkpoint``).
+        self.save_hyperparameters()
+        self.options = self._instantiated_arguments(inspect.currentframe())
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
@@ -70,14 +89,50 @@ class SegmentationMethod(L.LightningModule, ABC):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
-        self.optim = optim or OptimizerConfig()
-        self.inference = inference or InferenceConfig()
+        self.optim: OptimizerConfig = self.options.optim
+        self.inference: InferenceConfig = self.options.inference
         self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
         self._crf: CRFPostProcessor | None = None
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+
+    def _instantiated_arguments(self, frame: FrameType | None) -> AttributeDict:
+        """The arguments the module runs with: every ``__init__`` argument of the chain, as objects.
+
+        Each ``None`` option group (an argument typed ``SomeConfig | None``) becomes its defaults, so methods
+        read ``self.options.<group>.<field>`` without ``or SomeConfig()`` at every use.
+        """
+        options = AttributeDict()
+        for level in collect_init_args(frame, []) if frame is not None else []:
+            options.update(level)
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None or not issubclass(cls, SegmentationMethod):
+                continue
+            for name, hint in typing.get_type_hints(init).items():
+                if name in options and options[name] is None:
+                    groups = [
+                        t
+                        for t in typing.get_args(hint)
+                        if isinstance(t, type) and dataclasses.is_dataclass(t)
+                    ]
+                    if groups:
+                        options[name] = groups[0]()
+        return options
+
+    def check_choices(self, **allowed: Sequence[object]) -> None:
+        """Raise a ValueError naming each string option whose value is not among its ``allowed`` values.
+
+        LightningCLI checks ``Literal`` options already; this covers modules built in Python.
+        """
+        for name, values in allowed.items():
+            value = self.options[name]
+            if value not in values:
+                raise ValueError(
+                    f"{type(self).__name__}: {name} = {value!r}; expected one of {tuple(values)}"
+                )
 
     # ----------------------------------------------------------------- hooks for methods
     @abstractmethod
@@ -109,7 +164,8 @@ class SegmentationMethod(L.LightningModule, ABC):
     def _single_pass(self, images: Tensor) -> Tensor:
         cfg = self.inference
         if cfg.window is None:
-            return self(images)
+            logits: Tensor = self(images)
+            return logits
         stride = cfg.stride or max(1, (2 * cfg.window + 2) // 3)
         return sliding_window_logits(self, images, self.num_classes, cfg.window, stride)
 
@@ -122,8 +178,15 @@ class SegmentationMethod(L.LightningModule, ABC):
             self._single_pass, images, scales=scales, flip=flip, merge=cfg.merge, flip_merge=cfg.flip_merge
         )
 
+    def denormalize(self, images: Tensor) -> Tensor:
+        """RGB in [0, 1] of normalised images (B, 3, H, W), on the 8-bit grid the images were loaded from.
+
+        Rounding to that grid recovers the loaded pixels exactly, as the references that denormalise to uint8.
+        """
+        return ((images * self.image_std + self.image_mean).clamp(0, 1) * 255).round() / 255
+
     def _to_uint8(self, images: Tensor) -> np.ndarray:
-        rgb = (images * self.image_std + self.image_mean).clamp(0, 1) * 255
+        rgb = self.denormalize(images) * 255
         return rgb.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     def _crf_processor(self) -> CRFPostProcessor:

@@ -1,9 +1,8 @@
-"""Plain ``nn.Module`` networks (no Lightning import): encoders, heads and whole segmentation nets."""
+"""Plain ``nn.Module`` networks shared by the methods (no Lightning import): encoders, heads, whole nets, PAR."""
 
 from wsss_lightning.models.deeplab import DeepLabV3PlusRep
-from wsss_lightning.models.dupl import DuPLSubNet, LargeFOVHead, SubNetOutput
-from wsss_lightning.models.padding import padded_forward
 from wsss_lightning.models.par import PAR
+from wsss_lightning.models.resize import padded_forward, resize
 from wsss_lightning.models.segmentation import ARCHITECTURES, build_segmentation_network
 from wsss_lightning.models.vit import ViTBackbone, resize_pos_embed
 from wsss_lightning.models.weights import load_weights_file
@@ -12,12 +11,10 @@ __all__ = [
     "ARCHITECTURES",
     "PAR",
     "DeepLabV3PlusRep",
-    "DuPLSubNet",
-    "LargeFOVHead",
-    "SubNetOutput",
     "ViTBackbone",
     "build_segmentation_network",
     "load_weights_file",
     "padded_forward",
+    "resize",
     "resize_pos_embed",
 ]

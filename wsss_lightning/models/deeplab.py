@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import timm
 import torch
@@ -178,7 +179,7 @@ class AuxHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map (B, C_in, h, w) features to (B, num_classes, h, w) logits."""
-        return self.aux(x)  # type: ignore[no-any-return]
+        return cast(Tensor, self.aux(x))
 
 
 def multi_grid_dilations(stage: nn.Sequential, grid: Sequence[int]) -> list[int]:
@@ -264,7 +265,7 @@ def build_dilated_encoder(name: str, output_stride: int, multi_grid: Sequence[in
                 "pass multi_grid=None for this encoder"
             )
         multi_grid_dilations(stage, multi_grid)
-    return encoder  # type: ignore[no-any-return]
+    return encoder
 
 
 def _ceil_div(a: int, b: int) -> int:

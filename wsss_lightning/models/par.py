@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 __all__ = ["PAR", "neighbour_offsets"]
 
@@ -106,6 +107,7 @@ class PAR(nn.Module):
         """Neighbours per pixel, ``8 * len(dilations)``."""
         return len(self.offsets)
 
+    @override
     def extra_repr(self) -> str:
         return f"dilations={self.dilations}, num_iter={self.num_iter}, w1={self.w1}, w2={self.w2}"
 

@@ -8,7 +8,7 @@ from typing import cast
 import segmentation_models_pytorch as smp
 from torch import Tensor, nn
 
-from wsss_lightning.models.padding import padded_forward
+from wsss_lightning.models.resize import padded_forward
 from wsss_lightning.models.weights import load_weights_file
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -22,8 +22,11 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 class SegmentationNetwork(nn.Module):
     """Encoder + decoder + head; ``forward`` returns logits at the input resolution.
 
-    Exposes ``encoder`` and ``decoder_and_head`` parameter lists so methods can give the pretrained
-    encoder a smaller learning rate than the freshly initialised parts.
+    Exposes ``encoder`` and ``head_parameters()`` so methods can give the pretrained encoder a smaller
+    learning rate than the freshly initialised parts.
+
+    Args:
+        net: an smp segmentation model (``encoder`` attribute, logits at the input resolution).
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -32,9 +35,11 @@ class SegmentationNetwork(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
+        """The (pretrained) encoder of ``net``."""
         return cast(nn.Module, self.net.encoder)
 
     def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters outside the encoder: the freshly initialised decoder and head."""
         encoder_ids = {id(p) for p in self.encoder.parameters()}
         return [p for p in self.parameters() if id(p) not in encoder_ids]
 
@@ -45,7 +50,7 @@ class SegmentationNetwork(nn.Module):
         the Cityscapes protocol) are zero-padded at the bottom / right and the logits cropped back.
         """
         stride = int(getattr(self.net.encoder, "output_stride", 32))
-        return padded_forward(self.net, images, stride)  # type: ignore[no-any-return]
+        return cast(Tensor, padded_forward(self.net, images, stride))
 
 
 def build_segmentation_network(

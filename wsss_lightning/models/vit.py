@@ -262,7 +262,7 @@ class ViTBackbone(nn.Module):
             tokens = torch.cat([*prefix, tokens], dim=1) + pos
         else:
             tokens = torch.cat([*prefix, tokens + pos], dim=1)
-        return self.vit.pos_drop(tokens)  # type: ignore[no-any-return]
+        return cast(Tensor, self.vit.pos_drop(tokens))
 
     def _to_map(self, tokens: Tensor, h: int, w: int) -> Tensor:
         patches = tokens[:, self._num_prefix :]

@@ -1,6 +1,7 @@
 """Class activation maps to pseudo-labels: multi-scale CAMs, thresholds, PAR-refined labels (DuPL).
 
-DuPL (spec dupl §3) turns each sub-net's CAMs into two kinds of supervision:
+DuPL (paper Sec. 3.1 and 3.3; ``utils/cam_helper.py`` of ``Wu0409/DuPL``) turns each sub-net's CAMs into two
+kinds of supervision:
 
 * token-level labels for the patch-token contrast loss: thresholded CAMs (``threshold_labels``) turned into
   pairwise same/different-label targets (``affinity_labels``);
@@ -22,10 +23,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from wsss_lightning.models.padding import padded_forward
+from wsss_lightning.models.resize import padded_forward, resize
 
 __all__ = [
     "affinity_labels",
@@ -43,8 +43,9 @@ IGNORE_INDEX = 255
 def normalize_cams(cams: Tensor) -> Tensor:
     """Min-max normalise every (image, class) map to ``[0, 1)``.
 
-    ``x <- x - min(x)``, then ``x <- x / (max(x) + 1e-5)`` with the max taken after the shift (spec dupl
-    §3.1); the ``1e-5`` keeps all-constant maps (absent classes) at 0 instead of dividing by zero.
+    ``x <- x - min(x)``, then ``x <- x / (max(x) + 1e-5)`` with the max taken after the shift (DuPL
+    ``cam_helper.py``); the ``1e-5`` keeps all-constant maps (absent classes) at 0 instead of dividing by
+    zero.
 
     Args:
         cams: ``(B, C, H, W)`` maps.
@@ -58,12 +59,6 @@ def normalize_cams(cams: Tensor) -> Tensor:
     return cams / (cams.amax(dim=(-2, -1), keepdim=True) + 1e-5)
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 @torch.no_grad()
 def multiscale_cams(
     cam_fn: Callable[[Tensor], tuple[Tensor, Tensor]],
@@ -71,7 +66,7 @@ def multiscale_cams(
     scales: Sequence[float] = (1.0, 0.5, 1.5),
     pad_to: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Multi-scale, flip-augmented, normalised CAMs and auxiliary CAMs (spec dupl §3.1).
+    """Multi-scale, flip-augmented, normalised CAMs and auxiliary CAMs (DuPL ``cam_helper.py``).
 
     For each scale ``s`` the images are resized bilinearly to ``(int(s*H), int(s*W))`` (no resize when that
     is ``(H, W)``) and stacked with their horizontal flips, so ``cam_fn`` runs once per scale on ``2B``
@@ -108,7 +103,7 @@ def multiscale_cams(
         size = (int(scale * h), int(scale * w))
         if min(size) < 1:
             raise ValueError(f"multiscale_cams: scale {scale} makes the {h}x{w} images empty")
-        x = _resize(images, size)
+        x = resize(images, size)
         x = torch.cat([x, x.flip(-1)], dim=0)
         for i, raw in enumerate(padded_forward(cam_fn, x, pad_to)):
             if raw.ndim != 4 or raw.shape[0] != 2 * b:
@@ -116,7 +111,7 @@ def multiscale_cams(
                     f"multiscale_cams: cam_fn must return (2B, C, h, w) maps for 2B = {2 * b} images, "
                     f"got shape {tuple(raw.shape)}"
                 )
-            raw = _resize(raw, (h, w))
+            raw = resize(raw, (h, w))
             merged = torch.relu(torch.maximum(raw[:b], raw[b:].flip(-1)))
             if len(totals) < 2:
                 totals.append(merged)
@@ -128,9 +123,9 @@ def multiscale_cams(
 def image_thresholds(class_thresholds: Tensor, tags: Tensor) -> Tensor:
     """Per-image foreground threshold: the largest class threshold among the image's present classes.
 
-    DuPL (spec dupl §3.4) keeps per-class ``delta_h`` values and uses, for each image, the max over the
-    classes it contains, so an image with one "hard" class keeps that class's (higher) threshold. An image
-    without any tag gets the max over all classes.
+    DuPL's code (``train_final_voc.py``) keeps per-class ``delta_h`` values and uses, for each image, the max
+    over the classes it contains, so an image with one "hard" class keeps that class's (higher) threshold. An
+    image without any tag gets the max over all classes.
 
     Args:
         class_thresholds: ``(C,)`` per-class thresholds.
@@ -205,7 +200,7 @@ def threshold_labels(
     valid_box: Tensor | None = None,
     box_scale: float | tuple[float, float] | None = None,
 ) -> Tensor:
-    """Labels with an uncertain band from normalised CAMs (spec dupl §3.2; PTC targets).
+    """Labels with an uncertain band from normalised CAMs (DuPL ``cam_helper.py``; PTC targets).
 
     With ``v`` the max over present classes and ``c`` its class: ``v > high`` -> ``c``;
     ``low < v <= high`` -> 255; ``v <= low`` -> background 0. Pixels outside ``valid_box`` -> 255.
@@ -214,7 +209,8 @@ def threshold_labels(
     onto the CAM grid, rounding outwards (top/left floored, bottom/right ceiled) so any map cell touching
     real content stays valid. ``box_scale=None`` applies the box unchanged, i.e. assumes it is already in
     map coordinates; passing a 448-pixel box for a 28x28 map that way reproduces the released DuPL/ToCo
-    behaviour (spec dupl §4.3), where a box starting at row or column >= 28 ignores the whole map.
+    behaviour (DuPL ``cam_helper.py``, ToCo ``utils/camutils.py``), where a box starting at row or column
+    >= 28 ignores the whole map.
 
     Args:
         cams: ``(B, C, H, W)`` normalised CAMs.
@@ -259,7 +255,7 @@ def cam_labels_eval(cams: Tensor, tags: Tensor | None, bg_threshold: float = 0.5
 
 
 def affinity_labels(token_labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Pairwise targets for patch-token contrast (spec dupl §4.3, step 2).
+    """Pairwise targets for patch-token contrast (ToCo's PTC; DuPL ``cam_helper.py``).
 
     Args:
         token_labels: ``(B, h, w)`` labels on the token grid.
@@ -289,7 +285,7 @@ def par_pseudo_labels(
     valid_box: Tensor | None = None,
     downscale: int = 2,
 ) -> Any:
-    """PAR-refined segmentation pseudo-labels with a two-threshold background (spec dupl §3.3).
+    """PAR-refined segmentation pseudo-labels with a two-threshold background (DuPL ``cam_helper.py``).
 
     Images and CAMs are downsampled by ``downscale`` (bilinear). For each image, a constant background
     plane (``high``, resp. ``low``) is stacked with the CAMs of its present classes, turned into
@@ -351,7 +347,7 @@ def par_pseudo_labels(
 
         stacks = []
         for m in maps:
-            small_cams = _resize(m.detach(), small)
+            small_cams = resize(m.detach(), small)
             fg = torch.gather(small_cams, 1, order[:, :, None, None].expand(b, k, *small))
             fg = fg.masked_fill(padding[:, :, None, None], -math.inf)
             for bg in (high, low):
@@ -359,7 +355,7 @@ def par_pseudo_labels(
                     bg = bg.to(fg.dtype).reshape(-1, 1, 1, 1)
                 plane = torch.zeros_like(small_cams[:, :1]) + bg
                 stacks.append(torch.cat([plane, fg], dim=1).softmax(dim=1))
-        refined = _resize(par(_resize(images, small), torch.cat(stacks, dim=1)), (h, w))
+        refined = resize(par(resize(images, small), torch.cat(stacks, dim=1)), (h, w))
         # channel -> class id: 0 for the background plane, then each image's present classes (padding
         # channels are 0 after the softmax and PAR, behind the real ones: argmax never picks them)
         label_ids = torch.cat([order.new_zeros((b, 1)), order + 1], dim=1)
@@ -369,7 +365,7 @@ def par_pseudo_labels(
             return torch.gather(label_ids, 1, probs.argmax(dim=1).flatten(1)).view(b, h, w)
 
         labels = []
-        for refined_h, refined_l in zip(*[iter(refined.split(1 + k, dim=1))] * 2, strict=True):
+        for refined_h, refined_l in zip(*[iter(torch.split(refined, 1 + k, dim=1))] * 2, strict=True):
             label_h, label_l = to_label(refined_h), to_label(refined_l)
             out = torch.where(label_h == 0, torch.where(label_l == 0, 0, IGNORE_INDEX), label_h)
             if inside is not None:

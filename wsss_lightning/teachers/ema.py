@@ -33,17 +33,17 @@ class EMATeacher(nn.Module):
 
     Mode handling: ``train()`` (which Lightning calls on the whole LightningModule) leaves the teacher in
     eval mode. Methods that run the teacher in train mode on purpose (U2PL warms the teacher's BN statistics
-    and computes its entropy with train-mode forwards, spec u2pl §3.0 / §3.5) use :meth:`train_mode`.
+    and computes its entropy with train-mode forwards, U2PL ``train_semi.py``) use :meth:`train_mode`.
     Lightning's "Found N module(s) in eval mode at the start of training" warning names these modules and is
     expected.
 
     Args:
         student: network to copy; its structure must stay the same for later updates.
         params_only: average parameters only and keep the teacher's own buffers (U2PL: BN running
-            statistics are not averaged but updated by the teacher's train-mode forwards, spec u2pl §3.1).
+            statistics are not averaged but updated by the teacher's train-mode forwards, U2PL issue #64).
             ``False`` also lerps floating-point buffers and copies integer buffers (``num_batches_tracked``).
         copy_student: ``True`` deep-copies ``student``; ``False`` takes ``student`` itself as the teacher
-            network (for a teacher constructed independently, as U2PL does, spec u2pl §1).
+            network (for a teacher constructed independently, as U2PL's ``train_semi.py`` does).
     """
 
     def __init__(self, student: nn.Module, params_only: bool = True, copy_student: bool = True) -> None:
@@ -157,7 +157,7 @@ class EMATeacher(nn.Module):
         Args:
             student: the student network (same structure as the teacher).
             include_buffers: also copy buffers; ``None`` follows ``params_only`` (U2PL's per-step copy during
-                its first semi-supervised epoch copies parameters only, spec u2pl §3.1).
+                its first semi-supervised epoch copies parameters only, ``train_semi.py``).
         """
         with_buffers = not self.params_only if include_buffers is None else include_buffers
         teacher_tensors, student_tensors, _ = self._pairs(student, with_buffers=with_buffers)
@@ -185,6 +185,6 @@ class EMATeacher(nn.Module):
             buffers,
             [
                 chunk.view_as(b)
-                for chunk, b in zip(flat.split([b.numel() for b in buffers]), buffers, strict=True)
+                for chunk, b in zip(torch.split(flat, [b.numel() for b in buffers]), buffers, strict=True)
             ],
         )

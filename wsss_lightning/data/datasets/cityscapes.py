@@ -33,15 +33,18 @@ class CityscapesSource(SegmentationSource):
     )
 
     def list_file(self) -> Path:
+        """The optional list file ``<root>/<split>.txt``."""
         return self.root / f"{self.split}.txt"
 
     def scan_ids(self) -> list[str]:
+        """Ids of the images under ``leftImg8bit/<split>/<city>/``, sorted."""
         folder = self.root / "leftImg8bit" / self.split
         return sorted(
             f"{p.parent.name}/{p.name[: -len(_IMAGE_SUFFIX)]}" for p in folder.glob(f"*/*{_IMAGE_SUFFIX}")
         )
 
     def parse_id(self, token: str) -> str:
+        """The ``<city>/<city>_xxxxxx_yyyyyy`` id of a bare id or of an image / label path."""
         # Accept bare ids as well as image / label paths from other tools' list files.
         for suffix in (_IMAGE_SUFFIX, _TRAINIDS_SUFFIX, _LABELIDS_SUFFIX):
             token = token.removesuffix(suffix)
@@ -58,9 +61,14 @@ class CityscapesSource(SegmentationSource):
         return self.split
 
     def image_path(self, sample_id: str) -> Path:
+        """``leftImg8bit/<split>/<id>_leftImg8bit.png``."""
         return self.root / "leftImg8bit" / self._split_dir(sample_id) / f"{sample_id}{_IMAGE_SUFFIX}"
 
     def mask_path(self, sample_id: str) -> Path | None:
+        """``gtFine/<split>/<id>_gtFine_labelTrainIds.png`` if present, else ``*_gtFine_labelIds.png``.
+
+        None when the split has no masks.
+        """
         if not self.has_masks:
             return None
         stem = self.root / "gtFine" / self._split_dir(sample_id) / sample_id
@@ -68,6 +76,7 @@ class CityscapesSource(SegmentationSource):
         return train_ids if train_ids.is_file() else stem.parent / f"{stem.name}{_LABELIDS_SUFFIX}"
 
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Train-id masks as stored; label-id masks mapped with :data:`CITYSCAPES_ID_TO_TRAINID`."""
         if path.name.endswith(_TRAINIDS_SUFFIX):
             return raw
         return label_ids_to_train_ids(raw, path)

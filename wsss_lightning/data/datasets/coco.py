@@ -19,6 +19,15 @@ class COCOSource(SegmentationSource):
 
     Masks hold 81 ids: 0 background, 1..80 the COCO categories in category-id order, 255 ignore (crowds).
     Images and masks may also sit in a per-split sub-folder (``JPEGImages/train2014/<id>.jpg``).
+
+    Args:
+        root: dataset root folder.
+        split: split name (``train`` / ``val``, ``train2014`` / ``val2014`` or ``val_part``) or the path of a
+            list file (absolute or relative to ``root``; anything ending in ``.txt``).
+
+    Raises:
+        FileNotFoundError: ``root`` or the split's list file does not exist (the message names the path and
+            the expected layout).
     """
 
     info: ClassVar[DatasetInfo] = DATASET_INFO["coco"]
@@ -39,6 +48,7 @@ class COCOSource(SegmentationSource):
         self._subdir = sub[0] if sub else ""
 
     def list_file(self) -> Path:
+        """``ImageSets/<split>.txt``, or the file of the split's alias (``train2014`` <-> ``train``)."""
         folder = self.root / "ImageSets"
         path = folder / f"{self.split}.txt"
         alias = _COCO_SPLIT_ALIASES.get(self.split)
@@ -47,9 +57,11 @@ class COCOSource(SegmentationSource):
         return path
 
     def image_path(self, sample_id: str) -> Path:
+        """``JPEGImages[/<split sub-folder>]/<id>.jpg``."""
         return self.root / "JPEGImages" / self._subdir / f"{sample_id}.jpg"
 
     def mask_path(self, sample_id: str) -> Path | None:
+        """``SegmentationClass[/<split sub-folder>]/<id>.png`` (None without masks)."""
         return self.root / "SegmentationClass" / self._subdir / f"{sample_id}.png" if self.has_masks else None
 
 
@@ -69,10 +81,13 @@ class COCOStuffSource(SegmentationSource):
     unlabeled_splits: ClassVar[tuple[str, ...]] = ()
 
     def list_file(self) -> Path:
+        """``imageLists/<split>.txt``."""
         return self.root / "imageLists" / f"{self.split}.txt"
 
     def image_path(self, sample_id: str) -> Path:
+        """``images/<id>.jpg``."""
         return self.root / "images" / f"{sample_id}.jpg"
 
     def mask_path(self, sample_id: str) -> Path | None:
+        """``annotations/<id>.png``."""
         return self.root / "annotations" / f"{sample_id}.png"

@@ -28,18 +28,23 @@ class GTA5Source(SegmentationSource):
     )
 
     def list_file(self) -> Path:
+        """``<root>/<split>.txt``."""
         return self.root / f"{self.split}.txt"
 
     def scan_ids(self) -> list[str] | None:
+        """For ``all``: the stems of ``images/*.png``, sorted (None for other splits)."""
         if self.split != "all":
             return None
         return sorted(p.stem for p in (self.root / "images").glob("*.png"))
 
     def image_path(self, sample_id: str) -> Path:
+        """``images/<id>.png``."""
         return self.root / "images" / f"{sample_id}.png"
 
     def mask_path(self, sample_id: str) -> Path | None:
+        """``labels/<id>.png`` (None without masks)."""
         return self.root / "labels" / f"{sample_id}.png" if self.has_masks else None
 
     def decode_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Cityscapes label ids mapped to the 19 train ids."""
         return label_ids_to_train_ids(raw, path)

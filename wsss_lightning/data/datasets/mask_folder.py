@@ -41,15 +41,27 @@ class MaskFolderSource(SegmentationSource):
 
     @property
     def has_masks(self) -> bool:
+        """Always True: every id has a mask in ``mask_dir``."""
         return True
 
     def image_path(self, sample_id: str) -> Path:
+        """The image path of ``base``."""
         return self.base.image_path(sample_id)
 
     def mask_path(self, sample_id: str) -> Path:
+        """``mask_dir/<id>.png``."""
         return self.mask_dir / f"{sample_id}.png"
 
     def read_mask(self, sample_id: str) -> np.ndarray:
+        """Read the mask of ``sample_id`` from ``mask_dir`` as train ids.
+
+        Returns:
+            (H, W) uint8 array of train ids, 255 = ignore.
+
+        Raises:
+            DataError: missing/corrupt file or values outside [0, C) ∪ {255} (the message names the
+                pseudo-mask folder and the file).
+        """
         try:
             return super().read_mask(sample_id)
         except DataError as err:

@@ -25,10 +25,13 @@ class VOCSource(SegmentationSource):
     mask_dir: ClassVar[str] = "SegmentationClassAug"
 
     def list_file(self) -> Path:
+        """``ImageSets/Segmentation/<split>.txt``."""
         return self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
 
     def image_path(self, sample_id: str) -> Path:
+        """``JPEGImages/<id>.jpg``."""
         return self.root / "JPEGImages" / f"{sample_id}.jpg"
 
     def mask_path(self, sample_id: str) -> Path | None:
+        """``SegmentationClassAug/<id>.png`` (None without masks)."""
         return self.root / self.mask_dir / f"{sample_id}.png" if self.has_masks else None

@@ -1,0 +1,216 @@
+"""One contract over every method, through the installed ``wsss`` command on tiny synthetic data.
+
+For each entry of :data:`METHODS`: ``fit`` a few steps, ``validate``, ``test`` and ``predict`` to PNGs from its
+last checkpoint, an interrupted ``fit`` continued with ``--ckpt_path last`` that ends with exactly the weights
+(and teachers, banks, schedules) of the uninterrupted run, and ``fit`` with DDP on 2 CPU processes (gloo) that
+keeps every parameter and every replicated state identical on both ranks. A new method joins by adding one
+entry; :func:`test_every_exported_method_is_in_the_contract` fails until it does.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.methods import tiny
+from wsss_lightning import methods
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+
+@dataclass(frozen=True)
+class MethodCase:
+    """A method in the contract.
+
+    Attributes:
+        name: test id.
+        method: the LightningModule class the configs select.
+        configs: config files (relative to ``configs/``), stacked in this order.
+        layout: synthetic dataset layout.
+        tiny: arguments that make the run tiny (network, sizes, schedule).
+        steps: optimizer steps of the fit.
+        interrupt_at: global step at which the interrupted run dies.
+        replicated: state-dict key prefixes that must be identical on every DDP rank besides the parameters
+            (teachers, memory banks, schedule buffers).
+    """
+
+    name: str
+    method: type
+    configs: tuple[str, ...]
+    layout: str
+    tiny: tuple[str, ...]
+    steps: int
+    interrupt_at: int
+    replicated: tuple[str, ...] = ()
+
+
+COMMON = (
+    *tiny.CPU,
+    "--trainer.log_every_n_steps=1",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=1",
+    "--trainer.limit_predict_batches=1",
+)
+
+METHODS = [
+    MethodCase(
+        name="supervised",
+        method=methods.SupervisedModule,
+        configs=("supervised/synthetic_voc.yaml",),
+        layout="voc",
+        tiny=(*tiny.SMALL_BATCHES, "--trainer.val_check_interval=4"),
+        steps=4,
+        interrupt_at=2,
+    ),
+    MethodCase(
+        name="dupl",
+        method=methods.DuPLModule,
+        configs=("quickstart.yaml",),
+        layout="voc",
+        tiny=(*tiny.DUPL, "--trainer.val_check_interval=6"),
+        steps=6,
+        interrupt_at=4,  # after the noise filter and the strong view have started
+        replicated=("class_thresholds",),
+    ),
+    MethodCase(
+        name="u2pl",
+        method=methods.U2PLModule,
+        configs=("u2pl/synthetic_voc_1_8.yaml",),
+        layout="voc",
+        tiny=(*tiny.U2PL, "--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=3"),
+        steps=6,
+        interrupt_at=5,  # in the semi-supervised phase, mid-epoch
+        replicated=("teacher.", "contrastive.memory_bank."),
+    ),
+]
+
+
+def _wsss(args: list[str], cwd: Path, expect_ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``wsss`` console script; fail with the end of its stderr unless it exits as expected."""
+    wsss = shutil.which("wsss", path=str(Path(sys.executable).parent)) or shutil.which("wsss")
+    assert wsss, "the wsss console script is not installed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    cwd.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [wsss, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    if expect_ok:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _run_args(case: MethodCase, root: Path, logs: str) -> list[str]:
+    configs = [arg for c in case.configs for arg in ("-c", str(CONFIGS / c))]
+    return [
+        *configs,
+        "--data.init_args.source.root", str(root), *COMMON, *case.tiny, "--trainer.callbacks=[]",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.init_args.save_dir={logs}",
+    ]  # fmt: skip
+
+
+def _fit_args(case: MethodCase, root: Path, dump: str, steps: int | None = None) -> list[str]:
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": "ckpts", "every_n_train_steps": 1, "save_top_k": -1, "save_last": True},
+    }
+    dump_state = {"class_path": "tests.helpers.DumpState", "init_args": {"out": dump}}
+    return [
+        "fit", *_run_args(case, root, "logs"), f"--trainer.max_steps={steps or case.steps}",
+        f"--trainer.callbacks={json.dumps([checkpoint, dump_state])}",
+    ]  # fmt: skip
+
+
+def _logged(logs: Path, key: str) -> list[float]:
+    values = []
+    for path in logs.rglob("metrics.csv"):
+        with path.open() as f:
+            values += [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+    return values
+
+
+def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: list[str]) -> None:
+    for name in keys:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)
+def test_fit_validate_test_predict_and_exact_resume(case: MethodCase, synthetic, tmp_path: Path) -> None:
+    root = synthetic(case.layout)
+    straight = tmp_path / "straight"
+    _wsss(_fit_args(case, root, "dump"), straight)
+    ckpt = straight / "ckpts" / "last.ckpt"
+    assert ckpt.is_file()
+    state = torch.load(straight / "dump" / "rank0.pt")
+    assert _logged(straight / "logs", "train/loss"), "no training loss was logged"
+
+    # validate / test / predict from the checkpoint alone (the model options come from its hyper-parameters)
+    for stage, key in (("validate", "val/miou"), ("test", "test/miou")):
+        out = tmp_path / stage
+        _wsss([stage, *_run_args(case, root, "logs"), f"--ckpt_path={ckpt}"], out)
+        values = _logged(out / "logs", key)
+        assert values and all(0.0 <= v <= 1.0 for v in values), (stage, values)
+    pngs = tmp_path / "predictions"
+    _wsss([
+        "predict", *_run_args(case, root, "logs"), f"--ckpt_path={ckpt}",
+        "--trainer.callbacks+=wsss_lightning.callbacks.PredictionWriter", f"--trainer.callbacks.output_dir={pngs}",
+    ], tmp_path / "predict")  # fmt: skip
+    written = sorted(pngs.rglob("*.png"))
+    assert written, "predict wrote no PNG"
+    masks = [np.asarray(Image.open(p)) for p in written]
+    num_classes = torch.load(ckpt, weights_only=False)["hyper_parameters"]["num_classes"]
+    assert all(m.ndim == 2 and m.max() < num_classes for m in masks)
+
+    # the same fit, killed mid-run and continued from last.ckpt, ends with the same state
+    resumed = tmp_path / "resumed"
+    interrupt = [
+        "--trainer.callbacks+=tests.helpers.InterruptAtStep",
+        f"--trainer.callbacks.step={case.interrupt_at}",
+    ]
+    died = _wsss([*_fit_args(case, root, "dump_interrupted"), *interrupt], resumed, expect_ok=False)
+    assert died.returncode != 0 and "Interrupt" in died.stderr, died.stderr[-2000:]
+    _wsss([*_fit_args(case, root, "dump"), "--ckpt_path=last"], resumed)
+    after = torch.load(resumed / "dump" / "rank0.pt")
+    assert after.keys() == state.keys()
+    _same_state(state, after, list(state))
+
+
+@pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)
+def test_fit_with_ddp_on_two_cpu_processes(case: MethodCase, synthetic, tmp_path: Path) -> None:
+    root = synthetic(case.layout)
+    _wsss([
+        *_fit_args(case, root, "dump"), "-c", str(CONFIGS / "trainer" / "ddp_cpu.yaml"),
+        "--trainer.limit_val_batches=0",
+    ], tmp_path)  # fmt: skip
+    rank0, rank1 = (torch.load(tmp_path / "dump" / f"rank{r}.pt") for r in (0, 1))
+    # the logger got the facts that decide reproducibility (run config of W&B, hparams.yaml of CSV)
+    hparams = yaml.safe_load(next((tmp_path / "logs").rglob("hparams.yaml")).read_text())
+    batch = int(next(a for a in case.tiny if "loader.batch_size=" in a).split("=")[1])
+    assert hparams["run"]["world_size"] == 2 and hparams["run"]["global_batch_size"] == 2 * batch
+    module = case.method.__name__
+    parameters = [k for k in rank0 if not any(b in k for b in ("running_", "num_batches_tracked"))]
+    replicated = [k for k in rank0 if k.startswith(case.replicated)] if case.replicated else []
+    assert parameters, module
+    # DDP averaged the gradients: both ranks hold the same weights; replicated state stays in step
+    _same_state(rank0, rank1, sorted(set(parameters) | set(replicated)))
+
+
+def test_every_exported_method_is_in_the_contract() -> None:
+    exported = {
+        cls for _, cls in inspect.getmembers(methods, inspect.isclass)
+        if issubclass(cls, methods.SegmentationMethod) and cls is not methods.SegmentationMethod
+    }  # fmt: skip
+    assert exported <= {case.method for case in METHODS}, exported - {case.method for case in METHODS}

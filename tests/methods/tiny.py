@@ -1,0 +1,56 @@
+"""Arguments that shrink the shipped configs to a few CPU steps on the small synthetic datasets."""
+
+from __future__ import annotations
+
+#: one CPU process in full precision, loaders without worker processes
+CPU = (
+    "--data.init_args.loader.num_workers=0",
+    "--data.init_args.loader.persistent_workers=false",
+    "--data.init_args.loader.pin_memory=false",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.precision=32-true",
+)
+
+#: 64-pixel crops, 2 images per batch
+SMALL_BATCHES = (
+    "--data.init_args.transform.crop_size=64",
+    "--data.init_args.loader.batch_size=2",
+    "--data.init_args.loader.eval_batch_size=2",
+)
+
+#: DuPL: a 2-block ViT with 8-px patches on 64-px crops and a compressed schedule: the CAM warm-up is step
+#: 0-1, the cross segmentation loss starts at step 2, noise filtering and the strong view at step 3, the
+#: consistency loss at step 4
+DUPL = (
+    "--model.init_args.backbone=vit_tiny_patch16_224",
+    '--model.init_args.backbone_kwargs={"depth": 2, "patch_size": 8, "img_size": 64}',
+    "--model.init_args.aux_layer=0",
+    "--model.init_args.head_channels=16",
+    "--model.init_args.phases.seg_start=1",
+    "--model.init_args.phases.noise_filter_start=3",
+    "--model.init_args.noise_filter.min_pixels=10",
+    "--model.init_args.noise_filter.min_gap=0.0",
+    "--model.init_args.cam.par_iterations=2",
+    "--model.init_args.cam.par_dilations=[1,2]",
+    "--model.init_args.global_batch_size=null",
+    "--model.init_args.optim.warmup_steps=2",
+    *SMALL_BATCHES,
+)
+
+#: U2PL: ResNet-18, a small memory bank, the generator's 1/8 partition; one supervised-only epoch of 2
+#: steps, then semi-supervised steps
+U2PL = (
+    "--model.init_args.encoder=resnet18",
+    "--model.init_args.multi_grid=null",
+    "--model.init_args.warmup_epochs=1",
+    "--model.init_args.contrastive.capacity=256",
+    "--model.init_args.contrastive.background_capacity=512",
+    "--model.init_args.contrastive.num_anchors=16",
+    "--model.init_args.contrastive.num_negatives=8",
+    "--data.init_args.view.init_args.labeled_list=splits/1_8/labeled.txt",
+    "--data.init_args.view.init_args.unlabeled_list=splits/1_8/unlabeled.txt",
+    "--data.init_args.view.init_args.unlabeled_batch_size=2",
+    *SMALL_BATCHES,
+    "--trainer.limit_train_batches=2",
+)

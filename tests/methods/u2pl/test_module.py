@@ -1,0 +1,97 @@
+"""U2PLModule through the CLI on synthetic VOC: semi-supervised and SupOnly runs, errors.
+
+Exact resume and DDP are checked for every method by ``tests/methods/test_contract.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.methods import tiny
+from wsss_lightning.cli import run_cli
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIGS = REPO / "configs" / "u2pl"
+
+TINY = [*tiny.U2PL, *tiny.CPU, "--trainer.limit_val_batches=1"]
+
+
+def args(root: Path, *fragments: str, epochs: int = 2) -> list[str]:
+    configs = [arg for c in ("voc.yaml", *fragments) for arg in ("--config", str(CONFIGS / c))]
+    return [
+        *configs,
+        "--data.source.root",
+        str(root),
+        *TINY,
+        f"--trainer.max_epochs={epochs}",
+    ]
+
+
+def test_u2pl_fit_runs_warmup_then_semi_supervised_losses(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # keep_target_masks: the unlabeled ground truth is loaded for the pseudo-label accuracy diagnostic only
+    cli = run_cli(["fit", *args(synthetic("voc")), "--data.init_args.view.init_args.keep_target_masks=true"])
+    metrics = cli.trainer.callback_metrics
+    assert cli.trainer.global_step == 4
+    assert 0.0 <= float(metrics["train/pseudo_accuracy"]) <= 1.0
+    for key in ("train/loss_sup", "train/loss_unsup", "train/loss_contrastive", "val/miou", "teacher/decay"):
+        assert key in metrics, key
+    model = cli.model
+    assert model.contrastive.memory_bank.filled().sum() > 0, "no negatives were enqueued"
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    assert float(metrics["schedule/anneal"]) == pytest.approx(0.5)  # alpha_t at epoch 1 of 2
+
+
+def test_suponly_baseline_trains_on_the_labeled_list_only(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(
+        ["fit", *args(synthetic("voc"), "suponly.yaml", epochs=1), "--trainer.limit_train_batches=null"]
+    )
+    assert cli.model.contrastive is None  # no memory bank is allocated for SupOnly
+    assert "train/loss_sup" in cli.trainer.callback_metrics and "val/miou" in cli.trainer.callback_metrics
+    labeled = (synthetic("voc") / "splits" / "1_8" / "labeled.txt").read_text().split()
+    # one plain loader over the labeled images: an epoch is one pass over them, nothing else is read
+    assert cli.trainer.global_step == len(labeled) // 2
+    dataset = cli.datamodule.train_dataloader().dataset
+    assert sorted(dataset.source.ids[i] for i in dataset.indices) == sorted(labeled)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        (["--model.init_args.contrastive.num_negatives=1000"], "num_negatives"),
+        (["--model.init_args.encoder=no_such_encoder"], "encoder"),
+        (["--model.init_args.unsupervised.drop_percent=150"], "drop_percent"),
+    ],
+)
+def test_bad_configuration_fails_at_start_naming_the_field(override, field, synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((ValueError, SystemExit)) as err:
+        run_cli(["fit", *args(synthetic("voc")), *override])
+    assert field in str(err.value) or field in str(err.value.__context__)
+
+
+def test_split_file_that_does_not_match_the_dataset_is_named(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "labeled.txt"
+    bad.write_text("2099_999999\n")
+    with pytest.raises(ValueError, match=r"labeled\.txt"):
+        run_cli(["fit", *args(synthetic("voc")), f"--data.init_args.view.init_args.labeled_list={bad}",
+                 "--data.init_args.view.init_args.unlabeled_list=null"])  # fmt: skip
+
+
+def test_evaluation_uses_the_configured_network_outside_fit():
+    from wsss_lightning.methods import ContrastiveConfig, U2PLModule
+
+    for evaluate in ("teacher", "student"):
+        model = U2PLModule(encoder="resnet18", multi_grid=None, evaluate=evaluate,
+                           contrastive=ContrastiveConfig(enabled=False)).eval()  # fmt: skip
+        with torch.no_grad():
+            for p in model.teacher.parameters():
+                p.add_(0.1)
+            images = torch.randn(1, 3, 33, 33)
+            expected = getattr(model, evaluate)(images, with_rep=False)["pred"]
+            torch.testing.assert_close(model(images), expected)

@@ -1,0 +1,198 @@
+"""Typed option groups of :class:`~wsss_lightning.methods.u2pl.module.U2PLModule`.
+
+Each group validates its own fields and is passed whole to the functions that use it. References: Wang et al.,
+"Semi-Supervised Semantic Segmentation Using Unreliable Pseudo-Labels" (CVPR 2022) and "Using Unreliable
+Pseudo-Labels for Label-Efficient Semantic Segmentation" (U2PL+, IJCV 2024; equation and section numbers below
+are U2PL+'s); released code ``Haochen-Wang409/U2PL`` (``u2pl/utils/loss_helper.py``, ``train_semi.py``,
+``experiments/*/config.yaml``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+#: storage dtypes of the memory bank
+BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _fail(group: str, name: str, value: object, expected: str) -> None:
+    raise ValueError(f"U2PLModule: {group}.{name} = {value!r}; expected {expected}")
+
+
+def _check_choice(group: str, owner: object, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(owner, name)
+    if value not in allowed:
+        _fail(group, name, value, f"one of {allowed}")
+
+
+@dataclass
+class SupervisedLossConfig:
+    """The supervised loss on labeled images (U2PL+ Sec. 3.1; U2PL ``train_semi.py``).
+
+    Attributes:
+        loss: ``ce`` (VOC) or ``ohem`` (Cityscapes).
+        ohem_thresh: OHEM probability threshold (0.7).
+        ohem_min_kept: OHEM minimum kept pixels per batch (100,000).
+        aux_weight: weight of the auxiliary layer3 head's loss (0.4 for Cityscapes; 0 builds no aux head).
+    """
+
+    loss: Literal["ce", "ohem"] = "ce"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100000
+    aux_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("supervised", self, "loss", ("ce", "ohem"))
+        if not 0.0 < self.ohem_thresh <= 1.0:
+            _fail("supervised", "ohem_thresh", self.ohem_thresh, "a value in (0, 1]")
+        if self.ohem_min_kept < 0:
+            _fail("supervised", "ohem_min_kept", self.ohem_min_kept, ">= 0")
+        if self.aux_weight < 0:
+            _fail("supervised", "aux_weight", self.aux_weight, ">= 0")
+
+
+@dataclass
+class TeacherConfig:
+    """The EMA teacher (U2PL+ Sec. 3.1; U2PL ``train_semi.py``: ``ema_decay = min(1 - 1 / (i + 1), 0.99)``).
+
+    Attributes:
+        ema_decay: the teacher's maximum EMA decay (0.99); the decay ramps as min(1 - 1/(k+1), ema_decay).
+        copy_first_epoch: the teacher equals the student during the first semi-supervised epoch, as in the
+            released code.
+        bn_from_student: at the end of the warm-up the teacher also takes the student's BN running statistics
+            (the reference keeps the teacher's own, gathered by train-mode forwards of its never-updated
+            weights during the warm-up).
+    """
+
+    ema_decay: float = 0.99
+    copy_first_epoch: bool = True
+    bn_from_student: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay <= 1.0:
+            _fail("teacher", "ema_decay", self.ema_decay, "a value in [0, 1]")
+
+
+@dataclass
+class UnsupervisedConfig:
+    """Pseudo-labels of the unlabeled images and their loss L_u (U2PL+ Sec. 3.3, Eq. 4, 13-14).
+
+    Attributes:
+        weight: lambda_u, the weight of L_u (1).
+        drop_percent: alpha_0, the % of highest-entropy pseudo-labels dropped at the start (20; anneals
+            linearly to 0 over the epochs, Eq. 13).
+        adaptive_weight: U2PL's lambda_u = B*H*W / #reliable (Eq. 14); False uses the plain mean.
+        loss: ``ce`` (U2PL) or ``sce`` (U2PL+ symmetric CE with ``sce_xi1``, ``sce_xi2``).
+        sce_xi1: CE weight of the symmetric CE.
+        sce_xi2: reverse-CE weight of the symmetric CE (paper text 0.1; Table VII best 0.5).
+        cutmix_prob: probability that a step mixes the unlabeled batch with CutMix (0.5).
+        prototypical_denoising: U2PL+ prototypical denoising of the teacher's pseudo-labels (Sec. 3.4; needs
+            ``contrastive.momentum_prototype``).
+    """
+
+    weight: float = 1.0
+    drop_percent: float = 20.0
+    adaptive_weight: bool = True
+    loss: Literal["ce", "sce"] = "ce"
+    sce_xi1: float = 1.0
+    sce_xi2: float = 0.1
+    cutmix_prob: float = 0.5
+    prototypical_denoising: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("unsupervised", self, "loss", ("ce", "sce"))
+        if self.weight < 0:
+            _fail("unsupervised", "weight", self.weight, ">= 0")
+        if not 0.0 <= self.drop_percent < 100.0:
+            _fail("unsupervised", "drop_percent", self.drop_percent, "a percentage in [0, 100)")
+        if not 0.0 <= self.cutmix_prob <= 1.0:
+            _fail("unsupervised", "cutmix_prob", self.cutmix_prob, "a probability in [0, 1]")
+
+
+@dataclass
+class ContrastiveConfig:
+    """U2PL's contrastive term L_c with its memory bank (U2PL+ Eq. 10, 15-28, Sec. 3.5).
+
+    Attributes:
+        enabled: use the contrastive loss at all (SupOnly: false, and no memory bank is allocated).
+        weight: lambda_c. The released code sets 1 but its DDP reduction divides the gradient by the number
+            of GPUs W, so the effective weight of the published runs is 1/W: 0.25 for VOC (4 GPUs), 0.125 for
+            Cityscapes (8 GPUs). The default is the VOC value.
+        low_entropy_percent: alpha^c_0; anchors / prototypes of unlabeled images come from the alpha^c_t %
+            lowest-entropy pixels and negatives from the alpha^c_t % highest (alpha^c_t anneals like alpha_t).
+        anchor_set: ``code`` (the alpha^c_t % lowest-entropy pixels, released code and Table III) or ``paper``
+            (every reliable pixel, Eq. 17 / 22).
+        capacity: queue capacity per class (30,000).
+        background_capacity: queue capacity of class 0 (50,000).
+        bank_dtype: storage dtype of the queues (float32 as released; float16 halves the memory).
+        num_anchors: M anchors per class (256).
+        num_negatives: N negatives per anchor (50).
+        delta_p: anchor threshold on the teacher probability of the class (0.3).
+        delta_n: negatives need a teacher probability below this (1 = vacuous, as released).
+        low_rank: r_l (3).
+        high_rank: r_h (20).
+        temperature: tau (0.5).
+        negative_rule: ``paper`` (Eq. 25-28) or ``code`` (released code, issue #171: only pixels
+            pseudo-labelled c become negatives of c).
+        class_pairing: ``matched`` (correct) or ``shifted`` (the released code's index-mismatch bug, #111).
+        normalization: divide by the number of ``present`` classes (code) or by ``all`` C (paper Eq. 10).
+        min_valid_classes: below this many valid classes the loss is 0 (2, as released).
+        momentum_prototype: U2PL+ momentum prototypes as positives instead of batch means.
+        prototype_momentum: their momentum (0.999).
+        max_keys_per_step: keys enqueued per rank and step, shared fairly between classes (fixed shapes, no
+            host sync); ``None`` (default) enqueues every negative pixel as the released code does (one host
+            sync per step for the count).
+    """
+
+    enabled: bool = True
+    weight: float = 0.25
+    low_entropy_percent: float = 20.0
+    anchor_set: Literal["code", "paper"] = "code"
+    capacity: int = 30000
+    background_capacity: int | None = 50000
+    bank_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    num_anchors: int = 256
+    num_negatives: int = 50
+    delta_p: float = 0.3
+    delta_n: float = 1.0
+    low_rank: int = 3
+    high_rank: int = 20
+    temperature: float = 0.5
+    negative_rule: Literal["paper", "code"] = "paper"
+    class_pairing: Literal["matched", "shifted"] = "matched"
+    normalization: Literal["present", "all"] = "present"
+    min_valid_classes: int = 2
+    momentum_prototype: bool = False
+    prototype_momentum: float = 0.999
+    max_keys_per_step: int | None = None
+
+    def __post_init__(self) -> None:
+        smallest = min(self.capacity, self.background_capacity or self.capacity)
+        if smallest < self.num_negatives:
+            raise ValueError(
+                f"contrastive: queue capacity ({smallest}) must be >= num_negatives ({self.num_negatives})"
+            )
+        for name, allowed in {
+            "negative_rule": ("paper", "code"),
+            "class_pairing": ("matched", "shifted"),
+            "normalization": ("present", "all"),
+            "anchor_set": ("code", "paper"),
+            "bank_dtype": tuple(BANK_DTYPES),
+        }.items():
+            _check_choice("contrastive", self, name, allowed)
+        if not 1 <= self.low_rank < self.high_rank:
+            raise ValueError(
+                f"contrastive: need 1 <= low_rank < high_rank, got {self.low_rank}, {self.high_rank}"
+            )
+        if self.num_anchors < 1 or self.num_negatives < 1 or self.temperature <= 0:
+            raise ValueError(
+                f"contrastive: num_anchors ({self.num_anchors}) and num_negatives ({self.num_negatives}) must be "
+                f">= 1 and temperature ({self.temperature}) > 0"
+            )
+        if not 0.0 <= self.low_entropy_percent < 50.0:
+            _fail("contrastive", "low_entropy_percent", self.low_entropy_percent, "a percentage in [0, 50)")
+        if self.max_keys_per_step is not None and self.max_keys_per_step < 1:
+            _fail("contrastive", "max_keys_per_step", self.max_keys_per_step, "None or >= 1")
