@@ -42,7 +42,12 @@ def cosine_descent(step: int, total_steps: int, start: float, end: float) -> flo
 
 
 def linear_ramp(step: int, total_steps: int, start: float, end: float) -> float:
-    """Linear interpolation from ``start`` (step 0) to ``end`` (step ``total_steps`` and later)."""
+    """Linear interpolation from ``start`` (step 0) to ``end`` (step ``total_steps`` and later).
+
+    U2PL's unreliable-pixel percentage ``alpha_t = alpha_0 (1 - t / T)`` (U2PL+ Eq. 13) is
+    ``linear_ramp(t, T, alpha_0, 0)`` with ``t`` the epoch index (U2PL ``train_semi.py``; warm-up epochs
+    included, ``T`` = total epochs, so ``t = T`` is never reached and the last value is ``alpha_0 / T``).
+    """
     progress = min(max(step, 0), total_steps) / max(total_steps, 1)
     return start + (end - start) * progress
 
@@ -65,25 +70,3 @@ def ema_decay_ramp(step_since_start: int, max_decay: float = 0.99) -> float:
     if step_since_start < 0:
         raise ValueError(f"step_since_start must be >= 0, got {step_since_start}")
     return min(1.0 - 1.0 / (step_since_start + 1), max_decay)
-
-
-def linear_anneal(t: float, total: float, initial: float) -> float:
-    """Linear decay to 0: ``initial * (1 - t / total)``, held at 0 from ``t = total`` on.
-
-    U2PL's unreliable-pixel percentage ``alpha_t = alpha_0 * (1 - t / T)`` (U2PL+ Eq. 13) and its
-    contrastive entropy percentile use it. The released code (``train_semi.py``) counts ``t`` in **epochs**
-    (the epoch index, warm-up epochs included, constant within an epoch; ``T`` = total epochs), which is the
-    default of the U2PL configs. The iteration-wise variant passes the global step and the total number of steps instead.
-    Either way ``t = T`` is never reached during training, so the last value is ``initial / T``.
-
-    Args:
-        t: progress (epoch index or global step); negative values count as 0.
-        total: length of the schedule in the same unit as ``t``.
-        initial: value at ``t = 0`` (``alpha_0``, e.g. 20 for U2PL's ``drop_percent: 80``).
-
-    Returns:
-        The annealed value.
-    """
-    if total <= 0:
-        raise ValueError(f"total must be positive, got {total}")
-    return initial * (1.0 - min(max(t, 0.0), total) / total)

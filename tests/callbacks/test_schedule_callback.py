@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from wsss_lightning.callbacks.schedule import ScheduleCallback, schedule_value
-from wsss_lightning.schedules import linear_anneal
+from wsss_lightning.schedules import linear_ramp
 
 
 class Tiny(L.LightningModule):
@@ -93,7 +93,7 @@ def test_u2pl_alpha_by_epoch(tmp_path: Path) -> None:
     model, recorder, logger = fit(tmp_path, schedule, max_epochs=4)  # 4 steps per epoch
     assert len(recorder.values) == 16
     for epoch, _, value in recorder.values:
-        assert value == pytest.approx(linear_anneal(epoch, 4, 20.0))
+        assert value == pytest.approx(linear_ramp(epoch, 4, 20.0, 0.0))
         assert value == pytest.approx(
             20.0 * (1 - epoch / 4)
         )  # U2PL train_semi.py: (100 - 80) * (1 - epoch / epochs)
@@ -103,7 +103,7 @@ def test_u2pl_alpha_by_epoch(tmp_path: Path) -> None:
         for step, m in logger.metrics
         if "schedule/percent_unreliable" in m
     ]
-    assert logged == [(s, pytest.approx(linear_anneal(s // 4, 4, 20.0))) for s in range(16)]
+    assert logged == [(s, pytest.approx(linear_ramp(s // 4, 4, 20.0, 0.0))) for s in range(16)]
 
 
 def test_cosine_by_step_with_start_step(tmp_path: Path) -> None:
@@ -148,16 +148,14 @@ def test_bad_arguments_are_reported(tmp_path: Path) -> None:
         fit(tmp_path, ScheduleCallback("loss_fn.missing"), max_steps=1)
 
 
-def test_linear_anneal_u2pl_percentages() -> None:
+def test_linear_ramp_gives_u2pl_percentages() -> None:
     # VOC: drop_percent 80 -> alpha_0 = 20, 80 epochs, t = epoch index (warm-up epoch included)
-    assert linear_anneal(0, 80, 20.0) == 20.0
-    assert linear_anneal(1, 80, 20.0) == pytest.approx(19.75)
-    assert linear_anneal(79, 80, 20.0) == pytest.approx(0.25)
-    assert linear_anneal(100, 80, 20.0) == 0.0
-    assert linear_anneal(-5, 80, 20.0) == 20.0
-    assert linear_anneal(2500, 10_000, 20.0) == pytest.approx(15.0)  # the iteration-wise variant
-    with pytest.raises(ValueError, match="total"):
-        linear_anneal(0, 0, 20.0)
+    assert linear_ramp(0, 80, 20.0, 0.0) == 20.0
+    assert linear_ramp(1, 80, 20.0, 0.0) == pytest.approx(19.75)
+    assert linear_ramp(79, 80, 20.0, 0.0) == pytest.approx(0.25)
+    assert linear_ramp(100, 80, 20.0, 0.0) == 0.0
+    assert linear_ramp(-5, 80, 20.0, 0.0) == 20.0
+    assert linear_ramp(2500, 10_000, 20.0, 0.0) == pytest.approx(15.0)  # the iteration-wise variant
 
 
 def test_per_element_end_values_follow_dupl_threshold_formula(tmp_path: Path) -> None:

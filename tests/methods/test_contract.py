@@ -156,6 +156,10 @@ def test_fit_validate_test_predict_and_exact_resume(case: MethodCase, synthetic,
     assert ckpt.is_file()
     state = torch.load(straight / "dump" / "rank0.pt")
     assert _logged(straight / "logs", "train/loss"), "no training loss was logged"
+    # the checkpoint alone rebuilds the module (no datamodule, no config at hand)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    rebuilt = case.method.load_from_checkpoint(ckpt, map_location="cpu").state_dict()
+    _same_state(saved, rebuilt, list(saved))
 
     # validate / test / predict from the checkpoint alone (the model options come from its hyper-parameters)
     for stage, key in (("validate", "val/miou"), ("test", "test/miou")):
