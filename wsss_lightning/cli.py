@@ -18,7 +18,7 @@ import lightning as L
 import torch
 import yaml
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
@@ -165,6 +165,11 @@ class WSSSLightningCLI(LightningCLI):
         if trainer.get("default_root_dir") is None:
             trainer["default_root_dir"] = run_folder([str(path) for path in config.get("config") or []])
         root = trainer["default_root_dir"]
+        if trainer.get("enable_progress_bar") is False:  # the run asks for none: drop the default bar
+            trainer["callbacks"] = [
+                c for c in trainer.get("callbacks") or []
+                if not (isinstance(c, Namespace) and issubclass(_import_class(c["class_path"]), ProgressBar))
+            ]  # fmt: skip
         for callback in trainer.get("callbacks") or []:
             init_args = callback.get("init_args") if isinstance(callback, Namespace) else None
             if (

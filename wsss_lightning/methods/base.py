@@ -41,6 +41,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _option_group(hint: Any) -> type | None:
+    """The dataclass of an argument typed ``SomeConfig`` or ``SomeConfig | None``; None for other types."""
+    candidates = [hint, *typing.get_args(hint)]
+    groups = [t for t in candidates if isinstance(t, type) and dataclasses.is_dataclass(t)]
+    return groups[0] if groups else None
+
+
+def _build_option_group(group: type, values: Any) -> Any:
+    """``group(**values)`` with nested option groups given as dicts built the same way."""
+    if not isinstance(values, dict):
+        raise TypeError(f"expected a {group.__name__} or a dict of its fields, got {type(values).__name__}")
+    hints = typing.get_type_hints(group)
+    fields = {}
+    for name, value in values.items():
+        nested = _option_group(hints.get(name))
+        fields[name] = _build_option_group(nested, value) if nested and isinstance(value, dict) else value
+    return group(**fields)
+
+
 class SegmentationMethod(L.LightningModule, ABC):
     """Base class of all methods.
 
@@ -82,6 +101,11 @@ class SegmentationMethod(L.LightningModule, ABC):
         # these), or, under LightningCLI, the configuration as given (rebuilt by ``load_from_checkpoint``).
         self.save_hyperparameters()
         self.options = self._instantiated_arguments(inspect.currentframe())
+        # Option groups are saved as plain dicts: checkpoints then load with torch's weights-only unpickler, and
+        # ``load_from_checkpoint`` turns them back into the dataclasses.
+        for key, value in self.hparams.items():
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                self.hparams[key] = dataclasses.asdict(value)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
@@ -101,7 +125,8 @@ class SegmentationMethod(L.LightningModule, ABC):
     def _instantiated_arguments(self, frame: FrameType | None) -> AttributeDict:
         """The arguments the module runs with: every ``__init__`` argument of the chain, as objects.
 
-        Each ``None`` option group (an argument typed ``SomeConfig | None``) becomes its defaults, so methods
+        Each option group (an argument typed ``SomeConfig | None``) left ``None`` becomes its defaults and one
+        given as a dict (a checkpoint's hyper-parameters, a plain Python call) becomes the dataclass, so methods
         read ``self.options.<group>.<field>`` without ``or SomeConfig()`` at every use.
         """
         options = AttributeDict()
@@ -112,14 +137,9 @@ class SegmentationMethod(L.LightningModule, ABC):
             if init is None or not issubclass(cls, SegmentationMethod):
                 continue
             for name, hint in typing.get_type_hints(init).items():
-                if name in options and options[name] is None:
-                    groups = [
-                        t
-                        for t in typing.get_args(hint)
-                        if isinstance(t, type) and dataclasses.is_dataclass(t)
-                    ]
-                    if groups:
-                        options[name] = groups[0]()
+                group = _option_group(hint)
+                if name in options and group is not None and not isinstance(options[name], group):
+                    options[name] = _build_option_group(group, options[name] or {})
         return options
 
     def check_choices(self, **allowed: Sequence[object]) -> None:
