@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from wsss_lightning.data import DATASET_INFO
-from wsss_lightning.methods import DuPLModule, NoiseFilterConfig, PhaseConfig, dupl
+from wsss_lightning.methods import DuPLModule, NoiseFilterConfig, PhaseConfig
+from wsss_lightning.methods.dupl import module as dupl
 from wsss_lightning.methods.dupl.network import DuPLSubNet
 
 TIMES: dict[str, float] = defaultdict(float)
