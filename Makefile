@@ -25,6 +25,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m wsss_lightning.demo
 
+# --dist load: tests are spread one by one, so the long end-to-end tests of one file (the method contract)
+# run on both workers.
 test: $(STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -n 2 --dist load
 

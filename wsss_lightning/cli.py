@@ -27,6 +27,7 @@ import wsss_lightning.callbacks
 import wsss_lightning.data  # noqa: F401
 from wsss_lightning.data.legacy import legacy_data_options_message
 from wsss_lightning.methods import SegmentationMethod
+from wsss_lightning.methods.u2pl.options import renamed_options_message
 
 
 def _git_sha() -> str | None:
@@ -128,6 +129,13 @@ class WSSSLightningCLI(LightningCLI):
                 message = legacy_data_options_message(given)
                 if message:
                     print(f"error: {message}", file=sys.stderr)
+                if not isinstance(given, dict | Namespace):
+                    argv = [str(a) for a in given]
+                    configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
+                    keys = [a.split("=")[0] for a in argv if a.startswith("--model.")]
+                    renamed = renamed_options_message(configs, keys)
+                    if renamed:
+                        print(f"error: {renamed}", file=sys.stderr)
             raise
 
     @override
@@ -165,6 +173,14 @@ class WSSSLightningCLI(LightningCLI):
         if trainer.get("default_root_dir") is None:
             trainer["default_root_dir"] = run_folder([str(path) for path in config.get("config") or []])
         root = trainer["default_root_dir"]
+        if trainer.get("logger") in (
+            None,
+            True,
+        ):  # not set: CSV files in the run folder, <root>/logs/version_N
+            trainer["logger"] = _namespace(
+                class_path="lightning.pytorch.loggers.CSVLogger",
+                init_args=_namespace(save_dir=root, name="logs"),
+            )
         if trainer.get("enable_progress_bar") is False:  # the run asks for none: drop the default bar
             trainer["callbacks"] = [
                 c for c in trainer.get("callbacks") or []
@@ -221,21 +237,24 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
     ``run_cli(["fit", "-c", "configs/quickstart.yaml"]).trainer`` gives access to the trained state.
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    # Frozen teachers stay in eval mode on purpose; Lightning's generic warning about eval-mode modules at
-    # the start of fit would fire on every run of a teacher-student method.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    cli = WSSSLightningCLI(
-        SegmentationMethod,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=LoggerSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        parser_kwargs={"default_env": False},
-        args=args,
-        run=run,
-    )
+    with warnings.catch_warnings():  # the filter holds for this run only
+        # Frozen teachers stay in eval mode on purpose; Lightning's generic warning about eval-mode modules at
+        # the start of fit would fire on every run of a teacher-student method.
+        warnings.filterwarnings(
+            "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
+        )
+        cli = WSSSLightningCLI(
+            SegmentationMethod,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=LoggerSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            parser_kwargs={"default_env": False},
+            args=args,
+            run=run,
+        )
     # DDP processes that exit with a live process group occasionally abort at interpreter shutdown.
     if run and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -73,14 +73,17 @@ def _stacks() -> list[tuple[str, ...]]:
     bases = sorted(
         p.relative_to(CONFIGS).as_posix()
         for p in CONFIGS.rglob("*.yaml")
-        if p.parent.name not in fragments and p.name != "suponly.yaml"
+        if p.parent.name not in fragments and not p.stem.endswith("suponly")
     )
     stacks: list[tuple[str, ...]] = [(b,) for b in bases]
     for split in sorted((CONFIGS / "u2pl" / "splits").glob("*.yaml")):
         base = "u2pl/cityscapes.yaml" if split.stem.startswith("cityscapes") else "u2pl/voc.yaml"
         stacks.append((base, f"u2pl/splits/{split.name}"))
         stacks.append((base, f"u2pl/splits/{split.name}", "u2pl/suponly.yaml"))
-    stacks += [("u2pl/synthetic_voc_1_8.yaml", "u2pl/suponly.yaml")]
+    stacks += [
+        (f"u2pl/{name}.yaml", "u2pl/suponly.yaml", f"u2pl/{name}_suponly.yaml")
+        for name in ("synthetic_voc_1_8", "synthetic_voc800_1_8")
+    ]
     stacks += [("supervised/voc.yaml", f"{kind}/{f.name}") for kind in ("trainer", "logger")
                for f in sorted((CONFIGS / kind).glob("*.yaml"))]  # fmt: skip
     stacks += [("u2pl/voc.yaml", "u2pl/splits/voc_92.yaml", "trainer/ddp.yaml", "logger/wandb.yaml")]

@@ -161,7 +161,7 @@ def test_fit_validate_test_predict_and_exact_resume(case: MethodCase, synthetic,
     rebuilt = case.method.load_from_checkpoint(ckpt, map_location="cpu").state_dict()
     _same_state(saved, rebuilt, list(saved))
 
-    # validate / test / predict from the checkpoint alone (the model options come from its hyper-parameters)
+    # validate / test / predict from the last checkpoint, with the run's configuration
     for stage, key in (("validate", "val/miou"), ("test", "test/miou")):
         out = tmp_path / stage
         _wsss([stage, *_run_args(case, root, "logs"), f"--ckpt_path={ckpt}"], out)
@@ -207,6 +207,8 @@ def test_fit_with_ddp_on_two_cpu_processes(case: MethodCase, synthetic, tmp_path
     module = case.method.__name__
     parameters = [k for k in rank0 if not any(b in k for b in ("running_", "num_batches_tracked"))]
     replicated = [k for k in rank0 if k.startswith(case.replicated)] if case.replicated else []
+    missing = [p for p in case.replicated if not any(k.startswith(p) for k in replicated)]
+    assert not missing, f"{module}: no state under {missing}"
     assert parameters, module
     # DDP averaged the gradients: both ranks hold the same weights; replicated state stays in step
     _same_state(rank0, rank1, sorted(set(parameters) | set(replicated)))

@@ -68,7 +68,7 @@ class WandbSegmentationMedia(Callback):
         images, sizes = batch["image"][:missing], batch["size"][:missing]
         with torch.no_grad():
             preds = pl_module.predict_masks(images, sizes, test_time=False)  # type: ignore[operator]
-        rgb = pl_module._to_uint8(images)  # type: ignore[operator]
+        rgb = pl_module.to_uint8(images)  # type: ignore[operator]
         for i, (h, w) in enumerate(sizes.tolist()):
             gt = batch["mask"][i, :h, :w].to(torch.uint8).cpu().numpy()
             pred = preds[i].to(torch.uint8).cpu().numpy()

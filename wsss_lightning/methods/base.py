@@ -205,7 +205,8 @@ class SegmentationMethod(L.LightningModule, ABC):
         """
         return ((images * self.image_std + self.image_mean).clamp(0, 1) * 255).round() / 255
 
-    def _to_uint8(self, images: Tensor) -> np.ndarray:
+    def to_uint8(self, images: Tensor) -> np.ndarray:
+        """Normalised images (B, 3, H, W) as uint8 RGB arrays (B, H, W, 3) on the host (CRF, W&B media)."""
         rgb = self.denormalize(images) * 255
         return rgb.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
@@ -223,7 +224,7 @@ class SegmentationMethod(L.LightningModule, ABC):
             labels = logits.argmax(1)
             return [labels[i, :h, :w] for i, (h, w) in enumerate(sizes_list)]
         probs = logits.float().softmax(1).cpu().numpy()
-        rgb = self._to_uint8(images)
+        rgb = self.to_uint8(images)
         crops = [(rgb[i, :h, :w], probs[i, :, :h, :w]) for i, (h, w) in enumerate(sizes_list)]
         refined = self._crf_processor()([c[0] for c in crops], [c[1] for c in crops])
         return [torch.as_tensor(r, dtype=torch.long, device=images.device) for r in refined]

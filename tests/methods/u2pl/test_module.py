@@ -95,3 +95,17 @@ def test_evaluation_uses_the_configured_network_outside_fit():
             images = torch.randn(1, 3, 33, 33)
             expected = getattr(model, evaluate)(images, with_rep=False)["pred"]
             torch.testing.assert_close(model(images), expected)
+
+
+def test_old_flat_u2pl_options_fail_with_their_new_spelling(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        "model:\n  class_path: wsss_lightning.methods.U2PLModule\n"
+        "  init_args: {aux_weight: 0.4, drop_percent: 20.0, teacher_copy_first_epoch: true}\n"
+    )
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "-c", str(old), "--model.init_args.unsup_weight=1.0", "--print_config"])
+    err = capsys.readouterr().err
+    assert "model.init_args.aux_weight -> model.init_args.supervised.aux_weight" in err
+    assert "model.init_args.teacher_copy_first_epoch -> model.init_args.teacher.copy_first_epoch" in err
+    assert "--model.init_args.unsup_weight -> --model.init_args.unsupervised.weight" in err

@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from wsss_lightning.callbacks.schedule import ScheduleCallback
-from wsss_lightning.callbacks.seeding import StepSeed
 from wsss_lightning.data.device_augment import color_randaugment
 from wsss_lightning.losses.segmentation import balanced_seg_ce, classification_loss
 from wsss_lightning.methods.base import SegmentationMethod
@@ -179,7 +178,7 @@ class DuPLModule(SegmentationMethod):
                     f"(trainer.max_steps {self.trainer.max_steps})"
                 )
         return [
-            StepSeed(),
+            *super().configure_callbacks(),
             ScheduleCallback(
                 "class_thresholds",
                 kind="cosine",

@@ -288,7 +288,7 @@ def u2pl_contrastive_loss(
     ``(C, num_anchors)`` float64, negative uniforms ``(C*num_anchors, num_negatives)`` float64.
 
     Memory: the ``(C, M, N, D)`` negatives (275 MB for VOC's C=21, M=256, N=50, D=256) are never held at
-    once: :func:`~wsss_lightning.methods.u2pl.gathered_dot` gathers them in chunks of 16,384 keys in forward and
+    once: :func:`~wsss_lightning.methods.u2pl.gathered_dot.gathered_dot` gathers them in chunks of 16,384 keys in forward and
     again in backward, keeping only their ``(C * M, N)`` bank rows.
 
     Args:

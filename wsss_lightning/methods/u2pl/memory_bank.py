@@ -225,7 +225,7 @@ class CategoryMemoryBank(nn.Module):
         different N: by default the sizes are exchanged first in one small ``all_gather`` and every rank
         pads to the largest with label -1 rows, which the push drops - this costs one host read of the
         maximum size. With ``equal_sizes=True`` the size exchange is skipped (no host sync at all); every
-        rank must then pass the same N, as :func:`~wsss_lightning.losses.u2pl_contrastive_loss` does when
+        rank must then pass the same N, as :func:`~wsss_lightning.methods.u2pl.contrastive.u2pl_contrastive_loss` does when
         it caps the keys per step. Without an initialised process group (or with one rank) this is
         :meth:`push`. It is a collective: every rank must call it the same number of times.
 
@@ -301,7 +301,7 @@ class CategoryMemoryBank(nn.Module):
         """The rows of ``keys`` that :meth:`sample` would return, ``(A, num)`` int64 (same draws).
 
         For consumers that gather the keys themselves, e.g. chunk by chunk with
-        :func:`~wsss_lightning.methods.u2pl.gathered_dot`.
+        :func:`~wsss_lightning.methods.u2pl.gathered_dot.gathered_dot`.
         """
         if classes.ndim != 1:
             raise ValueError(f"sample_rows: classes must be 1-D (A,), got shape {tuple(classes.shape)}")

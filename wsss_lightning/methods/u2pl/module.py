@@ -1,7 +1,8 @@
 """U2PL / U2PL+: semi-supervised segmentation with unreliable pseudo-labels as contrastive negatives.
 
-Wang et al., "Using Unreliable Pseudo-Labels for Label-Efficient Semantic Segmentation" (CVPR 2022 / U2PL+).
-Each step (after a supervised-only warm-up):
+Wang et al., "Semi-Supervised Semantic Segmentation Using Unreliable Pseudo-Labels" (CVPR 2022) and "Using
+Unreliable Pseudo-Labels for Label-Efficient Semantic Segmentation" (U2PL+, IJCV 2024); reference code
+``Haochen-Wang409/U2PL`` (``train_semi.py``, ``train_sup.py``, ``u2pl/utils/loss_helper.py``). Each step (after a supervised-only warm-up):
 
 1. the EMA teacher (eval mode) labels the clean unlabeled batch; CutMix mixes images, labels, confidences;
 2. the student sees [labeled; mixed unlabeled]: supervised CE (OHEM + auxiliary head for Cityscapes) on
@@ -12,8 +13,9 @@ Each step (after a supervised-only warm-up):
 5. the teacher follows the student by EMA (``EMATeacherCallback``); alpha_t anneals linearly with the epoch
    (``ScheduleCallback``).
 
-With the ``full`` supervision view (a plain batch instead of ``{"labeled", "unlabeled"}``) the module trains
-the same network on labels alone: the SupOnly baseline.
+Given a plain batch instead of ``{"labeled", "unlabeled"}`` (``SemiView(labeled_only=True)``, i.e.
+``configs/u2pl/suponly.yaml``, or the ``full`` view) the module trains the same network on labels alone: the
+SupOnly baseline (``train_sup.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from typing_extensions import override
 
 from wsss_lightning.callbacks.ema import EMATeacherCallback
 from wsss_lightning.callbacks.schedule import ScheduleCallback
-from wsss_lightning.callbacks.seeding import StepSeed
 from wsss_lightning.losses.segmentation import ohem_ce
 from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.methods.u2pl.contrastive import ContrastiveOutput, U2PLContrastiveLoss
@@ -55,7 +56,7 @@ from wsss_lightning.teachers import EMATeacher
 
 
 class U2PLModule(SegmentationMethod):
-    """U2PL (and U2PL+ options) for the ``semi`` supervision view; SupOnly with the ``full`` view.
+    """U2PL (and U2PL+ options) for the ``semi`` view; SupOnly on a plain batch (``SemiView(labeled_only=True)``).
 
     Args:
         encoder: timm encoder of the DeepLabV3+ (``resnet101s``: the deep-stem ResNet-101 of the reference;
@@ -131,7 +132,7 @@ class U2PLModule(SegmentationMethod):
     def configure_callbacks(self) -> list[L.Callback]:
         teacher = self.options.teacher
         return [
-            StepSeed(),
+            *super().configure_callbacks(),
             EMATeacherCallback(
                 teacher_attr="teacher",
                 student_attr="student",
@@ -224,7 +225,7 @@ class U2PLModule(SegmentationMethod):
     # ------------------------------------------------------------------ training
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        if "labeled" not in batch:  # ``full`` view: the SupOnly baseline
+        if "labeled" not in batch:  # labeled images only: the SupOnly baseline
             out = self.student(batch["image"], with_rep=False)
             loss = self._supervised(out, batch["mask"])
             self._log_losses(loss, {"train/loss_sup": loss}, batch["image"].shape[0])

@@ -18,6 +18,53 @@ import torch
 BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+#: U2PLModule arguments that moved into an option group, old name -> new spelling
+RENAMED_OPTIONS = {
+    "aux_weight": "supervised.aux_weight",
+    "supervised_loss": "supervised.loss",
+    "ohem_thresh": "supervised.ohem_thresh",
+    "ohem_min_kept": "supervised.ohem_min_kept",
+    "ema_decay": "teacher.ema_decay",
+    "teacher_copy_first_epoch": "teacher.copy_first_epoch",
+    "teacher_bn_from_student": "teacher.bn_from_student",
+    "cutmix_prob": "unsupervised.cutmix_prob",
+    "unsup_weight": "unsupervised.weight",
+    "drop_percent": "unsupervised.drop_percent",
+    "adaptive_weight": "unsupervised.adaptive_weight",
+    "unsup_loss": "unsupervised.loss",
+    "sce_xi1": "unsupervised.sce_xi1",
+    "sce_xi2": "unsupervised.sce_xi2",
+    "prototypical_denoising": "unsupervised.prototypical_denoising",
+}
+
+
+def renamed_options_message(config_files: list[str], model_args: list[str]) -> str | None:
+    """``old -> new`` lines for the renamed U2PLModule arguments in config files and ``--model.*`` options."""
+    import yaml
+
+    found: list[str] = []
+    for path in config_files:
+        try:
+            with open(path) as f:
+                config = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        model = config.get("model") if isinstance(config, dict) else None
+        init_args = model.get("init_args", {}) if isinstance(model, dict) else {}
+        found += [f"{path}: model.init_args.{k} -> model.init_args.{RENAMED_OPTIONS[k]}"
+                  for k in init_args or {} if k in RENAMED_OPTIONS]  # fmt: skip
+    for key in model_args:
+        name = key.removeprefix("--model.").removeprefix("init_args.")
+        if name in RENAMED_OPTIONS:
+            found.append(f"command line: {key} -> --model.init_args.{RENAMED_OPTIONS[name]}")
+    if not found:
+        return None
+    return (
+        "U2PLModule groups its options now (supervised / teacher / unsupervised / contrastive):\n  "
+        + "\n  ".join(found)
+    )
+
+
 def _fail(group: str, name: str, value: object, expected: str) -> None:
     raise ValueError(f"U2PLModule: {group}.{name} = {value!r}; expected {expected}")
 
