@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from wsss_lightning.callbacks.seeding import StepSeed
+from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_lightning.inference import (
     CRFPostProcessor,
     multiscale_flip_logits,
@@ -36,9 +37,6 @@ from wsss_lightning.inference import (
 from wsss_lightning.methods.options import InferenceConfig, OptimizerConfig
 from wsss_lightning.metrics import SegmentationIoU, iou_log_dict
 from wsss_lightning.schedules import warmup_poly
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _option_group(hint: Any) -> type | None:
