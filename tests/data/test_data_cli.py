@@ -70,6 +70,28 @@ def test_clicks(voc_root: Path, tmp_path: Path) -> None:
     assert int((clicks == 0).sum()) == 2
 
 
+def test_clicks_from_json(voc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = build_source("voc", voc_root, "val").ids[0]
+    fg = {first: [{"x": 3.5, "y": 2.49, "cls": 7, "rank": 1}, {"x": 45.0, "y": 1.0, "cls": 7, "rank": 2}]}
+    bg = {first: [{"x": 40.0, "y": 0.0, "cls": 0}]}  # x = W: clamped to the last column
+    for name, table in (("fg.json", fg), ("bg.json", bg)):
+        (tmp_path / name).write_text(json.dumps(table))
+    argv = ["clicks-from-json", "--dataset", "voc", "--root", str(voc_root), "--split", "val", "--out"]
+    assert (
+        main([*argv, str(tmp_path / "out"), "--clicks", str(tmp_path / "fg.json"), str(tmp_path / "bg.json")])
+        == 0
+    )
+    clicks = read_index_png(tmp_path / "out" / f"{first}.png")
+    assert (
+        clicks.shape == (32, 40)
+        and clicks[2, 4] == 7
+        and clicks[0, 39] == 0
+        and int((clicks != 255).sum()) == 2
+    )
+    out = capsys.readouterr().out
+    assert "1 dropped" in out and "wrote 3 click files" in out and "2 without any click" in out
+
+
 def test_coco_masks(tmp_path: Path) -> None:
     data = {
         "images": [{"id": 1, "file_name": "COCO_val2014_000000000001.jpg", "height": 4, "width": 4}],

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -22,12 +24,16 @@ from wsss_lightning.data import (
     TransformOptions,
     WSSSDataModule,
 )
+from wsss_lightning.data.datasets import build_source
 from wsss_lightning.data.legacy import (
     OLD_KEYS,
     convert_flat_options,
     flat_options_message,
     legacy_data_options_message,
+    new_spelling,
 )
+from wsss_lightning.data.synthetic import generate
+from wsss_lightning.data.transforms import denormalize_to_uint8
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "supervised" / "synthetic_voc.yaml"
 
@@ -93,6 +99,22 @@ def test_dataset_source_names_and_default_splits() -> None:
         ({"pad_position": "left"}, r"transform\.pad_position: expected 'random', 'top_left' or 'center'"),
         ({"std": (0.5, 0.5, 0.0)}, r"transform\.mean/std: expected 3 values each \(std > 0\)"),
         ({"eval_short_side": 0}, r"transform\.eval_short_side: expected a positive int or None, got 0"),
+        (
+            {"eval_short_side": 64, "eval_center_crop": 0},
+            r"transform\.eval_center_crop: expected a positive int or None, got 0",
+        ),
+        (
+            {"eval_short_side": 64, "eval_center_crop": True},
+            r"transform\.eval_center_crop: expected a positive int or None, got True",
+        ),
+        (
+            {"eval_center_crop": 513},
+            (
+                r"transform\.eval_center_crop: a 513 x 513 centre crop needs transform\.eval_short_side >= 513 "
+                r"\(so that every resized image covers the crop\), got None"
+            ),
+        ),
+        ({"eval_short_side": 512, "eval_center_crop": 513}, r"transform\.eval_center_crop: .*, got 512$"),
     ],
 )
 def test_transform_options_validation(options: dict[str, Any], message: str) -> None:
@@ -238,6 +260,43 @@ def test_domain_view_evaluates_on_the_target() -> None:
         WSSSDataModule(DatasetSource(root="/g", name="gta5", val_split="val"), view=DomainView(target=target))
 
 
+def test_eval_center_crop_batches(tmp_path: Path) -> None:
+    """rloss / Seminar evaluation: short side resized, then the centre square, scored on the cropped GT."""
+    root = generate("voc", tmp_path / "voc", seed=0, num_train=2, num_val=3, image_size=(48, 80))
+    dm = WSSSDataModule(
+        DatasetSource(root=str(root)),
+        transform=TransformOptions(eval_short_side=64, eval_center_crop=64),
+        loader=LoaderOptions(eval_batch_size=3, num_workers=0),
+    )
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (3, 3, 64, 64) and batch["mask"].shape == (3, 64, 64)
+    assert batch["size"].tolist() == [[64, 64]] * 3
+    source = build_source("voc", root, "val")
+    assert batch["name"] == source.ids
+    for i, sample_id in enumerate(source.ids):
+        image, mask = source.read_sample(sample_id)
+        assert mask is not None
+        # 48 x 80 -> 64 x 107 (short side 64), then columns round((107 - 64) / 2) = 22 .. 85
+        resized_mask = cv2.resize(mask, (107, 64), interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(batch["mask"][i].numpy(), resized_mask[:, 22:86])
+        resized_image = cv2.resize(image, (107, 64), interpolation=cv2.INTER_LINEAR)[:, 22:86]
+        shown = denormalize_to_uint8(batch["image"][i]).permute(1, 2, 0).numpy()
+        assert np.abs(shown.astype(np.int16) - resized_image).max() <= 1
+
+
+def test_eval_center_crop_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    data = parse_data(
+        capsys,
+        "--data.init_args.transform.eval_short_side",
+        "513",
+        "--data.init_args.transform.eval_center_crop",
+        "513",
+    )
+    assert data["transform"]["eval_short_side"] == 513 and data["transform"]["eval_center_crop"] == 513
+    assert parse_data(capsys)["transform"]["eval_center_crop"] is None
+
+
 # ---- the CLI parser ---------------------------------------------------------------------------------------
 def parse_data(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
     """The ``data`` block ``wsss fit --print_config`` prints for the synthetic-VOC config plus ``args``."""
@@ -333,7 +392,10 @@ def test_flat_options_message_names_the_new_spelling() -> None:
         assert f"  {line}\n" in message
     assert "cache_dir ->" not in message  # cache_dir kept its place
     assert flat_options_message({"source": {}, "view": None, "cache_dir": None}) is None
-    assert len(OLD_KEYS) == 45  # the 46 flat arguments but cache_dir
+    # the 46 flat arguments but cache_dir, plus the transform fields added since (every TransformOptions field
+    # is listed, so a flat one is pointed to its place): eval_center_crop
+    assert len(OLD_KEYS) == 46 and "eval_center_crop" in OLD_KEYS
+    assert new_spelling("eval_center_crop") == "transform.eval_center_crop"
 
     domain = {"dataset": "gta5", "root": "/g", "supervision": "domain", "target_dataset": "cityscapes",
               "target_root": "/c", "target_split": "train", "val_split": "val", "keep_target_masks": True}  # fmt: skip

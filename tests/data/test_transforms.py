@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from wsss_lightning.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    EvalTransform,
     TrainTransform,
     box_from_applied_params,
     box_from_valid_mask,
@@ -156,6 +159,47 @@ def test_eval_transform_short_side() -> None:
     assert resized["image"].shape == (3, 20, 40) and resized["mask"].shape == (20, 40)
     assert set(np.unique(resized["mask"].numpy())) <= set(np.unique(mask))
     assert "mask" not in eval_transform()(image)
+
+
+def test_eval_transform_center_crop_after_short_side() -> None:
+    image, mask = planted_sample(40, 80)
+    resized = eval_transform(short_side=20)(image, mask)  # 20 x 40
+    out = eval_transform(short_side=20, center_crop=20)(image, mask)
+    assert out["image"].shape == (3, 20, 20) and out["mask"].shape == (20, 20)
+    # the centre square of the resized sample: columns 10..29
+    torch.testing.assert_close(out["image"], resized["image"][:, :, 10:30])
+    assert torch.equal(out["mask"], resized["mask"][:, 10:30])
+    assert "mask" not in eval_transform(short_side=20, center_crop=20)(image)
+    # portrait images are cropped vertically; a crop smaller than the short side crops both sides
+    tall = eval_transform(short_side=24, center_crop=16)(image.transpose(1, 0, 2), mask.T)
+    assert tall["image"].shape == (3, 16, 16)
+    full = eval_transform(short_side=24)(image.transpose(1, 0, 2), mask.T)["mask"]  # 48 x 24
+    assert torch.equal(tall["mask"], full[16:32, 4:20])
+
+
+def test_center_crop_offsets_round_half_to_even_like_fixscalecrop() -> None:
+    tf = EvalTransform(short_side=8, center_crop=8)
+    assert tf.crop_box(8, 8) == (0, 0, 8, 8)
+    assert tf.crop_box(8, 9) == (0, 0, 8, 8)  # round(0.5) = 0
+    assert tf.crop_box(8, 11) == (0, 2, 8, 10)  # round(1.5) = 2
+    assert tf.crop_box(13, 8) == (2, 0, 10, 8)  # round(2.5) = 2
+    assert EvalTransform().crop_box(5, 7) == (0, 0, 5, 7)  # no crop: the whole image
+    with pytest.raises(ValueError, match=r"center_crop: the image is 7x9, smaller than the 8x8 crop"):
+        tf.crop_box(7, 9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"center_crop": 0, "short_side": 8}, r"center_crop: expected a positive int or None, got 0"),
+        ({"center_crop": 8.0, "short_side": 8}, r"center_crop: expected a positive int or None, got 8\.0"),
+        ({"center_crop": 8}, r"center_crop: a 8 x 8 centre crop needs short_side >= 8 .*got short_side=None"),
+        ({"center_crop": 8, "short_side": 7}, r"center_crop: .*got short_side=7"),
+    ],
+)
+def test_center_crop_validation(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        eval_transform(**kwargs)
 
 
 def test_bad_arguments_name_the_field() -> None:

@@ -9,6 +9,9 @@ Examples::
     wsss-data tags --dataset voc --root data/VOC2012 --split train_aug --out data/VOC2012/cls_labels.npy
     wsss-data partitions --list data/VOC2012/ImageSets/Segmentation/train_aug.txt --out data/VOC2012/splits
     wsss-data clicks --dataset voc --root data/VOC2012 --split train_aug --out data/VOC2012/SegmentationClicks
+    wsss-data clicks-from-json --dataset voc --root data/VOC2012 --split train_aug \
+        --clicks voc_whats_the_point.json voc_whats_the_point_bg_from_scribbles.json \
+        --out data/VOC2012/SegmentationClicksWTP
     wsss-data check --dataset voc --root data/VOC2012 --split val
 
 Every error prints one clear message to stderr and exits with status 2.
@@ -26,6 +29,7 @@ from pathlib import Path
 from wsss_lightning.data import prepare
 from wsss_lightning.data.datasets import SOURCES, build_source
 from wsss_lightning.data.datasets.base import DataError
+from wsss_lightning.data.source import DEFAULT_SPLITS
 from wsss_lightning.data.supervision import read_id_list
 from wsss_lightning.data.synthetic import LAYOUTS, generate
 
@@ -95,6 +99,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background-clicks", type=int, default=1)
     p.add_argument("--placement", choices=("center", "random"), default="center")
 
+    p = sub.add_parser(
+        "clicks-from-json",
+        help='click PNGs from "What\'s the Point" click JSON files (Seminar / Gated-CRF)',
+        description=(
+            "Rasterise click JSON files ({image_id: [{x, y, cls, (rank)}, ...]}) into one 1-px click PNG per id "
+            "of a split: class id at each click (nearest pixel, floor(v + 0.5)), 255 elsewhere. Clicks up to "
+            "one pixel outside their image are clamped to the border, farther ones dropped and counted. Files "
+            "are drawn in the given order (foreground first, then background: a background click wins a "
+            "shared pixel)."
+        ),
+    )
+    p.add_argument("--dataset", required=True, choices=sorted(SOURCES), help="dataset layout")
+    p.add_argument("--root", required=True, type=Path, help="dataset root")
+    p.add_argument(
+        "--split", default=None, help="split whose ids get a PNG (default: the training split, VOC train_aug)"
+    )
+    p.add_argument(
+        "--clicks",
+        required=True,
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="click files, drawn in this order",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder of <id>.png click maps")
+    p.add_argument(
+        "--allow-unknown-ids",
+        action="store_true",
+        help="count ids without an image in the dataset instead of failing",
+    )
+
     p = sub.add_parser("check", help="read every sample of a split and report errors")
     _add_source_args(p)
     p.add_argument("--max-errors", type=int, default=20, help="errors printed in full")
@@ -116,6 +151,26 @@ def _check(args: argparse.Namespace) -> int:
     masks = "with masks" if source.has_masks else "without masks"
     print(f"ok: {len(source.ids)} samples of {args.dataset} split {args.split!r} {masks} under {args.root}")
     return 0
+
+
+def _clicks_from_json(args: argparse.Namespace) -> None:
+    split = args.split or DEFAULT_SPLITS[args.dataset][0]
+    summary = prepare.write_clicks_from_json(
+        args.dataset, args.root, split, args.clicks, args.out, allow_unknown_ids=args.allow_unknown_ids
+    )
+    for f in summary.files:
+        line = (
+            f"{f.path}: {f.images} images, {f.drawn} clicks drawn, {f.dropped} dropped (more than 1 px outside "
+            f"their image), {f.skipped_images} images outside split {split!r} skipped"
+        )
+        if args.allow_unknown_ids:
+            line += f", {f.unknown_images} unknown images skipped"
+        print(line)
+    print(
+        f"wrote {summary.written} click files to {args.out}: {summary.empty} without any click (all 255); "
+        f"{summary.dropped} clicks dropped in total; {summary.skipped} ids outside split {split!r} skipped"
+        + (f"; {summary.unknown} unknown ids skipped" if args.allow_unknown_ids else "")
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -159,6 +214,8 @@ def _run(args: argparse.Namespace) -> int:
             placement=args.placement,
         )
         print(f"wrote {n} click files to {args.out}")
+    elif command == "clicks-from-json":
+        _clicks_from_json(args)
     elif command == "check":
         return _check(args)
     return 0

@@ -52,8 +52,8 @@ Training, two sources: a dict of such batches, ``{"labeled": ..., "unlabeled": .
 ``keep_target_masks=True`` (for diagnostics). The labeled set is oversampled to the unlabeled set's size, so
 one epoch is one pass over the unlabeled images.
 
-Evaluation (val / test), images at full resolution (or short side ``transform.eval_short_side``), padded at the
-bottom / right to the batch's largest size:
+Evaluation (val / test), images at full resolution (or short side ``transform.eval_short_side``, then optionally
+a ``transform.eval_center_crop`` square), padded at the bottom / right to the batch's largest size:
 
 =============  =================  ============================================================================
 ``image``      float32 (B,3,H,W)  normalised image, 0 in the padding

@@ -38,6 +38,10 @@ class TransformOptions:
         std: Normalisation std for [0, 1] pixels.
         eval_short_side: Resize evaluation images to this short side (None: full resolution, the standard
             protocol; the mask is resized with nearest neighbour too).
+        eval_center_crop: After the resize, keep the centre square of this size of evaluation images and masks
+            (None: no crop). Needs ``eval_short_side >= eval_center_crop``. ``eval_short_side = eval_center_crop
+            = 513`` is the evaluation of rloss / Seminar (``FixScaleCrop``: scores on the resized and cropped
+            ground truth).
 
     Raises:
         ValueError: an invalid value; the message starts with ``transform.<field>``.
@@ -57,12 +61,22 @@ class TransformOptions:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     eval_short_side: int | None = None
+    eval_center_crop: int | None = None
 
     def __post_init__(self) -> None:
         if self.eval_short_side is not None and self.eval_short_side <= 0:
             raise ValueError(
                 f"transform.eval_short_side: expected a positive int or None, got {self.eval_short_side}"
             )
+        crop = self.eval_center_crop
+        if crop is not None:
+            if isinstance(crop, bool) or not isinstance(crop, int) or crop <= 0:
+                raise ValueError(f"transform.eval_center_crop: expected a positive int or None, got {crop!r}")
+            if self.eval_short_side is None or self.eval_short_side < crop:
+                raise ValueError(
+                    f"transform.eval_center_crop: a {crop} x {crop} centre crop needs transform.eval_short_side "
+                    f">= {crop} (so that every resized image covers the crop), got {self.eval_short_side}"
+                )
         lo, hi = self.blur_sigma
         if not 0 < lo <= hi:
             raise ValueError(f"transform.blur_sigma: expected 0 < low <= high, got {self.blur_sigma!r}")
@@ -93,8 +107,10 @@ class TransformOptions:
         )
 
     def eval_transform(self) -> EvalTransform:
-        """The evaluation pipeline (optional short-side resize, then normalisation)."""
-        return eval_transform(self.eval_short_side, mean=self.mean, std=self.std)
+        """The evaluation pipeline (optional short-side resize, optional centre crop, then normalisation)."""
+        return eval_transform(
+            self.eval_short_side, mean=self.mean, std=self.std, center_crop=self.eval_center_crop
+        )
 
 
 @dataclass

@@ -4,6 +4,7 @@
 * :func:`coco_stuff_to_voc`: COCO-Stuff 10k annotations -> VOC-20 masks.
 * :func:`cityscapes_to_trainids`: ``*_gtFine_labelIds.png`` -> ``*_gtFine_labelTrainIds.png`` for a tree.
 * :func:`write_tags`, :func:`write_partitions`, :func:`write_clicks`: tag file, semi partitions, click PNGs.
+* :func:`write_clicks_from_json`: click PNGs from "What's the Point"-style click JSON files.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import os
 import shutil
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from wsss_lightning.data.classes import (
     COCO_ID_TO_CONTIGUOUS,
@@ -29,6 +31,7 @@ from wsss_lightning.data.classes import (
 from wsss_lightning.data.datasets import build_source
 from wsss_lightning.data.datasets.base import DataError, read_index_png, write_index_png
 from wsss_lightning.data.datasets.cityscapes import label_ids_to_train_ids
+from wsss_lightning.data.points import PointClicks, draw_clicks, parse_click_table
 from wsss_lightning.data.supervision import (
     build_tags,
     clicks_from_mask,
@@ -418,3 +421,196 @@ def write_clicks(
         )
         write_index_png(Path(out_dir) / f"{sample_id}.png", clicks)
     return len(source.ids)
+
+
+# ---- clicks given as coordinates ("What's the Point") ------------------------------------------------------
+def read_click_json(path: str | Path, num_classes: int) -> dict[str, PointClicks]:
+    """Read and validate a click JSON file (``{image_id: [{"x", "y", "cls", ...}, ...]}``).
+
+    See :mod:`wsss_lightning.data.points` for the format; errors name the file, the image id and the click.
+
+    Returns:
+        ``{image_id: PointClicks}`` in file order.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: not JSON, or a malformed / out-of-range click (see ``points.parse_click_table``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"click file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a JSON file: {exc}") from exc
+    return parse_click_table(data, str(path), num_classes)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image, read from its header without decoding the pixels.
+
+    Raises:
+        DataError: the file is missing or not an image.
+    """
+    if not path.is_file():
+        raise DataError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+        raise DataError(f"cannot read image file {path}: {exc}") from exc
+    return int(height), int(width)
+
+
+@dataclass(frozen=True)
+class ClickFileSummary:
+    """What :func:`write_clicks_from_json` did with one click file.
+
+    Attributes:
+        path: the file.
+        images: image ids in the file.
+        drawn: clicks of the split's images kept (clamped ones included; a later click may overwrite one).
+        dropped: clicks of the split's images dropped for lying more than one pixel outside their image.
+        skipped_images: ids of the file outside the split (present in the dataset; their clicks are not used).
+        unknown_images: ids of the file without an image in the dataset (only with ``allow_unknown_ids``).
+    """
+
+    path: Path
+    images: int
+    drawn: int
+    dropped: int
+    skipped_images: int
+    unknown_images: int
+
+
+@dataclass(frozen=True)
+class ClickConversion:
+    """Summary of :func:`write_clicks_from_json`.
+
+    Attributes:
+        out_dir: folder of the click PNGs.
+        written: PNGs written, one per id of the split.
+        empty: ids of the split whose map holds no click (written all 255): no click in any file, or only
+            dropped ones.
+        skipped: distinct ids of the files outside the split but present in the dataset.
+        unknown: distinct ids of the files without an image in the dataset (only with ``allow_unknown_ids``).
+        files: the summary of each click file, in the order drawn.
+    """
+
+    out_dir: Path
+    written: int
+    empty: int
+    skipped: int
+    unknown: int
+    files: tuple[ClickFileSummary, ...]
+
+    @property
+    def dropped(self) -> int:
+        """Clicks dropped in all files for lying more than one pixel outside their image."""
+        return sum(f.dropped for f in self.files)
+
+    @property
+    def drawn(self) -> int:
+        """Clicks kept in all files."""
+        return sum(f.drawn for f in self.files)
+
+
+def write_clicks_from_json(
+    dataset: str,
+    root: str | Path,
+    split: str,
+    click_files: Sequence[str | Path],
+    out_dir: str | Path,
+    allow_unknown_ids: bool = False,
+) -> ClickConversion:
+    """Rasterise click JSON files into one click PNG ``<out_dir>/<id>.png`` (mode "L") per id of a split.
+
+    Converts the "What's the Point" clicks used by Seminar Learning / Gated-CRF (the foreground file
+    ``voc_whats_the_point.json`` and the background file ``voc_whats_the_point_bg_from_scribbles.json``) to
+    the 1-px click maps :class:`~wsss_lightning.data.views.ClickView` reads (``clicks_dir``). Each PNG has the
+    size of its image (read from the image file), the class id at click pixels and 255 elsewhere; rounding,
+    clamping and dropping follow :mod:`wsss_lightning.data.points` (nearest pixel with ``floor(v + 0.5)``,
+    clicks up to one pixel outside clamped to the border, farther ones dropped and counted). The files are
+    drawn in the given order, so with ``[foreground, background]`` a background click wins a pixel both mark.
+    Ids of the split without clicks get an all-255 map. Every file is read and checked before anything is
+    written.
+
+    Args:
+        dataset: dataset name (e.g. ``"voc"``).
+        root: dataset root.
+        split: split whose ids get a PNG (e.g. ``"train_aug"``).
+        click_files: JSON files, drawn in this order.
+        out_dir: output folder.
+        allow_unknown_ids: count ids without an image in the dataset instead of failing.
+
+    Returns:
+        A :class:`ClickConversion` summary (PNGs written, empty maps, skipped ids, per-file dropped clicks).
+
+    Raises:
+        FileNotFoundError: a missing click file, dataset root or list file.
+        DataError (a ``ValueError``): a malformed click (the message names the file, the image id and the
+            click's index), a class outside the dataset's classes, an id of a file that is neither in the split
+            nor has an image in the dataset (the message names the file, the id and its entry index), or an
+            unreadable image.
+    """
+    if not click_files:
+        raise ValueError("write_clicks_from_json: give at least one click file")
+    source = build_source(dataset, root, split)
+    info = source.info
+    tables = [(Path(path), read_click_json(path, info.num_classes)) for path in click_files]
+    split_ids = set(source.ids)
+    skipped: set[str] = set()
+    unknown: set[str] = set()
+    outside: list[tuple[int, int]] = []
+    for path, table in tables:
+        n_skipped = n_unknown = 0
+        for entry, image_id in enumerate(table):
+            if image_id in split_ids:
+                continue
+            image_path = source.image_path(image_id)
+            if image_path.is_file():
+                skipped.add(image_id)
+                n_skipped += 1
+            elif allow_unknown_ids:
+                unknown.add(image_id)
+                n_unknown += 1
+            else:
+                raise DataError(
+                    f"{path}: image {image_id!r} (entry {entry}) is not in {info.name} split {split!r} and "
+                    f"has no image {image_path}"
+                )
+        outside.append((n_skipped, n_unknown))
+    drawn = [0] * len(tables)
+    dropped = [0] * len(tables)
+    empty = 0
+    out_dir = Path(out_dir)
+    for sample_id in source.ids:
+        height, width = image_size(source.image_path(sample_id))
+        clicks = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
+        for k, (_, table) in enumerate(tables):
+            layer = table.get(sample_id)
+            if layer is not None:
+                n_dropped = draw_clicks(clicks, layer)  # in file order: a later file wins a shared pixel
+                dropped[k] += n_dropped
+                drawn[k] += len(layer) - n_dropped
+        empty += int(not (clicks != IGNORE_INDEX).any())
+        write_index_png(out_dir / f"{sample_id}.png", clicks)
+    files = tuple(
+        ClickFileSummary(
+            path=path,
+            images=len(table),
+            drawn=drawn[k],
+            dropped=dropped[k],
+            skipped_images=outside[k][0],
+            unknown_images=outside[k][1],
+        )
+        for k, (path, table) in enumerate(tables)
+    )
+    return ClickConversion(
+        out_dir=out_dir,
+        written=len(source.ids),
+        empty=empty,
+        skipped=len(skipped),
+        unknown=len(unknown),
+        files=files,
+    )

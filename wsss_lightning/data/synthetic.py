@@ -8,15 +8,19 @@ and cool vs saturated, warm and blotchy), which gives a real domain gap.
 
 Everything is vectorised NumPy and deterministic given the seed: every image draws from its own generator
 seeded by ``(seed, split, index)``.
+
+:func:`write_whats_the_point_json` writes click files of a VOC tree in the "What's the Point" JSON format
+(Seminar / Gated-CRF), for testing ``wsss-data clicks-from-json``.
 """
 
 from __future__ import annotations
 
 import colorsys
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -30,6 +34,7 @@ from wsss_lightning.data.classes import (
     DatasetInfo,
     flat_palette,
 )
+from wsss_lightning.data.datasets import build_source
 from wsss_lightning.data.datasets.base import write_index_png
 from wsss_lightning.data.prepare import sample_rng, write_partitions
 from wsss_lightning.data.supervision import clicks_from_mask, save_tags, tags_from_mask, write_id_list
@@ -356,6 +361,85 @@ def _write_coco_stuff(root: Path, seed: int, n_train: int, n_val: int, size: tup
         root, "coco_stuff", ("train", "test"), lambda _, k, i: f"COCO_train2014_{k * 10**6 + i + 1:012d}",
         ("images", "annotations", "imageLists"), seed, (n_train, n_val), size,
     )  # fmt: skip
+
+
+def _click_coordinate(rng: np.random.Generator, pixel: int) -> float | int:
+    """A coordinate that rounds (``floor(v + 0.5)``) to ``pixel``: a float near it, sometimes the int itself."""
+    if rng.random() < 0.2:
+        return int(pixel)
+    return round(float(pixel) + float(rng.uniform(-0.45, 0.45)), 3)
+
+
+def write_whats_the_point_json(
+    root: str | Path,
+    split: str,
+    out_fg: str | Path,
+    out_bg: str | Path,
+    seed: int = 0,
+    background_clicks: int = 2,
+    outside_clicks: int = 0,
+) -> tuple[Path, Path]:
+    """Write click files in the "What's the Point" JSON format of Seminar / Gated-CRF for a synthetic VOC tree.
+
+    The foreground file holds one click per connected object region (8-connectivity) of each class,
+    ``{"x": col, "y": row, "cls": 1..20, "rank": region index within its class (1, 2, ...)}``; the background
+    file holds ``background_clicks`` clicks on background pixels per image, ``{"x", "y", "cls": 0}``. Like the
+    real files, most coordinates are non-integer floats (within 0.45 px of the pixel, so they round back to
+    it) and some are ints. With ``outside_clicks = n`` the first n images also get a foreground click far
+    outside the image (``x = W + 5.5``, dropped by the conversion) and a background click at ``(x, y) =
+    (W, 0)``, one past the last column as some real background clicks are (clamped to the pixel (0, W - 1)).
+
+    Args:
+        root: a VOC tree written by :func:`generate` (or any VOC tree with masks).
+        split: split whose images get clicks (e.g. ``"train_aug"``).
+        out_fg: foreground click file to write.
+        out_bg: background click file to write.
+        seed: random seed; each image draws from its own generator keyed by (seed, id).
+        background_clicks: background clicks per image (fewer where the background is smaller).
+        outside_clicks: number of images given the two out-of-image clicks described above.
+
+    Returns:
+        ``(out_fg, out_bg)``.
+    """
+    source = build_source("voc", root, split)
+    foreground: dict[str, list[dict[str, Any]]] = {}
+    background: dict[str, list[dict[str, Any]]] = {}
+    for index, sample_id in enumerate(source.ids):
+        mask = source.read_mask(sample_id)
+        height, width = mask.shape
+        rng = sample_rng(seed, sample_id)
+        fg: list[dict[str, Any]] = []
+        for cls in np.unique(mask).tolist():
+            if cls in (0, IGNORE_INDEX):
+                continue
+            labels, n_regions = ndimage.label(mask == cls, structure=np.ones((3, 3), dtype=bool))
+            for rank in range(1, n_regions + 1):
+                ys, xs = np.nonzero(labels == rank)
+                k = int(rng.integers(len(ys)))
+                fg.append(
+                    {
+                        "x": _click_coordinate(rng, int(xs[k])),
+                        "y": _click_coordinate(rng, int(ys[k])),
+                        "cls": int(cls),
+                        "rank": rank,
+                    }
+                )
+        ys, xs = np.nonzero(mask == 0)
+        chosen: list[int] = rng.permutation(len(ys))[: min(background_clicks, len(ys))].tolist()
+        bg: list[dict[str, Any]] = [
+            {"x": _click_coordinate(rng, int(xs[k])), "y": _click_coordinate(rng, int(ys[k])), "cls": 0}
+            for k in chosen
+        ]
+        if index < outside_clicks:
+            fg.append({"x": width + 5.5, "y": height / 2, "cls": fg[0]["cls"] if fg else 1, "rank": 1})
+            bg.append({"x": float(width), "y": 0.0, "cls": 0})
+        foreground[sample_id] = fg
+        background[sample_id] = bg
+    paths = (Path(out_fg), Path(out_bg))
+    for path, table in zip(paths, (foreground, background), strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table))
+    return paths
 
 
 # =============================================================================================================

@@ -404,18 +404,24 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Deterministic evaluation transform: optional short-side resize, then normalisation.
+    """Deterministic evaluation transform: optional short-side resize, optional centre crop, then normalisation.
 
-    Build it with :func:`eval_transform`.
+    Build it with :func:`eval_transform`. With ``short_side=S`` and ``center_crop=S`` it is rloss' /
+    Seminar's ``FixScaleCrop`` evaluation: the short side is resized to S, then the centre S x S square is kept,
+    and the scores are computed on the resized and cropped mask.
 
     Args:
         short_side: If set, resize so the shorter side has this length (bilinear image, nearest mask);
             None keeps the full resolution.
+        center_crop: If set, keep the centre ``center_crop`` x ``center_crop`` square after the resize; the crop
+            starts at ``round((W' - crop) / 2)`` / ``round((H' - crop) / 2)`` with Python's round (half to
+            even), as ``FixScaleCrop``. Needs ``short_side >= center_crop``, so that every image covers the crop.
         mean: Normalisation mean for [0, 1] pixels (3 values).
         std: Normalisation std for [0, 1] pixels (3 values, all > 0).
 
     Raises:
-        ValueError: ``short_side`` is not positive, or ``mean`` / ``std`` do not hold 3 values (std > 0).
+        ValueError: ``short_side`` or ``center_crop`` is not a positive int, ``center_crop`` without
+            ``short_side >= center_crop``, or ``mean`` / ``std`` do not hold 3 values (std > 0).
     """
 
     def __init__(
@@ -423,13 +429,23 @@ class EvalTransform:
         short_side: int | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        center_crop: int | None = None,
     ) -> None:
         if short_side is not None and short_side <= 0:
             raise ValueError(f"short_side: expected a positive int or None, got {short_side}")
+        if center_crop is not None:
+            if isinstance(center_crop, bool) or not isinstance(center_crop, int) or center_crop <= 0:
+                raise ValueError(f"center_crop: expected a positive int or None, got {center_crop!r}")
+            if short_side is None or short_side < center_crop:
+                raise ValueError(
+                    f"center_crop: a {center_crop} x {center_crop} centre crop needs short_side >= {center_crop} "
+                    f"(every image resized to cover the crop), got short_side={short_side}"
+                )
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean/std: expected 3 values each (std > 0), got mean={mean!r} std={std!r}")
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
+        self.center_crop = center_crop
         self.resize = (
             None
             if short_side is None
@@ -441,6 +457,25 @@ class EvalTransform:
             )
         )
 
+    def crop_box(self, height: int, width: int) -> Box:
+        """The centre-crop window of an (already resized) ``height`` x ``width`` image.
+
+        Returns:
+            (top, left, bottom, right), exclusive bottom / right; the whole image without ``center_crop``.
+
+        Raises:
+            ValueError: the image is smaller than the crop.
+        """
+        if self.center_crop is None:
+            return (0, 0, height, width)
+        crop = self.center_crop
+        if height < crop or width < crop:
+            raise ValueError(
+                f"center_crop: the image is {height}x{width}, smaller than the {crop}x{crop} crop"
+            )
+        top, left = round((height - crop) / 2), round((width - crop) / 2)  # half to even, as FixScaleCrop
+        return (top, left, top + crop, left + crop)
+
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Transform one sample.
 
@@ -450,13 +485,17 @@ class EvalTransform:
 
         Returns:
             ``{"image": (3, H', W') float32}`` and, if given, ``"mask"`` ((H', W') int64); (H', W') = (H, W)
-            unless a short side was set.
+            unless a short side was set, (crop, crop) with a centre crop.
         """
         if mask is not None and mask.shape != image.shape[:2]:
             raise ValueError(f"mask: shape {mask.shape} does not match the image size {image.shape[:2]}")
         if self.resize is not None:
             out = self.resize(image=image, mask=mask) if mask is not None else self.resize(image=image)
             image, mask = out["image"], out.get("mask")
+        if self.center_crop is not None:
+            top, left, bottom, right = self.crop_box(*image.shape[:2])
+            image = image[top:bottom, left:right]
+            mask = None if mask is None else mask[top:bottom, left:right]
         result = {"image": normalize_to_tensor(image, self.mean, self.std)}
         if mask is not None:
             result["mask"] = mask_to_tensor(mask)
@@ -467,6 +506,7 @@ def eval_transform(
     short_side: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    center_crop: int | None = None,
 ) -> EvalTransform:
     """Build the evaluation pipeline.
 
@@ -475,8 +515,10 @@ def eval_transform(
             None keeps the full resolution, the standard protocol for VOC / COCO / Cityscapes mIoU.
         mean: Normalisation mean for [0, 1] pixels.
         std: Normalisation std for [0, 1] pixels.
+        center_crop: If set, keep the centre square of this size after the resize (needs
+            ``short_side >= center_crop``); ``short_side = center_crop = 513`` is the rloss / Seminar protocol.
 
     Returns:
         An :class:`EvalTransform`; call it as ``t(image, mask=...)``.
     """
-    return EvalTransform(short_side=short_side, mean=mean, std=std)
+    return EvalTransform(short_side=short_side, mean=mean, std=std, center_crop=center_crop)
