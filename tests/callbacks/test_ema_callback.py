@@ -229,3 +229,16 @@ def test_bad_configuration_is_reported(tmp_path: Path) -> None:
         run(tmp_path, EMATeacherCallback(teacher_attr="ema_teacher"), max_steps=1)
     with pytest.raises(TypeError, match="must be an EMATeacher"):
         run(tmp_path, EMATeacherCallback(teacher_attr="student"), max_steps=1)
+
+
+def test_seminar_eq1_teacher_is_the_running_mean_of_student_iterates(tmp_path: Path) -> None:
+    # Seminar Eq. 1: a_t = min(1 - 1/t, alpha) after optimizer step t = 1, 2, ...: for t <= 1/(1 - alpha) the
+    # teacher is the uniform average of theta_1..theta_t (the initial weights drop out at t = 1)
+    ema = EMATeacherCallback(decay=0.75, ramp=True, warmup_steps=0, copy_at_warmup_end=False)
+    _, rows, initial = run(tmp_path, ema, max_steps=6)
+    expected = [min(1 - 1 / t, 0.75) for t in range(1, 7)]
+    assert [r["decay"] for r in rows] == pytest.approx(expected)
+    check_against_reference(rows, initial, expected)
+    for t in range(1, 5):  # a_t = 1 - 1/t <= 0.75 up to t = 4
+        mean = np.mean([r["student"] for r in rows[:t]], axis=0)
+        np.testing.assert_allclose(rows[t - 1]["teacher"], mean, rtol=1e-5, atol=1e-6)

@@ -68,12 +68,13 @@ def test_fit_validate_test_predict(layout, synthetic, tmp_path, monkeypatch):
 
 def _stacks() -> list[tuple[str, ...]]:
     """Every configuration the README names: each base config alone, each U2PL split on its base with and
-    without the SupOnly fragment, and the trainer / logger fragments stacked on a base."""
+    without the SupOnly fragment, Seminar's evaluation fragment on both stages, and the trainer / logger
+    fragments stacked on a base."""
     fragments = ("trainer", "logger", "splits")
     bases = sorted(
         p.relative_to(CONFIGS).as_posix()
         for p in CONFIGS.rglob("*.yaml")
-        if p.parent.name not in fragments and not p.stem.endswith("suponly")
+        if p.parent.name not in fragments and not p.stem.endswith("suponly") and p.stem != "eval_center_crop"
     )
     stacks: list[tuple[str, ...]] = [(b,) for b in bases]
     for split in sorted((CONFIGS / "u2pl" / "splits").glob("*.yaml")):
@@ -87,6 +88,10 @@ def _stacks() -> list[tuple[str, ...]]:
     stacks += [("supervised/voc.yaml", f"{kind}/{f.name}") for kind in ("trainer", "logger")
                for f in sorted((CONFIGS / kind).glob("*.yaml"))]  # fmt: skip
     stacks += [("u2pl/voc.yaml", "u2pl/splits/voc_92.yaml", "trainer/ddp.yaml", "logger/wandb.yaml")]
+    stacks += [
+        (f"seminar/{stage}.yaml", "seminar/eval_center_crop.yaml")
+        for stage in ("voc_ancillary", "voc_primary")
+    ]
     return stacks
 
 
@@ -103,6 +108,9 @@ def test_print_config_for_every_shipped_config(stack, capsys):
         if "/splits/" in config:
             lists = yaml.safe_load((CONFIGS / config).read_text())["data"]["init_args"]["view"]["init_args"]
             assert view["init_args"]["labeled_list"] == lists["labeled_list"]
+        if config.endswith("eval_center_crop.yaml"):
+            transform = printed["data"]["init_args"]["transform"]
+            assert transform["eval_short_side"] == transform["eval_center_crop"] == 513
         if config.endswith("suponly.yaml"):
             assert view["init_args"]["labeled_only"] is True
             assert printed["model"]["init_args"]["contrastive"]["enabled"] is False

@@ -46,6 +46,9 @@ class MethodCase:
         interrupt_at: global step at which the interrupted run dies.
         replicated: state-dict key prefixes that must be identical on every DDP rank besides the parameters
             (teachers, memory banks, schedule buffers).
+        after: name of the case whose fitted checkpoint this one starts from (a later stage of a multi-stage
+            method), handed over with ``--model.init_args.<stage_argument>``.
+        stage_argument: the model argument that receives that checkpoint.
     """
 
     name: str
@@ -56,6 +59,8 @@ class MethodCase:
     steps: int
     interrupt_at: int
     replicated: tuple[str, ...] = ()
+    after: str | None = None
+    stage_argument: str = ""
 
 
 COMMON = (
@@ -96,7 +101,31 @@ METHODS = [
         interrupt_at=5,  # in the semi-supervised phase, mid-epoch
         replicated=("teacher.", "contrastive.memory_bank."),
     ),
+    MethodCase(
+        name="seminar_ancillary",
+        method=methods.SeminarModule,
+        configs=("seminar/synthetic_voc_ancillary.yaml",),
+        layout="voc",
+        tiny=(*tiny.SEMINAR, "--trainer.val_check_interval=2"),
+        steps=4,
+        interrupt_at=3,  # mid-epoch, after the consistency ramp moved
+        replicated=("teacher.",),
+    ),
+    MethodCase(
+        name="seminar_primary",
+        method=methods.SeminarModule,
+        configs=("seminar/synthetic_voc_primary.yaml",),
+        layout="voc",
+        tiny=(*tiny.SEMINAR, "--trainer.val_check_interval=2"),
+        steps=4,
+        interrupt_at=3,
+        replicated=("teacher.", "ancillary."),
+        after="seminar_ancillary",
+        stage_argument="ancillary_checkpoint",
+    ),
 ]
+CASES = {case.name: case for case in METHODS}
+_STAGES: dict[str, Path] = {}
 
 
 def _wsss(args: list[str], cwd: Path, expect_ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -113,11 +142,24 @@ def _wsss(args: list[str], cwd: Path, expect_ok: bool = True) -> subprocess.Comp
     return result
 
 
+def _earlier_stage(case: MethodCase, root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """``--model.init_args.<stage_argument>=<checkpoint>`` of the earlier stage, fitted once per session."""
+    if case.after is None:
+        return []
+    if case.after not in _STAGES:
+        earlier = CASES[case.after]
+        folder = tmp_path_factory.mktemp(f"stage_{earlier.name}")
+        _wsss(_fit_args(earlier, root, "dump", steps=2), folder)
+        _STAGES[case.after] = folder / "ckpts" / "last.ckpt"
+    return [f"--model.init_args.{case.stage_argument}={_STAGES[case.after]}"]
+
+
 def _run_args(case: MethodCase, root: Path, logs: str) -> list[str]:
     configs = [arg for c in case.configs for arg in ("-c", str(CONFIGS / c))]
     return [
         *configs,
-        "--data.init_args.source.root", str(root), *COMMON, *case.tiny, "--trainer.callbacks=[]",
+        "--data.init_args.source.root", str(root), *COMMON, *case.tiny, *case_stage.get(case.name, []),
+        "--trainer.callbacks=[]",
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.init_args.save_dir={logs}",
     ]  # fmt: skip
 
@@ -147,9 +189,16 @@ def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: li
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
 
 
+#: stage arguments of the running test's case (set by each test before it builds command lines)
+case_stage: dict[str, list[str]] = {}
+
+
 @pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)
-def test_fit_validate_test_predict_and_exact_resume(case: MethodCase, synthetic, tmp_path: Path) -> None:
+def test_fit_validate_test_predict_and_exact_resume(
+    case: MethodCase, synthetic, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     root = synthetic(case.layout)
+    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory)
     straight = tmp_path / "straight"
     _wsss(_fit_args(case, root, "dump"), straight)
     ckpt = straight / "ckpts" / "last.ckpt"
@@ -193,8 +242,11 @@ def test_fit_validate_test_predict_and_exact_resume(case: MethodCase, synthetic,
 
 
 @pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)
-def test_fit_with_ddp_on_two_cpu_processes(case: MethodCase, synthetic, tmp_path: Path) -> None:
+def test_fit_with_ddp_on_two_cpu_processes(
+    case: MethodCase, synthetic, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     root = synthetic(case.layout)
+    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory)
     _wsss([
         *_fit_args(case, root, "dump"), "-c", str(CONFIGS / "trainer" / "ddp_cpu.yaml"),
         "--trainer.limit_val_batches=0",

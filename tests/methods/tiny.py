@@ -54,3 +54,12 @@ U2PL = (
     *SMALL_BATCHES,
     "--trainer.limit_train_batches=2",
 )
+
+#: Seminar: DeepLabV3+ / ResNet-18, epochs of 2 steps so that the consistency ramp (2 epochs) moves within a run
+SEMINAR = (
+    "--model.init_args.encoder=resnet18",
+    "--model.init_args.multi_grid=[1,2]",
+    "--model.init_args.consistency.ramp_epochs=2",
+    *SMALL_BATCHES,
+    "--trainer.limit_train_batches=2",
+)

@@ -15,6 +15,13 @@ from wsss_lightning.methods.dupl import (
     ThresholdConfig,
 )
 from wsss_lightning.methods.options import CRFConfig, InferenceConfig, OptimizerConfig
+from wsss_lightning.methods.seminar import (
+    ConsistencyConfig,
+    DenseCRFLossConfig,
+    PartialCEConfig,
+    PseudoLabelConfig,
+    SeminarModule,
+)
 from wsss_lightning.methods.supervised import SupervisedModule
 from wsss_lightning.methods.u2pl import (
     ContrastiveConfig,
@@ -27,14 +34,19 @@ from wsss_lightning.methods.u2pl import (
 __all__ = [
     "CAMConfig",
     "CRFConfig",
+    "ConsistencyConfig",
     "ContrastiveConfig",
+    "DenseCRFLossConfig",
     "DuPLModule",
     "InferenceConfig",
     "LossWeights",
     "NoiseFilterConfig",
     "OptimizerConfig",
+    "PartialCEConfig",
     "PhaseConfig",
+    "PseudoLabelConfig",
     "SegmentationMethod",
+    "SeminarModule",
     "StrongViewConfig",
     "SupervisedLossConfig",
     "SupervisedModule",

@@ -178,6 +178,11 @@ class SegmentationMethod(L.LightningModule, ABC):
         # Random draws inside training_step become a function of the global step: exact resume.
         return [StepSeed()]
 
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # which method wrote the file: a later stage that loads it (Seminar's ancillary) can check it
+        checkpoint["method"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     # ----------------------------------------------------------------- inference
     def _single_pass(self, images: Tensor) -> Tensor:
         cfg = self.inference

@@ -164,13 +164,20 @@ def _per_image(name: str, value: Tensor | float, batch: int) -> Tensor | float:
     return value.view(batch, 1, 1)
 
 
-def _box_mask(
+def box_mask(
     name: str,
     valid_box: Tensor,
     size: tuple[int, int],
-    box_scale: float | tuple[float, float] | None,
+    box_scale: float | tuple[float, float] | None = None,
 ) -> Tensor:
-    """``(B, H, W)`` bool mask of the pixels inside each image's box, by comparing index grids."""
+    """``(B, H, W)`` bool mask of the pixels inside each image's box, by comparing index grids.
+
+    Args:
+        name: caller named in error messages.
+        valid_box: int64 (B, 4) = (top, left, bottom, right), bottom / right exclusive (the batches' ``valid_box``).
+        size: (H, W) of the mask.
+        box_scale: scale the box by this factor (per axis) first, rounding outwards; None keeps it.
+    """
     if valid_box.ndim != 2 or valid_box.shape[1] != 4:
         raise ValueError(
             f"{name}: valid_box must be (B, 4) = (top, left, bottom, right), got {tuple(valid_box.shape)}"
@@ -231,7 +238,7 @@ def threshold_labels(
     if valid_box is not None:
         if valid_box.shape[0] != b:
             raise ValueError(f"threshold_labels: valid_box must have B = {b} rows, got {valid_box.shape[0]}")
-        inside = _box_mask("threshold_labels", valid_box, (cams.shape[-2], cams.shape[-1]), box_scale)
+        inside = box_mask("threshold_labels", valid_box, (cams.shape[-2], cams.shape[-1]), box_scale)
         labels = torch.where(inside, labels, IGNORE_INDEX)
     return labels.long()
 
@@ -359,7 +366,7 @@ def par_pseudo_labels(
         # channel -> class id: 0 for the background plane, then each image's present classes (padding
         # channels are 0 after the softmax and PAR, behind the real ones: argmax never picks them)
         label_ids = torch.cat([order.new_zeros((b, 1)), order + 1], dim=1)
-        inside = None if valid_box is None else _box_mask("par_pseudo_labels", valid_box, (h, w), None)
+        inside = None if valid_box is None else box_mask("par_pseudo_labels", valid_box, (h, w), None)
 
         def to_label(probs: Tensor) -> Tensor:
             return torch.gather(label_ids, 1, probs.argmax(dim=1).flatten(1)).view(b, h, w)

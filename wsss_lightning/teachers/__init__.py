@@ -1,5 +1,6 @@
-"""Teacher networks shared by the methods (mean teachers now; switching teachers build on them)."""
+"""Teacher networks shared by the methods: mean teachers and frozen networks."""
 
 from wsss_lightning.teachers.ema import EMATeacher
+from wsss_lightning.teachers.frozen import FrozenNetwork
 
-__all__ = ["EMATeacher"]
+__all__ = ["EMATeacher", "FrozenNetwork"]
