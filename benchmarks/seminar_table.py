@@ -51,6 +51,7 @@ ROWS: dict[str, tuple[Path, tuple[str, ...]]] = {
     "primary (+ ancillary pseudo-labels)": (PRIMARY, ()),
 }
 ANCILLARY = "ancillary (pCE + consistency + CRF)"
+PRIMARY_ROW = "primary (+ ancillary pseudo-labels)"
 
 
 def slug(row: str) -> str:

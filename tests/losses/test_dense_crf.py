@@ -11,11 +11,13 @@ asymmetry |uᵀWv − vᵀWu| / |uᵀWv| ≤ 7e-3; the tests assert looser bound
 from __future__ import annotations
 
 import math
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from wsss_lightning.losses import (
     EXACT_CALIBRATION,
@@ -472,3 +474,96 @@ def test_errors_name_the_argument():
         PermutohedralLattice(torch.rand(1, 5, 16))
     with pytest.raises(ValueError, match="exact filter"):
         PermutohedralLattice(torch.tensor([[[0.0, 0.0], [1e12, -1e12]]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_padded_lattice_equals_exact_sizes(group: bool) -> None:
+    """The sync-free layout (fixed (d+1)·P vertex slots, sentinel padding) filters like the compact one."""
+    g = torch.Generator().manual_seed(21)
+    for d in (1, 3, 5):
+        feats = torch.randn(3, 150, d, generator=g, dtype=torch.float64) * 2.5
+        values = torch.rand(3, 150, 4, generator=g, dtype=torch.float64)
+        compact = PermutohedralLattice(feats, group_simplices=group, padded=False)
+        padded = PermutohedralLattice(feats, group_simplices=group, padded=True)
+        assert padded.num_vertices == (d + 1) * 450 > compact.num_vertices
+        torch.testing.assert_close(padded.filter(values), compact.filter(values), rtol=1e-12, atol=1e-14)
+        # Flat points in any order with their image index.
+        perm = torch.randperm(450, generator=g)
+        flat_f, flat_v = feats.reshape(450, d)[perm], values.reshape(450, 4)[perm]
+        images = torch.arange(3).repeat_interleave(150)[perm]
+        torch.testing.assert_close(
+            PermutohedralLattice(flat_f, images, 3, group_simplices=group, padded=True).filter(flat_v),
+            compact.filter(values).reshape(450, 4)[perm],
+            rtol=1e-12,
+            atol=1e-14,
+        )
+    # A key space beyond 63 bits cannot raise without a host read: the padded lattice filters to NaN.
+    huge = torch.tensor([[[0.0, 0.0], [1e12, -1e12]]], dtype=torch.float64)
+    assert PermutohedralLattice(huge, padded=True).filter(torch.ones(1, 2, 1)).isnan().all()
+
+
+_SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "nonzero_static", "argwhere"}
+_SYNC_OPS |= {"masked_select", "_unique", "_unique2", "unique_dim", "unique_consecutive", "bincount"}
+
+
+class _NoSyncMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
+    """Raise on every ATen op below autograd that reads a device value on the host or has a data-dependent
+    output size: scalar reads (``item``, ``int``, ``bool`` of a tensor all end in ``_local_scalar_dense``),
+    ``nonzero``, ``unique``, ``bincount``, boolean-mask indexing and ``repeat_interleave`` without output
+    size. It sees the ops of composite functions and of the custom backward too, not only Python calls."""
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        name = func.overloadpacket.__name__.rstrip("_")
+        kwargs = kwargs or {}
+        bool_index = name in ("index", "index_put") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ())
+        )
+        no_size = name == "repeat_interleave" and kwargs.get("output_size") is None
+        if name in _SYNC_OPS or bool_index or no_size:
+            raise AssertionError(f"host synchronisation in the lattice path: aten.{name}")
+        return func(*args, **kwargs)
+
+
+def _forbid_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python-level host reads raise too (``tolist`` reads the data without a dispatched op)."""
+
+    def forbidden(*_args: object, **_kwargs: object) -> NoReturn:
+        raise AssertionError("host synchronisation in the lattice path")
+
+    for name in ("tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    monkeypatch.setattr(torch, "unique", forbidden)
+    monkeypatch.setattr(torch, "nonzero", forbidden)
+
+
+def test_loss_with_roi_does_not_synchronise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lattice build, filter and the loss (forward + backward) read no device value on the host.
+
+    No CUDA here, so ``torch.cuda.set_sync_debug_mode`` is not available: the sync-free (padded) layout,
+    the default on accelerators, is forced on the CPU and every host read and data-dependent-size op is
+    made to raise, both as Python methods and as dispatched ATen ops. The check itself is checked: the CPU's
+    compact layout, which reads its sizes, trips it."""
+    images, _ = natural_like(2, 14, 18, seed=31)
+    probs = smooth_probs(2, 4, 14, 18, 5)
+    roi = torch.ones(2, 14, 18, dtype=torch.bool)
+    roi[0, 9:] = False
+    roi[1, :, 12:] = False
+    gate = torch.rand(2, 14, 18, generator=torch.Generator().manual_seed(3))
+    expected = probs.clone().requires_grad_()
+    expected_loss = dense_crf_loss(images, expected, roi, scale=1.0, sigma_xy=10.0, gate=gate)
+    expected_loss.backward()  # type: ignore[no-untyped-call]
+    for padded, clean in ((True, True), (False, False)):
+        monkeypatch.setattr(PermutohedralLattice, "padded_default", padded)
+        p = probs.clone().requires_grad_()
+        try:
+            with monkeypatch.context() as patch, _NoSyncMode():  # type: ignore[no-untyped-call]
+                _forbid_host_reads(patch)
+                loss = dense_crf_loss(images, p, roi, scale=1.0, sigma_xy=10.0, gate=gate)
+                loss.backward()  # type: ignore[no-untyped-call]
+        except AssertionError as err:
+            assert not clean, str(err)
+            continue
+        assert clean, "the sync check did not detect the compact layout's host reads"
+        torch.testing.assert_close(p.grad, expected.grad, rtol=1e-5, atol=1e-12)

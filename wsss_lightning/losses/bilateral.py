@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -28,6 +29,9 @@ from torch import Tensor
 __all__ = ["PermutohedralLattice", "bilateral_features", "exact_gaussian_filter"]
 
 _INT64_LIMIT = 2**62
+_SENTINEL = (
+    _INT64_LIMIT  # key of the unused vertex slots of a padded lattice: above every key and neighbour key
+)
 _MAX_DIM = 15  # the rank order of a simplex is kept as d base-(d+1) digits in an int64
 
 
@@ -121,20 +125,49 @@ def _spmm(matrix: Tensor, dense: Tensor, out: Tensor | None = None) -> Tensor:
     return torch.addmm(out, matrix, dense, beta=0.0, out=out)
 
 
-def _group_sorted(keys: Tensor, key_space: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Sort non-negative int64 ``keys`` (< ``key_space``) and group equal ones: ``(unique, counts, inverse, order)``.
+def _group_sorted(
+    keys: Tensor, *, int32: bool, exact: bool, fill: int, tiebreak: Tensor | None = None
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """Sort non-negative int64 ``keys`` and group equal ones: ``(unique, counts, inverse, order)``.
 
-    ``unique`` (G,) sorted distinct keys (int64), ``counts`` (G,), ``inverse`` (n,) the group of each key and
-    ``order`` (n,) the permutation that sorts ``keys`` (members of one group contiguous). Keys that fit are
-    sorted as int32, about twice as fast on CPU.
+    ``order`` (n,) is the permutation that sorts the keys (members of one group contiguous), ``inverse`` (n,)
+    the group of each key, ``counts`` (G,) the group sizes and ``unique`` the sorted distinct keys (G,), int64
+    (with ``tiebreak``: ``[keys, tiebreak]`` of each group, grouped by the pair in lexicographic order, two
+    stable sorts, no combined key that could overflow). Groups are the runs of the sorted keys: a "first of
+    run" flag per sorted key and their cumulative sum, the group id. With ``exact`` G is the number of groups,
+    read on the host (no synchronisation on the CPU); otherwise G = n, a fixed upper bound: the groups fill
+    the first slots and the unused ones keep ``fill`` (keys) / 0 (tiebreak, counts), without a host read.
+    ``int32`` sorts the keys as int32 (they must fit), about twice as fast on CPU.
     """
-    sorted_keys, order = torch.sort(keys.to(torch.int32) if key_space < 2**31 else keys)
-    new = torch.ones_like(sorted_keys, dtype=torch.bool)
-    new[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    group_sorted = torch.cumsum(new, 0) - 1
-    unique = sorted_keys[new].to(torch.int64)
-    counts = torch.bincount(group_sorted, minlength=unique.shape[0])
+    n = keys.shape[0]
+    if tiebreak is None:
+        sorted_keys, order = torch.sort(keys.to(torch.int32) if int32 else keys)
+        sorted_all = [sorted_keys]
+    else:
+        by_tie = torch.sort(tiebreak, stable=True).indices
+        sorted_keys, by_key = torch.sort(keys.index_select(0, by_tie), stable=True)
+        order = by_tie.index_select(0, by_key)
+        sorted_all = [sorted_keys, tiebreak.index_select(0, order)]
+    first = torch.ones(n, dtype=torch.bool, device=keys.device)
+    for s in sorted_all:
+        if s is sorted_all[0]:
+            torch.ne(s[1:], s[:-1], out=first[1:])
+        else:
+            first[1:] |= s[1:] != s[:-1]
+    group_sorted = torch.cumsum(first, 0) - 1
     inverse = torch.empty_like(group_sorted).scatter_(0, order, group_sorted)
+    if exact:  # CPU: reading the sizes is no synchronisation
+        unique = [s[first].to(torch.int64) for s in sorted_all]
+        counts = torch.bincount(group_sorted, minlength=unique[0].shape[0])
+        return unique, counts, inverse, order
+    unique = [
+        torch.full((n,), fill if i == 0 else 0, dtype=torch.int64, device=keys.device).scatter_(
+            0, group_sorted, s.to(torch.int64)
+        )
+        for i, s in enumerate(sorted_all)
+    ]
+    counts = torch.zeros(n, dtype=torch.int64, device=keys.device)
+    counts.scatter_add_(0, group_sorted, torch.ones_like(group_sorted))
     return unique, counts, inverse, order
 
 
@@ -158,8 +191,20 @@ class PermutohedralLattice:
     built from the sorts without sorting the (d+1)·P entries; the blur gathers each vertex's two neighbours
     per axis, found by binary search of their keys (computed arithmetically from the vertex's key) among the
     sorted keys. The lattice is built once and filters any number of channels together (an ``(M, K)``
-    tensor). The only host synchronisations are reading the coordinate bounds (for the key layout) and the
-    sizes of the sorted groups.
+    tensor).
+
+    Host synchronisation: none on the padded layout (``padded``, the default on every device but the CPU), as
+    a training step on an accelerator requires. Key bounds and strides stay device tensors; groups of equal
+    sorted keys are found by "first of run" flags and their cumulative sum, never by boolean indexing,
+    ``nonzero`` or ``unique``; buffers have fixed upper-bound sizes: P simplex slots and M = (d+1)·P vertex
+    slots, the used ones first, the unused ones keyed by a sentinel (above every key) with no splat entry, no
+    neighbour and value 0, so the filtered values are those of the compact layout up to summation order. Cost:
+    the blur runs over all (d+1)·P slots, so the (M+1, K) lattice buffers (two) take 2·(d+1)·P·K·4 bytes in
+    float32 (793 MB for 12 × 256² pixels and 21 channels, against 4 MB compact) and the neighbour table
+    2·(d+1)²·P·4 bytes (226 MB there; int32 indices). A key space beyond 63 bits cannot raise there without a
+    host read: the filtered values are NaN instead. On the CPU, where reading a size is no synchronisation,
+    the default compact layout reads the bounds and the group counts and allocates the M vertices only (M ≈
+    P/35 on the benchmark's images).
 
     Scale (d = 5 position + colour features, measured by ``benchmarks/dense_crf_loss.py`` and the tests):
     the response to a point at the point itself is about 0.5 instead of 1 (``W_ii`` 0.53 on average inside
@@ -175,16 +220,25 @@ class PermutohedralLattice:
         num_images: number of images for flat ``features``; default ``batch_index.max() + 1``.
         group_simplices: group the points by simplex before hashing vertices (faster when many points share a
             simplex, as the pixels of an image do; results are identical either way).
+        padded: sync-free layout with fixed upper-bound sizes (see above); default
+            :attr:`padded_default`, or when that is None, True on every device but the CPU. Without
+            ``num_images``, flat features read ``batch_index.max()`` on the host (a synchronisation): pass it.
 
     Attributes:
         dim: feature dimension d.
         num_points: P, the number of points (``B·N`` for batched features).
-        num_vertices: M, the number of lattice vertices of all images together.
+        num_vertices: M, the number of lattice vertices of all images together (compact layout) or of
+            vertex slots, (d+1)·P (padded layout).
+        padded: whether the layout is the padded one.
+        padded_default: class-wide default of ``padded`` (None: by device).
 
     Raises:
         ValueError: on malformed shapes, or when the features span too many lattice cells for 63-bit keys
-            (standard deviations far below a pixel or an intensity level; use the exact filter then).
+            (standard deviations far below a pixel or an intensity level; use the exact filter then), on
+            the compact layout (the padded one filters to NaN instead).
     """
+
+    padded_default: ClassVar[bool | None] = None  # None: padded on every device but the CPU
 
     def __init__(
         self,
@@ -193,6 +247,7 @@ class PermutohedralLattice:
         num_images: int | None = None,
         *,
         group_simplices: bool = True,
+        padded: bool | None = None,
     ) -> None:
         if not features.is_floating_point():
             raise ValueError(f"PermutohedralLattice: features must be floating point; got {features.dtype}")
@@ -205,7 +260,7 @@ class PermutohedralLattice:
             b, n, d = features.shape
             self.batch_shape: tuple[int, ...] = (b, n)
             flat = features.reshape(b * n, d)
-            images = torch.arange(b, device=features.device).repeat_interleave(n)
+            images = torch.arange(b, device=features.device)[:, None].expand(b, n).reshape(-1)
             num = b
         else:
             if features.ndim != 2 or batch_index.shape != features.shape[:1]:
@@ -227,10 +282,17 @@ class PermutohedralLattice:
         self.dtype = flat.dtype
         self.device = flat.device
         self.alpha = 1.0 / (1.0 + 2.0**-d)
+        self.padded = self.default_padded(self.device) if padded is None else padded
+        self._overflow: Tensor | None = None
         if self.num_points == 0:
             self.num_vertices = 0
             return
         self._build(flat, images, max(num, 1), group_simplices)
+
+    @classmethod
+    def default_padded(cls, device: torch.device) -> bool:
+        """Whether lattices on ``device`` take the padded layout by default: :attr:`padded_default`, or not on CPU."""
+        return cls.padded_default if cls.padded_default is not None else device.type != "cpu"
 
     # ------------------------------------------------------------------------------------------------ build
     def _embedding(self) -> Tensor:
@@ -247,7 +309,7 @@ class PermutohedralLattice:
         return emb.to(self.dtype).to(self.device)
 
     def _build(self, flat: Tensor, images: Tensor, num_images: int, group_simplices: bool) -> None:
-        d, p, dev = self.dim, self.num_points, self.device
+        d, p, dev, exact = self.dim, self.num_points, self.device, not self.padded
         d1 = d + 1
         # Coordinates of the points on rows, (d+1, P): every step below is a few passes over contiguous rows.
         # Elevate onto the hyperplane and find the remainder-0 vertex y0 = (d+1) q (rounding ties down).
@@ -274,37 +336,49 @@ class PermutohedralLattice:
         del resid, wrap, wrap_f
 
         # Key layout: image, d lattice coordinates q_0..q_{d-1} (y0_d = −Σ y0_i is implied), offset to >= 0
-        # with room for the vertices' −1 and the blur neighbours' ±1, and the remainder r as last digit.
-        bounds = torch.stack([q[:d].amin(1), q[:d].amax(1)]).tolist()  # one host sync for the layout
-        lo = [int(v) - 2 for v in bounds[0]]
-        ranges = [int(hi) - low + 2 for low, hi in zip(lo, bounds[1], strict=True)]
-        radix = [num_images, *ranges, d1]
-        space = math.prod(radix)
-        if space >= _INT64_LIMIT:
-            raise ValueError(
-                "PermutohedralLattice: the features span too many lattice cells for 63-bit vertex keys "
-                f"(key space {space:.3g}); standard deviations this small need the exact filter"
-            )
-        self._radix = radix
-        cell_strides = [math.prod(ranges[i + 1 :]) for i in range(d)]  # of q_i in a key without r
+        # with room for the vertices' −1 and the blur neighbours' ±1, and the remainder r as last digit. The
+        # bounds, ranges and strides stay device tensors (no host read on the padded path).
+        lo = q[:d].amin(1).to(torch.int64).sub_(2)  # (d,)
+        ranges = q[:d].amax(1).to(torch.int64).sub_(lo).add_(2)  # (d,)
+        cell_strides = torch.ones(d, dtype=torch.int64, device=dev)  # of q_i in a key without r
+        if d > 1:
+            cell_strides[:-1] = ranges[1:].flip(0).cumprod(0).flip(0)
+        image_stride = cell_strides[0] * ranges[0]
+        codes = d1**d
+        if exact:  # host values, no synchronisation on the CPU
+            space = num_images * math.prod(ranges.tolist()) * d1
+            if space >= _INT64_LIMIT:
+                raise ValueError(
+                    "PermutohedralLattice: the features span too many lattice cells for 63-bit vertex keys "
+                    f"(key space {space:.3g}); standard deviations this small need the exact filter"
+                )
+        else:  # checked in float64 without a host read: filter() returns NaN if the keys overflow
+            log_space = ranges.to(torch.float64).log2().sum() + math.log2(num_images * d1)
+            self._overflow = log_space >= math.log2(_INT64_LIMIT) - 1e-9
+            space = _INT64_LIMIT  # unknown on the host: int64 sorts
+        self._cell_strides = cell_strides
         # Remainder-0 vertex of each point, as a key without the remainder digit.
-        base = images * math.prod(ranges) - sum(low * st for low, st in zip(lo, cell_strides, strict=True))
+        base = images * image_stride - (lo * cell_strides).sum()
         for i in range(d):
             base.add_(q[i].to(torch.int64).mul_(cell_strides[i]))
         del q
         # Rank order of the first d coordinates (the last is implied) as base-(d+1) digits.
-        code = rank[0].to(torch.int16 if d1**d < 2**15 else torch.int64)
+        code = rank[0].to(torch.int16 if codes < 2**15 else torch.int64)
         for i in range(1, d):
             code.mul_(d1).add_(rank[i])
         del rank
-        codes = d1**d
 
-        # Group points by simplex (remainder-0 vertex, rank order): neighbouring pixels mostly share one.
-        if group_simplices and space * codes < _INT64_LIMIT:
-            simplex_keys, counts, point_simplex, order = _group_sorted(
-                base * codes + code, space // d1 * codes
+        # Group points by simplex (remainder-0 vertex, rank order): neighbouring pixels mostly share one. U is
+        # the number of distinct simplices (exact), or P with the unused simplex slots at the end (padded).
+        if group_simplices and exact and space * codes < _INT64_LIMIT:
+            (simplex_keys,), counts, point_simplex, order = _group_sorted(
+                base * codes + code, int32=space // d1 * codes < 2**31, exact=True, fill=0
             )
             s_base, s_code = simplex_keys.div(codes, rounding_mode="floor"), simplex_keys.remainder(codes)
+        elif group_simplices and not exact:
+            (s_base, s_code), counts, point_simplex, order = _group_sorted(
+                base, int32=False, exact=False, fill=0, tiebreak=code
+            )
         else:
             counts = torch.ones(p, dtype=torch.int64, device=dev)
             point_simplex = order = torch.arange(p, device=dev)
@@ -319,7 +393,11 @@ class PermutohedralLattice:
             s_rank = s_code.remainder(d1)
             s_code = s_code.div(d1, rounding_mode="floor")
             v_key.sub_((s_rank[None] > (d - r)[:, None]).to(torch.int64) * (cell_strides[i] * d1))
-        v_keys, v_counts, slot_vertex, slot_order = _group_sorted(v_key.reshape(-1), space)
+        if not exact:  # unused simplex slots: sentinel keys, sorted after every vertex (one padding group)
+            v_key = torch.where(counts[None] > 0, v_key, _SENTINEL)
+        (v_keys,), v_counts, slot_vertex, slot_order = _group_sorted(
+            v_key.reshape(-1), int32=space < 2**31, exact=exact, fill=_SENTINEL
+        )
         del v_key
         m = v_keys.shape[0]
         self.num_vertices = m
@@ -330,6 +408,8 @@ class PermutohedralLattice:
         # points of the slot's simplex with their weight for the slot's remainder r. In the (d+1, P) table of
         # (point, weight) pairs with points in simplex order, entry r·P + position, each slot is one run of
         # consecutive entries: the runs are concatenated by a cumulative sum of ones with a jump per run.
+        # Unused slots (padded path) are empty runs, all after the real ones: their jumps land in a spare
+        # last step that is not used.
         starts = torch.cumsum(counts, 0) - counts  # (U,) first position of each simplex in `order`
         slot_s, slot_r = slot_order % u, torch.div(slot_order, u, rounding_mode="floor")
         run_len = counts[slot_s]
@@ -337,9 +417,9 @@ class PermutohedralLattice:
         run_end = torch.cumsum(run_len, 0)
         jumps = run_first.clone()
         jumps[1:] -= run_first[:-1] + run_len[:-1] - 1
-        steps = torch.ones(d1 * p, dtype=idx, device=dev)
+        steps = torch.ones(d1 * p + (0 if exact else 1), dtype=idx, device=dev)
         steps[run_end - run_len] = jumps.to(idx)
-        entries = torch.cumsum(steps, 0, dtype=idx)
+        entries = torch.cumsum(steps[: d1 * p], 0, dtype=idx)
         del steps, jumps
         crow = torch.zeros(m + 1, dtype=idx, device=dev)
         crow[1:] = run_end[torch.cumsum(v_counts, 0) - 1]
@@ -379,24 +459,32 @@ class PermutohedralLattice:
     def _find_neighbours(self) -> Tensor:
         """``(d+1, 2, M)`` indices of each vertex's two blur neighbours per axis (``M`` where missing).
 
-        Along axis j the neighbours are ``y ± (−1, …, −1, d, −1, …, −1)`` (d at j; for j = d, the implicit
-        coordinate y_d). In the key that moves the remainder by ∓1 and, depending on whether the remainder
-        wraps, coordinate j or all the others by ±1: a constant offset per case, so neighbour keys are
-        computed from the vertex keys without decoding (the layout leaves room for the ±1).
+        Indices are int32 when they fit. Along axis j the neighbours are ``y ± (−1, …, −1, d, −1, …, −1)`` (d
+        at j; for j = d, the implicit coordinate y_d). In the key that moves the remainder by ∓1 and,
+        depending on whether the remainder wraps, coordinate j or all the others by ±1: a constant offset per
+        case (device scalars), so neighbour keys are computed from the vertex keys without decoding (the
+        layout leaves room for the ±1), and found by binary search in the sorted keys. Unused slots (sentinel
+        keys) have no neighbours and are no one's.
         """
         d, m = self.dim, self.num_vertices
-        strides = [math.prod(self._radix[i + 2 :]) for i in range(d)]  # of q_i in a vertex key
+        strides = self._cell_strides * (d + 1)  # of q_i in a vertex key
+        total = strides.sum()
         rem = self._keys % (d + 1)
-        out = torch.empty(d + 1, 2, m, dtype=torch.int64, device=self.device)
+        used = self._keys < _SENTINEL if self.padded else None
+        small = m < 2**31 - 1
+        out = torch.empty(d + 1, 2, m, dtype=torch.int32 if small else torch.int64, device=self.device)
         for axis in range(d + 1):
-            own = strides[axis] if axis < d else 0
-            others = sum(strides) - own
+            own = strides[axis] if axis < d else torch.zeros_like(total)
+            others = total - own
             # Side 0: y_k − 1, y_j + d (remainder r − 1; r = 0 wraps to d). Side 1: the opposite.
             cases = ((rem == 0, own - 1, d - others), (rem == d, 1 - own, others - d))
             for side, (wraps, step, wrap_step) in enumerate(cases):
                 nkey = self._keys + torch.where(wraps, wrap_step, step)
-                pos = torch.searchsorted(self._keys, nkey).clamp_(max=m - 1)
-                out[axis, side] = torch.where(self._keys[pos] == nkey, pos, m)
+                pos = torch.searchsorted(self._keys, nkey, out_int32=small).clamp_(max=m - 1)
+                found = self._keys.index_select(0, pos) == nkey
+                if used is not None:
+                    found &= used
+                out[axis, side] = torch.where(found, pos, m)
         return out
 
     # ----------------------------------------------------------------------------------------------- filter
@@ -427,5 +515,7 @@ class PermutohedralLattice:
             torch.add(lattice.index_select(0, n1), lattice.index_select(0, n2), out=blurred[:m])
             blurred[:m].mul_(0.5).add_(lattice[:m])
             lattice, blurred = blurred, lattice
-        out = _spmm(self._slice, lattice[:m])
-        return out.mul_(self.alpha).reshape(values.shape)
+        out = _spmm(self._slice, lattice[:m]).mul_(self.alpha)
+        if self._overflow is not None:  # padded path: NaN instead of a host-side check of the key space
+            out.masked_fill_(self._overflow, math.nan)
+        return out.reshape(values.shape)

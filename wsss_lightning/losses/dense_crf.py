@@ -79,15 +79,25 @@ def _filter(features: Tensor, values: Tensor, roi: Tensor | None, kernel: Kernel
         return exact_gaussian_filter(features, values, chunk_rows)
     if roi is None:
         return PermutohedralLattice(features).filter(values)
-    # Only ROI pixels enter the lattice (their values outside are 0 anyway): padding never changes it.
     b, n, k = values.shape
-    inside = roi.reshape(-1).nonzero().squeeze(1)
-    lattice = PermutohedralLattice(
-        features.reshape(b * n, -1).index_select(0, inside), torch.div(inside, n, rounding_mode="floor"), b
-    )
-    out = torch.zeros(b * n, k, dtype=features.dtype, device=features.device)
-    out.index_copy_(0, inside, lattice.filter(values.reshape(b * n, k).index_select(0, inside)))
-    return out.reshape(b, n, k)
+    if not PermutohedralLattice.default_padded(features.device):
+        # CPU: only ROI pixels enter the lattice (reading their count is no synchronisation there).
+        inside = roi.reshape(-1).nonzero().squeeze(1)
+        lattice = PermutohedralLattice(
+            features.reshape(b * n, -1).index_select(0, inside),
+            torch.div(inside, n, rounding_mode="floor"),
+            b,
+        )
+        out = torch.zeros(b * n, k, dtype=features.dtype, device=features.device)
+        out.index_copy_(0, inside, lattice.filter(values.reshape(b * n, k).index_select(0, inside)))
+        return out.reshape(b, n, k)
+    # Accelerators, sync-free: the pixels outside the ROI get a key space of their own (image index B + b),
+    # so they never share a vertex with ROI pixels; their values are 0, so are their outputs. Either way
+    # padding never changes the ROI pixels' values.
+    outside = (roi.reshape(b, n) == 0).to(torch.int64).mul_(b)
+    images = torch.arange(b, device=features.device)[:, None] + outside
+    lattice = PermutohedralLattice(features.reshape(b * n, -1), images.reshape(-1), 2 * b)
+    return lattice.filter(values.reshape(b * n, k)).reshape(b, n, k)
 
 
 class _DenseCRFEnergy(torch.autograd.Function):
@@ -173,10 +183,12 @@ def dense_crf_loss(
     Kernels and their scale: ``"lattice"`` (default) is the permutohedral-lattice filter of the reference's
     C++ code (:class:`~wsss_lightning.losses.bilateral.PermutohedralLattice`), O(N); its ``W v`` is about
     0.57 × the exact Gaussian sum on natural-like images at the VOC setting (0.54 on 32² grids; self-weight
-    ≈ 0.5), which the published loss weights (``w = 2e-9``) absorb. Only ROI pixels enter the lattice (the
-    reference splats the padding too, with zero values, which can shift the blur slightly): padding never
-    matters. ``"exact"`` sums the dense Gaussian exactly, ``chunk_rows`` query rows at a time (O(N²): small
-    images, tests, GPUs). ``calibration`` ``c`` multiplies the weight; its default is 1 for the lattice and
+    ≈ 0.5), which the published loss weights (``w = 2e-9``) absorb. ROI pixels never share a lattice vertex
+    with the others (the reference splats the padding too, with zero values, which can shift the blur
+    slightly): padding never matters. Sync-free on accelerators (no host read in forward or backward: the
+    lattice's padded layout, see :class:`~wsss_lightning.losses.bilateral.PermutohedralLattice`).
+    ``"exact"`` sums the dense Gaussian exactly, ``chunk_rows`` query rows at a time (O(N²): small images,
+    tests, GPUs). ``calibration`` ``c`` multiplies the weight; its default is 1 for the lattice and
     :data:`EXACT_CALIBRATION` (0.57, the measured lattice / exact energy ratio) for the exact kernel, so that
     both give the loss on the reference's scale: ``L_exact(c=0.57) ≈ L_lattice(c=1)`` (within a few %, the
     ratio depending on image content and size).

@@ -191,6 +191,18 @@ class SeminarModule(SegmentationMethod):
         self.ancillary_loaded.fill_(True)
 
     # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def _teacher_probs(self, images: Tensor, mode: str) -> Tensor:
+        """Softmax of the EMA teacher on the student's batch (Eq. 3's T), without gradient."""
+        if mode == "eval":
+            logits: Tensor = self.teacher(images)
+            return logits.float().softmax(1)
+        with self.teacher.train_mode():
+            logits = self.teacher(images)
+        probs = logits.float().softmax(1)
+        self.teacher.sync_buffers()  # identical teacher BN statistics on every DDP rank
+        return probs
+
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if "clicks" not in batch:
@@ -210,9 +222,7 @@ class SeminarModule(SegmentationMethod):
 
         cons = opts.consistency
         if cons.weight > 0:  # the "pCE" / "pCE + CRF" baselines of Table 3 run without the teacher
-            with torch.no_grad(), self.teacher.train_mode():
-                teacher_probs = self.teacher(images).float().softmax(1)
-            self.teacher.sync_buffers()  # identical teacher BN statistics on every DDP rank
+            teacher_probs = self._teacher_probs(images, cons.teacher_mode)
             loss_cons = consistency_mse(
                 probs, teacher_probs, region if cons.exclude_padding else None, reduction=cons.reduction
             )

@@ -42,6 +42,9 @@ class ConsistencyConfig:
             mean-teacher convention); ``"classes"`` = summed over classes, mean over pixels (Eq. 3 literally,
             C× larger).
         exclude_padding: average over real image pixels only (padding of small rescaled crops is left out).
+        teacher_mode: ``"train"``: the teacher runs in train mode under no_grad (dropout on, batch statistics,
+            its own BN buffers updated), the mean-teacher convention (MT ``main.py``) the paper follows;
+            ``"eval"``: deterministic teacher on its running statistics (the paper does not say).
     """
 
     weight: float = 200.0
@@ -49,10 +52,13 @@ class ConsistencyConfig:
     ema_decay: float = 0.999
     reduction: Literal["elements", "classes"] = "elements"
     exclude_padding: bool = True
+    teacher_mode: Literal["train", "eval"] = "train"
 
     def __post_init__(self) -> None:
         if self.weight < 0:
             _fail("consistency", "weight", self.weight, ">= 0")
+        if self.teacher_mode not in ("train", "eval"):
+            _fail("consistency", "teacher_mode", self.teacher_mode, "'train' or 'eval'")
         if self.ramp_epochs < 0:
             _fail("consistency", "ramp_epochs", self.ramp_epochs, ">= 0")
         if not 0.0 <= self.ema_decay < 1.0:
