@@ -23,7 +23,6 @@ from collections import defaultdict
 
 import torch
 
-from wsss_lightning.losses.dense_crf import dense_crf_loss
 from wsss_lightning.methods.seminar import DenseCRFLossConfig, SeminarModule
 from wsss_lightning.methods.seminar.losses import consistency_mse, partial_ce, pseudo_label_ce
 from wsss_lightning.teachers import FrozenNetwork
@@ -61,7 +60,6 @@ def main() -> None:
     clicks = torch.full((b, *size), 255, device=device)
     clicks[:, ::37, ::41] = torch.randint(0, 21, clicks[:, ::37, ::41].shape, device=device)
     region = torch.ones(b, *size, dtype=torch.bool, device=device)
-    crf = model.options.crf_loss
     times: dict[str, list[float]] = defaultdict(list)
 
     def tick() -> float:
@@ -84,10 +82,7 @@ def main() -> None:
         loss = partial_ce(logits, clicks) + 200.0 * consistency_mse(probs, teacher_probs, region)
         loss = loss + pseudo_label_ce(logits, pseudo, region)
         t["partial CE + consistency + pseudo-label CE"] = tick()
-        loss = loss + dense_crf_loss(
-            model.denormalize(images) * 255.0, probs, region, weight=crf.weight, sigma_rgb=crf.sigma_rgb,
-            sigma_xy=crf.sigma_xy, scale=crf.scale, kernel=crf.kernel,
-        )  # fmt: skip
+        loss = loss + model.dense_crf(model.denormalize(images) * 255.0, probs, region)
         t["dense-CRF loss forward"] = tick()
         opt.zero_grad()
         loss.backward()

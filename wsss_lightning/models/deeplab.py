@@ -26,7 +26,6 @@ checkpoints load once the ``module.`` prefix is stripped. BatchNorm is plain ``n
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import cast
 
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from timm.models import FeatureInfo
 from torch import Tensor, nn
 
-from wsss_lightning.models.weights import load_weights_file
+from wsss_lightning.models.weights import load_encoder_weights
 
 #: timm name of the deep-stem ResNet-101 the reference was trained with (see the module docstring).
 REFERENCE_ENCODER = "resnet101s"
@@ -327,17 +326,7 @@ class DeepLabV3PlusRep(nn.Module):
         # attribute name as in the reference so its checkpoints keep their keys
         self.auxor = AuxHead(channels[-2], num_classes) if aux else None
         if encoder_weights is not None:
-            self._load_encoder_weights(encoder_weights)
-
-    def _load_encoder_weights(self, path: str) -> None:
-        missing = [n for n in load_weights_file(self.encoder, path) if not n.endswith("num_batches_tracked")]
-        if missing:
-            # a partial match usually means a different stem (e.g. torchvision weights into resnet101s)
-            warnings.warn(
-                f"encoder_weights {path}: {len(missing)} encoder tensors are not in the file and keep their "
-                f"initial values: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
-                stacklevel=3,
-            )
+            load_encoder_weights(self.encoder, encoder_weights)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Split parameters for per-group learning rates (the reference trains ``decoder`` at 10× on VOC).

@@ -19,7 +19,6 @@ low-level projection, the dropouts and the missing representation head.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss_lightning.models.deeplab import ASPP, build_dilated_encoder, feature_info, multi_grid_dilations
-from wsss_lightning.models.weights import load_weights_file
+from wsss_lightning.models.weights import load_encoder_weights
 
 _WIDTH = 256  # ASPP branch and decoder width
 _LOW = 48  # low-level projection width
@@ -121,17 +120,7 @@ class DeepLabV3Plus(nn.Module):
             nn.Conv2d(width, num_classes, 1),
         )
         if encoder_weights is not None:
-            missing = [
-                n
-                for n in load_weights_file(self.encoder, encoder_weights)
-                if not n.endswith("num_batches_tracked")
-            ]
-            if missing:
-                warnings.warn(
-                    f"encoder_weights {encoder_weights}: {len(missing)} encoder tensors are not in the file and "
-                    f"keep their initial values: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
-                    stacklevel=2,
-                )
+            load_encoder_weights(self.encoder, encoder_weights)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """``backbone`` (the encoder; base learning rate) and ``head`` (ASPP + decoder; 10× in the reference)."""

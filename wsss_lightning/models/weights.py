@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,3 +71,18 @@ def load_weights_file(module: nn.Module, path: str | Path, min_fraction: float =
         )
     module.load_state_dict(matched, strict=False)
     return sorted(set(own) - set(matched))
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
+    """:func:`load_weights_file` into a segmentation encoder, warning about the tensors the file lacks.
+
+    A partial match usually means a different stem (e.g. torchvision weights into a deep-stem ResNet); BN's
+    ``num_batches_tracked`` counters are not reported.
+    """
+    missing = [n for n in load_weights_file(encoder, path) if not n.endswith("num_batches_tracked")]
+    if missing:
+        warnings.warn(
+            f"encoder_weights {path}: {len(missing)} encoder tensors are not in the file and keep their "
+            f"initial values: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
+            stacklevel=3,
+        )

@@ -27,7 +27,7 @@ from typing_extensions import override
 
 from wsss_lightning.callbacks.ema import EMATeacherCallback
 from wsss_lightning.callbacks.schedule import ScheduleCallback
-from wsss_lightning.losses.dense_crf import dense_crf_loss
+from wsss_lightning.losses.dense_crf import DenseCRFLoss
 from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.methods.seminar.ancillary import FIELD, ancillary_student_state
 from wsss_lightning.methods.seminar.losses import consistency_mse, partial_ce, pseudo_label_ce
@@ -121,6 +121,15 @@ class SeminarModule(SegmentationMethod):
             self._ddp_params_and_buffers_to_ignore = [
                 f"ancillary.{name}" for name, _ in self.ancillary.named_parameters()
             ] + [f"ancillary.{name}" for name, _ in self.ancillary.named_buffers()]
+
+    @override
+    def configure_losses(self) -> None:
+        crf = self.options.crf_loss
+        self.dense_crf = (
+            DenseCRFLoss(crf.weight, crf.sigma_rgb, crf.sigma_xy, crf.scale, crf.kernel, crf.calibration)
+            if crf.enabled
+            else None
+        )
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
@@ -229,19 +238,8 @@ class SeminarModule(SegmentationMethod):
             loss = loss + cons.weight * self.consistency_ramp * loss_cons
             logs["train/loss_consistency"] = loss_cons
 
-        crf = opts.crf_loss
-        if crf.enabled:
-            loss_crf = dense_crf_loss(
-                self.denormalize(images) * 255.0,
-                probs,
-                region,
-                weight=crf.weight,
-                sigma_rgb=crf.sigma_rgb,
-                sigma_xy=crf.sigma_xy,
-                scale=crf.scale,
-                kernel=crf.kernel,
-                calibration=crf.calibration,
-            )
+        if self.dense_crf is not None:
+            loss_crf = self.dense_crf(self.denormalize(images) * 255.0, probs, region)
             loss = loss + loss_crf
             logs["train/loss_crf"] = loss_crf
 
