@@ -1,4 +1,4 @@
-"""Seminar learns from clicks: the bar of benchmarks/README.md ("Seminar Learning vs its baselines").
+"""Seminar learns from clicks: the target of benchmarks/README.md ("Seminar Learning vs its baselines").
 
 Runs ``benchmarks/seminar_table.py``'s partial-CE, ancillary and primary rows with 2 seeds on the synthetic VOC
 set (about 30-40 minutes on 2 cores). Run with ``make test-slow`` (``pytest -m slow``).
@@ -21,8 +21,8 @@ MIN_GAIN = 0.05
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="bar not met: on this short from-scratch CPU schedule the EMA-teacher consistency lowers the mIoU "
-    "(benchmarks/README.md, 'Seminar Learning vs its baselines'); an XPASS means the bar is met",
+    reason="on this short from-scratch CPU schedule the EMA-teacher consistency lowers the mIoU "
+    "(benchmarks/README.md, 'Seminar Learning vs its baselines'); an XPASS means the target is reached",
 )
 def test_ancillary_beats_partial_ce_and_primary_keeps_up(tmp_path):
     spec = importlib.util.spec_from_file_location("seminar_table", TABLE)

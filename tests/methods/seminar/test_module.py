@@ -37,14 +37,16 @@ def ancillary(synthetic, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor
     cwd = Path.cwd()
     try:
         os.chdir(folder)
-        cli = run_cli(["fit", *args(synthetic("voc"), "synthetic_voc_ancillary.yaml")])
+        # 4 steps: epoch 0 (ramp 0, no teacher pass) and epoch 1 (ramp 0.5)
+        cli = run_cli(["fit", *args(synthetic("voc"), "synthetic_voc_ancillary.yaml", steps=4)])
     finally:
         os.chdir(cwd)
     metrics = cli.trainer.callback_metrics
     for key in ("train/loss_pce", "train/loss_consistency", "train/loss_crf", "teacher/decay", "val/miou"):
         assert key in metrics, key
     assert "train/loss_pseudo" not in metrics and cli.model.ancillary is None
-    assert float(metrics["teacher/decay"]) == pytest.approx(0.5)  # a_2 = 1 - 1/2
+    assert float(metrics["teacher/decay"]) == pytest.approx(0.75)  # a_4 = 1 - 1/4
+    assert float(metrics["schedule/consistency_ramp"]) == pytest.approx(0.5)
     ckpt = folder / "outputs" / "seminar_synthetic_voc_ancillary" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     student = {k: v.clone() for k, v in cli.model.student.state_dict().items()}

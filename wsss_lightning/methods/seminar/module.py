@@ -89,12 +89,12 @@ class SeminarModule(SegmentationMethod):
         self.consistency_ramp = 0.0
 
     # ------------------------------------------------------------------ construction
-    def _network(self) -> DeepLabV3Plus:
+    def _network(self, pretrained: bool = True) -> DeepLabV3Plus:
         hp = self.options
         return DeepLabV3Plus(
             self.num_classes,
             encoder=hp.encoder,
-            encoder_weights=hp.encoder_weights,
+            encoder_weights=hp.encoder_weights if pretrained else None,
             output_stride=hp.output_stride,
             multi_grid=hp.multi_grid,
             aspp_dilations=hp.aspp_dilations,
@@ -115,7 +115,7 @@ class SeminarModule(SegmentationMethod):
                 raise ValueError(f"{FIELD}: expected a checkpoint path or null, got {path!r}")
             # weights arrive when the fit starts (or from this run's checkpoint); built here so that a checkpoint
             # of the primary stage loads without the ancillary's file
-            self.ancillary = FrozenNetwork(self._network())
+            self.ancillary = FrozenNetwork(self._network(pretrained=False))
             self.register_buffer("ancillary_loaded", torch.tensor(False))
             # frozen and identical on every rank: DDP must neither register nor broadcast it
             self._ddp_params_and_buffers_to_ignore = [
@@ -230,7 +230,8 @@ class SeminarModule(SegmentationMethod):
         logs = {"train/loss_pce": loss}
 
         cons = opts.consistency
-        if cons.weight > 0:  # the "pCE" / "pCE + CRF" baselines of Table 3 run without the teacher
+        # no teacher pass while its weight is 0 (the ramp's first epoch; the "pCE" / "pCE + CRF" rows of Table 3)
+        if cons.weight > 0 and self.consistency_ramp > 0:
             teacher_probs = self._teacher_probs(images, cons.teacher_mode)
             loss_cons = consistency_mse(
                 probs, teacher_probs, region if cons.exclude_padding else None, reduction=cons.reduction
