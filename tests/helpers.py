@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
+import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class Interrupt(RuntimeError):
@@ -77,3 +80,39 @@ def run_gloo(fn: Any, *args: Any, world_size: int = 2) -> None:
         join=True,
         start_method=start_method,
     )
+
+
+_SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "nonzero_static", "argwhere"}
+_SYNC_OPS |= {"masked_select", "_unique", "_unique2", "unique_dim", "unique_consecutive", "bincount"}
+
+
+class NoSyncMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
+    """Raise on every ATen op below autograd that reads a device value on the host or has a data-dependent
+    output size: scalar reads (``item``, ``int``, ``bool`` of a tensor all end in ``_local_scalar_dense``),
+    ``nonzero``, ``unique``, ``bincount``, boolean-mask indexing and ``repeat_interleave`` without output
+    size. It sees the ops of composite functions and of the custom backward too, not only Python calls."""
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        name = func.overloadpacket.__name__.rstrip("_")
+        kwargs = kwargs or {}
+        bool_index = name in ("index", "index_put") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ())
+        )
+        no_size = name == "repeat_interleave" and kwargs.get("output_size") is None
+        if name in _SYNC_OPS or bool_index or no_size:
+            raise AssertionError(f"host synchronisation: aten.{name}")
+        return func(*args, **kwargs)
+
+
+def forbid_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python-level host reads raise too (``tolist`` reads the data without a dispatched op)."""
+
+    def forbidden(*_args: object, **_kwargs: object) -> NoReturn:
+        raise AssertionError("host synchronisation")
+
+    for name in ("tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    monkeypatch.setattr(torch, "unique", forbidden)
+    monkeypatch.setattr(torch, "nonzero", forbidden)

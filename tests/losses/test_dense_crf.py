@@ -11,14 +11,13 @@ asymmetry |uᵀWv − vᵀWu| / |uᵀWv| ≤ 7e-3; the tests assert looser bound
 from __future__ import annotations
 
 import math
-from typing import Any, NoReturn
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from tests.helpers import NoSyncMode, forbid_host_reads
 from wsss_lightning.losses import (
     EXACT_CALIBRATION,
     DenseCRFLoss,
@@ -502,42 +501,6 @@ def test_padded_lattice_equals_exact_sizes(group: bool) -> None:
     assert PermutohedralLattice(huge, padded=True).filter(torch.ones(1, 2, 1)).isnan().all()
 
 
-_SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "nonzero_static", "argwhere"}
-_SYNC_OPS |= {"masked_select", "_unique", "_unique2", "unique_dim", "unique_consecutive", "bincount"}
-
-
-class _NoSyncMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
-    """Raise on every ATen op below autograd that reads a device value on the host or has a data-dependent
-    output size: scalar reads (``item``, ``int``, ``bool`` of a tensor all end in ``_local_scalar_dense``),
-    ``nonzero``, ``unique``, ``bincount``, boolean-mask indexing and ``repeat_interleave`` without output
-    size. It sees the ops of composite functions and of the custom backward too, not only Python calls."""
-
-    def __torch_dispatch__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
-    ) -> Any:
-        name = func.overloadpacket.__name__.rstrip("_")
-        kwargs = kwargs or {}
-        bool_index = name in ("index", "index_put") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ())
-        )
-        no_size = name == "repeat_interleave" and kwargs.get("output_size") is None
-        if name in _SYNC_OPS or bool_index or no_size:
-            raise AssertionError(f"host synchronisation in the lattice path: aten.{name}")
-        return func(*args, **kwargs)
-
-
-def _forbid_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Python-level host reads raise too (``tolist`` reads the data without a dispatched op)."""
-
-    def forbidden(*_args: object, **_kwargs: object) -> NoReturn:
-        raise AssertionError("host synchronisation in the lattice path")
-
-    for name in ("tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero"):
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    monkeypatch.setattr(torch, "unique", forbidden)
-    monkeypatch.setattr(torch, "nonzero", forbidden)
-
-
 def test_loss_with_roi_does_not_synchronise(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lattice build, filter and the loss (forward + backward) read no device value on the host.
 
@@ -558,8 +521,8 @@ def test_loss_with_roi_does_not_synchronise(monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setattr(PermutohedralLattice, "padded_default", padded)
         p = probs.clone().requires_grad_()
         try:
-            with monkeypatch.context() as patch, _NoSyncMode():  # type: ignore[no-untyped-call]
-                _forbid_host_reads(patch)
+            with monkeypatch.context() as patch, NoSyncMode():  # type: ignore[no-untyped-call]
+                forbid_host_reads(patch)
                 loss = dense_crf_loss(images, p, roi, scale=1.0, sigma_xy=10.0, gate=gate)
                 loss.backward()  # type: ignore[no-untyped-call]
         except AssertionError as err:

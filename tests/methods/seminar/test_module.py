@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import NoSyncMode, forbid_host_reads
 from tests.methods import tiny
 from wsss_lightning.cli import run_cli
+from wsss_lightning.losses.bilateral import PermutohedralLattice
 from wsss_lightning.methods import SeminarModule
+from wsss_lightning.teachers import FrozenNetwork
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs" / "seminar"
@@ -101,3 +104,29 @@ def test_start_up_errors_name_the_field(ancillary, synthetic, tmp_path, monkeypa
     # not the click view
     with pytest.raises(ValueError, match="ClickView"):
         run_cli(["fit", *args(root, "synthetic_voc_ancillary.yaml", "--data.view=FullView")])
+
+
+def test_training_step_does_not_synchronise(monkeypatch):
+    """A primary-stage step (student, teacher, ancillary, every loss, backward) reads no device value on the host.
+
+    The lattice's sync-free (padded) layout, the default on accelerators, is forced on the CPU; host reads and
+    data-dependent sizes raise (``tests.helpers.NoSyncMode``)."""
+    torch.manual_seed(0)
+    model = SeminarModule(num_classes=5, encoder="resnet18", multi_grid=(1, 2), decoder_channels=16)
+    model.ancillary = FrozenNetwork(model._network(pretrained=False))
+    model.consistency_ramp = 1.0
+    model.train()
+    monkeypatch.setattr(PermutohedralLattice, "padded_default", True)
+    clicks = torch.full((2, 32, 32), 255)
+    clicks[:, 5, 7], clicks[:, 20, 11] = 1, 0
+    batch = {
+        "image": torch.randn(2, 3, 32, 32),
+        "clicks": clicks,
+        "valid_box": torch.tensor([[0, 0, 32, 32], [0, 0, 24, 30]]),
+    }
+    monkeypatch.setattr(model, "log_dict", lambda *args, **kwargs: None)
+    with monkeypatch.context() as patch, NoSyncMode():
+        forbid_host_reads(patch)
+        loss = model.training_step(batch, 0)
+        loss.backward()
+    assert torch.isfinite(loss.detach())
