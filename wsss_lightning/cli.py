@@ -243,6 +243,13 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
         warnings.filterwarnings(
             "ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training"
         )
+        # DuPL lists each batch's present classes on the host in on_before_batch_transfer on purpose (no
+        # device read later); Lightning warns about any module override of that hook beside a datamodule.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a "
+            r"`LightningDataModule`",
+        )
         cli = WSSSLightningCLI(
             SegmentationMethod,
             L.LightningDataModule,

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tests.helpers import NoSyncMode, forbid_host_reads
 from wsss_lightning.pseudo_labels.cam import (
     affinity_labels,
     cam_labels_eval,
@@ -15,6 +16,7 @@ from wsss_lightning.pseudo_labels.cam import (
     multiscale_cams,
     normalize_cams,
     par_pseudo_labels,
+    present_classes,
     threshold_labels,
 )
 
@@ -356,7 +358,7 @@ def test_par_pseudo_labels_without_any_present_class_and_float_high() -> None:
     tags = torch.zeros(4, 5, dtype=cams.dtype)
     par = FakePAR()
     out = par_pseudo_labels(par, images, cams, tags, 0.7)
-    assert par.channels == [2] and (out == 0).all()  # the bg plane alone always wins
+    assert par.channels == [4] and (out == 0).all()  # K >= 1 (one padding channel): the bg plane wins
     images, cams, tags, _, box = par_case(9)
     a = par_pseudo_labels(FakePAR(), images, cams, tags, 0.6, valid_box=box)
     b = par_pseudo_labels(
@@ -389,3 +391,97 @@ def test_par_pseudo_labels_of_several_networks_share_one_par_call() -> None:
     for out, single in zip(both, (cams, other), strict=True):
         expected = par_pseudo_labels(FakePAR(), images, single, tags, high, low=0.25, valid_box=box)
         np.testing.assert_array_equal(out.numpy(), expected.numpy())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# present classes: the same labels from maps of each image's present classes only
+
+
+def test_present_classes_lists_each_images_classes_ascending_padded() -> None:
+    tags = torch.tensor([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 0, 1]])
+    expected = [[1, 3, 4], [-1, -1, -1], [0, -1, -1], [2, 4, -1]]
+    assert present_classes(tags).tolist() == expected
+    assert present_classes(torch.zeros(2, 3)).tolist() == [[-1], [-1]]  # K >= 1
+    rng = np.random.default_rng(0)
+    tags = torch.from_numpy((rng.random((6, 20)) < 0.15).astype(np.float32))
+    got = present_classes(tags)
+    for row, t in zip(got.tolist(), tags.numpy(), strict=True):
+        real = np.nonzero(t > 0)[0].tolist()
+        assert row == real + [-1] * (got.shape[1] - len(real))
+    with pytest.raises(ValueError, match="present_classes: tags must be"):
+        present_classes(torch.zeros(3))
+
+
+def _gathered(maps: Tensor, classes: Tensor) -> Tensor:
+    index = classes.clamp(min=0)[:, :, None, None].expand(-1, -1, *maps.shape[-2:])
+    return torch.gather(maps, 1, index) * (classes >= 0)[:, :, None, None]
+
+
+@pytest.mark.parametrize(("size", "pad_to"), [(16, 1), (18, 4)])
+def test_multiscale_cams_of_present_classes_equal_the_full_maps(size: int, pad_to: int) -> None:
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(3, 3, size, size, generator=g, dtype=torch.float64)
+    tags = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]])
+    classes = present_classes(tags)
+    full = multiscale_cams(FakeCamNet(), images, pad_to=pad_to)
+    some = multiscale_cams(FakeCamNet(), images, pad_to=pad_to, classes=classes)
+    for f, s in zip(full, some, strict=True):
+        assert s.shape == (3, 3, size, size)
+        torch.testing.assert_close(s, _gathered(f, classes), rtol=0, atol=1e-12)
+
+
+def test_multiscale_cams_reuse_the_unflipped_scale_one_maps() -> None:
+    g = torch.Generator().manual_seed(6)
+    images = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    net = FakeCamNet()
+    given = net(images)
+    net.calls.clear()
+    reused = multiscale_cams(net, images, scales=(1.0, 0.5), unflipped=given)
+    assert net.calls == [(2, 3, 16, 16), (4, 3, 8, 8)]  # scale 1.0: the flipped half only
+    for a, b in zip(reused, multiscale_cams(FakeCamNet(), images, scales=(1.0, 0.5)), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"unflipped maps need a scale of 1\.0"):
+        multiscale_cams(net, images, scales=(0.5,), unflipped=given)
+    with pytest.raises(ValueError, match="multiple of pad_to = 3"):
+        multiscale_cams(net, images, pad_to=3, unflipped=given)
+
+
+def test_labels_from_present_class_maps_equal_the_full_path() -> None:
+    images, cams, tags, high, box = par_case(12)
+    classes = present_classes(tags)
+    some = _gathered(cams, classes)
+    full = par_pseudo_labels(FakePAR(), images, [cams, cams.flip(-1)], tags, high, valid_box=box)
+    par = FakePAR()
+    got = par_pseudo_labels(par, images, [some, some.flip(-1)], None, high, valid_box=box, classes=classes)
+    assert par.channels == [4 * (1 + classes.shape[1])]
+    for a, b in zip(full, got, strict=True):
+        assert torch.equal(a, b)
+    expected = threshold_labels(cams, tags, high, 0.3, valid_box=box, box_scale=0.5)
+    assert torch.equal(
+        threshold_labels(some, None, high, 0.3, valid_box=box, box_scale=0.5, classes=classes), expected
+    )
+    assert torch.equal(cam_labels_eval(some, None, 0.4, classes=classes), cam_labels_eval(cams, tags, 0.4))
+    with pytest.raises(ValueError, match="classes must be"):
+        cam_labels_eval(some, None, classes=classes[:, :1])
+    with pytest.raises(ValueError, match="needs tags"):
+        par_pseudo_labels(FakePAR(), images, cams, None, high)
+
+
+def test_present_class_labels_read_nothing_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    images, cams, tags, high, box = par_case(13, dtype=torch.float32)
+    classes = present_classes(tags)
+    some = _gathered(cams, classes)
+    with monkeypatch.context() as patch, NoSyncMode():  # type: ignore[no-untyped-call]
+        forbid_host_reads(patch)
+        par_pseudo_labels(FakePAR(), images, some, None, high, valid_box=box, classes=classes)
+        threshold_labels(some, None, high, 0.3, valid_box=box, box_scale=(0.5, 0.25), classes=classes)
+        multiscale_cams(FakeTorchCamNet(), images, scales=(1.0, 0.5), classes=classes)
+
+
+class FakeTorchCamNet:
+    """Torch-only raw CAMs (the NumPy one reads the images on the host)."""
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pooled = F.avg_pool2d(x, 2)
+        maps = torch.cat([pooled, pooled.flip(1) * 2.0 - 1.0], dim=1)[:, :5]
+        return maps, maps.flip(-1)

@@ -7,12 +7,18 @@ kinds of supervision:
   pairwise same/different-label targets (``affinity_labels``);
 * full-resolution segmentation pseudo-labels refined with pixel-adaptive refinement (``par_pseudo_labels``).
 
-Everything is batched over images and free of host synchronisation, except the one documented read of the
-largest number of present classes in ``par_pseudo_labels``.
+Everything is batched over images and free of host synchronisation. Each image uses only its present classes
+(at most a few of C), so the maps can be restricted to them early: ``present_classes`` lists them, read from
+the tags on the host before the batch moves to the device, and every function here takes that ``classes``
+tensor to work on ``(B, K, H, W)`` maps of the present classes instead of all ``C``. Every operation is per
+channel, so the labels are the same either way; without ``classes``, ``par_pseudo_labels`` reads the number
+of present classes from the tags (a host synchronisation when they are on an accelerator).
 
 Label convention: 0 = background, ``1..C`` = foreground classes, 255 = ignore. ``tags`` are ``(B, C)``
 multi-hot image-level labels over the foreground classes only; a class counts as present when its tag is
-``> 0``. ``valid_box`` is int64 ``(B, 4)`` = ``(top, left, bottom, right)`` with bottom/right exclusive, in
+``> 0``. ``classes`` are ``(B, K)`` int64 class indices into those C (see ``present_classes``), -1 for
+padding; maps that come with ``classes`` hold channel ``j`` of image ``b`` for class ``classes[b, j]``.
+``valid_box`` is int64 ``(B, 4)`` = ``(top, left, bottom, right)`` with bottom/right exclusive, in
 crop-pixel coordinates: the part of the training crop that shows real image content.
 """
 
@@ -34,6 +40,7 @@ __all__ = [
     "multiscale_cams",
     "normalize_cams",
     "par_pseudo_labels",
+    "present_classes",
     "threshold_labels",
 ]
 
@@ -59,12 +66,59 @@ def normalize_cams(cams: Tensor) -> Tensor:
     return cams / (cams.amax(dim=(-2, -1), keepdim=True) + 1e-5)
 
 
+def present_classes(tags: Tensor) -> Tensor:
+    """Each image's present classes, ascending, padded with -1 to the batch's largest count.
+
+    Reads the tags on the host to size the result: call it on the batch before it moves to the device
+    (``on_before_batch_transfer``), where it costs no synchronisation.
+
+    Args:
+        tags: ``(B, C)`` multi-hot image-level labels; a class is present where its tag is ``> 0``.
+
+    Returns:
+        ``(B, K)`` int64, ``K = max(1, largest number of present classes)``; row ``b`` lists the indices of
+        image ``b``'s present classes in ascending order, then -1.
+    """
+    if tags.ndim != 2:
+        raise ValueError(f"present_classes: tags must be (B, C), got shape {tuple(tags.shape)}")
+    b, c = tags.shape
+    present = tags > 0
+    counts = present.sum(dim=1)
+    k = max(1, int(counts.max())) if b > 0 else 1
+    class_ids = torch.arange(c, device=tags.device)
+    # sort keys put absent classes after all present ones, each group in ascending order
+    order = torch.argsort(torch.where(present, class_ids, class_ids + c), dim=1)
+    order = torch.cat([order, order.new_full((b, k), -1)], dim=1)[:, :k]
+    real = torch.arange(k, device=tags.device)[None, :] < counts[:, None]
+    return torch.where(real, order, -1)
+
+
+def _check_classes(name: str, classes: Tensor, batch: int, channels: int | None = None) -> None:
+    if (
+        classes.ndim != 2
+        or classes.shape[0] != batch
+        or (channels is not None and classes.shape[1] != channels)
+    ):
+        expected = f"({batch}, {'K' if channels is None else channels})"
+        raise ValueError(
+            f"{name}: classes must be {expected} class indices, got shape {tuple(classes.shape)}"
+        )
+
+
+def _gather_channels(maps: Tensor, classes: Tensor) -> Tensor:
+    """``(N, K, h, w)`` channels ``classes`` (``(N, K)``, -1 = padding, which gets channel 0) of ``maps``."""
+    index = classes.clamp(min=0)[:, :, None, None].expand(-1, -1, *maps.shape[-2:])
+    return torch.gather(maps, 1, index)
+
+
 @torch.no_grad()
 def multiscale_cams(
     cam_fn: Callable[[Tensor], tuple[Tensor, Tensor]],
     images: Tensor,
     scales: Sequence[float] = (1.0, 0.5, 1.5),
     pad_to: int = 1,
+    classes: Tensor | None = None,
+    unflipped: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Multi-scale, flip-augmented, normalised CAMs and auxiliary CAMs (DuPL ``cam_helper.py``).
 
@@ -79,15 +133,27 @@ def multiscale_cams(
     to the padded pixel grid, cropped to the unpadded part and resized to ``(H, W)``. With ``pad_to=1`` (or
     when the resized size is already a multiple) this is exactly the plain path above.
 
+    ``classes`` restricts the work after the network passes to each image's present classes: their channels
+    are gathered from the token-resolution maps before anything is resized, so resizing, flip-merging,
+    summing and normalising touch ``K`` instead of ``C`` channels (the same values: every step is per
+    channel). Padding channels (class -1) are 0.
+
+    ``unflipped`` reuses the raw maps of the un-flipped images at scale 1.0 that the caller already has
+    (DuPL's training forward computes them on the same images): only the flipped half of that scale then goes
+    through ``cam_fn``. They must come from a pass identical to ``cam_fn`` (no dropout / stochastic depth).
+
     Args:
         cam_fn: maps ``(N, 3, h', w')`` images to raw ``(cam, aux_cam)``, each ``(N, C, h, w)`` at token
             resolution (no ReLU).
         images: ``(B, 3, H, W)`` normalised images.
         scales: resize factors; DuPL uses ``(1.0, 0.5, 1.5)``.
         pad_to: pad every resized image to a multiple of this many pixels (1 = no padding).
+        classes: ``(B, K)`` present classes (``present_classes``), or None for all C channels.
+        unflipped: raw ``(cam, aux_cam)`` of ``images`` at scale 1.0, each ``(B, C, h, w)``; needs a scale of
+            1.0 and ``H``, ``W`` multiples of ``pad_to``.
 
     Returns:
-        ``(cams, aux_cams)``, each ``(B, C, H, W)`` in ``[0, 1)``.
+        ``(cams, aux_cams)``, each ``(B, C, H, W)`` in ``[0, 1)``; ``(B, K, H, W)`` with ``classes``.
     """
     if images.ndim != 4:
         raise ValueError(f"multiscale_cams: images must be (B, 3, H, W), got shape {tuple(images.shape)}")
@@ -98,26 +164,47 @@ def multiscale_cams(
     if pad_to < 1:
         raise ValueError(f"multiscale_cams: pad_to must be >= 1, got {pad_to}")
     b, _, h, w = images.shape
+    if classes is not None:
+        _check_classes("multiscale_cams", classes, b)
+        both = torch.cat([classes, classes])  # the images and their flips
+    reuse = unflipped is not None
+    if reuse and (1.0 not in scales or h % pad_to or w % pad_to):
+        raise ValueError(
+            f"multiscale_cams: unflipped maps need a scale of 1.0 and images whose size is a multiple of "
+            f"pad_to = {pad_to}; got scales {tuple(scales)} and {h}x{w} images"
+        )
     totals: list[Tensor] = []
     for scale in scales:
         size = (int(scale * h), int(scale * w))
         if min(size) < 1:
             raise ValueError(f"multiscale_cams: scale {scale} makes the {h}x{w} images empty")
         x = resize(images, size)
-        x = torch.cat([x, x.flip(-1)], dim=0)
-        for i, raw in enumerate(padded_forward(cam_fn, x, pad_to)):
+        if reuse and scale == 1.0:
+            assert unflipped is not None
+            flipped = padded_forward(cam_fn, x.flip(-1), pad_to)
+            outputs = [torch.cat([given, raw]) for given, raw in zip(unflipped, flipped, strict=True)]
+            reuse = False  # a repeated scale 1.0 runs the network as usual
+        else:
+            outputs = padded_forward(cam_fn, torch.cat([x, x.flip(-1)], dim=0), pad_to)
+        for i, raw in enumerate(outputs):
             if raw.ndim != 4 or raw.shape[0] != 2 * b:
                 raise ValueError(
                     f"multiscale_cams: cam_fn must return (2B, C, h, w) maps for 2B = {2 * b} images, "
                     f"got shape {tuple(raw.shape)}"
                 )
+            if classes is not None:
+                raw = _gather_channels(raw, both)
             raw = resize(raw, (h, w))
             merged = torch.relu(torch.maximum(raw[:b], raw[b:].flip(-1)))
             if len(totals) < 2:
                 totals.append(merged)
             else:
                 totals[i] = totals[i] + merged
-    return normalize_cams(totals[0]), normalize_cams(totals[1])
+    cams, aux_cams = normalize_cams(totals[0]), normalize_cams(totals[1])
+    if classes is not None:  # padding channels hold class 0's maps: zero them, as absent classes
+        real = (classes >= 0)[:, :, None, None].to(cams.dtype)
+        cams, aux_cams = cams * real, aux_cams * real
+    return cams, aux_cams
 
 
 def image_thresholds(class_thresholds: Tensor, tags: Tensor) -> Tensor:
@@ -151,6 +238,24 @@ def _check_cams_tags(name: str, cams: Tensor, tags: Tensor | None) -> None:
         raise ValueError(
             f"{name}: tags must be (B, C) = {tuple(cams.shape[:2])} to match cams, got {tuple(tags.shape)}"
         )
+
+
+def _top_class(name: str, cams: Tensor, tags: Tensor | None, classes: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per pixel, the largest map among the present classes and its class index (into the C classes).
+
+    Ties go to the lower class index, in both layouts (``classes`` lists each image's classes ascending).
+    """
+    if classes is None:
+        _check_cams_tags(name, cams, tags)
+        if tags is not None:
+            cams = cams * tags[:, :, None, None].to(cams.dtype)
+        value, index = cams.max(dim=1)
+        return value, index
+    _check_cams_tags(name, cams, None)
+    _check_classes(name, classes, cams.shape[0], cams.shape[1])
+    value, channel = (cams * (classes >= 0)[:, :, None, None].to(cams.dtype)).max(dim=1)
+    index = torch.gather(classes.clamp(min=0), 1, channel.flatten(1)).view_as(channel)
+    return value, index
 
 
 def _per_image(name: str, value: Tensor | float, batch: int) -> Tensor | float:
@@ -190,9 +295,18 @@ def box_mask(
         # Outward rounding: a map cell that overlaps real content at all stays valid (floor for the
         # inclusive top/left, ceil for the exclusive bottom/right). The 1e-6 absorbs float error when the
         # exact product is an integer (e.g. 448 * 28/448).
-        scale = box.new_tensor([sy, sx, sy, sx], dtype=torch.float64)
-        scaled = box.double() * scale
-        box = torch.cat([torch.floor(scaled[:, :2] + 1e-6), torch.ceil(scaled[:, 2:] - 1e-6)], dim=1).long()
+        # Python scalars, not a tensor of them: no host-to-device copy
+        scaled = box.double()
+        top, left, bottom, right = (scaled[:, i] * f for i, f in enumerate((sy, sx, sy, sx)))
+        box = torch.stack(
+            [
+                torch.floor(top + 1e-6),
+                torch.floor(left + 1e-6),
+                torch.ceil(bottom - 1e-6),
+                torch.ceil(right - 1e-6),
+            ],
+            dim=1,
+        ).long()
     rows = torch.arange(size[0], device=box.device).view(1, -1, 1)
     cols = torch.arange(size[1], device=box.device).view(1, 1, -1)
     top, left, bottom, right = (box[:, i].view(-1, 1, 1) for i in range(4))
@@ -201,11 +315,12 @@ def box_mask(
 
 def threshold_labels(
     cams: Tensor,
-    tags: Tensor,
+    tags: Tensor | None,
     high: Tensor | float,
     low: float = 0.25,
     valid_box: Tensor | None = None,
     box_scale: float | tuple[float, float] | None = None,
+    classes: Tensor | None = None,
 ) -> Tensor:
     """Labels with an uncertain band from normalised CAMs (DuPL ``cam_helper.py``; PTC targets).
 
@@ -220,20 +335,20 @@ def threshold_labels(
     >= 28 ignores the whole map.
 
     Args:
-        cams: ``(B, C, H, W)`` normalised CAMs.
-        tags: ``(B, C)`` multi-hot image-level labels; absent classes are zeroed.
+        cams: ``(B, C, H, W)`` normalised CAMs, or ``(B, K, H, W)`` maps of ``classes``.
+        tags: ``(B, C)`` multi-hot image-level labels; absent classes are zeroed. Not used with ``classes``.
         high: foreground threshold ``delta_h``, a float or a ``(B,)`` tensor (per image).
         low: background threshold ``delta_l``.
         valid_box: optional int64 ``(B, 4)`` boxes ``(top, left, bottom, right)``.
         box_scale: factor from box to map coordinates (a float, or ``(rows, cols)``), or None.
+        classes: ``(B, K)`` class of each channel of ``cams`` (``present_classes``), or None.
 
     Returns:
         ``(B, H, W)`` int64 labels in ``{0, 1..C, 255}``.
     """
-    _check_cams_tags("threshold_labels", cams, tags)
+    value, index = _top_class("threshold_labels", cams, tags, classes)
     b = cams.shape[0]
     high = _per_image("threshold_labels: high", high, b)
-    value, index = (cams * tags[:, :, None, None].to(cams.dtype)).max(dim=1)
     labels = torch.where(value > high, index + 1, torch.where(value > low, IGNORE_INDEX, 0))
     if valid_box is not None:
         if valid_box.shape[0] != b:
@@ -243,21 +358,22 @@ def threshold_labels(
     return labels.long()
 
 
-def cam_labels_eval(cams: Tensor, tags: Tensor | None, bg_threshold: float = 0.5) -> Tensor:
+def cam_labels_eval(
+    cams: Tensor, tags: Tensor | None, bg_threshold: float = 0.5, classes: Tensor | None = None
+) -> Tensor:
     """Validation labels from normalised CAMs: argmax class, background where the max is ``<= bg_threshold``.
 
     Args:
-        cams: ``(B, C, H, W)`` normalised CAMs.
-        tags: ``(B, C)`` multi-hot image-level labels (absent classes zeroed), or None to use all classes.
+        cams: ``(B, C, H, W)`` normalised CAMs, or ``(B, K, H, W)`` maps of ``classes``.
+        tags: ``(B, C)`` multi-hot image-level labels (absent classes zeroed), or None to use all classes;
+            not used with ``classes``.
         bg_threshold: background score (0.5 VOC, 0.45 COCO in DuPL).
+        classes: ``(B, K)`` class of each channel of ``cams`` (``present_classes``), or None.
 
     Returns:
         ``(B, H, W)`` int64 labels in ``{0, 1..C}``.
     """
-    _check_cams_tags("cam_labels_eval", cams, tags)
-    if tags is not None:
-        cams = cams * tags[:, :, None, None].to(cams.dtype)
-    value, index = cams.max(dim=1)
+    value, index = _top_class("cam_labels_eval", cams, tags, classes)
     return torch.where(value > bg_threshold, index + 1, 0).long()
 
 
@@ -286,11 +402,12 @@ def par_pseudo_labels(
     par: Callable[[Tensor, Tensor], Tensor],
     images: Tensor,
     cams: Tensor | Sequence[Tensor],
-    tags: Tensor,
+    tags: Tensor | None,
     high: Tensor | float,
     low: float = 0.25,
     valid_box: Tensor | None = None,
     downscale: int = 2,
+    classes: Tensor | None = None,
 ) -> Any:
     """PAR-refined segmentation pseudo-labels with a two-threshold background (DuPL ``cam_helper.py``).
 
@@ -302,8 +419,9 @@ def par_pseudo_labels(
 
     Batched without a loop over images: each image's present classes are gathered into ``K`` channels,
     ``K`` = the largest number of present classes in the batch; padding channels are set to ``-inf``
-    before the softmax, so they get probability 0 and cannot win the argmax. Reading ``K`` is the one host
-    synchronisation here (tensor shapes must be known on the host). Every stack of every CAM tensor goes
+    before the softmax, so they get probability 0 and cannot win the argmax. With ``classes`` the maps come
+    gathered already and nothing is read on the host; without, ``K`` is read from ``tags`` (tensor shapes
+    must be known on the host: a synchronisation when the tags are on an accelerator). Every stack of every CAM tensor goes
     through ``par`` in a single call (``2 (1 + K)`` channels per CAM tensor), so the image-dependent kernel
     is built once, also when several networks' CAMs of the same images are labelled (DuPL's two sub-nets;
     PAR refines every channel independently). Runs without gradients.
@@ -312,12 +430,14 @@ def par_pseudo_labels(
         par: pixel-adaptive refinement, called as ``par(image (B, 3, h, w), masks (B, M, h, w))`` and
             returning ``(B, M, h, w)`` (e.g. ``wsss_lightning.models.par.PAR``).
         images: ``(B, 3, H, W)`` images in ``[0, 1]`` (denormalised).
-        cams: ``(B, C, H, W)`` normalised CAMs, or a sequence of them for the same images.
-        tags: ``(B, C)`` multi-hot image-level labels.
+        cams: ``(B, C, H, W)`` normalised CAMs, or a sequence of them for the same images; ``(B, K, H, W)``
+            maps of ``classes`` when given.
+        tags: ``(B, C)`` multi-hot image-level labels; not used with ``classes`` (None allowed).
         high: background score of the high stack ``delta_h``, a float or a ``(B,)`` tensor.
         low: background score of the low stack ``delta_l``.
         valid_box: optional int64 ``(B, 4)`` boxes ``(top, left, bottom, right)`` in ``(H, W)`` pixels.
         downscale: integer factor by which PAR's resolution is reduced (``H // downscale``).
+        classes: ``(B, K)`` class of each channel of the maps (``present_classes``), or None.
 
     Returns:
         ``(B, H, W)`` int64 labels in ``{0, 1..C, 255}``; a list of them when ``cams`` is a sequence.
@@ -326,12 +446,16 @@ def par_pseudo_labels(
     if not maps:
         raise ValueError("par_pseudo_labels: cams must be a tensor or a non-empty sequence of tensors")
     for m in maps:
-        _check_cams_tags("par_pseudo_labels", m, tags)
+        _check_cams_tags("par_pseudo_labels", m, None if classes is not None else tags)
         if m.shape != maps[0].shape:
             raise ValueError(
                 f"par_pseudo_labels: all cams must have one shape, got {[tuple(x.shape) for x in maps]}"
             )
     b, c, h, w = maps[0].shape
+    if classes is not None:
+        _check_classes("par_pseudo_labels", classes, b, c)
+    elif tags is None:
+        raise ValueError("par_pseudo_labels: needs tags (B, C) or classes (B, K)")
     if images.ndim != 4 or images.shape[0] != b or tuple(images.shape[-2:]) != (h, w):
         raise ValueError(
             f"par_pseudo_labels: images must be (B, 3, H, W) = ({b}, 3, {h}, {w}) to match cams, "
@@ -344,18 +468,17 @@ def par_pseudo_labels(
     small = (h // downscale, w // downscale)
     _per_image("par_pseudo_labels: high", high, b)  # validates the shape
     with torch.no_grad():
-        present = tags > 0
-        counts = present.sum(dim=1)
-        k = int(counts.max()) if b > 0 else 0  # the one host sync: K fixes tensor shapes
-        # Present class ids first, in ascending order: sort keys put absent classes after all present ones.
-        class_ids = torch.arange(c, device=images.device)
-        order = torch.argsort(torch.where(present, class_ids, class_ids + c), dim=1)[:, :k]  # (B, K)
-        padding = torch.arange(k, device=images.device)[None, :] >= counts[:, None]  # (B, K)
+        gathered = classes is not None
+        if classes is None:
+            assert tags is not None
+            classes = present_classes(tags)  # reads K on the host
+        k = classes.shape[1]
+        order, padding = classes.clamp(min=0), classes < 0  # (B, K)
 
         stacks = []
         for m in maps:
             small_cams = resize(m.detach(), small)
-            fg = torch.gather(small_cams, 1, order[:, :, None, None].expand(b, k, *small))
+            fg = small_cams if gathered else _gather_channels(small_cams, classes)
             fg = fg.masked_fill(padding[:, :, None, None], -math.inf)
             for bg in (high, low):
                 if isinstance(bg, Tensor):

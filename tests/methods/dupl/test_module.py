@@ -22,6 +22,7 @@ TINY = [
     "--model.init_args.inference.crf.enabled=false",
     "--trainer.limit_val_batches=1",
     "--trainer.val_check_interval=3",
+    "--trainer.log_every_n_steps=1",  # schedule values are logged on logging steps
 ]
 
 
@@ -87,3 +88,60 @@ def test_evaluation_uses_the_configured_or_best_subnet():
     model = DuPLModule(evaluate="best", **kwargs).eval()
     model.best_subnet.fill_(1)
     assert model.eval_subnet() == 1
+
+
+def _tiny_dupl(**overrides):
+    from wsss_lightning.methods import DuPLModule
+
+    kwargs = {"backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"depth": 2, "patch_size": 8, "img_size": 64},
+              "aux_layer": 0, "head_channels": 8, **overrides}  # fmt: skip
+    return DuPLModule(**kwargs)
+
+
+def test_cams_from_the_training_forward_and_of_present_classes_give_todays_labels():
+    """The un-flipped scale-1.0 CAMs taken from the training forward's tokens equal a separate pass, and
+    CAMs / labels of each image's present classes equal those of all classes (every step is per channel)."""
+    from wsss_lightning.pseudo_labels.cam import (
+        multiscale_cams,
+        par_pseudo_labels,
+        present_classes,
+        threshold_labels,
+    )
+
+    torch.manual_seed(0)
+    model = _tiny_dupl().train()
+    images = torch.randn(3, 3, 64, 64)
+    tags = torch.zeros(3, 20)
+    tags[0, [2, 7]] = 1
+    tags[1, 14] = 1
+    tags[2, [0, 5, 19]] = 1
+    classes = present_classes(tags)
+    images01 = model.denormalize(images)
+    high, box = torch.tensor([0.6, 0.7, 0.55]), torch.tensor([[0, 0, 64, 64], [0, 0, 56, 64], [8, 0, 64, 48]])
+    for k in range(2):
+        student = model.student(k)
+        out = student(images)
+        with torch.no_grad():
+            reused = model._cams(k, images, classes, out)
+            separate = model._cams(k, images, classes)
+            full = multiscale_cams(student.cams, images, model.options.cam.scales, pad_to=model.patch_size)
+        for a, b, f in zip(reused, separate, full, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # batch 2B vs B: float order only
+            gathered = torch.gather(f, 1, classes.clamp(min=0)[:, :, None, None].expand(-1, -1, 64, 64))
+            torch.testing.assert_close(b, gathered * (classes >= 0)[:, :, None, None], rtol=0, atol=1e-6)
+        expected = par_pseudo_labels(model.par, images01, full[0], tags, high, 0.25, box, 2)
+        assert torch.equal(model._pseudo_labels(images01, [reused[0]], classes, high, box)[0], expected)
+        small_full = torch.nn.functional.interpolate(full[1], size=(8, 8), mode="bilinear")
+        small = torch.nn.functional.interpolate(reused[1], size=(8, 8), mode="bilinear")
+        expected = threshold_labels(small_full, tags, high, 0.25, box, 8 / 64)
+        assert torch.equal(threshold_labels(small, None, high, 0.25, box, 8 / 64, classes=classes), expected)
+
+
+def test_reusing_the_training_pass_is_refused_for_stochastic_backbones():
+    kwargs = {"depth": 2, "patch_size": 8, "img_size": 64, "drop_path_rate": 0.1}
+    with pytest.raises(ValueError, match=r"cam\.reuse_training_pass=false"):
+        _tiny_dupl(backbone_kwargs=kwargs)
+    from wsss_lightning.methods.dupl.options import CAMConfig
+
+    model = _tiny_dupl(backbone_kwargs=kwargs, cam=CAMConfig(reuse_training_pass=False))
+    assert model.student(0).stochastic

@@ -4,8 +4,9 @@ Wu et al., "DuPL: Dual Student with Trustworthy Progressive Learning for Robust 
 Segmentation" (CVPR 2024); released code ``Wu0409/DuPL`` (``train_final_voc.py``, ``train_final_coco.py``).
 Two independent ViT sub-nets; each step (paper Sec. 3, as ``train_final_voc.py`` runs it):
 
-1. multi-scale + flip CAMs of both sub-nets (no gradient);
-2. both sub-nets classify the crop (main + auxiliary classifier) and predict a segmentation;
+1. both sub-nets classify the crop (main + auxiliary classifier) and predict a segmentation;
+2. multi-scale + flip CAMs of both sub-nets (no gradient; the un-flipped scale-1.0 maps come from step 1's
+   tokens), of each image's present classes only;
 3. patch-token contrast on each sub-net's tokens with labels from its own auxiliary CAM;
 4. a discrepancy loss keeps the two sub-nets' features apart;
 5. after the CAM warm-up, each sub-net's CAM becomes PAR-refined pseudo-labels (dynamic background
@@ -54,6 +55,7 @@ from wsss_lightning.pseudo_labels.cam import (
     image_thresholds,
     multiscale_cams,
     par_pseudo_labels,
+    present_classes,
     threshold_labels,
 )
 
@@ -150,6 +152,12 @@ class DuPLModule(SegmentationMethod):
             )
             for _ in range(2)
         )
+        if hp.cam.reuse_training_pass and self.student(0).stochastic:
+            raise ValueError(
+                f"DuPLModule: cam.reuse_training_pass = true needs a backbone without dropout or stochastic "
+                f"depth ({hp.backbone} with {dict(hp.backbone_kwargs or {})} has them): set "
+                "--model.init_args.cam.reuse_training_pass=false"
+            )
         self.patch_size = self.student(0).patch_size
         self.par = PAR(self.options.cam.par_dilations, self.options.cam.par_iterations)
 
@@ -235,22 +243,32 @@ class DuPLModule(SegmentationMethod):
     def forward(self, images: Tensor) -> Tensor:
         return cast(Tensor, padded_forward(self.student(self.eval_subnet()).segment, images, self.patch_size))
 
-    def _cams(self, k: int, images: Tensor) -> tuple[Tensor, Tensor]:
-        return multiscale_cams(self.student(k).cams, images, self.options.cam.scales, pad_to=self.patch_size)
+    def _cams(
+        self, k: int, images: Tensor, classes: Tensor, out: SubNetOutput | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Multi-scale CAMs of the present ``classes``; ``out``: sub-net k's training forward of ``images``."""
+        student = self.student(k)
+        unflipped = None
+        if out is not None and self.options.cam.reuse_training_pass:
+            unflipped = student.cams_of(out.features.detach(), out.aux_features.detach())
+        return multiscale_cams(
+            student.cams, images, self.options.cam.scales, self.patch_size, classes, unflipped
+        )
 
     def _pseudo_labels(
-        self, images01: Tensor, cams: list[Tensor], tags: Tensor, high: Tensor | float, box: Tensor | None
+        self, images01: Tensor, cams: list[Tensor], classes: Tensor, high: Tensor | float, box: Tensor | None
     ) -> list[Tensor]:
         """PAR pseudo-labels of each CAM tensor of the same images (one PAR call, one kernel)."""
         labels = par_pseudo_labels(
             self.par,
             images01,
             cams,
-            tags,
+            None,
             high,
             low=self.options.threshold.low,
             valid_box=box,
             downscale=self.options.cam.par_downscale,
+            classes=classes,
         )
         return cast(list[Tensor], labels)
 
@@ -264,18 +282,31 @@ class DuPLModule(SegmentationMethod):
         tags: Tensor = batch["tags"]
         return tags[:, 1:].float()  # drop the background column
 
+    def _classes(self, batch: dict[str, Any]) -> Tensor:
+        """Each image's present foreground classes (``present_classes``), listed before the batch moved."""
+        if "classes" in batch:
+            return cast(Tensor, batch["classes"])
+        return present_classes(self._fg_tags(batch))  # a batch that did not pass the transfer hook
+
+    @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # the number of present classes sizes the CAM tensors: read it here, on the host, not on the device
+        if isinstance(batch, dict) and "tags" in batch:
+            batch["classes"] = present_classes(self._fg_tags(batch))
+        return batch
+
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images, box = batch["image"], batch["valid_box"]
-        tags = self._fg_tags(batch)
+        tags, classes = self._fg_tags(batch), self._classes(batch)
         t, ph, w = self.global_step, self.options.phases, self.options.loss_weights
         size = images.shape[-2:]
         images01 = self.denormalize(images)
         high = image_thresholds(self.class_thresholds, tags)
 
-        with torch.no_grad():
-            cams = [self._cams(k, images) for k in range(2)]  # [(cam, aux_cam)] per sub-net
         outs: list[SubNetOutput] = [self.student(k)(images) for k in range(2)]
+        with torch.no_grad():  # [(cam, aux_cam)] per sub-net, of the present classes
+            cams = [self._cams(k, images, classes, outs[k]) for k in range(2)]
         logs: dict[str, Tensor] = {}
 
         loss_cls = _total(
@@ -287,7 +318,7 @@ class DuPLModule(SegmentationMethod):
 
         if t >= ph.ptc_start:
             loss_ptc = _total(
-                self._ptc(o.features, aux, tags, high, box) for o, (_, aux) in zip(outs, cams, strict=True)
+                self._ptc(o.features, aux, classes, high, box) for o, (_, aux) in zip(outs, cams, strict=True)
             )
             loss = loss + w.ptc * loss_ptc
             logs["train/loss_ptc"] = loss_ptc
@@ -298,29 +329,28 @@ class DuPLModule(SegmentationMethod):
 
         if t > ph.seg_start:
             seg_logits = [resize(o.seg_logits, size) for o in outs]  # at the crop size, as the labels
-            loss = loss + self._segmentation(images, images01, cams, seg_logits, tags, high, box, batch, logs)
+            loss = loss + self._segmentation(images01, cams, seg_logits, classes, high, box, batch, logs)
         else:  # keeps the segmentation heads in the graph, so DDP needs no find_unused_parameters
             loss = loss + 0.0 * _total(o.seg_logits.sum() for o in outs)
         logs["train/loss"] = loss
         self.log_dict(logs, batch_size=images.shape[0], prog_bar=False)
         return loss
 
-    def _ptc(self, features: Tensor, aux_cam: Tensor, tags: Tensor, high: Tensor, box: Tensor) -> Tensor:
+    def _ptc(self, features: Tensor, aux_cam: Tensor, classes: Tensor, high: Tensor, box: Tensor) -> Tensor:
         grid = features.shape[-2:]
-        small = resize(aux_cam, grid)  # absent classes are zeroed by threshold_labels
+        small = resize(aux_cam, grid)
         scale = grid[0] / aux_cam.shape[-2] if self.options.cam.token_box == "scaled" else None
         labels = threshold_labels(
-            small, tags, high, self.options.threshold.low, valid_box=box, box_scale=scale
+            small, None, high, self.options.threshold.low, valid_box=box, box_scale=scale, classes=classes
         )
         return patch_contrast_loss(features, affinity_labels(labels, self.ignore_index))
 
     def _segmentation(
         self,
-        images: Tensor,
         images01: Tensor,
         cams: list[tuple[Tensor, Tensor]],
         seg_logits: list[Tensor],
-        tags: Tensor,
+        classes: Tensor,
         high: Tensor,
         box: Tensor,
         batch: dict[str, Any],
@@ -332,10 +362,10 @@ class DuPLModule(SegmentationMethod):
                 # COCO: labels from the auxiliary CAM with the fixed start threshold first
                 # (train_final_coco.py)
                 labels = self._pseudo_labels(
-                    images01, [aux for _, aux in cams], tags, self.options.threshold.start, box
+                    images01, [aux for _, aux in cams], classes, self.options.threshold.start, box
                 )
             else:
-                labels = self._pseudo_labels(images01, [cam for cam, _ in cams], tags, high, box)
+                labels = self._pseudo_labels(images01, [cam for cam, _ in cams], classes, high, box)
             if "mask" in batch:  # ground truth of the image view: diagnostics only, never a training target
                 for k, lab in enumerate(labels):
                     logs[f"train/pseudo_accuracy{k + 1}"] = pseudo_label_accuracy(
@@ -397,7 +427,7 @@ class DuPLModule(SegmentationMethod):
     @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images, masks = batch["image"], batch["mask"]
-        tags = self._fg_tags(batch)
+        tags, classes = self._fg_tags(batch), self._classes(batch)
         images01 = self.denormalize(images)
         high = image_thresholds(self.class_thresholds, tags)
         cams = []
@@ -409,12 +439,12 @@ class DuPLModule(SegmentationMethod):
                 )
             finally:
                 self._subnet = None
-            cam, _ = self._cams(k, images)
+            cam, _ = self._cams(k, images, classes)
             self._val_metric("cam", k).update(
-                cam_labels_eval(cam, tags, self.options.threshold.eval_background), masks
+                cam_labels_eval(cam, None, self.options.threshold.eval_background, classes=classes), masks
             )
             cams.append(cam)
-        for k, pseudo in enumerate(self._pseudo_labels(images01, cams, tags, high, None)):
+        for k, pseudo in enumerate(self._pseudo_labels(images01, cams, classes, high, None)):
             # pseudo-label mIoU over the pixels the pseudo-labels keep (the rest are ignored in training)
             kept = pseudo != self.ignore_index
             self._val_metric("pseudo", k).update(

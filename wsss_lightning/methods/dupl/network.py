@@ -20,7 +20,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 import torch.nn.functional as F
+from timm.layers.drop import DropPath
 from torch import Tensor, nn
+from torch.nn.modules.dropout import _DropoutNd
 
 from wsss_lightning.models.vit import ViTBackbone
 
@@ -69,12 +71,14 @@ class SubNetOutput(NamedTuple):
         aux_cls_logits: (B, C) classification logits from the max-pooled auxiliary tokens.
         seg_logits: (B, C + 1, h, w) segmentation logits at the token grid (not upsampled).
         features: (B, D, h, w) final token map F.
+        aux_features: (B, D, h, w) auxiliary token map F_aux.
     """
 
     cls_logits: Tensor
     aux_cls_logits: Tensor
     seg_logits: Tensor
     features: Tensor
+    aux_features: Tensor
 
 
 _POOLS: dict[str, Callable[[Tensor, int], Tensor]] = {
@@ -146,7 +150,7 @@ class DuPLSubNet(nn.Module):
         features, aux_features = self.backbone(x)
         cls_logits = self.classifier(self.pool(features, 1)).flatten(1)
         aux_cls_logits = self.aux_classifier(self.pool(aux_features, 1)).flatten(1)
-        return SubNetOutput(cls_logits, aux_cls_logits, self.seg_head(features), features)
+        return SubNetOutput(cls_logits, aux_cls_logits, self.seg_head(features), features, aux_features)
 
     def cams(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw class activation maps (no ReLU, no normalization) at the token grid.
@@ -160,8 +164,19 @@ class DuPLSubNet(nn.Module):
             ``(cam, aux_cam)``, each (B, C, H/p, W/p): the classifier weights applied at every token of F, and
             the auxiliary classifier weights at every token of F_aux.
         """
-        features, aux_features = self.backbone(x)
+        return self.cams_of(*self.backbone(x))
+
+    def cams_of(self, features: Tensor, aux_features: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw ``(cam, aux_cam)`` of token maps already computed (e.g. a training forward's, detached)."""
         return self.classifier(features), self.aux_classifier(aux_features)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the backbone has dropout or stochastic depth, so two training-mode passes differ."""
+        return any(
+            (isinstance(m, _DropoutNd) and m.p > 0) or (isinstance(m, DropPath) and m.drop_prob > 0)
+            for m in self.backbone.modules()
+        )
 
     def segment(self, x: Tensor) -> Tensor:
         """Segmentation logits only (backbone + segmentation head).

@@ -232,6 +232,10 @@ class CAMConfig:
         token_box: how the valid-region box masks the token-grid labels of the patch-token contrast:
             ``scaled`` (box scaled to the grid) or ``reference`` (the reference applies the pixel box to the
             token grid, which ignores whole maps of padded crops; a bug, kept as an option).
+        reuse_training_pass: take the un-flipped scale-1.0 CAMs from the training forward's tokens (detached)
+            instead of a separate pass over the same images: the same maps without dropout or stochastic
+            depth, one of the step's six CAM passes fewer. Set false for backbones with either (the training
+            forward then differs from a clean pass); the module refuses true for them.
     """
 
     scales: Sequence[float] = (1.0, 0.5, 1.5)
@@ -239,6 +243,7 @@ class CAMConfig:
     par_iterations: int = 10
     par_downscale: int = 2
     token_box: Literal["scaled", "reference"] = "scaled"
+    reuse_training_pass: bool = True
 
     def __post_init__(self) -> None:
         self.scales = tuple(float(s) for s in self.scales)
