@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 import lightning as L
@@ -90,7 +91,16 @@ class NoSyncMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Raise on every ATen op below autograd that reads a device value on the host or has a data-dependent
     output size: scalar reads (``item``, ``int``, ``bool`` of a tensor all end in ``_local_scalar_dense``),
     ``nonzero``, ``unique``, ``bincount``, boolean-mask indexing and ``repeat_interleave`` without output
-    size. It sees the ops of composite functions and of the custom backward too, not only Python calls."""
+    size. It sees the ops of composite functions and of the custom backward too, not only Python calls.
+
+    Args:
+        allowed: op names (``"nonzero"``, ``"_local_scalar_dense"``, ...) let through.
+    """
+
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.allowed = frozenset(allowed)
+        self.paused = False
 
     def __torch_dispatch__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
@@ -101,7 +111,7 @@ class NoSyncMode(TorchDispatchMode):  # type: ignore[no-untyped-call]
             isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ())
         )
         no_size = name == "repeat_interleave" and kwargs.get("output_size") is None
-        if name in _SYNC_OPS or bool_index or no_size:
+        if (name in _SYNC_OPS or bool_index or no_size) and not self.paused and name not in self.allowed:
             raise AssertionError(f"host synchronisation: aten.{name}")
         return func(*args, **kwargs)
 
@@ -116,3 +126,112 @@ def forbid_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(torch.Tensor, name, forbidden)
     monkeypatch.setattr(torch, "unique", forbidden)
     monkeypatch.setattr(torch, "nonzero", forbidden)
+
+
+_PYTHON_READS = ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero")
+
+
+class HostSyncCheck(Callback):
+    """Fail the fit when a training step reads a device value on the host (the method contract's sync test).
+
+    From ``start_step`` on, every training batch runs under :class:`NoSyncMode`, with the Python-level reads
+    (``tolist``, ``item``, ``cpu``, ``numpy``, ...) raising too: the callbacks' batch-start hooks (schedules,
+    teachers), ``training_step``, ``backward`` and the batch-end hooks (EMA updates) up to the checkpoint
+    callbacks. The optimizer's own ``step`` is let through: torch keeps its step counters on the host on
+    purpose. Ops a method lists in its ``HOST_READS`` (op name -> reason, in its docstring) are allowed.
+    Give it first in the trainer's callbacks: it must start before the other callbacks' hooks.
+    """
+
+    def __init__(self, start_step: int = 0) -> None:
+        self.start_step = start_step
+        self.mode: NoSyncMode | None = None
+        self.checked_steps = 0
+        self._originals: dict[str, Any] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # the end of the checked window: after every batch-end hook but the checkpoint callbacks' (saving
+        # a checkpoint copies to the host by design); Lightning keeps checkpoint callbacks last
+        first_checkpoint = next(
+            (i for i, c in enumerate(trainer.callbacks) if isinstance(c, L.pytorch.callbacks.Checkpoint)),
+            len(trainer.callbacks),
+        )
+        trainer.callbacks.insert(first_checkpoint, _WindowEnd(self))
+        # the progress bar shows the logged values, which Lightning reads on logging steps: by design
+        for callback in trainer.callbacks:
+            if isinstance(callback, L.pytorch.callbacks.ProgressBar):
+                for hook in ("on_train_batch_start", "on_train_batch_end"):
+                    setattr(callback, hook, self._paused(getattr(callback, hook)))
+
+    def _paused(self, hook: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            paused = self.mode is not None and self.mode.paused
+            self._pause(True)
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                self._pause(paused)
+
+        return run
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for optimizer in trainer.optimizers:
+            optimizer.register_step_pre_hook(lambda *_: self._pause(True))
+            optimizer.register_step_post_hook(lambda *_: self._pause(False))
+        allowed = dict(getattr(pl_module, "HOST_READS", {}))
+        for name in _PYTHON_READS:
+            self._originals[name] = getattr(torch.Tensor, name)
+            setattr(torch.Tensor, name, self._guard(name, self._originals[name], allowed))
+
+    def _guard(self, name: str, original: Callable[..., Any], allowed: dict[str, str]) -> Callable[..., Any]:
+        def guarded(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if self.mode is not None and not self.mode.paused and name not in allowed:
+                raise AssertionError(f"host synchronisation: Tensor.{name}")
+            return original(tensor, *args, **kwargs)
+
+        return guarded
+
+    def _pause(self, paused: bool) -> None:
+        if self.mode is not None:
+            self.mode.paused = paused
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step >= self.start_step and self.mode is None:
+            self.mode = NoSyncMode(allowed=dict(getattr(pl_module, "HOST_READS", {})))
+            self.mode.__enter__()
+
+    def end_window(self) -> None:
+        if self.mode is not None:
+            mode, self.mode = self.mode, None
+            mode.__exit__(None, None, None)
+            self.checked_steps += 1
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.end_window()
+        self._restore()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.end_window()
+        self._restore()
+        if self.checked_steps == 0:
+            raise AssertionError(f"HostSyncCheck: no training step at or after step {self.start_step} ran")
+
+    def _restore(self) -> None:
+        for name, original in self._originals.items():
+            setattr(torch.Tensor, name, original)
+        self._originals.clear()
+
+
+class _WindowEnd(Callback):
+    """Closes :class:`HostSyncCheck`'s window after the batch-end hooks before it."""
+
+    def __init__(self, check: HostSyncCheck) -> None:
+        self.check = check
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.check.end_window()

@@ -79,6 +79,7 @@ def trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> L.Train
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "default_root_dir": tmp_path,
+        "log_every_n_steps": 1,  # the decay reaches the logged metrics on logging steps
     }
     return L.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
 

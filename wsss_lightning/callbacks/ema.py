@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from wsss_lightning.callbacks.step_logging import is_logging_step
 from wsss_lightning.schedules import ema_decay_ramp
 from wsss_lightning.teachers.ema import EMATeacher
 
@@ -202,7 +203,8 @@ class EMATeacherCallback(Callback):
                 teacher.copy_from(student)
             else:
                 teacher.update(student, decay)
-        pl_module.log(f"{self.teacher_attr}/decay", decay, on_step=True, on_epoch=False, batch_size=1)
+        if is_logging_step(trainer):  # a Python number is copied to the device to be logged
+            pl_module.log(f"{self.teacher_attr}/decay", decay, on_step=True, on_epoch=False, batch_size=1)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from wsss_lightning.callbacks.step_logging import is_logging_step
 from wsss_lightning.schedules import cosine_descent, linear_ramp
 
 ScheduleKind = Literal["linear", "cosine", "constant"]
@@ -120,6 +121,7 @@ class ScheduleCallback(Callback):
         self.interval = interval
         self.log_name = log_name or f"schedule/{attribute}"
         self._total: int | None = None  # resolved once per fit: estimated_stepping_batches is not free
+        self._ends: torch.Tensor | None = None  # ``end`` on the module's device
 
     @property
     @override
@@ -165,7 +167,7 @@ class ScheduleCallback(Callback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._total = None
+            self._total, self._ends = None, None
             # fail before training, not at the first batch
             owner, name = resolve_attribute(pl_module, self.attribute)
             current = getattr(owner, name)
@@ -182,16 +184,36 @@ class ScheduleCallback(Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        value = self.value(trainer)
         owner, name = resolve_attribute(pl_module, self.attribute)
         current = getattr(owner, name)
-        if isinstance(value, list):
-            current.copy_(torch.tensor(value, dtype=current.dtype).view_as(current))
-            logged = sum(value) / len(value)  # the mean over elements
+        if isinstance(self.end, list):
+            current.copy_(self._tensor_value(trainer, current).view_as(current))
         elif isinstance(current, torch.Tensor):
-            current.fill_(value)
-            logged = value
+            current.fill_(cast(float, self.value(trainer)))  # a Python scalar argument: no transfer
         else:
-            setattr(owner, name, value)
-            logged = value
-        pl_module.log(self.log_name, logged, on_step=True, on_epoch=False, batch_size=1)
+            setattr(owner, name, self.value(trainer))
+        if is_logging_step(trainer):  # a Python number is copied to the device to be logged
+            value = self.value(trainer)
+            logged = sum(value) / len(value) if isinstance(value, list) else value  # the mean over elements
+            pl_module.log(self.log_name, logged, on_step=True, on_epoch=False, batch_size=1)
+
+    def _tensor_value(self, trainer: L.Trainer, like: torch.Tensor) -> torch.Tensor:
+        """The per-element values as a tensor on ``like``'s device, computed there from Python scalars.
+
+        The ends move to the device once per fit, never per step. The arithmetic is ``schedule_value``'s, in
+        the same order and in float64, so the values are bitwise those of the Python computation.
+        """
+        assert isinstance(self.end, list)
+        if self._ends is None or self._ends.device != like.device:
+            dtype = torch.float32 if like.device.type == "mps" else torch.float64
+            self._ends = torch.tensor(self.end, dtype=dtype).to(like.device)
+        if self._total is None:
+            self._total = self.total(trainer)
+        total, ends = self._total, self._ends
+        now = trainer.current_epoch if self.interval == "epoch" else trainer.global_step
+        progress = min(max(now - self.start_step, 0), total) / max(total, 1)
+        if self.kind == "constant":
+            return torch.full_like(ends, self.start)
+        if self.kind == "linear":
+            return (ends - self.start) * progress + self.start
+        return ends + (self.start - ends) * 0.5 * (1.0 + math.cos(math.pi * progress))

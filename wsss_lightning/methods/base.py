@@ -83,6 +83,11 @@ class SegmentationMethod(L.LightningModule, ABC):
     #: metric that checkpointing and model selection monitor
     monitor = "val/miou"
     mode = "max"
+    #: Device-to-host reads a training step needs (ATen op or ``Tensor`` method name -> reason). A training
+    #: step reads nothing from the device on the host (it would stall the accelerator's queue); the method
+    #: contract test runs every method's steps under a detector and allows only what is listed here, which
+    #: the method's docstring explains. Every method in the package lists nothing.
+    HOST_READS: typing.ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
