@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import NoSyncMode, forbid_host_reads
 from wsss_lightning.models.par import PAR, neighbour_offsets
 
 
@@ -224,3 +225,85 @@ def test_bad_inputs_raise(call, match):
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PAR(**kwargs)
+
+
+def _padded_stacks(generator: torch.Generator) -> torch.Tensor:
+    """(3, 9, 16, 18) softmax stacks like ``par_pseudo_labels``'s: three stacks of 3 channels, per image
+    zero channels where it has fewer classes (image 0: none, 1: the last of each stack, 2: two of each)."""
+    logits = torch.rand(3, 9, 16, 18, generator=generator)
+    absent = torch.zeros(3, 9, dtype=torch.bool)
+    absent[1, 2::3] = True
+    absent[2, 1::3] = absent[2, 2::3] = True
+    logits = logits.masked_fill(absent[:, :, None, None], -torch.inf)
+    return torch.cat([s.softmax(1) for s in logits.split(3, 1)], 1)
+
+
+@pytest.mark.parametrize(
+    "cache_bytes", [0, 40_000, PAR.cpu_cache_bytes]
+)  # 1 image, 1 channel per pass .. all
+def test_cpu_chunks_equal_the_batched_strategy(monkeypatch, cache_bytes):
+    # The CPU strategy (image chunks, channel groups, zero channels skipped) against the accelerator one
+    # (everything in one pass) run on the CPU, through forward, kernel and refine.
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(3, 3, 16, 18, generator=g)
+    masks = _padded_stacks(g)
+    par = PAR()
+    monkeypatch.setattr(par, "cpu_cache_bytes", cache_bytes)
+    with torch.no_grad():
+        kernel, refined, out = par.kernel(images), par.refine(masks, par.kernel(images)), par(images, masks)
+        monkeypatch.setattr(par, "chunk_on_cpu", False)
+        expected_kernel = par.kernel(images)
+        expected = par.refine(masks, expected_kernel)
+        looped = torch.cat([par(images[i : i + 1], masks[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(kernel, expected_kernel, rtol=0, atol=1e-7)
+    torch.testing.assert_close(refined, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, looped, rtol=0, atol=1e-6)
+    assert (out[1, 2::3] == 0).all() and (out[2, 1::3] == 0).all()
+
+
+def test_cpu_chunk_sizes_follow_the_cache_budget(monkeypatch):
+    par = PAR()  # 224x224 float32: a kernel chunk ~3.3 MB per image, a refined channel ~0.5 MB
+    shape = (4, 4, 224, 224)
+    assert par._kernel_chunk(shape, 4) == 1
+    assert par._refine_chunk(shape, 4, 4) == 1
+    assert par._channel_group(shape, 4) == 8
+    assert par._refine_chunk((16, 4, 16, 18), 4, 4) >= 16  # small images: one chunk
+    monkeypatch.setattr(par, "cpu_cache_bytes", 0)
+    assert par._kernel_chunk(shape, 4) == par._refine_chunk(shape, 4, 4) == par._channel_group(shape, 4) == 1
+
+
+def test_zero_channels_are_not_skipped_when_the_kernel_is_not_finite():
+    # Σ_j κ_ij · 0 is NaN where κ is: skipping a zero channel must not turn that NaN into 0.
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(2, 3, 16, 18, generator=g)
+    images[1, :, 3, 4] = torch.nan
+    masks = _padded_stacks(g)[:2]
+    par = PAR(num_iter=2)
+    par.cpu_cache_bytes = 0  # image by image, so image 1's zero channels would be skipped
+    with torch.no_grad():
+        out = par(images, masks)
+        par.chunk_on_cpu = False
+        expected = par(images, masks)
+    assert out[1].isnan().any()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6, equal_nan=True)
+
+
+def test_accelerator_strategy_reads_nothing_on_the_host(monkeypatch):
+    # No accelerator here: the accelerator strategy is forced on the CPU, and every host read or
+    # data-dependent size raises. The check is checked: the CPU strategy, which reads which channels are 0,
+    # trips it.
+    g = torch.Generator().manual_seed(6)
+    images = torch.rand(3, 3, 16, 18, generator=g)
+    masks = _padded_stacks(g)
+    par = PAR(num_iter=2)
+    for chunked in (False, True):
+        par.chunk_on_cpu = chunked
+        try:
+            with torch.no_grad(), monkeypatch.context() as patch, NoSyncMode():  # type: ignore[no-untyped-call]
+                forbid_host_reads(patch)
+                par(images, masks)
+        except AssertionError as err:
+            assert chunked, str(err)
+            continue
+        assert not chunked, "the sync check did not detect the CPU strategy's host reads"

@@ -19,6 +19,16 @@ which keeps memory at a few ``(B, C, H, W)`` buffers (plus the ``(B, N, H, W)`` 
 on CPU at DuPL's shapes (``benchmarks/dupl_par.py``); the results are the same up to floating-point
 summation order. The kernel depends on the image only, so :meth:`PAR.kernel` can be computed once and
 reused for several mask stacks of the same images (DuPL refines four per image and step).
+
+Each of the ``N`` accumulation passes streams the whole mask stack, its padded copy and a kernel plane
+through the caches, so on CPU the cost per image jumps once the stack outgrows the last-level cache: at
+224×224 with 4 channels, one pass took ~60 µs per image at batch 1 and 2 but ~150 µs at batch 4 (8 MiB L3),
+and the kernel's temporaries cross it at batch 4 too. On CPU the module therefore works in chunks of images
+(and of channels, for many channels) that fit :attr:`PAR.cpu_cache_bytes`, and skips channels that are 0
+in every image of a chunk, such as the channel padding of a batch whose images have different numbers of
+classes (a zero channel stays 0). It reads data on the host to do so, which on CPU costs nothing; on
+accelerators the whole batch goes through one launch sequence without host synchronisation. Both give the
+same values.
 """
 
 from __future__ import annotations
@@ -69,11 +79,20 @@ class PAR(nn.Module):
         w2: weight of the position term added to the appearance softmax (reference: 0.01).
 
     The module is meant for pseudo-label generation on detached inputs: :meth:`kernel` does not support
-    autograd (it writes into preallocated buffers). All computation is batched over images and channels and
-    has no host-device synchronisation.
+    autograd (it writes into preallocated buffers). On accelerators all computation is batched over images
+    and channels and has no host-device synchronisation. On CPU, images (and, for many channels, channels)
+    are processed in chunks whose working set fits :attr:`cpu_cache_bytes`, and channels that are 0 in a
+    chunk (channel padding) are skipped; results are the same as batched.
     """
 
     pos_softmax: Tensor
+    #: CPU only: bytes that one chunk of :meth:`kernel` or one refinement pass may touch. Every neighbour's
+    #: pass streams the whole stack through the caches; once the stack outgrows the last-level cache (on the
+    #: 8 MiB-L3 machine of ``benchmarks/dupl_par.py``: batch 4 at 224×224 with 4 channels) each pass slows
+    #: about 2x per image. 4 MiB keeps the chunks well inside a shared L3.
+    cpu_cache_bytes: int = 4 * 2**20
+    #: ``False`` runs the accelerator strategy (everything batched, no host reads) on CPU too.
+    chunk_on_cpu: bool = True
 
     def __init__(
         self,
@@ -121,6 +140,30 @@ class PAR(nn.Module):
         padded = F.pad(x, (p, p, p, p), mode="replicate")
         return [padded[..., p + dy : p + dy + h, p + dx : p + dx + w] for dy, dx in self.offsets]
 
+    def _chunked(self, x: Tensor) -> bool:
+        """Whether ``x`` takes the CPU strategy (cache-sized chunks, host reads allowed)."""
+        return self.chunk_on_cpu and x.device.type == "cpu"
+
+    def _planes(self, shape: Sequence[int], itemsize: int) -> tuple[int, int]:
+        """Bytes of one ``(H, W)`` plane and of its copy padded by :attr:`pad` on every side."""
+        h, w, p = shape[-2], shape[-1], self.pad
+        return h * w * itemsize, (h + 2 * p) * (w + 2 * p) * itemsize
+
+    def _kernel_chunk(self, shape: Sequence[int], itemsize: int) -> int:
+        """Images per CPU :meth:`kernel` chunk: about 12 ``(H, W)`` planes and 3 padded ones per image."""
+        plane, padded = self._planes(shape, itemsize)
+        return max(1, self.cpu_cache_bytes // (3 * (4 * plane + padded)))
+
+    def _refine_chunk(self, shape: Sequence[int], itemsize: int, channels: int) -> int:
+        """Images per CPU refinement group: per image, ``channels`` output planes and padded inputs, 1 weight."""
+        plane, padded = self._planes(shape, itemsize)
+        return max(1, self.cpu_cache_bytes // (channels * (plane + padded) + plane))
+
+    def _channel_group(self, shape: Sequence[int], itemsize: int) -> int:
+        """Channels per CPU refinement pass of one image that fit :attr:`cpu_cache_bytes`."""
+        plane, padded = self._planes(shape, itemsize)
+        return max(1, (self.cpu_cache_bytes - plane) // (plane + padded))
+
     def kernel(self, image: Tensor) -> Tensor:
         """Affinity kernel ``κ`` of a batch of images.
 
@@ -131,13 +174,25 @@ class PAR(nn.Module):
             ``(B, N, H, W)`` with ``N = 8 * len(dilations)`` in the order of :func:`neighbour_offsets`;
             every ``κ[b, :, y, x]`` sums to ``1 + w2``. Same dtype as ``image``; half-precision inputs are
             computed in float32 because the ``1e-8`` guard underflows in float16. The result is a permuted
-            view of neighbour-major storage (use ``reshape``, not ``view``, to flatten it).
+            view of neighbour-major storage (use ``reshape``, not ``view``, to flatten it). On CPU the
+            images are processed in chunks that fit :attr:`cpu_cache_bytes` (same values).
         """
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image must have shape (B, 3, H, W), got {tuple(image.shape)}")
         if not image.is_floating_point():
             raise ValueError(f"image must be a floating-point tensor in [0, 1], got dtype {image.dtype}")
         x = image.to(torch.promote_types(image.dtype, torch.float32))
+        n = image.shape[0]
+        if self._chunked(x):
+            n = self._kernel_chunk(x.shape, x.element_size())
+        if n >= x.shape[0]:
+            kappa = self._kernel(x)
+        else:  # concatenating the chunks' neighbour-major kernels costs one copy of κ
+            kappa = torch.cat([self._kernel(x[i : i + n]) for i in range(0, x.shape[0], n)], 1)
+        return kappa.permute(1, 0, 2, 3).to(image.dtype)
+
+    def _kernel(self, x: Tensor) -> Tensor:
+        """Neighbour-major ``(N, B, H, W)`` kernel of ``x`` (float32 or wider), without chunking."""
         views = self._neighbours(x)
         n = len(views)
         # Two-pass unbiased std over the neighbours (as torch.std), accumulated view by view. In-place ops
@@ -160,9 +215,7 @@ class PAR(nn.Module):
         for j, v in enumerate(views):
             torch.sum((v - x).mul_(inv_scale).square_(), 1, out=logits[j])
         kappa = torch.softmax(logits.neg_(), 0)
-        kappa.add_(self.pos_softmax.to(device=x.device, dtype=x.dtype).view(n, 1, 1, 1), alpha=self.w2)
-        kappa = kappa.permute(1, 0, 2, 3)
-        return kappa.to(image.dtype)
+        return kappa.add_(self.pos_softmax.to(device=x.device, dtype=x.dtype).view(n, 1, 1, 1), alpha=self.w2)
 
     def refine(self, masks: Tensor, kernel: Tensor) -> Tensor:
         """Apply ``m_i ← Σ_j κ_ij m_j`` ``num_iter`` times to every channel.
@@ -173,6 +226,12 @@ class PAR(nn.Module):
 
         Returns:
             ``(B, K, H, W)`` refined maps, dtype of ``masks``.
+
+        On accelerators all images and channels are refined together (one launch sequence, no host
+        synchronisation). On CPU, where every neighbour's pass streams the whole ``(B, K)`` stack through
+        the caches, images and channels are refined in groups that fit :attr:`cpu_cache_bytes`, and channels
+        that are exactly 0 in every image of a group (e.g. channel padding) are skipped: they stay 0 (if
+        the kernel is finite, checked), so the result is the same.
         """
         if masks.ndim != 4:
             raise ValueError(f"masks must have shape (B, K, H, W), got {tuple(masks.shape)}")
@@ -187,6 +246,13 @@ class PAR(nn.Module):
                 "spatial size (H, W)"
             )
         kernel = kernel.to(masks.dtype)
+        if not self._chunked(masks) or self.num_iter == 0 or masks.numel() == 0:
+            return self._refine(masks, kernel)
+        return self._refine_cpu(masks, kernel)
+
+    def _refine(self, masks: Tensor, kernel: Tensor) -> Tensor:
+        """:meth:`refine` of all images and channels at once; ``kernel`` already in the dtype of ``masks``."""
+        n = self.num_neighbours
         weights = [kernel[:, j : j + 1] for j in range(n)]  # (B, 1, H, W) each, broadcast over channels
         for _ in range(self.num_iter):
             # Accumulating one neighbour at a time never materialises (B, K, N, H, W).
@@ -195,6 +261,37 @@ class PAR(nn.Module):
                 out = out.addcmul_(v, wj)
             masks = out
         return masks
+
+    def _refine_cpu(self, masks: Tensor, kernel: Tensor) -> Tensor:
+        """:meth:`refine` in cache-sized groups of images and channels, all-zero channels skipped (CPU only).
+
+        Reads data on the host (which channels are 0, whether the kernel is finite): never used on
+        accelerators.
+        """
+        b, k = masks.shape[:2]
+        itemsize = masks.element_size()
+        step = self._refine_chunk(masks.shape, itemsize, k)
+        group = k if step > 1 else self._channel_group(masks.shape, itemsize)
+        chunks = []
+        for i in range(0, b, step):
+            m, kap = masks[i : i + step], kernel[i : i + step]
+            # Absolute maximum per channel over the group's images: NaN counts as non-zero.
+            kept = [c for c, nonzero in enumerate(m.abs().amax((0, 2, 3)).ne(0).tolist()) if nonzero]
+            # Σ_j κ_ij · 0 is 0 only for a finite κ; a finite sum (of non-negative terms) implies one.
+            if len(kept) < k and not torch.isfinite(kap.sum()):
+                kept = list(range(k))
+            if len(kept) == k and k <= group:
+                chunks.append(self._refine(m, kap))
+                continue
+            out = torch.zeros_like(m)
+            for g in range(0, len(kept), group):
+                ids = kept[g : g + group]
+                sel: slice | Tensor = (
+                    slice(ids[0], ids[-1] + 1) if ids[-1] - ids[0] == len(ids) - 1 else torch.tensor(ids)
+                )
+                out[:, sel] = self._refine(m[:, sel], kap)
+            chunks.append(out)
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     def forward(self, image: Tensor, masks: Tensor) -> Tensor:
         """Refine ``masks`` with the affinity of ``image``.
@@ -211,6 +308,22 @@ class PAR(nn.Module):
                 f"masks must have shape (B, K, h, w) with the batch size of image {tuple(image.shape)}, "
                 f"got {tuple(masks.shape)}"
             )
+        b = image.shape[0]
+        if self._chunked(image) and image.ndim == 4 and b > 1:
+            # One kernel and refinement per cache-sized chunk of images (see :meth:`refine`).
+            float_size = torch.promote_types(image.dtype, torch.float32).itemsize
+            step = min(
+                self._kernel_chunk(image.shape, float_size),
+                self._refine_chunk(image.shape, masks.element_size(), masks.shape[1]),
+            )
+            if step < b:
+                return torch.cat(
+                    [self._forward(image[i : i + step], masks[i : i + step]) for i in range(0, b, step)]
+                )
+        return self._forward(image, masks)
+
+    def _forward(self, image: Tensor, masks: Tensor) -> Tensor:
+        """:meth:`forward` of one chunk of images."""
         kappa = self.kernel(image)
         if masks.shape[-2:] != image.shape[-2:]:
             masks = F.interpolate(masks, size=image.shape[-2:], mode="bilinear", align_corners=True)
