@@ -8,6 +8,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
+from tests.helpers import NoSyncMode, forbid_host_reads
 from wsss_lightning.methods.dupl import noise_filter
 from wsss_lightning.methods.dupl.noise_filter import GMM1D, adaptive_noise_filter, fit_gmm_1d, gmm_posteriors
 from wsss_lightning.methods.dupl.options import NoiseFilterConfig
@@ -357,6 +358,23 @@ def test_reduction_without_gemm_gives_the_same_fit(monkeypatch: pytest.MonkeyPat
     without = fit_gmm_1d(values, valid)
     for a, b in zip(with_gemm, without, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("use_gemm", [True, False])
+def test_filter_does_not_synchronise(monkeypatch: pytest.MonkeyPatch, use_gemm: bool) -> None:
+    """No op reads a value back to the host or has a data-dependent output size (``tests.helpers``), on
+    the GEMM path of the CPU and on the elementwise path used elsewhere."""
+    rng = np.random.default_rng(13)
+    maps = [synthetic_map(rng, 64, kind) for kind in ("bimodal", "unimodal", "empty")]
+    losses = torch.from_numpy(np.stack([m[0] for m in maps]))
+    labels = torch.from_numpy(np.stack([m[1] for m in maps]))
+    options = NoiseFilterConfig(min_pixels=10)
+    monkeypatch.setattr(noise_filter, "_use_gemm", lambda device: use_gemm)
+    with monkeypatch.context() as patch, NoSyncMode():
+        forbid_host_reads(patch)
+        filtered, noise = adaptive_noise_filter(losses, labels, options)
+    assert noise[0].any() and not noise[1:].any()
+    assert torch.equal(filtered, torch.where(noise, IGNORE, labels))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -20,7 +20,9 @@ from a fine histogram of each row that keeps the exact count, sum and sum of squ
 
 In one dimension a component's log-density is a quadratic in ``x``, so the log-odds between the two
 components is one quadratic, the responsibilities are its sigmoid, and the M-step needs only sums of
-``r * (1, x, x^2)``: an EM iteration is four elementwise passes and one batched reduction over the values.
+``r * (1, x, x^2)``. On the CPU an EM iteration is three passes over the ``(valid, x, x^2)`` features of the
+values: a batched GEMM for the log-odds, an in-place sigmoid and a batched GEMM for the sums (elsewhere the
+log-odds take three elementwise passes and the sums a multiply-and-sum).
 """
 
 from __future__ import annotations
@@ -132,6 +134,25 @@ def _quadratic(t: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return torch.addcmul(b.view(shape), a.view(shape), t).mul_(t).add_(c.view(shape))
 
 
+def _quadratic_of_feats(feats: Tensor, a: Tensor, b: Tensor, c: Tensor, out: Tensor) -> Tensor:
+    """``out[n, 0, m] = a x^2 + b x + c`` at valid entries from ``feats[n] = (valid, x, x^2)``; 0 elsewhere.
+
+    Args:
+        feats: ``(N, 3, M)`` ``(valid, x, x^2)`` with zeros where invalid.
+        a: ``(N,)``.
+        b: ``(N,)``.
+        c: ``(N,)``.
+        out: ``(N, 1, M)`` buffer, returned.
+    """
+    if _use_gemm(feats.device):
+        # one batched GEMM: a single pass over the features instead of three elementwise passes
+        return torch.bmm(torch.stack([c, b, a], dim=-1).unsqueeze(1), feats, out=out)
+    valid_f, xs, xs2 = feats.unbind(1)
+    r = out[:, 0]
+    torch.mul(xs2, a.unsqueeze(1), out=r).addcmul_(xs, b.unsqueeze(1)).addcmul_(valid_f, c.unsqueeze(1))
+    return out
+
+
 def _histogram(feats: Tensor, lo: Tensor, hi: Tensor, num_bins: int) -> Tensor:
     """Per-row histogram over ``[lo, hi]`` keeping each bin's exact count, sum and sum of squares.
 
@@ -145,16 +166,13 @@ def _histogram(feats: Tensor, lo: Tensor, hi: Tensor, num_bins: int) -> Tensor:
     Returns:
         ``(N, 3, num_bins)`` sums of ``(1, x, x^2)`` per bin.
     """
-    valid_f, xs = feats[:, 0], feats[:, 1]
+    xs = feats[:, 1]
     span = hi - lo
     scale = torch.where(span > 0, num_bins / span.clamp_min(torch.finfo(span.dtype).tiny), 0.0).unsqueeze(1)
-    base = -lo.unsqueeze(1) * scale
-    # Invalid entries add zeros, so any bin will do; spreading them over the bins by position avoids long
-    # runs of updates to one bin (padding is contiguous), which serialise the scatter on the CPU.
-    ramp = torch.arange(xs.shape[1], device=xs.device, dtype=xs.dtype).remainder_(num_bins)
-    position = torch.sub(base, ramp).mul_(valid_f).add_(ramp).addcmul_(xs, scale)  # (x - lo) * scale if valid
-    # position >= 0 up to rounding and int conversion truncates towards zero: only the top needs a clamp
-    index = position.long().clamp_max_(num_bins - 1)
+    # (x - lo) * scale; invalid entries (x = 0) land in the bin of 0 and add zeros there. The position is
+    # >= 0 up to rounding and the int conversion truncates towards zero: only the top needs a clamp.
+    position = torch.addcmul(-lo.unsqueeze(1) * scale, xs, scale).clamp_max_(num_bins - 1)
+    index = position.long()
     hist = feats.new_zeros(feats.shape[0], 3, num_bins)
     return hist.scatter_add_(2, index.unsqueeze(1).expand_as(feats), feats)
 
@@ -245,23 +263,16 @@ def _binned_log_likelihood(bins: _BinnedValues, means: Tensor, variances: Tensor
     Returns:
         ``(N,)`` log-likelihood sums.
     """
-    z, log_wn = [], []
-    for k in range(2):
-        mu, var = means[:, k : k + 1], variances[:, k : k + 1]
-        zk = (bins.means - mu) / var  # (x - mu) / v
-        z.append(zk)
-        log_wn.append((weights[:, k : k + 1].log() - 0.5 * (_LOG_2PI + var.log())) - 0.5 * zk * zk * var)
-    d = log_wn[0] - log_wn[1]
-    g = torch.maximum(log_wn[0], log_wn[1]) + torch.exp(-d.abs()).add_(1.0).log_()  # log1p is slow on the CPU
-    r0 = torch.sigmoid(d)
-    r1 = 1.0 - r0
+    mu, var, w = means.unsqueeze(-1), variances.unsqueeze(-1), weights.unsqueeze(-1)  # (N, 2, 1)
+    z = (bins.means.unsqueeze(1) - mu) / var  # (N, 2, B): (x - mu) / v
+    # log(w_k N(x | k)) = log w_k - (log 2 pi + log v_k) / 2 - z_k^2 v_k / 2
+    log_wn = torch.addcmul(w.log() - 0.5 * (_LOG_2PI + var.log()), z * z, var, value=-0.5)
+    g = torch.logsumexp(log_wn, dim=1)  # (N, B)
+    r = torch.softmax(log_wn, dim=1)  # responsibilities
+    rz = r * z
     # g'' = sum_k r_k (z_k^2 - 1 / v_k) - (sum_k r_k z_k)^2
-    curvature = (
-        r0 * (z[0] * z[0] - variances[:, :1].reciprocal())
-        + r1 * (z[1] * z[1] - variances[:, 1:].reciprocal())
-        - (r0 * z[0] + r1 * z[1]).square()
-    )
-    return (bins.counts * g + 0.5 * curvature * bins.scatters).sum(dim=1)
+    curvature = (rz * z - r / var).sum(dim=1) - rz.sum(dim=1).square()
+    return (bins.counts * g).sum(dim=1) + 0.5 * (curvature * bins.scatters).sum(dim=1)
 
 
 def fit_gmm_1d(
@@ -327,6 +338,19 @@ def fit_gmm_1d(
     if reg_covar < 0:
         raise ValueError(f"fit_gmm_1d: reg_covar must be >= 0, got {reg_covar}")
 
+    return _fit(values, valid, max_iter, tol, reg_covar, kmeans_iter, num_bins)[0]
+
+
+def _fit(
+    values: Tensor,
+    valid: Tensor,
+    max_iter: int,
+    tol: float,
+    reg_covar: float,
+    kmeans_iter: int,
+    num_bins: int,
+) -> tuple[GMM1D, Tensor]:
+    """:func:`fit_gmm_1d` without the argument checks; also returns the ``(N,)`` valid counts."""
     # Half-precision values would make the moment sums (sums of x^2 over ~10^5 values) useless.
     dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
     eps = torch.finfo(dtype).eps
@@ -337,13 +361,13 @@ def fit_gmm_1d(
     # Multiply instead of masking (a masked select is several times slower on the CPU); invalid inf / NaN
     # entries turn into NaN and are then zeroed.
     torch.mul(values.detach(), valid_f, out=xs).nan_to_num_(nan=0.0)
-    count = valid_f.sum(dim=1)
+    count, total = feats[:, :2].sum(dim=2).unbind(1)
     safe_count = count.clamp_min(1.0)
     # Work around each row's mean: the moments then stay well conditioned (variance = E[x^2] - mu^2).
-    shift = xs.sum(dim=1) / safe_count
-    xs.sub_(shift.unsqueeze(1)).mul_(valid_f)
+    shift = total / safe_count
+    xs.addcmul_(valid_f, shift.unsqueeze(1), value=-1.0)  # x - shift where valid, 0 elsewhere
     torch.mul(xs, xs, out=xs2)
-    totals = feats.sum(dim=2)  # (N, 3)
+    totals = torch.cat([count.unsqueeze(1), feats[:, 1:].sum(dim=2)], dim=1)  # (N, 3)
     # Centred values have min <= 0 <= max, so the zeros at invalid entries do not change the row's range.
     lo, hi = xs.amin(dim=1), xs.amax(dim=1)
     hist = _histogram(feats, lo, hi, num_bins)
@@ -357,11 +381,10 @@ def fit_gmm_1d(
     prev_ll = torch.full_like(count, -torch.inf)
     zero = torch.zeros_like(count)
     resp = feats.new_empty((n_rows, 1, n_cols))
-    r0 = resp[:, 0]
     for _ in range(max_iter):
         # E-step: r0 = sigmoid(log(w0 N0) - log(w1 N1)), a quadratic in x.
         a, b, c = _log_odds_coefficients(means, variances, weights, zero)
-        torch.mul(xs2, a.unsqueeze(1), out=r0).addcmul_(xs, b.unsqueeze(1)).add_(c.unsqueeze(1)).sigmoid_()
+        _quadratic_of_feats(feats, a, b, c, out=resp).sigmoid_()
         stats0 = _weighted_sums(resp, feats).squeeze(1)  # (N, 3); invalid entries have zero features
         ll = _binned_log_likelihood(bins, means, variances, weights) / safe_count
 
@@ -378,7 +401,7 @@ def fit_gmm_1d(
         prev_ll = torch.where(done, prev_ll, ll)
         done = done | converged_now
 
-    return GMM1D(means=means + shift.unsqueeze(1), variances=variances, weights=weights)
+    return GMM1D(means=means + shift.unsqueeze(1), variances=variances, weights=weights), count
 
 
 def _check_gmm(gmm: GMM1D, n: int, fn: str) -> None:
@@ -464,12 +487,18 @@ def adaptive_noise_filter(
     flat_labels = labels.reshape(n, -1)
     foreground = (flat_labels != 0) & (flat_labels != ignore_index)
     candidates = foreground & (losses > options.min_loss)
-    gmm = fit_gmm_1d(
-        losses, candidates, max_iter=options.max_iter, tol=options.tol, reg_covar=options.reg_covar
+    gmm, count = _fit(
+        losses,
+        candidates,
+        max_iter=options.max_iter,
+        tol=options.tol,
+        reg_covar=options.reg_covar,
+        kmeans_iter=10,
+        num_bins=1024,
     )
 
     mu0, mu1 = gmm.means.unbind(1)
-    active = (torch.count_nonzero(candidates, dim=1) > min_pixels) & ((mu0 - mu1).abs() > min_gap)
+    active = (count > min_pixels) & ((mu0 - mu1).abs() > min_gap)
     # posterior > p  <=>  log-odds > logit(p); maps that are not filtered get an unreachable threshold.
     if posterior_threshold <= 0.0:
         logit = -math.inf
@@ -477,11 +506,15 @@ def adaptive_noise_filter(
         logit = math.inf
     else:
         logit = math.log(posterior_threshold) - math.log1p(-posterior_threshold)
-    threshold = torch.where(active, logit, math.inf).to(gmm.means.dtype).unsqueeze(1)
+    threshold = torch.where(active, logit, math.inf).to(gmm.means.dtype)
     # Log-odds of the noise component (larger mean) against the other: flip the sign when it is component 1.
     sign = torch.where(mu0 > mu1, 1.0, -1.0).to(gmm.means.dtype)
     centre = 0.5 * (mu0 + mu1)
     a, b, c = _log_odds_coefficients(gmm.means, gmm.variances, gmm.weights, centre)
-    noise_log_odds = _quadratic(losses.to(centre.dtype) - centre.unsqueeze(1), sign * a, sign * b, sign * c)
-    noise_mask = ((noise_log_odds > threshold) & foreground).view_as(loss_maps)
+    # log-odds > threshold  <=>  sign (a t^2 + b t + c) - threshold > 0: the threshold joins the constant
+    # term, and the quadratic takes three passes over the pixels (t, a t + b, (a t + b) t + c).
+    t = losses.to(centre.dtype) - centre.unsqueeze(1)
+    excess = torch.addcmul((sign * b).unsqueeze(1), (sign * a).unsqueeze(1), t)
+    torch.addcmul((sign * c - threshold).unsqueeze(1), excess, t, out=excess)
+    noise_mask = (excess > 0).logical_and_(foreground).view_as(loss_maps)
     return labels.masked_fill(noise_mask, ignore_index), noise_mask
