@@ -2,7 +2,7 @@
 
 Runs ``U2PLModule``'s step on a synthetic VOC-layout batch and times each part separately (the same calls
 the module makes, in the same order): teacher pseudo-labels (eval mode) + CutMix, student forward +
-backward with the supervised loss, teacher train-mode forward, unsupervised loss, contrastive loss with the
+backward with the supervised loss, teacher train-mode forward, unsupervised loss (with the teacher entropy, sorted once and shared), contrastive loss with the
 memory-bank update (including its share of the backward). Also prints the memory of the bank.
 
 Usage::
@@ -24,7 +24,7 @@ import torch
 
 from wsss_lightning.methods.u2pl import ContrastiveConfig, U2PLModule
 from wsss_lightning.methods.u2pl.cutmix import apply_cutmix, cutmix_boxes
-from wsss_lightning.methods.u2pl.losses import unsupervised_loss
+from wsss_lightning.methods.u2pl.losses import teacher_entropy, unsupervised_loss
 from wsss_lightning.models.resize import resize
 
 
@@ -72,11 +72,12 @@ def main() -> None:
             teacher = model.teacher(both)
         prob_u_large = resize(teacher["pred"][b:], size, align_corners=True).softmax(1)
         t["teacher train-mode forward"] = tick()
+        entropy = teacher_entropy(prob_u_large, labels_u)  # once per step, shared by both losses
         loss_unsup = unsupervised_loss(
-            resize(out["pred"][b:], size, align_corners=True), labels_u, prob_u_large, 20.0
+            resize(out["pred"][b:], size, align_corners=True), labels_u, prob_u_large, 20.0, entropy=entropy
         )
         t["unsupervised loss"] = tick()
-        loss_con = model._contrastive(out["rep"], teacher, labels_l, labels_u, prob_u_large)
+        loss_con = model._contrastive(out["rep"], teacher, labels_l, labels_u, prob_u_large, entropy)
         t["contrastive loss + bank update"] = tick()
         opt.zero_grad()
         (loss_sup + loss_unsup + 0.25 * loss_con).backward()

@@ -14,16 +14,20 @@ from wsss_lightning.methods.u2pl.contrastive import (
     U2PLContrastiveLoss,
     select_negative_keys,
     u2pl_contrastive_loss,
+    u2pl_negative_mask,
 )
 from wsss_lightning.methods.u2pl.losses import (
     entropy_band_masks,
     entropy_percentile_mask,
     masked_percentile,
+    pixel_entropy,
+    teacher_entropy,
     unsupervised_loss,
 )
 from wsss_lightning.methods.u2pl.memory_bank import CategoryMemoryBank
 from wsss_lightning.methods.u2pl.options import ContrastiveConfig, UnsupervisedConfig
 from wsss_lightning.methods.u2pl.prototypes import PrototypeBank
+from wsss_lightning.methods.u2pl.scratch import ScratchBuffers
 
 # --- entropy filtering -----------------------------------------------------------------------------
 
@@ -350,8 +354,9 @@ def test_code_rule_never_enqueues_labeled_pixels() -> None:
         max_keys_per_step=None,
     )
     labeled_keys = t(x["rep_teacher"][:BL]).permute(0, 2, 3, 1).reshape(-1, D)
-    matches = (out.keys[:, None] == labeled_keys[None]).all(-1).any(1)
-    assert out.keys.shape[0] > 0 and not matches.any()
+    keys = out.keys[out.key_labels >= 0]  # -1 rows are padding
+    matches = (keys[:, None] == labeled_keys[None]).all(-1).any(1)
+    assert keys.shape[0] > 0 and not matches.any()
 
 
 def test_contrastive_with_momentum_prototypes_matches_numpy() -> None:
@@ -481,3 +486,57 @@ def test_losses_do_not_sync_on_cuda() -> None:
         entropy_band_masks(teacher, target, 20.0, 80.0)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("capacities", [[12, 8, 8, 8, 8], [3, 2, 5, 1, 4], [400, 400, 400, 400, 400]])
+def test_uncapped_push_leaves_the_bank_as_pushing_every_negative(capacities: list[int]) -> None:
+    """Without a key budget the loss pushes only the negatives the bank keeps (fixed shapes, no sync):
+    the bank (queues, their layout, ptr, count) ends bitwise as after pushing all of them, and the loss,
+    which samples from it, is identical."""
+    x = {k: t(v) for k, v in contrastive_inputs(21).items()}
+    options = {"num_anchors": 9, "num_negatives": 1, "low_rank": 2, "high_rank": 4, "max_keys_per_step": None}
+    fast, _ = prefilled_bank(22, capacities)
+    slow, _ = prefilled_bank(22, capacities)
+    scratch = ScratchBuffers()
+    for step in range(2):  # the second call reuses the scratch tensors
+        out = u2pl_contrastive_loss(
+            *(x[k] for k in INPUT_ORDER), fast, ContrastiveConfig(**options),
+            generator=torch.Generator().manual_seed(step), scratch=scratch,
+        )  # fmt: skip
+        negatives = u2pl_negative_mask(
+            x["labels_l"], x["labels_u"], x["prob_l"], x["prob_u"], x["high_mask_u"], low_rank=2, high_rank=4
+        )
+        keys, labels = select_negative_keys(x["rep_teacher"], negatives, None)
+        slow.push(keys, labels)
+        ref = run_loss(x, slow, update_bank=False, generator=torch.Generator().manual_seed(step), **options)
+        for name in ("ptr", "count"):
+            assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+        assert torch.equal(
+            fast.keys[: fast.total_capacity], slow.keys[: slow.total_capacity]
+        )  # no scratch row
+        assert torch.equal(out.loss, ref.loss)
+        kept = out.key_labels >= 0
+        per_class = torch.stack([(labels == c).sum() for c in range(C)])
+        assert torch.equal(
+            out.key_labels[kept].bincount(minlength=C), per_class.clamp_max(torch.tensor(capacities))
+        )
+    assert scratch.nbytes > 0
+
+
+def test_percentiles_of_one_sort_match_separate_calls() -> None:
+    _, target, prob = (t(a) for a in random_seg(23))
+    entropy = teacher_entropy(prob, target)
+    for q in (0.0, 20.0, 63.5, 100.0):
+        assert torch.equal(
+            entropy.percentile(q), masked_percentile(pixel_entropy(prob.float()), target != 255, q)
+        )
+    assert torch.equal(
+        entropy_percentile_mask(prob, target, 20.0),
+        entropy_percentile_mask(prob, target, 20.0, entropy=entropy),
+    )
+    for a, b in zip(
+        entropy_band_masks(prob, target, 20.0, 80.0),
+        entropy_band_masks(prob, target, 20.0, 80.0, entropy=entropy),
+        strict=True,
+    ):
+        assert torch.equal(a, b)

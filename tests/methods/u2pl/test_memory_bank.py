@@ -203,6 +203,12 @@ def _rank_keys(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, D, generator=g), torch.randint(-1, C, (n,), generator=g)
 
 
+def _rank_class_keys(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + 100 * rank + step)
+    n = 9 + rank  # more than class 1's capacity (5)
+    return torch.randn(n, D, generator=g), torch.full((n,), 1)
+
+
 def _ddp_worker(rank: int, world_size: int, result_path: str) -> None:
     bank, half = make_bank(), make_bank(dtype=torch.float16)
     for step in range(3):
@@ -211,11 +217,23 @@ def _ddp_worker(rank: int, world_size: int, result_path: str) -> None:
     # Fixed-size path: every rank passes the same number of rows.
     keys, labels = _rank_keys(rank, 0)
     bank.gather_and_push(keys[:3], labels[:3], equal_sizes=True)
+    # Host-known bound (no size exchange), keys a full push would overwrite at once left out (skipped).
+    newest = make_bank()
+    for step in range(2):
+        keys, labels = _rank_class_keys(rank, step)
+        skipped = torch.zeros(C, dtype=torch.long)
+        skipped[1] = labels.shape[0] - 5  # class 1 holds 5 keys: only the newest 5 survive
+        newest.gather_and_push(keys[-5:], labels[-5:], max_size=6, skipped=skipped)
     protos = PrototypeBank(C, D)
     counts = torch.tensor([rank + 1, 0, 2, rank])
     protos.update(torch.full((C, D), float(rank)), counts)
     torch.save(
-        {"state": bank.state_dict(), "half": half.state_dict(), "protos": protos.state_dict()},
+        {
+            "state": bank.state_dict(),
+            "half": half.state_dict(),
+            "protos": protos.state_dict(),
+            "newest": newest.state_dict(),
+        },
         f"{result_path}.{rank}",
     )
 
@@ -237,6 +255,16 @@ def test_gather_and_push_leaves_identical_banks_on_every_rank(tmp_path) -> None:
     half.load_state_dict(states[1]["half"])
     for c, queue in enumerate(deque_reference(pushes[:6])):
         np.testing.assert_array_equal(half.queue(c).numpy(), queue.astype(np.float16))
+    # Pushing only the surviving keys (padded to max_size, skipped counts gathered) leaves the bank bitwise
+    # as pushing every key: same slots, ptr and count.
+    full = make_bank()
+    for step in range(2):
+        for rank in range(2):
+            full.push(*_rank_class_keys(rank, step))
+    for rank in range(2):
+        for key in ("ptr", "count"):
+            assert torch.equal(states[rank]["newest"][key], full.state_dict()[key]), key
+        assert torch.equal(states[rank]["newest"]["keys"][:-2], full.keys[:-2])
     # Prototypes were merged across ranks (count-weighted): identical everywhere.
     for rank in range(2):
         torch.testing.assert_close(states[rank]["protos"]["prototypes"], states[0]["protos"]["prototypes"])

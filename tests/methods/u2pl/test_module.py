@@ -109,3 +109,33 @@ def test_old_flat_u2pl_options_fail_with_their_new_spelling(tmp_path, capsys):
     assert "model.init_args.aux_weight -> model.init_args.supervised.aux_weight" in err
     assert "model.init_args.teacher_copy_first_epoch -> model.init_args.teacher.copy_first_epoch" in err
     assert "--model.init_args.unsup_weight -> --model.init_args.unsupervised.weight" in err
+
+
+@pytest.mark.parametrize("max_keys", [None, 100])  # every negative (released) / a key budget
+def test_semi_supervised_step_does_not_synchronise(monkeypatch, max_keys):
+    """A semi-supervised step with a full memory bank (teacher pseudo-labels, CutMix, student and teacher
+    forwards, supervised, unsupervised and contrastive losses, bank update, backward) reads no device value
+    on the host: host reads and data-dependent sizes raise (``tests.helpers.NoSyncMode``)."""
+    from tests.helpers import NoSyncMode, forbid_host_reads
+    from wsss_lightning.methods import ContrastiveConfig, U2PLModule
+
+    torch.manual_seed(0)
+    config = ContrastiveConfig(capacity=64, background_capacity=96, num_anchors=16, num_negatives=8,
+                               max_keys_per_step=max_keys)  # fmt: skip
+    model = U2PLModule(encoder="resnet18", multi_grid=None, num_classes=5, contrastive=config).train()
+    bank = model.contrastive.memory_bank
+    bank.push(torch.randn(bank.total_capacity, bank.dim), torch.arange(5).repeat_interleave(bank.capacities))
+    assert torch.equal(bank.count, bank.capacities)  # full: every push wraps around
+    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)
+    monkeypatch.setattr(model, "log_dict", lambda *args, **kwargs: None)
+    images_l, images_u = torch.randn(2, 3, 33, 33), torch.randn(2, 3, 33, 33)
+    labels_l = torch.randint(0, 5, (2, 33, 33))
+    labels_l[:, :4] = 255
+    ptr = bank.ptr.clone()
+    with monkeypatch.context() as patch, NoSyncMode():
+        forbid_host_reads(patch)
+        loss = model._semi_step(images_l, labels_l, images_u)
+        loss.backward()
+    assert torch.isfinite(loss.detach())
+    assert not torch.equal(bank.ptr, ptr)  # the bank was updated
+    assert all(p.grad is not None for p in model.student.parameters() if p.requires_grad)

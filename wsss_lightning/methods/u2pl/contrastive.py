@@ -28,6 +28,7 @@ local gradient and the contrastive weight relative to L_s and L_u is ``1/W`` - 1
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -38,6 +39,7 @@ from wsss_lightning.methods.u2pl.gathered_dot import gathered_dot
 from wsss_lightning.methods.u2pl.memory_bank import CategoryMemoryBank
 from wsss_lightning.methods.u2pl.options import BANK_DTYPES, ContrastiveConfig
 from wsss_lightning.methods.u2pl.prototypes import PrototypeBank, class_centroids
+from wsss_lightning.methods.u2pl.scratch import ScratchBuffers
 
 __all__ = [
     "ContrastiveOutput",
@@ -53,7 +55,9 @@ class ContrastiveOutput(NamedTuple):
 
     Attributes:
         loss: scalar L_c of this rank.
-        keys: ``(K, D)`` this step's negative keys (teacher representations, detached).
+        keys: ``(K, D)`` this step's negative keys (teacher representations, detached) as pushed to the
+            bank: without a key budget, the newest ``capacity`` negatives of each class (the older ones a
+            push would overwrite at once are left out).
         key_labels: ``(K,)`` int64 queue of each key; -1 marks padding rows.
         valid_classes: ``(C,)`` bool, classes with at least one reliable (low-entropy) pixel.
         active_classes: ``(C,)`` bool, classes that contributed a term to the loss.
@@ -151,6 +155,98 @@ def _gather_pixels(rep: Tensor, pos: Tensor) -> Tensor:
     return rep.flatten(2)[pos // hw, :, pos % hw]
 
 
+def _capped_positions(
+    flat: Tensor, max_keys_per_step: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Water-filling selection of ``max_keys_per_step`` (class, pixel) pairs (see :func:`select_negative_keys`)."""
+    num_classes, num_pixels = flat.shape
+    device = flat.device
+    # No class can get more than T keys: random order within each class, first T of them.
+    per_class = min(max_keys_per_step, num_pixels)
+    scores = torch.rand(flat.shape, generator=generator, device=device)
+    top = torch.where(flat, scores, -1.0).topk(per_class, dim=1)  # column j = rank j within the class
+    classes = torch.arange(num_classes, device=device)[:, None]
+    rank_key = torch.arange(per_class, device=device)[None] * num_classes + classes
+    not_chosen = num_classes * per_class  # larger than every real key
+    rank_key = torch.where(top.values >= 0, rank_key, not_chosen)
+    total = min(max_keys_per_step, num_classes * per_class)
+    picked = rank_key.flatten().topk(total, largest=False)
+    kept = picked.values < not_chosen
+    cls = picked.indices // per_class
+    pos = top.indices.flatten()[picked.indices]
+    labels = torch.where(kept, cls, -1)
+    # Back to (class, raster) order; padding last.
+    order = torch.argsort(torch.where(kept, cls, num_classes) * num_pixels + pos)
+    pos, labels = pos[order], labels[order]
+    if total < max_keys_per_step:
+        pos = F.pad(pos, (0, max_keys_per_step - total))
+        labels = F.pad(labels, (0, max_keys_per_step - total), value=-1)
+    return pos, labels
+
+
+def _newest_positions(
+    flat: Tensor, capacities: Sequence[int], capacity_tensor: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The negatives a push of all of them would keep: the newest ``min(n_c, cap_c)`` of each class.
+
+    Fixed shapes, no host sync: class c owns ``min(P, cap_c)`` slots (``P`` pixels per class row, a host
+    number), slot j holding the class's negative of rank ``max(n_c - cap_c, 0) + j`` in raster order, found
+    by a binary search in the row-wise running count of negatives (rows offset so that the whole array is
+    one sorted sequence). Slots past ``n_c`` get label -1 (position 0).
+
+    Args:
+        flat: ``(C, P)`` bool negatives per class, raster order.
+        capacities: the queue capacities (host ints).
+        capacity_tensor: the same as a ``(C,)`` int64 tensor on ``flat``'s device.
+
+    Returns:
+        ``(positions (M,), labels (M,), skipped (C,))`` with ``M = sum_c min(P, cap_c)``, class-major and
+        raster order within a class, and ``skipped = max(n_c - cap_c, 0)`` the negatives left out.
+    """
+    num_classes, num_pixels = flat.shape
+    device = flat.device
+    total = sum(min(num_pixels, cap) for cap in capacities)
+    idx_dtype = torch.int32 if num_classes * (num_pixels + 1) < 2**31 else torch.int64
+    cum = flat.cumsum(1, dtype=idx_dtype)  # (C, P): negatives up to and including each pixel
+    n = cum[:, -1].long()
+    skipped = (n - capacity_tensor).clamp_min(0)
+    slots = capacity_tensor.clamp_max(num_pixels)
+    slot_end = slots.cumsum(0)
+    slot = torch.arange(total, device=device)
+    cls = torch.searchsorted(slot_end, slot, right=True)
+    rank = skipped[cls] + slot - (slot_end - slots)[cls]
+    stride = num_pixels + 1  # row c of cum + c * stride lies in [c * stride, c * stride + P]: sorted overall
+    offset = torch.arange(num_classes, device=device, dtype=idx_dtype)[:, None] * stride
+    target = (cls * stride + rank + 1).to(idx_dtype)
+    flat_index = torch.searchsorted((cum + offset).view(-1), target)
+    pos = (flat_index - cls * num_pixels).clamp(0, num_pixels - 1)
+    labels = torch.where(rank < n[cls], cls, -1)
+    return torch.where(labels >= 0, pos, 0), labels, skipped
+
+
+def _keys_at(
+    rep_teacher: Tensor, pos: Tensor, normalize: bool, scratch: ScratchBuffers | None = None
+) -> Tensor:
+    """Detached teacher representations ``(K, D)`` at flat (b, y, x) positions ``pos`` (unit-norm if asked)."""
+    rep_teacher = rep_teacher.detach()
+    num_pixels = rep_teacher.shape[0] * rep_teacher.shape[2] * rep_teacher.shape[3]
+    if pos.shape[0] <= num_pixels:  # e.g. a key budget: gather the few keys directly, normalise them
+        keys = _gather_pixels(rep_teacher, pos)  # a fresh tensor
+        return _unit_rows_(keys.float()) if normalize else keys
+    # More keys than pixels (a pixel is the negative of up to r_h - r_l classes): one pixel-major copy,
+    # normalised once per pixel, then contiguous row reads instead of D strided values per key.
+    b, d, h, w = rep_teacher.shape
+    dtype = torch.float32 if normalize else rep_teacher.dtype
+    if scratch is None:
+        pixels = rep_teacher.new_empty(b, h, w, d, dtype=dtype)
+    else:  # the same shape every step: kept between steps
+        pixels = scratch.get("pixels", (b, h, w, d), dtype, rep_teacher.device)
+    pixels = pixels.copy_(rep_teacher.permute(0, 2, 3, 1)).view(-1, d)
+    if normalize:
+        _unit_rows_(pixels)
+    return pixels.index_select(0, pos)
+
+
 def select_negative_keys(
     rep_teacher: Tensor,
     negative_mask: Tensor,
@@ -168,7 +264,8 @@ def select_negative_keys(
     negatives than its fair share keeps them all; the others keep equal-sized uniform subsets. The output
     is padded with label -1 to exactly T rows: the same size on every rank and step, so no host sync and
     a single fixed-size gather. ``None`` keeps every negative (one host sync to count them), which is what
-    the released code enqueues.
+    the released code enqueues; :func:`u2pl_contrastive_loss` instead keeps, without a sync, the newest
+    negatives of each class that fit in its queue - the ones such a push keeps.
 
     Args:
         rep_teacher: ``(B, D, h, w)`` teacher representations.
@@ -182,8 +279,6 @@ def select_negative_keys(
         capped.
     """
     flat = _flat_positions(negative_mask)
-    num_classes, num_pixels = flat.shape
-    device = flat.device
     if max_keys_per_step is None:
         labels, pos = flat.nonzero(as_tuple=True)
     else:
@@ -191,35 +286,8 @@ def select_negative_keys(
             raise ValueError(
                 f"select_negative_keys: max_keys_per_step must be >= 1 or None, got {max_keys_per_step}"
             )
-        # No class can get more than T keys: random order within each class, first T of them.
-        per_class = min(max_keys_per_step, num_pixels)
-        scores = torch.rand(flat.shape, generator=generator, device=device)
-        top = torch.where(flat, scores, -1.0).topk(per_class, dim=1)  # column j = rank j within the class
-        classes = torch.arange(num_classes, device=device)[:, None]
-        rank_key = torch.arange(per_class, device=device)[None] * num_classes + classes
-        not_chosen = num_classes * per_class  # larger than every real key
-        rank_key = torch.where(top.values >= 0, rank_key, not_chosen)
-        total = min(max_keys_per_step, num_classes * per_class)
-        picked = rank_key.flatten().topk(total, largest=False)
-        kept = picked.values < not_chosen
-        cls = picked.indices // per_class
-        pos = top.indices.flatten()[picked.indices]
-        labels = torch.where(kept, cls, -1)
-        # Back to (class, raster) order; padding last.
-        order = torch.argsort(torch.where(kept, cls, num_classes) * num_pixels + pos)
-        pos, labels = pos[order], labels[order]
-        if total < max_keys_per_step:
-            pos = F.pad(pos, (0, max_keys_per_step - total))
-            labels = F.pad(labels, (0, max_keys_per_step - total), value=-1)
-    if pos.shape[0] <= num_pixels:  # e.g. a key budget: gather the few keys directly, normalise them
-        keys = _gather_pixels(rep_teacher.detach(), pos)  # a fresh tensor
-        return (_unit_rows_(keys.float()) if normalize else keys), labels
-    # More keys than pixels (a pixel is the negative of up to r_h - r_l classes): one pixel-major copy,
-    # normalised once per pixel, then contiguous row reads instead of D strided values per key.
-    b, d, h, w = rep_teacher.shape
-    pixels = rep_teacher.new_empty(b, h, w, d, dtype=torch.float32 if normalize else rep_teacher.dtype)
-    pixels = pixels.copy_(rep_teacher.detach().permute(0, 2, 3, 1)).view(-1, d)
-    return (_unit_rows_(pixels) if normalize else pixels).index_select(0, pos), labels
+        pos, labels = _capped_positions(flat, max_keys_per_step, generator)
+    return _keys_at(rep_teacher, pos, normalize), labels
 
 
 def _unit_rows_(x: Tensor) -> Tensor:
@@ -257,6 +325,7 @@ def u2pl_contrastive_loss(
     update_bank: bool = True,
     ignore_index: int = 255,
     generator: torch.Generator | None = None,
+    scratch: ScratchBuffers | None = None,
 ) -> ContrastiveOutput:
     """U2PL contrastive loss L_c of one rank (U2PL+ Eq. 10, 21-28; ``compute_contra_memobank_loss``).
 
@@ -308,6 +377,7 @@ def u2pl_contrastive_loss(
         update_bank: push this step's keys before sampling; False leaves the bank to the caller.
         ignore_index: label of unlabelled pixels.
         generator: random generator.
+        scratch: work tensors kept between calls (the pixel-major teacher copy, the gather buffer).
 
     Returns:
         :class:`ContrastiveOutput`.
@@ -367,15 +437,25 @@ def u2pl_contrastive_loss(
             options.negative_rule,
             ignore_index,
         )
-        keys, key_labels = select_negative_keys(
-            rep_teacher, negative_mask, options.max_keys_per_step, generator, normalize=memory_bank.normalize
-        )
+        flat_negatives = _flat_positions(negative_mask)
+        skipped = None
+        if options.max_keys_per_step is None:
+            # Every negative, as released, but only those the push keeps (at most a queue's capacity per
+            # class): fixed shapes, and every rank pads to the bank's total capacity under DDP.
+            pos, key_labels, skipped = _newest_positions(
+                flat_negatives, memory_bank.capacity_list, memory_bank.capacities
+            )
+        else:
+            pos, key_labels = _capped_positions(flat_negatives, options.max_keys_per_step, generator)
+        keys = _keys_at(rep_teacher, pos, memory_bank.normalize, scratch)
         if update_bank:
             memory_bank.gather_and_push(
                 keys,
                 key_labels,
-                equal_sizes=options.max_keys_per_step is not None,
                 normalized=memory_bank.normalize,
+                max_size=memory_bank.total_capacity if skipped is not None else keys.shape[0],
+                skipped=skipped,
+                validate=False,
             )
 
         centroids, counts = class_centroids(rep_teacher, valid_low)
@@ -401,7 +481,11 @@ def u2pl_contrastive_loss(
         pos_logit = (anchors * positives[:, None]).sum(-1, keepdim=True)  # (C, M, 1)
         # <z_i, z_ij-> over the drawn keys, gathered chunk by chunk: the (C, M, N, D) negatives never exist.
         neg_logit = gathered_dot(
-            anchors.view(-1, dim), memory_bank.keys, negative_rows, normalize=not memory_bank.normalize
+            anchors.view(-1, dim),
+            memory_bank.keys,
+            negative_rows,
+            normalize=not memory_bank.normalize,
+            scratch=scratch,
         ).view(num_classes, num_anchors, num_negatives)
         logits = torch.cat([pos_logit, neg_logit], dim=-1) / options.temperature
         per_anchor = torch.logsumexp(logits, dim=-1) - logits[..., 0]
@@ -446,6 +530,8 @@ class U2PLContrastiveLoss(nn.Module):
             else None
         )
         self.ignore_index = ignore_index
+        # Per-step work tensors of the same shapes every step: kept, but outside the state dict.
+        self.scratch = ScratchBuffers()
 
     def forward(
         self,
@@ -474,4 +560,5 @@ class U2PLContrastiveLoss(nn.Module):
             prototype_bank=self.prototype_bank,
             ignore_index=self.ignore_index,
             generator=generator,
+            scratch=self.scratch,
         )

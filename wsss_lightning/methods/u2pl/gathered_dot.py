@@ -15,21 +15,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from wsss_lightning.methods.u2pl.scratch import ScratchBuffers
+
 __all__ = ["gathered_dot"]
 
 
 def _chunked_gathers(
-    table: Tensor, rows: Tensor, normalize: bool, chunk_rows: int
+    table: Tensor, rows: Tensor, normalize: bool, chunk_rows: int, scratch: ScratchBuffers | None
 ) -> Iterator[tuple[slice, Tensor]]:
     """``(block, table[rows[block]])`` for consecutive blocks of whole queries of about ``chunk_rows`` rows.
 
     The gathered rows are float32 ``(a, N, D)``, unit-norm if ``normalize``; a float32 table is gathered
-    into one buffer reused by every block, so each yielded tensor is only valid until the next one.
+    into one buffer reused by every block (and, with ``scratch``, by every call), so each yielded tensor is
+    only valid until the next one.
     """
     step = max(1, chunk_rows // max(1, rows.shape[1]))
     buffer = None
     if table.dtype == torch.float32:
-        buffer = table.new_empty(min(step, rows.shape[0]) * rows.shape[1], table.shape[1])
+        shape = (min(step, rows.shape[0]) * rows.shape[1], table.shape[1])
+        if scratch is None:
+            buffer = table.new_empty(shape)
+        else:
+            buffer = scratch.get("gathered_dot", shape, table.dtype, table.device)
     for start in range(0, rows.shape[0], step):
         block = slice(start, start + step)
         flat = rows[block].reshape(-1)
@@ -45,28 +52,39 @@ def _chunked_gathers(
 class _GatheredDot(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, queries: Tensor, table: Tensor, rows: Tensor, normalize: bool, chunk_rows: int
+        ctx: Any,
+        queries: Tensor,
+        table: Tensor,
+        rows: Tensor,
+        normalize: bool,
+        chunk_rows: int,
+        scratch: ScratchBuffers | None,
     ) -> Tensor:
         out = queries.new_empty(rows.shape)
-        for block, keys in _chunked_gathers(table, rows, normalize, chunk_rows):
+        for block, keys in _chunked_gathers(table, rows, normalize, chunk_rows, scratch):
             out[block] = torch.bmm(keys, queries[block, :, None]).squeeze(-1)
         ctx.save_for_backward(table, rows)
-        ctx.normalize, ctx.chunk_rows = normalize, chunk_rows
+        ctx.normalize, ctx.chunk_rows, ctx.scratch = normalize, chunk_rows, scratch
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None]:
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None, None]:
         table, rows = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         grad = grad_out.new_empty(rows.shape[0], table.shape[1])
-        for block, keys in _chunked_gathers(table, rows, ctx.normalize, ctx.chunk_rows):
+        for block, keys in _chunked_gathers(table, rows, ctx.normalize, ctx.chunk_rows, ctx.scratch):
             grad[block] = torch.bmm(grad_out[block, None, :], keys).squeeze(1)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def gathered_dot(
-    queries: Tensor, table: Tensor, rows: Tensor, normalize: bool = False, chunk_rows: int = 16384
+    queries: Tensor,
+    table: Tensor,
+    rows: Tensor,
+    normalize: bool = False,
+    chunk_rows: int = 16384,
+    scratch: ScratchBuffers | None = None,
 ) -> Tensor:
     """``out[a, j] = <queries[a], table[rows[a, j]]>``, differentiable in ``queries`` only.
 
@@ -82,6 +100,8 @@ def gathered_dot(
         rows: ``(A, N)`` int64 row indices into ``table``.
         normalize: scale every gathered row to unit L2 norm (eps 1e-8) before the product.
         chunk_rows: gathered rows held at a time.
+        scratch: keeps the chunk buffer from one call (and pass) to the next; every pass refills it
+            before reading, so passes may interleave but must not run concurrently.
 
     Returns:
         ``(A, N)`` float32.
@@ -97,5 +117,5 @@ def gathered_dot(
         )
     if chunk_rows < 1:
         raise ValueError(f"gathered_dot: chunk_rows must be >= 1, got {chunk_rows}")
-    out: Tensor = _GatheredDot.apply(queries.float(), table, rows, normalize, chunk_rows)
+    out: Tensor = _GatheredDot.apply(queries.float(), table, rows, normalize, chunk_rows, scratch)
     return out

@@ -21,11 +21,13 @@ from wsss_lightning.losses.segmentation import check_logits_target, masked_mean,
 from wsss_lightning.methods.u2pl.options import UnsupervisedConfig
 
 __all__ = [
+    "SortedValues",
     "downsample_labels",
     "entropy_band_masks",
     "entropy_percentile_mask",
     "masked_percentile",
     "pixel_entropy",
+    "teacher_entropy",
     "unsupervised_loss",
 ]
 
@@ -43,10 +45,56 @@ def pixel_entropy(prob: Tensor, eps: float = 1e-10) -> Tensor:
     return -(prob * torch.log(prob + eps)).sum(1)
 
 
+def _percentile_of_sorted(ordered: Tensor, n: Tensor, q: float | Tensor) -> Tensor:
+    """``np.percentile`` (linear interpolation) of the ``n`` first entries of the ascending ``ordered``."""
+    last = (n - 1).clamp_min(0).double()
+    # A Python q stays on the host side of the arithmetic: no host-to-device copy.
+    if isinstance(q, Tensor):
+        pos = q.to(device=ordered.device, dtype=torch.float64).clamp(0.0, 100.0) / 100.0 * last
+    else:
+        pos = last * (min(max(float(q), 0.0), 100.0) / 100.0)
+    lo = pos.floor()
+    frac = (pos - lo).to(ordered.dtype)
+    lo_i = lo.long().reshape(1)
+    hi_i = torch.minimum(lo_i + 1, (n - 1).clamp_min(0))
+    # 1-element gathers: indexing with a 0-d tensor would read the index on the host.
+    a, b = ordered.gather(0, lo_i)[0], ordered.gather(0, hi_i)[0]
+    # NumPy's lerp: from the nearer end, so the result is exact at integral positions.
+    out = torch.where(frac >= 0.5, b - (b - a) * (1 - frac), a + (b - a) * frac)
+    return torch.where(n > 0, out, torch.nan)
+
+
+class SortedValues:
+    """The valid entries of a tensor sorted once, for several percentiles of them (:func:`masked_percentile`).
+
+    Attributes:
+        values: the original values (any shape).
+        valid: bool mask of the same shape.
+        ordered: flat, ascending; the ``count`` valid entries first, then ``inf``.
+        count: 0-d int64, number of valid entries.
+    """
+
+    def __init__(self, values: Tensor, valid: Tensor) -> None:
+        if values.shape != valid.shape:
+            raise ValueError(
+                f"masked_percentile: values and valid must have the same shape, got {tuple(values.shape)} "
+                f"and {tuple(valid.shape)}"
+            )
+        self.values, self.valid = values, valid
+        mask = valid.reshape(-1)
+        self.ordered = torch.sort(torch.where(mask, values.reshape(-1), torch.inf)).values
+        self.count = mask.sum()
+
+    def percentile(self, q: float | Tensor) -> Tensor:
+        """The ``q``-th percentile of the valid entries (as :func:`masked_percentile`)."""
+        return _percentile_of_sorted(self.ordered, self.count, q)
+
+
 def masked_percentile(values: Tensor, valid: Tensor, q: float | Tensor) -> Tensor:
     """The ``q``-th percentile of ``values[valid]``, as ``np.percentile`` (linear interpolation).
 
-    Sort-based, so no host sync and no input-size limit (unlike ``torch.quantile``).
+    Sort-based, so no host sync and no input-size limit (unlike ``torch.quantile``). For several
+    percentiles of the same entries, sort once with :class:`SortedValues`.
 
     Args:
         values: any-shape float tensor.
@@ -56,44 +104,57 @@ def masked_percentile(values: Tensor, valid: Tensor, q: float | Tensor) -> Tenso
     Returns:
         0-d tensor; NaN when no entry is valid.
     """
-    if values.shape != valid.shape:
-        raise ValueError(
-            f"masked_percentile: values and valid must have the same shape, got {tuple(values.shape)} "
-            f"and {tuple(valid.shape)}"
-        )
-    flat = values.reshape(-1)
-    mask = valid.reshape(-1)
-    ordered = torch.sort(torch.where(mask, flat, torch.inf)).values
-    n = mask.sum()
-    last = (n - 1).clamp_min(0).double()
-    # A Python q stays on the host side of the arithmetic: no host-to-device copy.
-    if isinstance(q, Tensor):
-        pos = q.to(device=flat.device, dtype=torch.float64).clamp(0.0, 100.0) / 100.0 * last
-    else:
-        pos = last * (min(max(float(q), 0.0), 100.0) / 100.0)
-    lo = pos.floor()
-    frac = (pos - lo).to(flat.dtype)
-    lo_i = lo.long()
-    hi_i = torch.minimum(lo_i + 1, (n - 1).clamp_min(0))
-    a, b = ordered[lo_i], ordered[hi_i]
-    # NumPy's lerp: from the nearer end, so the result is exact at integral positions.
-    out = torch.where(frac >= 0.5, b - (b - a) * (1 - frac), a + (b - a) * frac)
-    return torch.where(n > 0, out, torch.nan)
+    return SortedValues(values, valid).percentile(q)
 
 
 @torch.no_grad()
-def _entropy_and_valid(prob: Tensor, target: Tensor, ignore_index: int, where: str) -> tuple[Tensor, Tensor]:
-    """Pixel entropy (B, H, W) of ``prob`` (B, C, H, W) and the mask of labelled pixels of ``target``."""
+def teacher_entropy(prob: Tensor, target: Tensor, ignore_index: int = 255) -> SortedValues:
+    """Pixel entropy of the teacher over the labelled pixels of ``target``, sorted once per step.
+
+    Every entropy threshold of a U2PL step (the unsupervised loss's ``gamma_t``, the contrastive loss's low
+    and high bands) is a percentile of the same entropy over the same pixels: compute this once and pass
+    it to :func:`unsupervised_loss`, :func:`entropy_percentile_mask` and :func:`entropy_band_masks`.
+
+    Args:
+        prob: ``(B, C, H, W)`` teacher probabilities.
+        target: ``(B, H, W)`` pseudo-labels; ``ignore_index`` pixels are left out.
+        ignore_index: label of unlabelled pixels.
+
+    Returns:
+        :class:`SortedValues` of the ``(B, H, W)`` float32 entropy and the labelled-pixel mask.
+    """
+    if prob.ndim != 4 or target.shape != (prob.shape[0], *prob.shape[2:]):
+        raise ValueError(
+            f"teacher_entropy: expected prob (B, C, H, W) and target (B, H, W); "
+            f"got {tuple(prob.shape)} and {tuple(target.shape)}"
+        )
+    return SortedValues(pixel_entropy(prob.float()), target != ignore_index)
+
+
+def _entropy_of(
+    prob: Tensor, target: Tensor, ignore_index: int, entropy: SortedValues | None, where: str
+) -> SortedValues:
+    """``entropy`` if given (checked against ``target``'s shape), else :func:`teacher_entropy`."""
     if prob.ndim != 4 or target.shape != (prob.shape[0], *prob.shape[2:]):
         raise ValueError(
             f"{where}: expected prob (B, C, H, W) and target (B, H, W); "
             f"got {tuple(prob.shape)} and {tuple(target.shape)}"
         )
-    return pixel_entropy(prob.float()), target != ignore_index
+    if entropy is None:
+        return teacher_entropy(prob, target, ignore_index)
+    if entropy.values.shape != target.shape:
+        raise ValueError(
+            f"{where}: entropy has shape {tuple(entropy.values.shape)}, expected {tuple(target.shape)}"
+        )
+    return entropy
 
 
 def entropy_percentile_mask(
-    prob: Tensor, target: Tensor, percent_drop: float | Tensor, ignore_index: int = 255
+    prob: Tensor,
+    target: Tensor,
+    percent_drop: float | Tensor,
+    ignore_index: int = 255,
+    entropy: SortedValues | None = None,
 ) -> Tensor:
     """Reliable-pixel mask of U2PL's dynamic partition adjustment (U2PL+ Eq. 12-13; ``loss_helper.py``).
 
@@ -105,12 +166,13 @@ def entropy_percentile_mask(
         target: ``(B, H, W)`` pseudo-labels; ``ignore_index`` pixels are never reliable.
         percent_drop: ``alpha_t`` in percent (U2PL: ``20 * (1 - epoch / epochs)``).
         ignore_index: label of unlabelled pixels.
+        entropy: :func:`teacher_entropy` of ``prob`` and ``target`` if already computed.
 
     Returns:
         ``(B, H, W)`` bool, True where the pseudo-label is kept.
     """
-    entropy, valid = _entropy_and_valid(prob, target, ignore_index, "entropy_percentile_mask")
-    return valid & (entropy < masked_percentile(entropy, valid, 100.0 - percent_drop))
+    ent = _entropy_of(prob, target, ignore_index, entropy, "entropy_percentile_mask")
+    return ent.valid & (ent.values < ent.percentile(100.0 - percent_drop))
 
 
 def entropy_band_masks(
@@ -119,6 +181,7 @@ def entropy_band_masks(
     low_percent: float | Tensor,
     high_percent: float | Tensor,
     ignore_index: int = 255,
+    entropy: SortedValues | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Lowest- and highest-entropy pixel masks used by U2PL's contrastive loss (U2PL ``train_semi.py``).
 
@@ -133,13 +196,14 @@ def entropy_band_masks(
         low_percent: percentile of the low threshold; low mask = ``H <= threshold``.
         high_percent: percentile of the high threshold; high mask = ``H >= threshold``.
         ignore_index: label of unlabelled pixels.
+        entropy: :func:`teacher_entropy` of ``prob`` and ``target`` if already computed.
 
     Returns:
         ``(low, high)``: two ``(B, H, W)`` bool masks.
     """
-    entropy, valid = _entropy_and_valid(prob, target, ignore_index, "entropy_band_masks")
-    low = valid & (entropy <= masked_percentile(entropy, valid, low_percent))
-    high = valid & (entropy >= masked_percentile(entropy, valid, high_percent))
+    ent = _entropy_of(prob, target, ignore_index, entropy, "entropy_band_masks")
+    low = ent.valid & (ent.values <= ent.percentile(low_percent))
+    high = ent.valid & (ent.values >= ent.percentile(high_percent))
     return low, high
 
 
@@ -165,6 +229,7 @@ def unsupervised_loss(
     percent_drop: float | Tensor,
     options: UnsupervisedConfig | None = None,
     ignore_index: int = 255,
+    entropy: SortedValues | None = None,
 ) -> Tensor:
     """U2PL's unsupervised loss L_u with dynamic partition adjustment (U2PL+ Eq. 12-14; ``loss_helper.py``).
 
@@ -186,6 +251,7 @@ def unsupervised_loss(
         options: ``adaptive_weight``, ``loss``, ``sce_xi1`` and ``sce_xi2`` (defaults: U2PL's CE with the
             adaptive weight).
         ignore_index: label of unlabelled pixels.
+        entropy: :func:`teacher_entropy` of ``prob_teacher`` and ``target`` if already computed.
 
     Returns:
         Scalar loss.
@@ -196,7 +262,7 @@ def unsupervised_loss(
             f"unsupervised_loss: prob_teacher must match logits {tuple(logits.shape)}, got {tuple(prob_teacher.shape)}"
         )
     options = options or UnsupervisedConfig()
-    reliable = entropy_percentile_mask(prob_teacher, target, percent_drop, ignore_index)
+    reliable = entropy_percentile_mask(prob_teacher, target, percent_drop, ignore_index, entropy)
     ce, rce, _ = per_pixel_ce_rce(logits, target, ignore_index)
     per_pixel = ce if options.loss == "ce" else options.sce_xi1 * ce + options.sce_xi2 * rce
     loss = masked_mean(per_pixel, reliable)

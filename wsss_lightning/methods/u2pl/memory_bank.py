@@ -117,6 +117,11 @@ class CategoryMemoryBank(nn.Module):
         return min(self.capacity_list)
 
     @property
+    def total_capacity(self) -> int:
+        """Keys held by all queues when full (a host int)."""
+        return sum(self.capacity_list)
+
+    @property
     def nbytes(self) -> int:
         """Bytes held by the key storage."""
         return self.keys.numel() * self.keys.element_size()
@@ -155,7 +160,7 @@ class CategoryMemoryBank(nn.Module):
         rows = int(self.offsets[class_idx]) + (start + torch.arange(n, device=self.keys.device)) % cap
         return self.keys[rows]
 
-    def _check_keys(self, keys: Tensor, labels: Tensor, where: str) -> None:
+    def _check_keys(self, keys: Tensor, labels: Tensor, where: str, validate: bool = True) -> None:
         if keys.ndim != 2 or keys.shape[1] != self.dim:
             raise ValueError(f"{where}: keys must have shape (N, {self.dim}), got {tuple(keys.shape)}")
         if labels.ndim != 1 or labels.shape[0] != keys.shape[0]:
@@ -165,28 +170,50 @@ class CategoryMemoryBank(nn.Module):
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"{where}: labels must be an integer tensor, got {labels.dtype}")
         # Checking the range needs the values on the host: only done where that costs no device sync.
-        if labels.device.type == "cpu" and labels.numel() and int(labels.max()) >= self.num_classes:
+        if (
+            validate
+            and labels.device.type == "cpu"
+            and labels.numel()
+            and int(labels.max()) >= self.num_classes
+        ):
             raise ValueError(
                 f"{where}: labels must be in [0, {self.num_classes}) or negative (padding), "
                 f"got max {int(labels.max())}"
             )
 
     @torch.no_grad()
-    def push(self, keys: Tensor, labels: Tensor, normalized: bool = False) -> None:
+    def push(
+        self,
+        keys: Tensor,
+        labels: Tensor,
+        normalized: bool = False,
+        *,
+        skipped: Tensor | None = None,
+        validate: bool = True,
+    ) -> None:
         """Append keys to their class queues; a full queue drops its oldest keys.
 
         Fully batched and free of host synchronisation: the keys are stably sorted by class, each key's
         rank within its class gives its slot ``(ptr + rank) % capacity``, and keys that a later key of the
         same push would overwrite (a class receiving more keys than its capacity keeps the newest) go to
         the scratch row instead. Negative labels mark padding and are dropped. Labels >= C are a caller
-        error; on CPU they raise, on accelerators (where checking would need a sync) they are dropped.
+        error; on CPU they raise (unless ``validate=False``), on accelerators (where checking would need a
+        sync) they are dropped.
+
+        ``skipped`` accounts for keys a caller left out because newer keys of the same push overwrite them
+        anyway (a class receiving more than its capacity): the queues, ``ptr`` and ``count`` end exactly as
+        if those keys had been pushed too, in their place.
 
         Args:
             keys: ``(N, D)`` keys, in arrival order.
             labels: ``(N,)`` integer class of each key; negative = padding.
             normalized: the keys are already unit-norm, so a normalising bank stores them as they are.
+            skipped: ``(C,)`` int64, per class the number of keys that came before ``keys`` in the stream
+                and were left out; or ``(W, C)`` when ``keys`` is W equal consecutive segments (one per
+                rank), row w counting the keys left out just before segment w.
+            validate: check the label range on CPU (a host read); False for labels valid by construction.
         """
-        self._check_keys(keys, labels, "CategoryMemoryBank.push")
+        self._check_keys(keys, labels, "CategoryMemoryBank.push", validate)
         n = keys.shape[0]
         if n == 0:
             return
@@ -201,6 +228,16 @@ class CategoryMemoryBank(nn.Module):
         counts = starts[1:] - starts[:-1]  # keys received per class, (C,)
         cls = sorted_lab.clamp_max(c - 1)
         rank = torch.arange(n, device=device) - starts[sorted_lab]
+        if skipped is not None:
+            segments = skipped.reshape(-1, c).to(device=device, dtype=torch.long)
+            if n % segments.shape[0]:
+                raise ValueError(
+                    f"CategoryMemoryBank.push: {n} keys do not split into {segments.shape[0]} equal segments"
+                )
+            # The keys left out before segment w come before every key of segments >= w.
+            shift = segments.cumsum(0)
+            rank = rank + shift[order // (n // segments.shape[0]), cls]
+            counts = counts + segments.sum(0)
         cap = self.capacities[cls]
         keep = (sorted_lab < c) & (rank >= counts[cls] - cap)
         dest = self.offsets[cls] + (self.ptr[cls] + rank) % cap
@@ -215,35 +252,51 @@ class CategoryMemoryBank(nn.Module):
 
     @torch.no_grad()
     def gather_and_push(
-        self, keys: Tensor, labels: Tensor, equal_sizes: bool = False, normalized: bool = False
+        self,
+        keys: Tensor,
+        labels: Tensor,
+        equal_sizes: bool = False,
+        normalized: bool = False,
+        *,
+        max_size: int | None = None,
+        skipped: Tensor | None = None,
+        validate: bool = True,
     ) -> None:
         """Push every rank's keys on every rank, in rank order, so all ranks keep identical queues.
 
-        Keys and labels travel in ONE ``all_gather`` of a packed ``(N, D + 1)`` tensor whose last column
+        Keys and labels travel in ONE ``all_gather`` of a packed ``(S, D + 1)`` tensor whose last column
         holds the integer label in the key's bytes; the collective moves raw bytes, so no value is ever
-        reinterpreted as a float. Ranks may pass
-        different N: by default the sizes are exchanged first in one small ``all_gather`` and every rank
-        pads to the largest with label -1 rows, which the push drops - this costs one host read of the
-        maximum size. With ``equal_sizes=True`` the size exchange is skipped (no host sync at all); every
-        rank must then pass the same N, as :func:`~wsss_lightning.methods.u2pl.contrastive.u2pl_contrastive_loss` does when
-        it caps the keys per step. Without an initialised process group (or with one rank) this is
-        :meth:`push`. It is a collective: every rank must call it the same number of times.
+        reinterpreted as a float. Every rank pads its N keys to the common size S with label -1 rows, which
+        the push drops. S is ``max_size`` when given (a bound on N, the same on every rank: no host sync),
+        N with ``equal_sizes=True`` (every rank must pass the same N, as
+        :func:`~wsss_lightning.methods.u2pl.contrastive.u2pl_contrastive_loss` does when it caps the keys
+        per step), else the largest N, exchanged in one small ``all_gather`` and read on the host (one
+        device sync). Without an initialised process group (or with one rank) this is :meth:`push`. It is
+        a collective: every rank must call it the same number of times.
 
         Args:
             keys: ``(N, D)`` this rank's keys.
             labels: ``(N,)`` their classes; negative = padding.
             equal_sizes: promise that N is the same on every rank.
             normalized: the keys are already unit-norm (see :meth:`push`).
+            max_size: a bound on N on every rank, the same on every rank.
+            skipped: ``(C,)`` keys of each class this rank left out just before its ``keys`` (see
+                :meth:`push`); gathered from every rank too.
+            validate: see :meth:`push`.
         """
-        self._check_keys(keys, labels, "CategoryMemoryBank.gather_and_push")
+        self._check_keys(keys, labels, "CategoryMemoryBank.gather_and_push", validate)
         world = _world_size()
         if world == 1:
-            self.push(keys, labels, normalized)
+            self.push(keys, labels, normalized, skipped=skipped, validate=False)
             return
         device, dtype = self.keys.device, self.keys.dtype
         int_dtype = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
         n = keys.shape[0]
-        if equal_sizes:
+        if max_size is not None:
+            if n > max_size:
+                raise ValueError(f"CategoryMemoryBank.gather_and_push: {n} keys exceed max_size={max_size}")
+            size = max_size
+        elif equal_sizes:
             size = n
         else:
             local = torch.tensor([n], device=device, dtype=torch.long)
@@ -257,7 +310,18 @@ class CategoryMemoryBank(nn.Module):
         label_col[:n] = labels.to(device=device, dtype=int_dtype)
         gathered = torch.empty(world * size, self.dim + 1, device=device, dtype=dtype)
         _all_gather_single(gathered.view(torch.uint8), packed.view(torch.uint8))
-        self.push(gathered[:, : self.dim], gathered.view(int_dtype)[:, self.dim].long(), normalized)
+        all_skipped = None
+        if skipped is not None:
+            local_skipped = skipped.to(device=device, dtype=torch.long).reshape(self.num_classes)
+            all_skipped = torch.empty(world, self.num_classes, device=device, dtype=torch.long)
+            _all_gather_single(all_skipped.view(-1), local_skipped)
+        self.push(
+            gathered[:, : self.dim],
+            gathered.view(int_dtype)[:, self.dim].long(),
+            normalized,
+            skipped=all_skipped,
+            validate=False,
+        )
 
     def _gather(self, rows: Tensor) -> Tensor:
         """``keys[rows]`` for ``(A, N)`` rows; ``index_select`` is markedly faster than advanced indexing."""

@@ -37,9 +37,11 @@ from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.methods.u2pl.contrastive import ContrastiveOutput, U2PLContrastiveLoss
 from wsss_lightning.methods.u2pl.cutmix import apply_cutmix, cutmix_boxes
 from wsss_lightning.methods.u2pl.losses import (
+    SortedValues,
     downsample_labels,
     entropy_band_masks,
     entropy_percentile_mask,
+    teacher_entropy,
     unsupervised_loss,
 )
 from wsss_lightning.methods.u2pl.options import (
@@ -194,11 +196,15 @@ class U2PLModule(SegmentationMethod):
         labels_l: Tensor,
         labels_u: Tensor,
         prob_u_large: Tensor,
+        entropy: SortedValues | None = None,
     ) -> Tensor:
+        """Contrastive loss; ``entropy`` is the step's :func:`teacher_entropy` of ``prob_u_large``."""
         cfg, n_l = self.options.contrastive, labels_l.shape[0]
+        if entropy is None:
+            entropy = teacher_entropy(prob_u_large, labels_u, self.ignore_index)
         alpha_c = cfg.low_entropy_percent * self.anneal
         low_u, high_u = entropy_band_masks(
-            prob_u_large, labels_u, alpha_c, 100.0 - alpha_c, self.ignore_index
+            prob_u_large, labels_u, alpha_c, 100.0 - alpha_c, self.ignore_index, entropy
         )
         if cfg.anchor_set == "paper":
             low_u = entropy_percentile_mask(
@@ -206,6 +212,7 @@ class U2PLModule(SegmentationMethod):
                 labels_u,
                 self.options.unsupervised.drop_percent * self.anneal,
                 self.ignore_index,
+                entropy,
             )
         size = rep.shape[-2:]
         prob_t = teacher["pred"].softmax(1)
@@ -267,6 +274,8 @@ class U2PLModule(SegmentationMethod):
             teacher = self.teacher(both)  # train-mode teacher: entropy, ranks and keys (train_semi.py)
         self.teacher.sync_buffers()
         prob_u_large = resize(teacher["pred"][n_l:], size, align_corners=True).softmax(1)
+        # One entropy map, sorted once, serves every threshold of the step (unsupervised and contrastive).
+        entropy = teacher_entropy(prob_u_large, labels_u, self.ignore_index)
         loss_unsup = unsupervised_loss(
             resize(out["pred"][n_l:], size, align_corners=True),
             labels_u,
@@ -274,11 +283,12 @@ class U2PLModule(SegmentationMethod):
             unsup.drop_percent * self.anneal,
             unsup,
             self.ignore_index,
+            entropy,
         )
         loss: Tensor = loss_sup + unsup.weight * loss_unsup
         logs = {"train/loss_sup": loss_sup, "train/loss_unsup": loss_unsup}
         if self.contrastive is not None:
-            loss_con = self._contrastive(out["rep"], teacher, labels_l, labels_u, prob_u_large)
+            loss_con = self._contrastive(out["rep"], teacher, labels_l, labels_u, prob_u_large, entropy)
             loss = loss + self.options.contrastive.weight * loss_con
             logs["train/loss_contrastive"] = loss_con
         else:
@@ -290,4 +300,5 @@ class U2PLModule(SegmentationMethod):
 
     def _log_losses(self, loss: Tensor, parts: dict[str, Tensor], batch_size: int) -> None:
         self.log_dict(parts, batch_size=batch_size)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", loss, batch_size=batch_size)
+        self.log_progress_loss(loss, batch_size)
