@@ -167,12 +167,14 @@ def _run_args(case: MethodCase, root: Path, logs: str) -> list[str]:
 def _fit_args(case: MethodCase, root: Path, dump: str, steps: int | None = None) -> list[str]:
     checkpoint = {
         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-        "init_args": {"dirpath": "ckpts", "every_n_train_steps": 1, "save_top_k": -1, "save_last": True},
+        "init_args": {"dirpath": "ckpts", "every_n_train_steps": 1, "save_top_k": 0, "save_last": True},
     }
     dump_state = {"class_path": "tests.helpers.DumpState", "init_args": {"out": dump}}
+    # every training step, from the first on, reads nothing from the device on the host (HOST_READS aside)
+    no_sync = {"class_path": "tests.helpers.HostSyncCheck"}
     return [
         "fit", *_run_args(case, root, "logs"), f"--trainer.max_steps={steps or case.steps}",
-        f"--trainer.callbacks={json.dumps([checkpoint, dump_state])}",
+        f"--trainer.callbacks={json.dumps([no_sync, checkpoint, dump_state])}",
     ]  # fmt: skip
 
 

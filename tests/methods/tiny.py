@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-#: one CPU process in full precision, loaders without worker processes
+#: one CPU process in full precision, loaders without worker processes, every step's values logged (schedule
+#: and teacher values reach the logged metrics on logging steps only)
 CPU = (
+    "--trainer.log_every_n_steps=1",
     "--data.init_args.loader.num_workers=0",
     "--data.init_args.loader.persistent_workers=false",
     "--data.init_args.loader.pin_memory=false",

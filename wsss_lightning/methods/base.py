@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from wsss_lightning.callbacks.seeding import StepSeed
+from wsss_lightning.callbacks.step_logging import is_logging_step
 from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_lightning.inference import (
     CRFPostProcessor,
@@ -205,6 +206,16 @@ class SegmentationMethod(L.LightningModule, ABC):
         return multiscale_flip_logits(
             self._single_pass, images, scales=scales, flip=flip, merge=cfg.merge, flip_merge=cfg.flip_merge
         )
+
+    def log_progress_loss(self, loss: Tensor, batch_size: int) -> None:
+        """Show the training loss in the progress bar as ``loss`` (``train/loss`` is the logged figure).
+
+        The progress bar turns its values into Python numbers at every refresh and keeps showing the last value
+        logged: a device value there would cost a host synchronisation every step. So the loss is copied to the
+        host for it only on the steps whose logs are written, which read the values anyway.
+        """
+        if self._trainer is None or is_logging_step(self.trainer):
+            self.log("loss", loss.detach().cpu(), prog_bar=True, logger=False, batch_size=batch_size)
 
     def denormalize(self, images: Tensor) -> Tensor:
         """RGB in [0, 1] of normalised images (B, 3, H, W), on the 8-bit grid the images were loaded from.

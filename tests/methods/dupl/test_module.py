@@ -22,7 +22,6 @@ TINY = [
     "--model.init_args.inference.crf.enabled=false",
     "--trainer.limit_val_batches=1",
     "--trainer.val_check_interval=3",
-    "--trainer.log_every_n_steps=1",  # schedule values are logged on logging steps
 ]
 
 

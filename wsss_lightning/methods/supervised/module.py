@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_lightning.callbacks.step_logging import is_logging_step
 from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.models.resize import resize
 from wsss_lightning.models.segmentation import build_segmentation_network
@@ -64,8 +63,6 @@ class SupervisedModule(SegmentationMethod):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = resize(self(batch["image"]), batch["mask"].shape[-2:])
         loss = F.cross_entropy(logits, batch["mask"], ignore_index=self.ignore_index)
-        # a progress-bar value is read back to the host: only on the steps the loggers get
-        self.log(
-            "train/loss", loss, prog_bar=is_logging_step(self.trainer), batch_size=batch["image"].shape[0]
-        )
+        self.log("train/loss", loss, batch_size=batch["image"].shape[0])
+        self.log_progress_loss(loss, batch["image"].shape[0])
         return loss
