@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any, NoReturn
 
 import lightning as L
@@ -10,6 +11,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from wsss_lightning.host_reads import accelerator_paths
 
 
 class Interrupt(RuntimeError):
@@ -138,7 +141,10 @@ class HostSyncCheck(Callback):
     (``tolist``, ``item``, ``cpu``, ``numpy``, ...) raising too: the callbacks' batch-start hooks (schedules,
     teachers), ``training_step``, ``backward`` and the batch-end hooks (EMA updates) up to the checkpoint
     callbacks. The optimizer's own ``step`` is let through: torch keeps its step counters on the host on
-    purpose. Ops a method lists in its ``HOST_READS`` (op name -> reason, in its docstring) are allowed.
+    purpose, but ``training_step`` and ``backward``, which Lightning runs inside it as the closure, are
+    checked. During the fit the CPU takes the accelerators' sync-free paths
+    (:func:`wsss_lightning.host_reads.accelerator_paths`), so those are the paths checked on CPU machines.
+    Ops a method lists in its ``HOST_READS`` (op name -> reason, in its docstring) are allowed.
     Give it first in the trainer's callbacks: it must start before the other callbacks' hooks.
     """
 
@@ -147,6 +153,8 @@ class HostSyncCheck(Callback):
         self.mode: NoSyncMode | None = None
         self.checked_steps = 0
         self._originals: dict[str, Any] = {}
+        self._patched_module: L.LightningModule | None = None
+        self._paths: AbstractContextManager[None] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # the end of the checked window: after every batch-end hook but the checkpoint callbacks' (saving
@@ -177,6 +185,28 @@ class HostSyncCheck(Callback):
         for optimizer in trainer.optimizers:
             optimizer.register_step_pre_hook(lambda *_: self._pause(True))
             optimizer.register_step_post_hook(lambda *_: self._pause(False))
+        # Lightning runs training_step and backward inside optimizer.step(closure): the closure is checked
+        original_step = pl_module.optimizer_step
+
+        def optimizer_step(epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> Any:
+            if optimizer_closure is None:
+                return original_step(epoch, batch_idx, optimizer, optimizer_closure)
+
+            def checked_closure() -> Any:
+                paused = self.mode is not None and self.mode.paused
+                self._pause(False)
+                try:
+                    return optimizer_closure()
+                finally:
+                    self._pause(paused)
+
+            return original_step(epoch, batch_idx, optimizer, checked_closure)
+
+        pl_module.optimizer_step = optimizer_step  # type: ignore[method-assign]
+        self._patched_module = pl_module
+        # the CPU takes the accelerators' sync-free paths, so those are what is checked
+        self._paths = accelerator_paths()
+        self._paths.__enter__()
         allowed = dict(getattr(pl_module, "HOST_READS", {}))
         for name in _PYTHON_READS:
             self._originals[name] = getattr(torch.Tensor, name)
@@ -223,6 +253,12 @@ class HostSyncCheck(Callback):
         for name, original in self._originals.items():
             setattr(torch.Tensor, name, original)
         self._originals.clear()
+        if self._patched_module is not None:
+            del self._patched_module.optimizer_step  # the class's method again
+            self._patched_module = None
+        if self._paths is not None:
+            self._paths.__exit__(None, None, None)
+            self._paths = None
 
 
 class _WindowEnd(Callback):

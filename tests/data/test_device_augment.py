@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +13,7 @@ from wsss_lightning.data.device_augment import (
     apply_color_ops,
     color_op_values,
     color_randaugment,
+    draw_color_ops,
     sample_color_ops,
 )
 
@@ -156,3 +158,38 @@ def test_cuda_matches_cpu() -> None:
     # A CPU generator drives the draw for CUDA images too.
     out = color_randaugment(images.cuda().float() / 255, generator=torch.Generator().manual_seed(1))
     assert out.device.type == "cuda"
+
+
+def test_host_ops_on_cpu_equal_the_batched_selection() -> None:
+    """Host-known ops apply each drawn op to its images only; the images equal the ``where`` selection's."""
+    images = to_tensor(photo_like(4, n=6))
+    ops = draw_color_ops(6, 5, random.Random(0))
+    grouped = apply_color_ops(images, ops)
+    selected = apply_color_ops(images, torch.tensor(ops))
+    torch.testing.assert_close(grouped, selected, rtol=0, atol=0)
+    # one op for the whole batch, and single-image batches, take the same path
+    same = [[3, 0, 6]] * 6
+    torch.testing.assert_close(apply_color_ops(images, same), apply_color_ops(images, torch.tensor(same)))
+    single = torch.cat([apply_color_ops(images[i : i + 1], ops[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(grouped, single, rtol=0, atol=0)
+
+
+def test_host_draw_is_per_image_and_reproducible() -> None:
+    ops = draw_color_ops(200, 5, random.Random(1))
+    assert len(ops) == 200 and all(len(row) == 5 for row in ops)
+    assert {k for row in ops for k in row} == set(range(len(COLOR_OPS)))
+    assert len({tuple(row) for row in ops}) > 150
+    assert draw_color_ops(200, 5, random.Random(1)) == ops
+    random.seed(5)
+    a = color_randaugment(to_tensor(photo_like(5, n=3)).float() / 255)
+    random.seed(5)
+    b = color_randaugment(to_tensor(photo_like(5, n=3)).float() / 255)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_host_ops_are_checked() -> None:
+    images = to_tensor(photo_like(6, n=2))
+    with pytest.raises(ValueError, match="lists of the same length"):
+        apply_color_ops(images, [[1, 2], [3]])
+    with pytest.raises(ValueError, match="indices into COLOR_OPS"):
+        apply_color_ops(images, [[1, 7], [0, 0]])

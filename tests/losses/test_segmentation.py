@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.references import np_ce_rce, np_pixel_ce, np_softmax, random_labels, random_seg, t
 from wsss_lightning.losses import balanced_seg_ce, classification_loss, ohem_ce, symmetric_ce
@@ -110,3 +111,17 @@ def test_balanced_seg_ce_edge_cases() -> None:
 def test_balanced_seg_ce_requires_label_size() -> None:
     with pytest.raises(ValueError, match="label size"):
         balanced_seg_ce(torch.zeros(1, 3, 4, 4), torch.zeros(1, 8, 8, dtype=torch.long))
+
+
+def test_balanced_seg_ce_of_shared_log_probabilities_is_bitwise_the_same() -> None:
+    """DuPL shares one log-softmax between its noise filter and ``L_seg``: loss and gradient are unchanged."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 8, 8, generator=g, requires_grad=True)
+    labels = torch.randint(0, 5, (2, 8, 8), generator=g)
+    labels[0, :2] = 255
+    direct = balanced_seg_ce(logits, labels)
+    (grad_direct,) = torch.autograd.grad(direct, logits)
+    shared = balanced_seg_ce(F.log_softmax(logits, dim=1), labels, log_probs=True)
+    (grad_shared,) = torch.autograd.grad(shared, logits)
+    torch.testing.assert_close(shared, direct, rtol=0, atol=0)
+    torch.testing.assert_close(grad_shared, grad_direct, rtol=0, atol=0)

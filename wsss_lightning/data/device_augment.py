@@ -23,13 +23,21 @@ pixel.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-__all__ = ["COLOR_OPS", "apply_color_ops", "color_op_values", "color_randaugment", "sample_color_ops"]
+__all__ = [
+    "COLOR_OPS",
+    "apply_color_ops",
+    "color_op_values",
+    "color_randaugment",
+    "draw_color_ops",
+    "sample_color_ops",
+]
 
 #: The operations, in the order of the reference's op list; ``sample_color_ops`` draws indices into it.
 COLOR_OPS: tuple[str, ...] = (
@@ -124,11 +132,10 @@ def _sharpness(images: Tensor, factor: float) -> Tensor:
     h, w = images.shape[-2:]
     if h < 3 or w < 3:
         return images
-    x = images.to(torch.int32)
-    total = 4 * x[..., 1:-1, 1:-1]
-    for dy in range(3):
-        for dx in range(3):
-            total.add_(x[..., dy : h - 2 + dy, dx : w - 2 + dx])
+    # 3x3 box sum as a vertical then a horizontal sum of three; int16 holds 2 * 13 * 255 + 13
+    x = images.to(torch.int16)
+    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
+    total = (rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]).add_(x[..., 1:-1, 1:-1], alpha=4)
     degenerate = images.clone()
     degenerate[..., 1:-1, 1:-1] = total.mul_(2).add_(13).div_(26, rounding_mode="floor").to(torch.uint8)
     return _pil_blend(degenerate, images, factor)
@@ -173,16 +180,41 @@ def sample_color_ops(
     return ops if device is None else ops.to(device, non_blocking=True)
 
 
-def apply_color_ops(images: Tensor, ops: Tensor, magnitude: float = 10) -> Tensor:
+def draw_color_ops(batch_size: int, num_ops: int, rng: random.Random | None = None) -> list[list[int]]:
+    """Draw ``num_ops`` operation indices per image on the host, as the reference does.
+
+    The reference's ``RandAugment`` picks each image's operations with Python's ``random.choices``; here too,
+    so the draw needs no tensor and the op of every image is known on the host without reading a device
+    value.
+
+    Args:
+        batch_size: number of images B.
+        num_ops: operations per image (DuPL: 5).
+        rng: random generator (default: the ``random`` module's, which the per-step seeding re-seeds).
+
+    Returns:
+        ``B`` lists of ``num_ops`` indices into :data:`COLOR_OPS`; list ``b`` is applied left to right.
+    """
+    if batch_size < 0 or num_ops < 0:
+        raise ValueError(f"batch_size and num_ops must be >= 0, got {batch_size} and {num_ops}")
+    choose = (rng or random).choices
+    indices = range(len(COLOR_OPS))
+    return [choose(indices, k=num_ops) for _ in range(batch_size)]
+
+
+def apply_color_ops(images: Tensor, ops: Tensor | Sequence[Sequence[int]], magnitude: float = 10) -> Tensor:
     """Apply per-image sequences of colour operations to a batch of ``uint8`` images.
 
-    Every operation of a round is evaluated on the whole batch and kept where the image drew it
-    (``torch.where``): 7x the arithmetic of a per-image dispatch, but no data-dependent shapes and hence no host
-    synchronisation; the operations are cheap next to a ViT forward.
+    With ``ops`` as host lists and the images on the CPU, each round applies every drawn operation once, to
+    the images that drew it. Otherwise every operation of a round is evaluated on the whole batch and kept
+    where the image drew it (``torch.where``): 7x the arithmetic, but no data-dependent shapes and hence no
+    host synchronisation on an accelerator, where the operations are cheap next to a ViT forward. Both give
+    the same images: every operation works on each image alone.
 
     Args:
         images: ``(B, 3, H, W)`` uint8 RGB images.
-        ops: ``(B, n)`` integer indices into :data:`COLOR_OPS` (e.g. from :func:`sample_color_ops`).
+        ops: ``(B, n)`` integer indices into :data:`COLOR_OPS`, as a tensor (e.g. from
+            :func:`sample_color_ops`) or as host lists (:func:`draw_color_ops`).
         magnitude: RandAugment magnitude in [0, 30].
 
     Returns:
@@ -190,6 +222,19 @@ def apply_color_ops(images: Tensor, ops: Tensor, magnitude: float = 10) -> Tenso
     """
     if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if not isinstance(ops, Tensor):
+        rounds = {len(row) for row in ops}
+        if len(ops) != images.shape[0] or len(rounds) > 1:
+            raise ValueError(
+                f"ops must be B = {images.shape[0]} lists of the same length, got lengths {[len(r) for r in ops]}"
+            )
+        if any(not 0 <= k < len(COLOR_OPS) for row in ops for k in row):
+            raise ValueError(f"ops must be indices into COLOR_OPS (0..{len(COLOR_OPS) - 1}), got {list(ops)}")
+        if images.device.type == "cpu":
+            return _apply_grouped(images, ops, _op_functions(magnitude))
+        ops = (
+            torch.tensor(ops, dtype=torch.long).view(images.shape[0], -1).to(images.device, non_blocking=True)
+        )
     if ops.ndim != 2 or ops.shape[0] != images.shape[0]:
         raise ValueError(f"ops must be (B, num_ops) with B = {images.shape[0]}, got {tuple(ops.shape)}")
     functions = _op_functions(magnitude)
@@ -203,11 +248,30 @@ def apply_color_ops(images: Tensor, ops: Tensor, magnitude: float = 10) -> Tenso
     return out
 
 
+def _apply_grouped(
+    images: Tensor, ops: Sequence[Sequence[int]], functions: list[Callable[[Tensor], Tensor]]
+) -> Tensor:
+    """:func:`apply_color_ops` with host-known ops: per round, each drawn operation on its images only."""
+    out = images
+    for r in range(len(ops[0]) if ops else 0):
+        groups: dict[int, list[int]] = {}
+        for b, row in enumerate(ops):
+            groups.setdefault(row[r], []).append(b)
+        if len(groups) == 1:
+            out = functions[next(iter(groups))](out)
+            continue
+        current, out = out, torch.empty_like(out)
+        for k, rows in groups.items():
+            index = torch.tensor(rows)
+            out.index_copy_(0, index, functions[k](current.index_select(0, index)))
+    return out
+
+
 def color_randaugment(
     images: Tensor,
     num_ops: int = 5,
     magnitude: int = 10,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | random.Random | None = None,
 ) -> Tensor:
     """DuPL's strong colour perturbation: RandAugment(n, m) over the seven colour operations, batched.
 
@@ -219,7 +283,9 @@ def color_randaugment(
         images: ``(B, 3, H, W)`` float RGB images in [0, 1] (before mean/std normalisation).
         num_ops: operations per image (DuPL: 5).
         magnitude: RandAugment magnitude in [0, 30] (DuPL: 10 -> Posterize 2 bits, factors 0.7).
-        generator: random generator for the op draw (CPU or on the images' device) for reproducibility.
+        generator: random generator of the op draw: a ``torch.Generator`` (CPU or on the images' device:
+            :func:`sample_color_ops`), or a ``random.Random`` or ``None`` for the host draw of
+            :func:`draw_color_ops` (``None``: the ``random`` module's generator).
 
     Returns:
         ``(B, 3, H, W)`` images in [0, 1], same dtype and device as ``images``.
@@ -228,7 +294,11 @@ def color_randaugment(
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"images must be a float tensor in [0, 1], got {images.dtype}")
-    ops = sample_color_ops(images.shape[0], num_ops, generator=generator, device=images.device)
+    ops: Tensor | list[list[int]]
+    if isinstance(generator, torch.Generator):
+        ops = sample_color_ops(images.shape[0], num_ops, generator=generator, device=images.device)
+    else:
+        ops = draw_color_ops(images.shape[0], num_ops, generator)
     quantised = images.detach().float().mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
     out = apply_color_ops(quantised, ops, magnitude)
     return out.to(images.dtype).div_(255.0)

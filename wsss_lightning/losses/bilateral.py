@@ -26,6 +26,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from wsss_lightning.host_reads import host_reads_allowed
+
 __all__ = ["PermutohedralLattice", "bilateral_features", "exact_gaussian_filter"]
 
 _INT64_LIMIT = 2**62
@@ -292,7 +294,7 @@ class PermutohedralLattice:
     @classmethod
     def default_padded(cls, device: torch.device) -> bool:
         """Whether lattices on ``device`` take the padded layout by default: :attr:`padded_default`, or not on CPU."""
-        return cls.padded_default if cls.padded_default is not None else device.type != "cpu"
+        return cls.padded_default if cls.padded_default is not None else not host_reads_allowed(device)
 
     # ------------------------------------------------------------------------------------------------ build
     def _embedding(self) -> Tensor:

@@ -150,7 +150,9 @@ def classification_loss(logits: Tensor, tags: Tensor) -> Tensor:
     return F.multilabel_soft_margin_loss(logits, tags.to(logits.dtype))
 
 
-def balanced_seg_ce(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
+def balanced_seg_ce(
+    logits: Tensor, labels: Tensor, ignore_index: int = 255, log_probs: bool = False
+) -> Tensor:
     """ToCo's background/foreground-balanced cross-entropy (DuPL's ``L_seg`` for one sub-net).
 
         L = 0.5 * [sum_{y=0} CE / (n_bg + 1e-6) + sum_{y not in {0, ignore}} CE / (n_fg + 1e-6)],
@@ -162,15 +164,17 @@ def balanced_seg_ce(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> 
         logits: ``(B, K, H, W)`` segmentation logits, already at the label size (K = C + 1, 0 = background).
         labels: ``(B, H, W)`` integer labels in ``0..C`` or ``ignore_index``.
         ignore_index: label of unsupervised pixels.
+        log_probs: ``logits`` are already log-probabilities (``log_softmax`` over dim 1), e.g. shared with
+            another loss of the same logits; the result is the same as from the logits.
 
     Returns:
         0-d tensor.
     """
     check_logits_target(logits, labels, "balanced_seg_ce", ("logits", "labels"))
     labels = labels.long()
-    ce = F.cross_entropy(
-        logits, labels, ignore_index=ignore_index, reduction="none"
-    )  # (B, H, W), 0 at ignore
+    # (B, H, W), 0 at ignore; cross_entropy is nll_loss of log_softmax, so both branches agree bit for bit
+    loss_fn = F.nll_loss if log_probs else F.cross_entropy
+    ce = loss_fn(logits, labels, ignore_index=ignore_index, reduction="none")
     bg = labels == 0
     fg = (labels != 0) & (labels != ignore_index)
     bg_loss = torch.where(bg, ce, 0.0).sum() / (bg.sum() + 1e-6)

@@ -117,6 +117,7 @@ class SegmentationMethod(L.LightningModule, ABC):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+        self._progress_loss: tuple[Tensor, int] | None = None  # see log_progress_loss
         self.optim: OptimizerConfig = self.options.optim
         self.inference: InferenceConfig = self.options.inference
         self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
@@ -212,10 +213,18 @@ class SegmentationMethod(L.LightningModule, ABC):
 
         The progress bar turns its values into Python numbers at every refresh and keeps showing the last value
         logged: a device value there would cost a host synchronisation every step. So the loss is copied to the
-        host for it only on the steps whose logs are written, which read the values anyway.
+        host for it only on the steps whose logs are written, which read the values anyway, and after the step
+        (:meth:`on_train_batch_end`, after the callbacks' batch-end hooks), so the step itself reads nothing.
         """
-        if self._trainer is None or is_logging_step(self.trainer):
-            self.log("loss", loss.detach().cpu(), prog_bar=True, logger=False, batch_size=batch_size)
+        if self._trainer is not None and is_logging_step(self.trainer):
+            self._progress_loss = (loss.detach(), batch_size)
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        progress, self._progress_loss = self._progress_loss, None
+        if progress is not None:
+            loss, batch_size = progress
+            self.log("loss", loss.cpu(), prog_bar=True, logger=False, batch_size=batch_size)
 
     def denormalize(self, images: Tensor) -> Tensor:
         """RGB in [0, 1] of normalised images (B, 3, H, W), on the 8-bit grid the images were loaded from.

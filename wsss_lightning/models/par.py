@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from wsss_lightning.host_reads import host_reads_allowed
+
 __all__ = ["PAR", "neighbour_offsets"]
 
 # Off-centre cells of a 3×3 kernel in row-major order (the reference's neighbour order).
@@ -142,7 +144,7 @@ class PAR(nn.Module):
 
     def _chunked(self, x: Tensor) -> bool:
         """Whether ``x`` takes the CPU strategy (cache-sized chunks, host reads allowed)."""
-        return self.chunk_on_cpu and x.device.type == "cpu"
+        return self.chunk_on_cpu and host_reads_allowed(x.device)
 
     def _planes(self, shape: Sequence[int], itemsize: int) -> tuple[int, int]:
         """Bytes of one ``(H, W)`` plane and of its copy padded by :attr:`pad` on every side."""

@@ -372,13 +372,15 @@ class DuPLModule(SegmentationMethod):
                     logs[f"train/pseudo_accuracy{k + 1}"] = pseudo_label_accuracy(
                         lab, batch["mask"], self.ignore_index
                     )
+        # one log-softmax per sub-net serves the noise filter's loss maps and the segmentation loss
+        log_probs = [F.log_softmax(s, dim=1) for s in seg_logits]
         filtering = t >= ph.noise_filter_start
         if filtering and self.options.noise_filter.enabled:
-            labels = self._filter_noise(seg_logits, labels, logs)
+            labels = self._filter_noise(log_probs, labels, logs)
         seg_fn = balanced_seg_ce if self.options.seg_loss == "balanced" else _plain_ce
         # cross supervision: each sub-net learns from the other's pseudo-labels
-        loss_seg = seg_fn(seg_logits[0], labels[1], self.ignore_index) + seg_fn(
-            seg_logits[1], labels[0], self.ignore_index
+        loss_seg = seg_fn(log_probs[0], labels[1], self.ignore_index, log_probs=True) + seg_fn(
+            log_probs[1], labels[0], self.ignore_index, log_probs=True
         )
         loss: Tensor = w.seg * loss_seg
         logs["train/loss_seg"] = loss_seg
@@ -389,14 +391,14 @@ class DuPLModule(SegmentationMethod):
         return loss
 
     def _filter_noise(
-        self, seg_logits: list[Tensor], labels: list[Tensor], logs: dict[str, Tensor]
+        self, log_probs: list[Tensor], labels: list[Tensor], logs: dict[str, Tensor]
     ) -> list[Tensor]:
         # sub-net k's loss against its OWN pseudo-label decides which of its labels are noisy, as in
-        # train_final_voc.py (paper Eq. 6-7 leave it open)
+        # train_final_voc.py (paper Eq. 6-7 leave it open); log_probs: log-softmax of each sub-net's logits
         with torch.no_grad():
             maps = torch.cat(
-                [F.cross_entropy(s, lab, ignore_index=self.ignore_index, reduction="none")
-                 for s, lab in zip(seg_logits, labels, strict=True)]
+                [F.nll_loss(s, lab, ignore_index=self.ignore_index, reduction="none")
+                 for s, lab in zip(log_probs, labels, strict=True)]
             )  # fmt: skip
             filtered, noise = adaptive_noise_filter(
                 maps, torch.cat(labels), self.options.noise_filter, self.ignore_index
@@ -467,5 +469,7 @@ class DuPLModule(SegmentationMethod):
         self.log("val/best_subnet", float(best + 1), sync_dist=True)
 
 
-def _plain_ce(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
-    return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+def _plain_ce(logits: Tensor, labels: Tensor, ignore_index: int, log_probs: bool = False) -> Tensor:
+    """Mean cross-entropy over the supervised pixels (``log_probs``: ``logits`` are log-probabilities)."""
+    loss_fn = F.nll_loss if log_probs else F.cross_entropy
+    return loss_fn(logits, labels, ignore_index=ignore_index)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from wsss_lightning.host_reads import host_reads_allowed
+
 __all__ = ["CategoryMemoryBank"]
 
 
@@ -172,7 +174,7 @@ class CategoryMemoryBank(nn.Module):
         # Checking the range needs the values on the host: only done where that costs no device sync.
         if (
             validate
-            and labels.device.type == "cpu"
+            and host_reads_allowed(labels.device)
             and labels.numel()
             and int(labels.max()) >= self.num_classes
         ):
