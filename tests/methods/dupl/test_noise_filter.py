@@ -9,6 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from tests.helpers import NoSyncMode, forbid_host_reads
+from wsss_lightning.host_reads import accelerator_paths
 from wsss_lightning.methods.dupl import noise_filter
 from wsss_lightning.methods.dupl.noise_filter import GMM1D, adaptive_noise_filter, fit_gmm_1d, gmm_posteriors
 from wsss_lightning.methods.dupl.options import NoiseFilterConfig
@@ -360,6 +361,29 @@ def test_reduction_without_gemm_gives_the_same_fit(monkeypatch: pytest.MonkeyPat
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_packed_candidates_give_the_same_filter() -> None:
+    """On the CPU the candidates are packed to the front of their rows; the accelerators' padded rows give
+    the same mixtures and the same decisions."""
+    rng = np.random.default_rng(17)
+    maps = [synthetic_map(rng, 96, kind) for kind in ("bimodal", "bimodal", "unimodal", "empty")]
+    losses = torch.from_numpy(np.stack([m[0] for m in maps]))
+    labels = torch.from_numpy(np.stack([m[1] for m in maps]))
+    options = NoiseFilterConfig(min_pixels=10)
+    packed = adaptive_noise_filter(losses, labels, options)
+    valid = (labels != 0) & (labels != IGNORE)
+    assert valid.sum((1, 2)).max() < 0.75 * 96 * 96  # the CPU path does pack these rows
+    fits = fit_gmm_1d(losses.view(4, -1), valid.view(4, -1))
+    with accelerator_paths():
+        padded = adaptive_noise_filter(losses, labels, options)
+        padded_fits = fit_gmm_1d(losses.view(4, -1), valid.view(4, -1))
+    assert torch.equal(packed[0], padded[0]) and torch.equal(packed[1], padded[1])
+    for a, b in zip(fits, padded_fits, strict=True):
+        # float32 sums in another order: tight for the two-population rows; a one-population row's split is
+        # ill-conditioned and moves by ~0.2 %
+        torch.testing.assert_close(a[:2], b[:2], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a[2:], b[2:], rtol=1e-2, atol=1e-5)
+
+
 @pytest.mark.parametrize("use_gemm", [True, False])
 def test_filter_does_not_synchronise(monkeypatch: pytest.MonkeyPatch, use_gemm: bool) -> None:
     """No op reads a value back to the host or has a data-dependent output size (``tests.helpers``), on
@@ -370,7 +394,8 @@ def test_filter_does_not_synchronise(monkeypatch: pytest.MonkeyPatch, use_gemm: 
     labels = torch.from_numpy(np.stack([m[1] for m in maps]))
     options = NoiseFilterConfig(min_pixels=10)
     monkeypatch.setattr(noise_filter, "_use_gemm", lambda device: use_gemm)
-    with monkeypatch.context() as patch, NoSyncMode():
+    # the accelerators' path (no packing of the candidates), checked on the CPU
+    with monkeypatch.context() as patch, accelerator_paths(), NoSyncMode():
         forbid_host_reads(patch)
         filtered, noise = adaptive_noise_filter(losses, labels, options)
     assert noise[0].any() and not noise[1:].any()
