@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 
+from wsss_lightning.ops import channel_argmax
+
 __all__ = [
     "SegmentationIoU",
     "build_iou_metric",
@@ -117,7 +119,7 @@ class SegmentationIoU(MulticlassConfusionMatrix):
             target: (B, H, W) integer class ids; ``ignore_index`` pixels are skipped.
         """
         if preds.is_floating_point():
-            preds = preds.argmax(dim=1)
+            preds = channel_argmax(preds)
         if preds.shape != target.shape:
             raise ValueError(
                 f"preds {tuple(preds.shape)} and target {tuple(target.shape)} must have the same (B, H, W) shape"

@@ -37,6 +37,7 @@ from wsss_lightning.inference import (
 )
 from wsss_lightning.methods.options import InferenceConfig, OptimizerConfig
 from wsss_lightning.metrics import SegmentationIoU, iou_log_dict
+from wsss_lightning.ops import channel_argmax
 from wsss_lightning.schedules import warmup_poly
 
 
@@ -249,7 +250,7 @@ class SegmentationMethod(L.LightningModule, ABC):
         logits = self.predict_logits(images, test_time=test_time)
         sizes_list = sizes.tolist()
         if not (test_time and self.inference.crf.enabled):
-            labels = logits.argmax(1)
+            labels = channel_argmax(logits)
             return [labels[i, :h, :w] for i, (h, w) in enumerate(sizes_list)]
         probs = logits.float().softmax(1).cpu().numpy()
         rgb = self.to_uint8(images)
@@ -261,7 +262,7 @@ class SegmentationMethod(L.LightningModule, ABC):
     @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self.predict_logits(batch["image"], test_time=False)
-        self.val_iou.update(logits.argmax(1), batch["mask"])
+        self.val_iou.update(channel_argmax(logits), batch["mask"])
 
     @override
     def on_validation_epoch_end(self) -> None:

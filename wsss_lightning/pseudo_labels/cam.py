@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from wsss_lightning.models.resize import padded_forward, resize
+from wsss_lightning.ops import channel_argmax, channel_max
 
 __all__ = [
     "affinity_labels",
@@ -249,11 +250,10 @@ def _top_class(name: str, cams: Tensor, tags: Tensor | None, classes: Tensor | N
         _check_cams_tags(name, cams, tags)
         if tags is not None:
             cams = cams * tags[:, :, None, None].to(cams.dtype)
-        value, index = cams.max(dim=1)
-        return value, index
+        return channel_max(cams)
     _check_cams_tags(name, cams, None)
     _check_classes(name, classes, cams.shape[0], cams.shape[1])
-    value, channel = (cams * (classes >= 0)[:, :, None, None].to(cams.dtype)).max(dim=1)
+    value, channel = channel_max(cams * (classes >= 0)[:, :, None, None].to(cams.dtype))
     index = torch.gather(classes.clamp(min=0), 1, channel.flatten(1)).view_as(channel)
     return value, index
 
@@ -492,7 +492,7 @@ def par_pseudo_labels(
         inside = None if valid_box is None else box_mask("par_pseudo_labels", valid_box, (h, w), None)
 
         def to_label(probs: Tensor) -> Tensor:
-            return torch.gather(label_ids, 1, probs.argmax(dim=1).flatten(1)).view(b, h, w)
+            return torch.gather(label_ids, 1, channel_argmax(probs).flatten(1)).view(b, h, w)
 
         labels = []
         for refined_h, refined_l in zip(*[iter(torch.split(refined, 1 + k, dim=1))] * 2, strict=True):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsss_lightning.losses.segmentation import check_logits_target
+from wsss_lightning.ops import channel_argmax
 
 __all__ = [
     "consistency_loss",
@@ -142,7 +143,7 @@ def consistency_loss(
     mask = supervision == ignore_index
     if confidence is not None:
         mask = mask & (clean.softmax(dim=1).amax(dim=1) > confidence)
-    target = clean.argmax(dim=1)
+    target = channel_argmax(clean)
     ce = F.cross_entropy(strong_logits, target, reduction="none")  # (B, H, W)
     # clamp(min=1) instead of a branch on the count: an empty mask gives 0 / 1 = 0, no host sync.
     return torch.where(mask, ce, 0.0).sum() / mask.sum().clamp(min=1)

@@ -49,6 +49,7 @@ from wsss_lightning.methods.dupl.options import (
 from wsss_lightning.metrics import SegmentationIoU, pseudo_label_accuracy
 from wsss_lightning.models.par import PAR
 from wsss_lightning.models.resize import padded_forward, resize
+from wsss_lightning.ops import channel_argmax
 from wsss_lightning.pseudo_labels.cam import (
     affinity_labels,
     cam_labels_eval,
@@ -438,7 +439,7 @@ class DuPLModule(SegmentationMethod):
             self._subnet = k
             try:
                 self._val_metric("seg", k).update(
-                    self.predict_logits(images, test_time=False).argmax(1), masks
+                    channel_argmax(self.predict_logits(images, test_time=False)), masks
                 )
             finally:
                 self._subnet = None

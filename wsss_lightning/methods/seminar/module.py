@@ -38,6 +38,7 @@ from wsss_lightning.methods.seminar.options import (
     PseudoLabelConfig,
 )
 from wsss_lightning.models.deeplabv3plus import DeepLabV3Plus
+from wsss_lightning.ops import channel_argmax
 from wsss_lightning.pseudo_labels.cam import box_mask
 from wsss_lightning.teachers import EMATeacher, FrozenNetwork
 
@@ -246,7 +247,7 @@ class SeminarModule(SegmentationMethod):
 
         if self.ancillary is not None:
             with torch.no_grad():
-                pseudo_labels = self.ancillary(images).argmax(1)
+                pseudo_labels = channel_argmax(self.ancillary(images))
             pl = opts.pseudo
             loss_pseudo = pseudo_label_ce(
                 logits, pseudo_labels, region if pl.exclude_padding else None, batch_average=pl.batch_average

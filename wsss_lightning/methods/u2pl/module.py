@@ -54,6 +54,7 @@ from wsss_lightning.methods.u2pl.prototypes import prototype_denoise
 from wsss_lightning.metrics import pseudo_label_accuracy
 from wsss_lightning.models.deeplab import DeepLabV3PlusRep
 from wsss_lightning.models.resize import resize
+from wsss_lightning.ops import channel_max
 from wsss_lightning.teachers import EMATeacher
 
 
@@ -187,7 +188,7 @@ class U2PLModule(SegmentationMethod):
         bank = self.contrastive.prototype_bank if self.contrastive is not None else None
         if denoise and bank is not None:
             prob = prototype_denoise(prob, out["rep"], bank.prototypes, prototype_valid=bank.initialized)
-        return prob.max(1)
+        return channel_max(prob)
 
     def _contrastive(
         self,
