@@ -188,6 +188,10 @@ def test_consistency_matches_numpy(confidence: float | None) -> None:
     ref = np_consistency(strong, clean, sup, confidence)
     assert ref > 0
     assert float(out) == pytest.approx(ref, rel=1e-5)
+    # the gate read from shared log-probabilities
+    log_probs = torch.log_softmax(t(clean), dim=1)
+    shared = consistency_loss(t(strong), t(clean), t(sup), confidence=confidence, clean_log_probs=log_probs)
+    assert float(shared) == pytest.approx(ref, rel=1e-5)
 
 
 def test_consistency_gradients_and_empty_mask() -> None:
@@ -206,6 +210,14 @@ def test_consistency_gradients_and_empty_mask() -> None:
     assert strong.grad is not None and torch.count_nonzero(strong.grad) == 0
     # A gate nothing passes also empties the mask.
     assert float(consistency_loss(strong, clean, sup, confidence=1.0).detach()) == 0.0
+    log_probs = torch.log_softmax(clean, dim=1)
+    assert (
+        float(consistency_loss(strong, clean, sup, confidence=1.0, clean_log_probs=log_probs).detach()) == 0.0
+    )
+    everything = consistency_loss(strong, clean, sup, confidence=0.0, clean_log_probs=log_probs)
+    assert float(everything.detach()) == pytest.approx(
+        float(consistency_loss(strong, clean, sup, None).detach())
+    )
 
 
 def test_consistency_shape_errors() -> None:

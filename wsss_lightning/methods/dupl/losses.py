@@ -11,6 +11,7 @@ zero loss still depends on the logits so autograd (and DDP's gradient buckets) s
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -113,6 +114,7 @@ def consistency_loss(
     supervision: Tensor,
     confidence: float | None = 0.9,
     ignore_index: int = 255,
+    clean_log_probs: Tensor | None = None,
 ) -> Tensor:
     """DuPL's strong-perturbation consistency ``L_reg`` (Eq. 8) on the pixels left out of supervision.
 
@@ -129,6 +131,9 @@ def consistency_loss(
         supervision: ``(B, H, W)`` the pseudo-label supervising this sub-net.
         confidence: softmax threshold of the gate (strict ``>``), or ``None`` for no gate.
         ignore_index: label of unsupervised pixels.
+        clean_log_probs: ``log_softmax(clean_logits, dim=1)`` where the caller has it already: the gate then
+            compares its maximum with ``log(confidence)`` instead of taking a softmax (the same test up to
+            rounding at the threshold).
 
     Returns:
         0-d tensor.
@@ -141,7 +146,11 @@ def consistency_loss(
         )
     clean = clean_logits.detach()
     mask = supervision == ignore_index
-    if confidence is not None:
+    if confidence is not None and clean_log_probs is not None:
+        # max softmax > c  <=>  max log-softmax > log c (a confidence <= 0 keeps every pixel)
+        threshold = math.log(confidence) if confidence > 0 else -math.inf
+        mask = mask & (clean_log_probs.detach().amax(dim=1) > threshold)
+    elif confidence is not None:
         mask = mask & (clean.softmax(dim=1).amax(dim=1) > confidence)
     target = channel_argmax(clean)
     ce = F.cross_entropy(strong_logits, target, reduction="none")  # (B, H, W)

@@ -386,7 +386,7 @@ class DuPLModule(SegmentationMethod):
         loss: Tensor = w.seg * loss_seg
         logs["train/loss_seg"] = loss_seg
         if filtering and t > ph.noise_filter_start:
-            loss_reg = self._consistency(images01, seg_logits, labels)
+            loss_reg = self._consistency(images01, seg_logits, log_probs, labels)
             loss = loss + w.reg * loss_reg
             logs["train/loss_reg"] = loss_reg
         return loss
@@ -409,7 +409,9 @@ class DuPLModule(SegmentationMethod):
             logs["train/noise_fraction"] = noise.sum() / fg.sum().clamp(min=1)
         return list(filtered.chunk(2))
 
-    def _consistency(self, images01: Tensor, seg_logits: list[Tensor], labels: list[Tensor]) -> Tensor:
+    def _consistency(
+        self, images01: Tensor, seg_logits: list[Tensor], log_probs: list[Tensor], labels: list[Tensor]
+    ) -> Tensor:
         cfg, size = self.options.strong_view, images01.shape[-2:]
         strong = color_randaugment(images01, num_ops=cfg.num_ops, magnitude=cfg.magnitude)
         strong = (strong - self.image_mean) / self.image_std
@@ -423,7 +425,7 @@ class DuPLModule(SegmentationMethod):
             pred = resize(pred.flip(-1) if cfg.flip else pred, size)  # back to the clean view's geometry
             # pixels ignored in the labels that supervise sub-net k, i.e. the other sub-net's pseudo-labels
             loss = loss + consistency_loss(
-                pred, seg_logits[k].detach(), labels[1 - k], cfg.confidence, self.ignore_index
+                pred, seg_logits[k].detach(), labels[1 - k], cfg.confidence, self.ignore_index, log_probs[k]
             )
         return loss
 
