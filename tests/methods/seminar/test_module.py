@@ -14,7 +14,7 @@ import torch
 from tests.helpers import NoSyncMode, forbid_host_reads
 from tests.methods import tiny
 from wsss_lightning.cli import run_cli
-from wsss_lightning.losses.bilateral import PermutohedralLattice
+from wsss_lightning.host_reads import accelerator_paths
 from wsss_lightning.methods import SeminarModule
 from wsss_lightning.teachers import FrozenNetwork
 
@@ -109,14 +109,13 @@ def test_start_up_errors_name_the_field(ancillary, synthetic, tmp_path, monkeypa
 def test_training_step_does_not_synchronise(monkeypatch):
     """A primary-stage step (student, teacher, ancillary, every loss, backward) reads no device value on the host.
 
-    The lattice's sync-free (padded) layout, the default on accelerators, is forced on the CPU; host reads and
-    data-dependent sizes raise (``tests.helpers.NoSyncMode``)."""
+    The accelerators' paths (the lattice's sync-free padded layout) are taken on the CPU
+    (``accelerator_paths``); host reads and data-dependent sizes raise (``tests.helpers.NoSyncMode``)."""
     torch.manual_seed(0)
     model = SeminarModule(num_classes=5, encoder="resnet18", multi_grid=(1, 2), decoder_channels=16)
     model.ancillary = FrozenNetwork(model._network(pretrained=False))
     model.consistency_ramp = 1.0
     model.train()
-    monkeypatch.setattr(PermutohedralLattice, "padded_default", True)
     clicks = torch.full((2, 32, 32), 255)
     clicks[:, 5, 7], clicks[:, 20, 11] = 1, 0
     batch = {
@@ -125,7 +124,7 @@ def test_training_step_does_not_synchronise(monkeypatch):
         "valid_box": torch.tensor([[0, 0, 32, 32], [0, 0, 24, 30]]),
     }
     monkeypatch.setattr(model, "log_dict", lambda *args, **kwargs: None)
-    with monkeypatch.context() as patch, NoSyncMode():
+    with monkeypatch.context() as patch, accelerator_paths(), NoSyncMode():
         forbid_host_reads(patch)
         loss = model.training_step(batch, 0)
         loss.backward()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.references import np_ce_rce, np_entropy, np_softmax, random_seg, t
+from wsss_lightning.host_reads import accelerator_paths
 from wsss_lightning.losses import ohem_ce
 from wsss_lightning.methods.u2pl.contrastive import (
     ContrastiveOutput,
@@ -488,21 +489,24 @@ def test_losses_do_not_sync_on_cuda() -> None:
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "compact"])
 @pytest.mark.parametrize("capacities", [[12, 8, 8, 8, 8], [3, 2, 5, 1, 4], [400, 400, 400, 400, 400]])
-def test_uncapped_push_leaves_the_bank_as_pushing_every_negative(capacities: list[int]) -> None:
-    """Without a key budget the loss pushes only the negatives the bank keeps (fixed shapes, no sync):
-    the bank (queues, their layout, ptr, count) ends bitwise as after pushing all of them, and the loss,
-    which samples from it, is identical."""
+def test_uncapped_push_leaves_the_bank_as_pushing_every_negative(capacities: list[int], padded: bool) -> None:
+    """Without a key budget the loss pushes only the negatives the bank keeps (padded: fixed shapes, no
+    sync, the accelerators' path; compact: sized by the counts read on the host, the CPU's): the bank
+    (queues, their layout, ptr, count) ends bitwise as after pushing all of them, and the loss, which
+    samples from it, is identical."""
     x = {k: t(v) for k, v in contrastive_inputs(21).items()}
     options = {"num_anchors": 9, "num_negatives": 1, "low_rank": 2, "high_rank": 4, "max_keys_per_step": None}
     fast, _ = prefilled_bank(22, capacities)
     slow, _ = prefilled_bank(22, capacities)
     scratch = ScratchBuffers()
     for step in range(2):  # the second call reuses the scratch tensors
-        out = u2pl_contrastive_loss(
-            *(x[k] for k in INPUT_ORDER), fast, ContrastiveConfig(**options),
-            generator=torch.Generator().manual_seed(step), scratch=scratch,
-        )  # fmt: skip
+        with accelerator_paths(padded):
+            out = u2pl_contrastive_loss(
+                *(x[k] for k in INPUT_ORDER), fast, ContrastiveConfig(**options),
+                generator=torch.Generator().manual_seed(step), scratch=scratch,
+            )  # fmt: skip
         negatives = u2pl_negative_mask(
             x["labels_l"], x["labels_u"], x["prob_l"], x["prob_u"], x["high_mask_u"], low_rank=2, high_rank=4
         )
@@ -516,6 +520,7 @@ def test_uncapped_push_leaves_the_bank_as_pushing_every_negative(capacities: lis
         )  # no scratch row
         assert torch.equal(out.loss, ref.loss)
         kept = out.key_labels >= 0
+        assert padded or kept.all()  # compact: no padding slot
         per_class = torch.stack([(labels == c).sum() for c in range(C)])
         assert torch.equal(
             out.key_labels[kept].bincount(minlength=C), per_class.clamp_max(torch.tensor(capacities))

@@ -117,6 +117,7 @@ def test_semi_supervised_step_does_not_synchronise(monkeypatch, max_keys):
     forwards, supervised, unsupervised and contrastive losses, bank update, backward) reads no device value
     on the host: host reads and data-dependent sizes raise (``tests.helpers.NoSyncMode``)."""
     from tests.helpers import NoSyncMode, forbid_host_reads
+    from wsss_lightning.host_reads import accelerator_paths
     from wsss_lightning.methods import ContrastiveConfig, U2PLModule
 
     torch.manual_seed(0)
@@ -132,7 +133,7 @@ def test_semi_supervised_step_does_not_synchronise(monkeypatch, max_keys):
     labels_l = torch.randint(0, 5, (2, 33, 33))
     labels_l[:, :4] = 255
     ptr = bank.ptr.clone()
-    with monkeypatch.context() as patch, NoSyncMode():
+    with monkeypatch.context() as patch, accelerator_paths(), NoSyncMode():
         forbid_host_reads(patch)
         loss = model._semi_step(images_l, labels_l, images_u)
         loss.backward()

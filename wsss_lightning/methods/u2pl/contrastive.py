@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsss_lightning.host_reads import host_reads_allowed
 from wsss_lightning.methods.u2pl.gathered_dot import gathered_dot
 from wsss_lightning.methods.u2pl.memory_bank import CategoryMemoryBank
 from wsss_lightning.methods.u2pl.options import BANK_DTYPES, ContrastiveConfig
@@ -185,32 +186,40 @@ def _capped_positions(
 
 
 def _newest_positions(
-    flat: Tensor, capacities: Sequence[int], capacity_tensor: Tensor
+    flat: Tensor, capacities: Sequence[int], capacity_tensor: Tensor, compact: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The negatives a push of all of them would keep: the newest ``min(n_c, cap_c)`` of each class.
 
     Fixed shapes, no host sync: class c owns ``min(P, cap_c)`` slots (``P`` pixels per class row, a host
     number), slot j holding the class's negative of rank ``max(n_c - cap_c, 0) + j`` in raster order, found
     by a binary search in the row-wise running count of negatives (rows offset so that the whole array is
-    one sorted sequence). Slots past ``n_c`` get label -1 (position 0).
+    one sorted sequence). Slots past ``n_c`` get label -1 (position 0). With ``compact`` (where host reads
+    cost nothing, :func:`~wsss_lightning.host_reads.host_reads_allowed`) class c owns ``min(n_c, cap_c)``
+    slots instead, all used: the same keys without the padding, whose gather dominates at small grids.
 
     Args:
         flat: ``(C, P)`` bool negatives per class, raster order.
         capacities: the queue capacities (host ints).
         capacity_tensor: the same as a ``(C,)`` int64 tensor on ``flat``'s device.
+        compact: size the slots by the negatives' counts, read on the host.
 
     Returns:
-        ``(positions (M,), labels (M,), skipped (C,))`` with ``M = sum_c min(P, cap_c)``, class-major and
-        raster order within a class, and ``skipped = max(n_c - cap_c, 0)`` the negatives left out.
+        ``(positions (M,), labels (M,), skipped (C,))`` with ``M = sum_c min(P, cap_c)`` (compact:
+        ``sum_c min(n_c, cap_c)``), class-major and raster order within a class, and
+        ``skipped = max(n_c - cap_c, 0)`` the negatives left out.
     """
     num_classes, num_pixels = flat.shape
     device = flat.device
-    total = sum(min(num_pixels, cap) for cap in capacities)
     idx_dtype = torch.int32 if num_classes * (num_pixels + 1) < 2**31 else torch.int64
     cum = flat.cumsum(1, dtype=idx_dtype)  # (C, P): negatives up to and including each pixel
     n = cum[:, -1].long()
     skipped = (n - capacity_tensor).clamp_min(0)
-    slots = capacity_tensor.clamp_max(num_pixels)
+    if compact:
+        slots = torch.minimum(n, capacity_tensor)
+        total = int(slots.sum())
+    else:
+        slots = capacity_tensor.clamp_max(num_pixels)
+        total = sum(min(num_pixels, cap) for cap in capacities)
     slot_end = slots.cumsum(0)
     slot = torch.arange(total, device=device)
     cls = torch.searchsorted(slot_end, slot, right=True)
@@ -442,18 +451,22 @@ def u2pl_contrastive_loss(
         if options.max_keys_per_step is None:
             # Every negative, as released, but only those the push keeps (at most a queue's capacity per
             # class): fixed shapes, and every rank pads to the bank's total capacity under DDP.
+            compact = host_reads_allowed(device)
             pos, key_labels, skipped = _newest_positions(
-                flat_negatives, memory_bank.capacity_list, memory_bank.capacities
+                flat_negatives, memory_bank.capacity_list, memory_bank.capacities, compact
             )
+            # padded: every rank's keys fit the bank's total capacity; compact: the ranks' sizes are exchanged
+            max_size = None if compact else memory_bank.total_capacity
         else:
             pos, key_labels = _capped_positions(flat_negatives, options.max_keys_per_step, generator)
+            max_size = pos.shape[0]
         keys = _keys_at(rep_teacher, pos, memory_bank.normalize, scratch)
         if update_bank:
             memory_bank.gather_and_push(
                 keys,
                 key_labels,
                 normalized=memory_bank.normalize,
-                max_size=memory_bank.total_capacity if skipped is not None else keys.shape[0],
+                max_size=max_size,
                 skipped=skipped,
                 validate=False,
             )

@@ -190,8 +190,8 @@ class ContrastiveConfig:
         momentum_prototype: U2PL+ momentum prototypes as positives instead of batch means.
         prototype_momentum: their momentum (0.999).
         max_keys_per_step: keys enqueued per rank and step, shared fairly between classes (fixed shapes, no
-            host sync); ``None`` (default) enqueues every negative pixel as the released code does (one host
-            sync per step for the count).
+            host sync); ``None`` (default) enqueues every negative pixel as the released code does (also
+            without a host sync: the newest ``capacity`` keys of each class go through fixed-size slots).
     """
 
     enabled: bool = True
