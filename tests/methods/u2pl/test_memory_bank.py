@@ -209,6 +209,13 @@ def _rank_class_keys(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, D, generator=g), torch.full((n,), 1)
 
 
+def _rank_extra_key(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank 1 adds one class-2 key per step, so the ranks push different numbers of keys."""
+    g = torch.Generator().manual_seed(2000 + step)
+    n = rank
+    return torch.randn(n, D, generator=g), torch.full((n,), 2)
+
+
 def _ddp_worker(rank: int, world_size: int, result_path: str) -> None:
     bank, half = make_bank(), make_bank(dtype=torch.float16)
     for step in range(3):
@@ -218,12 +225,17 @@ def _ddp_worker(rank: int, world_size: int, result_path: str) -> None:
     keys, labels = _rank_keys(rank, 0)
     bank.gather_and_push(keys[:3], labels[:3], equal_sizes=True)
     # Host-known bound (no size exchange), keys a full push would overwrite at once left out (skipped).
-    newest = make_bank()
+    newest, compact = make_bank(), make_bank()
     for step in range(2):
         keys, labels = _rank_class_keys(rank, step)
         skipped = torch.zeros(C, dtype=torch.long)
         skipped[1] = labels.shape[0] - 5  # class 1 holds 5 keys: only the newest 5 survive
         newest.gather_and_push(keys[-5:], labels[-5:], max_size=6, skipped=skipped)
+        # the CPU's compact path: no bound, the ranks' sizes are exchanged (rank 1 adds a class-2 key)
+        extra_keys, extra_labels = _rank_extra_key(rank, step)
+        compact.gather_and_push(
+            torch.cat([keys[-5:], extra_keys]), torch.cat([labels[-5:], extra_labels]), skipped=skipped
+        )
     protos = PrototypeBank(C, D)
     counts = torch.tensor([rank + 1, 0, 2, rank])
     protos.update(torch.full((C, D), float(rank)), counts)
@@ -233,6 +245,7 @@ def _ddp_worker(rank: int, world_size: int, result_path: str) -> None:
             "half": half.state_dict(),
             "protos": protos.state_dict(),
             "newest": newest.state_dict(),
+            "compact": compact.state_dict(),
         },
         f"{result_path}.{rank}",
     )
@@ -265,6 +278,17 @@ def test_gather_and_push_leaves_identical_banks_on_every_rank(tmp_path) -> None:
         for key in ("ptr", "count"):
             assert torch.equal(states[rank]["newest"][key], full.state_dict()[key]), key
         assert torch.equal(states[rank]["newest"]["keys"][:-2], full.keys[:-2])
+    # The same with sizes exchanged instead of a bound, the ranks pushing different numbers of keys.
+    full = make_bank()
+    for step in range(2):
+        for rank in range(2):
+            keys, labels = _rank_class_keys(rank, step)
+            extra_keys, extra_labels = _rank_extra_key(rank, step)
+            full.push(torch.cat([keys, extra_keys]), torch.cat([labels, extra_labels]))
+    for rank in range(2):
+        for key in ("ptr", "count"):
+            assert torch.equal(states[rank]["compact"][key], full.state_dict()[key]), key
+        assert torch.equal(states[rank]["compact"]["keys"][:-2], full.keys[:-2])
     # Prototypes were merged across ranks (count-weighted): identical everywhere.
     for rank in range(2):
         torch.testing.assert_close(states[rank]["protos"]["prototypes"], states[0]["protos"]["prototypes"])
