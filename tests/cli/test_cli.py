@@ -11,6 +11,7 @@ from PIL import Image
 
 from tests.methods import tiny
 from wsss_lightning.cli import run_cli
+from wsss_lightning.data.datasets.base import DataError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 LAYOUTS = {"voc": "voc", "coco": "coco", "cityscapes": "cityscapes", "gta5": "gta5"}
@@ -170,3 +171,18 @@ def test_checkpoint_hyperparameters_fill_in_but_never_override(synthetic, tmp_pa
     assert cli.model.inference.flip_merge == "max"
     assert "model.init_args.inference.flip: False (checkpoint: True)" in caplog.text
     assert "model.init_args.inference.merge: 'max' (checkpoint: 'sum')" in caplog.text
+
+
+def test_fit_refuses_an_empty_val_split(synthetic, tmp_path, monkeypatch):
+    """An empty split stops the fit at set-up, naming its list file (it used to skip validation silently)."""
+    monkeypatch.chdir(tmp_path)
+    root = synthetic("voc")
+    empty = tmp_path / "empty_val.txt"
+    empty.write_text("")
+    args = [
+        "fit",
+        *tiny_args(CONFIGS / "supervised" / "synthetic_voc.yaml", root),
+        f"--data.init_args.source.val_split={empty}",
+    ]
+    with pytest.raises(DataError, match=r"empty_val\.txt of voc split .* lists no samples"):
+        run_cli(args)

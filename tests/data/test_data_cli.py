@@ -162,3 +162,19 @@ def test_check_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     )
     err = capsys.readouterr().err
     assert "wsss-data check: error: gta5 root" in err and "nope" in err
+
+
+def test_check_refuses_an_empty_split(voc_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (voc_root / "ImageSets" / "Segmentation" / "empty.txt").write_text("")
+    args = [
+        "check",
+        "--dataset",
+        "voc",
+        "--root",
+        str(voc_root),
+        "--split",
+        "ImageSets/Segmentation/empty.txt",
+    ]
+    assert _exit_code(args) == 2
+    err = capsys.readouterr().err
+    assert "empty.txt of voc split" in err and "lists no samples" in err

@@ -228,3 +228,12 @@ def test_coco_split_alias_and_subfolders(tmp_path: Path) -> None:
     source = build_source("coco", tmp_path, "val")
     image, mask = source.read_sample(sample_id)
     assert image.shape == (2, 4, 3) and mask is not None and mask.max() == 80
+
+
+def test_empty_list_file_is_refused(tmp_path: Path) -> None:
+    make_voc(tmp_path)
+    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text("\n# nothing listed\n")
+    with pytest.raises(
+        DataError, match=r"ImageSets/Segmentation/val\.txt of voc split 'val' lists no samples"
+    ):
+        build_source("voc", tmp_path, "val")

@@ -166,7 +166,14 @@ class SegmentationSource:
         """Read the split's ids from its list file (or scan folders where the layout allows it)."""
         path = self._split_list_path() or self.list_file()
         if path is not None and path.is_file():
-            return [self.parse_id(token) for token in parse_list_lines(path.read_text().splitlines())]
+            ids = [self.parse_id(token) for token in parse_list_lines(path.read_text().splitlines())]
+            if not ids:
+                raise DataError(
+                    f"list file {path} of {self.info.name} split {self.split!r} lists no samples: a split "
+                    "with nothing to train on, validate or test on cannot be used; fill the list (one id per "
+                    "line) or choose another split"
+                )
+            return ids
         scanned = self.scan_ids() if self._split_list_path() is None else None
         if scanned is not None:
             if not scanned:
