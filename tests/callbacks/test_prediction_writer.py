@@ -112,3 +112,30 @@ def test_with_trainer_predict(tmp_path: Path, interval: str) -> None:
     trainer.predict(TinyPredictor(), DataLoader(TensorDataset(data), batch_size=2), return_predictions=False)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "img_1_0.png")), data[2].numpy())
     assert len(list(tmp_path.iterdir())) == 4
+
+
+class CountingPredictor(TinyPredictor):
+    calls = 0
+
+    def predict_step(self, batch: list[torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        CountingPredictor.calls += 1
+        return super().predict_step(batch, batch_idx)
+
+
+def test_existing_pngs_stop_predict_before_the_model_runs(tmp_path: Path) -> None:
+    data = DataLoader(TensorDataset(torch.randint(0, 21, (4, 6, 5))), batch_size=2)
+
+    def predict(**kwargs: Any) -> None:
+        trainer = pl.Trainer(
+            accelerator="cpu", callbacks=[PredictionWriter(tmp_path, **kwargs)], logger=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        trainer.predict(CountingPredictor(), data, return_predictions=False)
+
+    predict()
+    CountingPredictor.calls = 0
+    with pytest.raises(FileExistsError, match=r"holds 4 PNG files .*--trainer\.callbacks\.overwrite=true"):
+        predict()
+    assert CountingPredictor.calls == 0
+    predict(overwrite=True)
+    assert CountingPredictor.calls == 2

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -178,3 +179,19 @@ def test_check_refuses_an_empty_split(voc_root: Path, capsys: pytest.CaptureFixt
     assert _exit_code(args) == 2
     err = capsys.readouterr().err
     assert "empty.txt of voc split" in err and "lists no samples" in err
+
+
+def test_every_synthetic_option_has_help_with_its_default() -> None:
+    from wsss_lightning.data import synthetic
+    from wsss_lightning.data.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = [a for a in sub.choices["synthetic"]._actions if a.dest != "help"]
+    assert actions and all(a.help for a in actions), [a.dest for a in actions if not a.help]
+    text = " ".join(sub.choices["synthetic"].format_help().split())  # line wrapping depends on the terminal
+    for train, val in synthetic._DEFAULT_COUNTS.values():
+        assert f"default: {train}" in text or f"{train} for" in text
+        assert f"{val} for" in text
+    for h, w in synthetic._DEFAULT_SIZE.values():
+        assert f"{h} {w} for" in text

@@ -27,6 +27,7 @@ from wsss_lightning.data import (
     WSSSDataModule,
 )
 from wsss_lightning.data.datasets import build_source
+from wsss_lightning.data.datasets.base import DataError
 from wsss_lightning.data.supervision import build_tags, save_tags, write_id_list
 from wsss_lightning.data.synthetic import generate
 from wsss_lightning.data.torch_datasets import image_tags, oversample_indices, pad_collate
@@ -400,3 +401,23 @@ def test_mask_dir_with_missing_masks_names_them(tmp_path: Path) -> None:
     )
     with pytest.raises(FileNotFoundError, match="lacks masks for 4 of 4"):
         dm.setup("fit")
+
+
+def test_missing_files_are_reported_together_before_the_first_step(voc: Path) -> None:
+    """Every file a split lists is stat-ed at set-up; all missing ones are named in one error."""
+    train = build_source("voc", voc, "train_aug")
+    gone = [voc / "JPEGImages" / f"{train.ids[0]}.jpg", voc / "SegmentationClassAug" / f"{train.ids[3]}.png"]
+    for path in gone:
+        path.unlink()
+    with pytest.raises(DataError, match=r"(?s)2 files listed by voc split 'train_aug'.*") as info:
+        make_dm(voc, FullView()).setup("fit")
+    assert all(str(path) in str(info.value) for path in gone)
+    # a view that trains without the masks needs the images only
+    with pytest.raises(DataError, match=r"1 file listed") as info:
+        make_dm(voc, TagsView()).setup("fit")
+    assert str(gone[0]) in str(info.value) and str(gone[1]) not in str(info.value)
+    # evaluation splits need their masks
+    val = build_source("voc", voc, "val")
+    (voc / "SegmentationClassAug" / f"{val.ids[1]}.png").unlink()
+    with pytest.raises(DataError, match=rf"(?s)1 file listed by voc split 'val'.*{val.ids[1]}\.png"):
+        make_dm(voc, FullView()).setup("validate")

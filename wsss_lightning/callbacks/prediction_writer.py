@@ -99,6 +99,20 @@ class PredictionWriter(BasePredictionWriter):
             self._flat_palette = full_palette(getattr(datamodule, "palette", None))
 
     @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Refuse before the model runs, not at the first file half-way through the predictions.
+        if self.overwrite or not self.output_dir.is_dir():
+            return
+        existing = sorted(self.output_dir.rglob("*.png"))
+        if existing:
+            shown = ", ".join(str(p.relative_to(self.output_dir)) for p in existing[:3])
+            raise FileExistsError(
+                f"PredictionWriter: {self.output_dir} already holds {len(existing)} PNG files ({shown}"
+                f"{', ...' if len(existing) > 3 else ''}); choose another output_dir or replace them with "
+                "--trainer.callbacks.overwrite=true (overwrite: true in a config)"
+            )
+
+    @override
     def write_on_batch_end(
         self,
         trainer: pl.Trainer,

@@ -56,12 +56,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synthetic", help="write a synthetic dataset in a real layout")
-    p.add_argument("--layout", required=True, choices=LAYOUTS)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-train", type=int, default=None)
-    p.add_argument("--num-val", type=int, default=None)
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument(
+        "--layout", required=True, choices=LAYOUTS, help="on-disk layout of the real dataset to mimic"
+    )
+    p.add_argument("--out", required=True, type=Path, help="dataset root to write (created if missing)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed; the data is a function of all options (default: 0)"
+    )
+    p.add_argument(
+        "--num-train",
+        type=int,
+        default=None,
+        help="training images (default: 200 for voc / coco / coco_stuff, 120 for cityscapes / gta5)",
+    )
+    p.add_argument(
+        "--num-val",
+        type=int,
+        default=None,
+        help="validation images, the test list for coco_stuff (default: 40 for object layouts, 30 for street scenes)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="image height and width (default: 128 128 for object layouts, 96 192 for street scenes)",
+    )
 
     p = sub.add_parser("tags", help="image-level tag file (.npy or .txt) from a split's masks")
     _add_source_args(p)

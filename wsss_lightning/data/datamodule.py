@@ -377,6 +377,13 @@ class WSSSDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the torch datasets needed for ``stage`` (None: all)."""
         if stage in (None, "fit") and self._train_sets is None:
+            view = self.view
+            # every listed file is stat-ed before the first step; masks where the view trains on all of them
+            # (a semi-supervised split needs masks of its labeled part only: those are named at first read)
+            train_masks = isinstance(view, DomainView) or (
+                isinstance(view, FullView) and view.mask_dir is None
+            )
+            self._train_source().check_files(masks=train_masks)
             self._train_sets = self._build_train_sets()
         wanted = {
             "fit": ["val"],
@@ -397,6 +404,7 @@ class WSSSDataModule(L.LightningDataModule):
                 assert split is not None  # resolved
                 source = build_source(evaluated.name, self.eval_root, split)
                 with_mask = kind != "predict" or source.has_masks
+                source.check_files(masks=with_mask)
                 if not source.has_masks and kind != "predict":
                     raise ValueError(
                         f"{kind}_split {split!r} of {evaluated.name} has no masks to evaluate against; "
@@ -475,6 +483,7 @@ class WSSSDataModule(L.LightningDataModule):
             raise TypeError(f"unsupported supervision view {type(view).__name__}")
         assert self.target is not None and self.target.train_split is not None
         target_source = build_source(self.target.name, self.eval_root, self.target.train_split)
+        target_source.check_files(masks=view.keep_target_masks)
         src = TrainSegDataset(source, tf, with_mask=True, tags=self._tags_for(source))
         tgt = TrainSegDataset(target_source, tf, with_mask=view.keep_target_masks)
         self._check_size("source", src, self.batch_size)

@@ -195,6 +195,30 @@ class SegmentationSource:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def check_files(self, masks: bool) -> None:
+        """Check that every image (and, with ``masks``, every mask) the split lists exists.
+
+        A stat per file, nothing decoded: decoding errors are named at the first read.
+
+        Raises:
+            DataError: naming the split, how many files are missing and the first of them.
+        """
+        missing = []
+        for sample_id in self.ids:
+            paths = [
+                self.image_path(sample_id),
+                self.mask_path(sample_id) if masks and self.has_masks else None,
+            ]
+            missing += [path for path in paths if path is not None and not path.is_file()]
+        if missing:
+            shown = "\n  ".join(str(path) for path in missing[:10])
+            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise DataError(
+                f"{len(missing)} {'file' if len(missing) == 1 else 'files'} listed by {self.info.name} split "
+                f"{self.split!r} under {self.root} {'is' if len(missing) == 1 else 'are'} missing:\n  {shown}{more}"
+                f"\nexpected layout:\n{self.layout}"
+            )
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self.ids)})"
 
