@@ -170,14 +170,16 @@ class HostSyncCheck(Callback):
                 for hook in ("on_train_batch_start", "on_train_batch_end"):
                     setattr(callback, hook, self._paused(getattr(callback, hook)))
 
-    def _paused(self, hook: Callable[..., Any]) -> Callable[..., Any]:
+    def _paused(self, hook: Callable[..., Any], paused: bool = True) -> Callable[..., Any]:
+        """``hook`` run with the check paused (or, with ``paused=False``, active), then restored."""
+
         def run(*args: Any, **kwargs: Any) -> Any:
-            paused = self.mode is not None and self.mode.paused
-            self._pause(True)
+            before = self.mode is not None and self.mode.paused
+            self._pause(paused)
             try:
                 return hook(*args, **kwargs)
             finally:
-                self._pause(paused)
+                self._pause(before)
 
         return run
 
@@ -189,18 +191,8 @@ class HostSyncCheck(Callback):
         original_step = pl_module.optimizer_step
 
         def optimizer_step(epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> Any:
-            if optimizer_closure is None:
-                return original_step(epoch, batch_idx, optimizer, optimizer_closure)
-
-            def checked_closure() -> Any:
-                paused = self.mode is not None and self.mode.paused
-                self._pause(False)
-                try:
-                    return optimizer_closure()
-                finally:
-                    self._pause(paused)
-
-            return original_step(epoch, batch_idx, optimizer, checked_closure)
+            closure = None if optimizer_closure is None else self._paused(optimizer_closure, paused=False)
+            return original_step(epoch, batch_idx, optimizer, closure)
 
         pl_module.optimizer_step = optimizer_step  # type: ignore[method-assign]
         self._patched_module = pl_module

@@ -377,13 +377,6 @@ class WSSSDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the torch datasets needed for ``stage`` (None: all)."""
         if stage in (None, "fit") and self._train_sets is None:
-            view = self.view
-            # every listed file is stat-ed before the first step; masks where the view trains on all of them
-            # (a semi-supervised split needs masks of its labeled part only: those are named at first read)
-            train_masks = isinstance(view, DomainView) or (
-                isinstance(view, FullView) and view.mask_dir is None
-            )
-            self._train_source().check_files(masks=train_masks)
             self._train_sets = self._build_train_sets()
         wanted = {
             "fit": ["val"],
@@ -442,6 +435,11 @@ class WSSSDataModule(L.LightningDataModule):
     def _build_train_sets(self) -> dict[str, Dataset[Any]]:
         source = self._train_source()
         view, tf = self.view, self.train_tf
+        # every listed file is stat-ed before the first step; masks where the view trains on all of them
+        # (a semi-supervised split needs masks of its labeled part only: those are named at first read)
+        source.check_files(
+            masks=isinstance(view, DomainView) or (isinstance(view, FullView) and view.mask_dir is None)
+        )
         if isinstance(view, FullView) and view.mask_dir is not None:
             source = MaskFolderSource(source, view.mask_dir)
         if isinstance(view, FullView | TagsView | ClickView):

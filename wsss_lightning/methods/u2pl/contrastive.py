@@ -450,7 +450,8 @@ def u2pl_contrastive_loss(
         skipped = None
         if options.max_keys_per_step is None:
             # Every negative, as released, but only those the push keeps (at most a queue's capacity per
-            # class): fixed shapes, and every rank pads to the bank's total capacity under DDP.
+            # class): on accelerators in fixed-size slots, every rank padding to the bank's total capacity
+            # under DDP; where host reads are free, sized by the counts.
             compact = host_reads_allowed(device)
             pos, key_labels, skipped = _newest_positions(
                 flat_negatives, memory_bank.capacity_list, memory_bank.capacities, compact
