@@ -28,6 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from wsss_lightning.runs import last_checkpoint, newest_last
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "seminar" / "synthetic_voc_ancillary.yaml"
 PRIMARY = REPO / "configs" / "seminar" / "synthetic_voc_primary.yaml"
@@ -123,7 +125,7 @@ def run_table(
                     root,
                     out,
                     steps,
-                    out / f"{slug(ANCILLARY)}_seed{s}" / "checkpoints" / "last.ckpt",
+                    last_checkpoint(newest_last(out / f"{slug(ANCILLARY)}_seed{s}") or out),
                 )
                 for r in later
                 for s in seeds

@@ -48,6 +48,37 @@ class DumpState(Callback):
         torch.save(state, os.path.join(self.out, f"rank{trainer.global_rank}.pt"))
 
 
+class StepLog(Callback):
+    """Append each finished training step's ``global_step`` to the file ``out`` (flushed at once)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.is_global_zero:
+            with open(self.out, "a") as f:
+                f.write(f"{trainer.global_step}\n")
+
+
+class SignalAtStep(Callback):
+    """Send ``signal`` (a name: ``SIGTERM``, ``SIGUSR1``) to this process when training step ``step`` begins."""
+
+    def __init__(self, step: int, signal: str) -> None:
+        self.step = step
+        self.signal = signal
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
 def _gloo_entry(rank: int, world_size: int, port: int, fn: Any, args: tuple[Any, ...]) -> None:
     import os
 

@@ -24,10 +24,21 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 import wsss_lightning.callbacks
+from wsss_lightning.callbacks.checkpointing import LastCheckpoint
 import wsss_lightning.data  # noqa: F401
 from wsss_lightning.data.legacy import legacy_data_options_message
 from wsss_lightning.methods import SegmentationMethod
 from wsss_lightning.methods.u2pl.options import renamed_options_message
+from wsss_lightning.runs import (
+    RUN_DIR_ENV,
+    claimed_run,
+    experiment_folder,
+    is_run_folder,
+    last_checkpoint,
+    launch_key,
+    new_version,
+    newest_last,
+)
 
 
 def _git_sha() -> str | None:
@@ -46,11 +57,25 @@ def _git_sha() -> str | None:
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
-    """Writes ``config.yaml`` and also sends the resolved config to the logger (e.g. W&B run config).
+    """Writes ``config.yaml`` into the run folder and sends the resolved config to the logger (e.g. W&B run config).
 
     Along with it go the facts that decide reproducibility: global batch size, device count, seed and
     versions.
     """
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Write ``config.yaml`` at the top of the run folder (whatever the logger), then send it to the logger."""
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            run = Path(trainer.default_root_dir)
+            run.mkdir(parents=True, exist_ok=True)
+            self.parser.save(
+                self.config, str(run / self.config_filename), skip_none=False, overwrite=True, multifile=False
+            )
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = trainer.strategy.broadcast(True)
 
     @override
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -72,11 +97,12 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         trainer.logger.log_hyperparams({"config": config, "run": facts})
 
 
-#: the callbacks a run gets when its configuration does not set trainer.callbacks
+#: the callbacks a run gets when its configuration does not set trainer.callbacks (``last.ckpt`` comes from the
+#: ``checkpoint`` section, :class:`~wsss_lightning.callbacks.LastCheckpoint`, which every run has)
 DEFAULT_CALLBACKS: list[tuple[str, dict[str, Any]]] = [
     (
         "lightning.pytorch.callbacks.ModelCheckpoint",
-        {"dirpath": None, "save_last": True, "monitor": "val/miou", "mode": "max"},
+        {"dirpath": None, "monitor": "val/miou", "mode": "max", "filename": "best-{step}", "save_last": False},
     ),
     ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"}),
     ("lightning.pytorch.callbacks.RichProgressBar", {}),
@@ -86,19 +112,19 @@ DEFAULT_CALLBACKS: list[tuple[str, dict[str, Any]]] = [
 _namespace = cast(Callable[..., Namespace], Namespace)
 
 
-def run_folder(configs: list[str], parent: str = "outputs") -> str:
-    """The folder of a run whose configuration does not set ``trainer.default_root_dir``.
+class _ConfigError(ValueError):
+    """A configuration that cannot run; ``wsss`` prints the message alone and exits with status 2."""
 
-    Named after its config files, trainer / logger fragments left out:
-    ``-c configs/u2pl/voc.yaml -c configs/u2pl/splits/voc_92.yaml -c configs/u2pl/suponly.yaml`` ->
-    ``outputs/u2pl_voc+voc_92+suponly``; the first file is prefixed with its folder unless that is ``configs``.
-    """
-    paths = [Path(c) for c in configs if Path(c).parent.name not in ("trainer", "logger")]
-    if not paths:
-        return os.path.join(parent, "run")
-    first = paths[0]
-    names = [f"{first.parent.name}_{first.stem}" if first.parent.name not in ("", "configs") else first.stem]
-    return os.path.join(parent, "+".join(names + [p.stem for p in paths[1:]]))
+
+def _data_root_note(run: Path, config: Namespace) -> str:
+    """``" (trained on DIR)"`` when the run's saved config names another data root than this one, else ``""``."""
+    saved = run / "config.yaml"
+    try:
+        before = yaml.safe_load(saved.read_text())["data"]["init_args"]["source"]["root"]
+        now = config["data"]["init_args"]["source"]["root"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return ""
+    return "" if str(before) == str(now) else f" (that run was trained on --data.source.root {before})"
 
 
 def _import_class(path: str) -> type:
@@ -140,6 +166,7 @@ class WSSSLightningCLI(LightningCLI):
 
     @override
     def _parse_ckpt_path(self) -> None:
+        self._choose_run_folder()
         explicit = self.config
         super()._parse_ckpt_path()
         if self.config is explicit:  # no checkpoint file, or no hyper-parameters in it
@@ -151,6 +178,7 @@ class WSSSLightningCLI(LightningCLI):
         else:  # only what the config files and the command line set, no defaults
             given = self.parser.parse_args(sys.argv[1:] if args is None else args, defaults=False).as_dict()
         self.config = self.parser.parse_object(given, from_ckpt)
+        self._apply_run_folder()  # the second parse brought back what the command line said
         sub = self.config["subcommand"]
         changed = _differences(from_ckpt[sub].get("model"), self.config[sub].get("model"), "model")
         if changed:
@@ -159,28 +187,82 @@ class WSSSLightningCLI(LightningCLI):
                 "wins): " + "; ".join(f"{key}: {new!r} (checkpoint: {old!r})" for key, old, new in changed)
             )
 
+    def _choose_run_folder(self) -> None:
+        """Set ``trainer.default_root_dir`` to this run's folder and resolve ``--ckpt_path last`` inside it.
+
+        The experiment folder is ``trainer.default_root_dir`` or ``outputs/<the config files' names>``; a run is
+        a ``version_N`` inside it (:mod:`wsss_lightning.runs`). ``fit --ckpt_path last`` continues the newest run
+        that has a ``last.ckpt``, in its own folder; validate / test / predict with ``last`` evaluate that file
+        in a new run folder. A ``default_root_dir`` naming a run folder (``.../version_3``) selects that run.
+        """
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        trainer = config["trainer"]
+        configs = [str(path) for path in config.get("config") or []]
+        experiment = trainer.get("default_root_dir") or experiment_folder(configs)
+        ckpt_path = config.get("ckpt_path")
+        inherited = os.environ.get(RUN_DIR_ENV)
+        if inherited:  # a process that Lightning started for this run (DDP)
+            run = Path(inherited)
+        elif ckpt_path == "last":
+            found = newest_last(experiment)
+            if found is None:
+                raise _ConfigError(
+                    f"--ckpt_path last: no run under {experiment} has {os.path.join('checkpoints', 'last.ckpt')} "
+                    "(start without --ckpt_path, or set --trainer.default_root_dir to the experiment or run folder "
+                    "that holds it)"
+                )
+            run = found if subcommand == "fit" else new_version(experiment)
+            config["ckpt_path"] = str(last_checkpoint(found))
+            rank_zero_info(f"wsss: --ckpt_path last -> {config['ckpt_path']}{_data_root_note(found, config)}")
+        elif is_run_folder(experiment):
+            run = Path(experiment)
+            if subcommand == "fit" and ckpt_path is None and last_checkpoint(run).is_file():
+                raise _ConfigError(
+                    f"{run} holds a run with {last_checkpoint(run).name}: continue it with --ckpt_path last, or "
+                    "give --trainer.default_root_dir an experiment folder (a new version_N is made inside)"
+                )
+            run.mkdir(parents=True, exist_ok=True)
+        elif (key := launch_key()) is not None:  # srun / torchrun: every process of the launch takes the same
+            run = claimed_run(experiment, key)
+        else:
+            run = new_version(experiment)
+        if ckpt_path is None and subcommand == "fit" and os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
+            # a requeued SLURM job continues (Lightning prefers its own hpc_ckpt_*.ckpt when there is one)
+            if not any(run.glob("hpc_ckpt_*.ckpt")) and last_checkpoint(run).is_file():
+                config["ckpt_path"] = str(last_checkpoint(run))
+                rank_zero_info(f"wsss: requeued job continues from {config['ckpt_path']}")
+        self._run_folder = (str(run), config.get("ckpt_path"))
+        self._apply_run_folder()
+        os.environ[RUN_DIR_ENV] = str(run)  # the processes Lightning starts (DDP) join this run
+
+    def _apply_run_folder(self) -> None:
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        config["trainer"]["default_root_dir"], config["ckpt_path"] = self._run_folder
+
     @override
     def before_instantiate_classes(self) -> None:
-        """Fill in the run folder and the checkpoint folder where the configuration leaves them unset.
+        """Point the default logger and every checkpoint callback without a folder at the run folder.
 
-        ``trainer.default_root_dir`` unset: ``outputs/<the config files' names>`` (:func:`run_folder`), so each
-        combination of base config and fragments (split, SupOnly, ...) gets its own folder. A ModelCheckpoint
-        without a folder writes to ``<default_root_dir>/checkpoints``: a fixed folder (not the logger's next
-        version folder), so ``fit --ckpt_path last`` finds the run's ``last.ckpt``.
+        Unless ``trainer.logger`` is set, CSV files go to ``<run>/logs/version_N`` (a continued run adds a
+        version rather than overwriting the first part's metrics); a logger without ``save_dir`` (the W&B
+        fragment) writes into the run folder. A ModelCheckpoint without a folder writes to ``<run>/checkpoints``.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config["trainer"]
-        if trainer.get("default_root_dir") is None:
-            trainer["default_root_dir"] = run_folder([str(path) for path in config.get("config") or []])
         root = trainer["default_root_dir"]
-        if trainer.get("logger") in (
-            None,
-            True,
-        ):  # not set: CSV files in the run folder, <root>/logs/version_N
+        if trainer.get("logger") in (None, True):  # not set: CSV files in the run folder
             trainer["logger"] = _namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger",
                 init_args=_namespace(save_dir=root, name="logs"),
             )
+        for logger in trainer["logger"] if isinstance(trainer["logger"], list) else [trainer["logger"]]:
+            init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+            if init_args is not None and init_args.get("save_dir") in (None, "", "."):
+                init_args["save_dir"] = root
+                if "WandbLogger" in logger["class_path"] and init_args.get("name") is None:
+                    init_args["name"] = os.path.join(*Path(root).parts[-2:])  # "<experiment>/version_N"
         if trainer.get("enable_progress_bar") is False:  # the run asks for none: drop the default bar
             trainer["callbacks"] = [
                 c for c in trainer.get("callbacks") or []
@@ -200,6 +282,8 @@ class WSSSLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Every run keeps last.ckpt and the best checkpoint by val/miou, logs the learning rate and shows a
         # progress bar, unless its configuration sets trainer.callbacks itself.
+        # last.ckpt every N steps / M minutes and on SIGTERM / SIGUSR1: configs tune it in a `checkpoint:` section
+        parser.add_lightning_class_args(LastCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "trainer.callbacks": [
@@ -250,18 +334,23 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
             message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a "
             r"`LightningDataModule`",
         )
-        cli = WSSSLightningCLI(
-            SegmentationMethod,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=LoggerSaveConfigCallback,
-            save_config_kwargs={"overwrite": True},
-            seed_everything_default=0,
-            parser_kwargs={"default_env": False},
-            args=args,
-            run=run,
-        )
+        inherited = os.environ.get(RUN_DIR_ENV)
+        try:
+            cli = WSSSLightningCLI(
+                SegmentationMethod,
+                L.LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_callback=LoggerSaveConfigCallback,
+                save_config_kwargs={"overwrite": True},
+                seed_everything_default=0,
+                parser_kwargs={"default_env": False},
+                args=args,
+                run=run,
+            )
+        finally:  # the run folder is passed to this run's own processes only, never to the next run_cli call
+            if inherited is None:
+                os.environ.pop(RUN_DIR_ENV, None)
     # DDP processes that exit with a live process group occasionally abort at interpreter shutdown.
     if run and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -270,7 +359,11 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
 
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``wsss`` console script."""
-    run_cli(args)
+    try:
+        run_cli(args)
+    except _ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

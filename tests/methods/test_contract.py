@@ -174,7 +174,7 @@ def _fit_args(case: MethodCase, root: Path, dump: str, steps: int | None = None)
     no_sync = {"class_path": "tests.helpers.HostSyncCheck"}
     return [
         "fit", *_run_args(case, root, "logs"), f"--trainer.max_steps={steps or case.steps}",
-        f"--trainer.callbacks={json.dumps([no_sync, checkpoint, dump_state])}",
+        f"--trainer.callbacks={json.dumps([no_sync, checkpoint, dump_state])}", "--checkpoint.every_n_steps=1",
     ]  # fmt: skip
 
 

@@ -50,7 +50,7 @@ def ancillary(synthetic, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor
     assert "train/loss_pseudo" not in metrics and cli.model.ancillary is None
     assert float(metrics["teacher/decay"]) == pytest.approx(0.75)  # a_4 = 1 - 1/4
     assert float(metrics["schedule/consistency_ramp"]) == pytest.approx(0.5)
-    ckpt = folder / "outputs" / "seminar_synthetic_voc_ancillary" / "checkpoints" / "last.ckpt"
+    ckpt = folder / "outputs" / "seminar_synthetic_voc_ancillary" / "version_0" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     student = {k: v.clone() for k, v in cli.model.student.state_dict().items()}
     return ckpt, student
@@ -76,7 +76,7 @@ def test_primary_stage_learns_from_the_frozen_ancillary(ancillary, synthetic, tm
     assert {f"ancillary.{n}" for n, _ in model.ancillary.named_parameters()} <= ignored
     assert {f"ancillary.{n}" for n, _ in model.ancillary.named_buffers()} <= ignored
     # its checkpoint rebuilds it without the ancillary's file
-    saved = tmp_path / "outputs" / "seminar_synthetic_voc_primary" / "checkpoints" / "last.ckpt"
+    saved = tmp_path / "outputs" / "seminar_synthetic_voc_primary" / "version_0" / "checkpoints" / "last.ckpt"
     rebuilt = SeminarModule.load_from_checkpoint(saved, map_location="cpu", ancillary_checkpoint="moved.ckpt")
     assert bool(rebuilt.ancillary_loaded)
 

@@ -1,0 +1,166 @@
+"""``last.ckpt`` on a cadence and on pre-emption, so an interrupted run loses at most a few steps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
+
+from wsss_lightning.runs import CHECKPOINTS, LAST
+
+
+class Preempted(SIGTERMException):
+    """The run stopped on SIGTERM after writing ``last.ckpt``; exits with status 143 (128 + SIGTERM)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+class LastCheckpoint(Callback):
+    """Writes ``<run>/checkpoints/last.ckpt`` every N training steps, every M minutes, on SIGTERM and SIGUSR1.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only when it saves a monitored
+    checkpoint, so a run killed between validations loses everything since the last one. Here:
+
+    * every ``every_n_steps`` optimizer steps (at most that many steps are recomputed after ``kill -9``);
+    * when ``every_n_minutes`` have passed since the last write (long steps, slow validations);
+    * on SIGTERM (cluster pre-emption, ``scancel``): written at the end of the current step, then the run
+      stops with status 143; ``fit --ckpt_path last`` continues it exactly;
+    * on SIGUSR1 (Lightning's requeue signal): written at the end of the current step and training goes on.
+      Under SLURM with auto-requeue Lightning handles SIGUSR1 itself (an ``hpc_ckpt`` and ``scontrol requeue``)
+      and this callback leaves the signal to it;
+    * at the end of training.
+
+    The file is written beside the target and renamed over it, so a kill during the write leaves the previous
+    ``last.ckpt`` intact. With several processes the step rule needs no communication (every rank counts the
+    same steps); time and signals are local, so the ranks agree on them every ``sync_every`` steps (one small
+    collective) and write together.
+
+    Args:
+        every_n_steps: write every this many optimizer steps; ``None`` or 0: not by step count.
+        every_n_minutes: write when this many minutes have passed since the last write; ``None``: never by time.
+        sync_every: steps between the ranks' agreements on time / signals (multi-process runs only).
+        dirpath: the folder of ``last.ckpt``; ``None``: ``<trainer.default_root_dir>/checkpoints``.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = 500,
+        every_n_minutes: float | None = 30.0,
+        sync_every: int = 10,
+        dirpath: str | None = None,
+    ) -> None:
+        super().__init__()
+        if every_n_steps is not None and every_n_steps < 0:
+            raise ValueError(f"LastCheckpoint.every_n_steps must be >= 0 or null, got {every_n_steps}")
+        if every_n_minutes is not None and every_n_minutes <= 0:
+            raise ValueError(f"LastCheckpoint.every_n_minutes must be > 0 or null, got {every_n_minutes}")
+        if sync_every < 1:
+            raise ValueError(f"LastCheckpoint.sync_every must be >= 1, got {sync_every}")
+        self.every_n_steps = every_n_steps or None
+        self.every_n_minutes = every_n_minutes
+        self.sync_every = sync_every
+        self.dirpath = dirpath
+        self._last_write = time.monotonic()
+        self._saved_step = -1
+        self._sigusr1 = False
+        self._previous_sigusr1: Any = None
+
+    @property
+    def path(self) -> Path:
+        """Where ``last.ckpt`` is written (valid from ``setup`` on)."""
+        return Path(self._dir) / LAST
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._dir = self.dirpath or os.path.join(trainer.default_root_dir, CHECKPOINTS)
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_write = time.monotonic()
+        self._saved_step = trainer.global_step  # a resumed run starts from what it loaded
+        if hasattr(signal, "SIGUSR1") and not _slurm_requeue(trainer):
+            self._previous_sigusr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
+
+    def _on_sigusr1(self, signum: int, frame: FrameType | None) -> None:
+        self._sigusr1 = True
+
+    @override
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
+        sigterm = bool(getattr(trainer, "received_sigterm", False))
+        local = self._sigusr1 or sigterm or self._time_is_up()
+        if trainer.world_size > 1:  # ranks agree on local events every sync_every steps only
+            local = step % self.sync_every == 0 and trainer.strategy.reduce_boolean_decision(local, all=False)
+        if (by_steps or local) and step != self._saved_step:
+            self._write(trainer, "step" if by_steps else "SIGTERM" if sigterm else "SIGUSR1 or time")
+        if local:
+            self._sigusr1 = False
+        # with several processes Lightning stops all of them at the next step's start (see on_exception)
+        if sigterm and trainer.world_size == 1:
+            raise Preempted()
+
+    def _time_is_up(self) -> bool:
+        minutes = self.every_n_minutes
+        return minutes is not None and time.monotonic() - self._last_write >= 60.0 * minutes
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._saved_step:
+            self._write(trainer, "end of training")
+        self._restore_signal()
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Under DDP Lightning stops every rank on SIGTERM at the start of a step, before this callback's hook:
+        # all ranks are here together, between steps, and write last.ckpt.
+        if isinstance(exception, SIGTERMException) and not isinstance(exception, Preempted):
+            if trainer.global_step != self._saved_step and trainer.state.fn == "fit":
+                self._write(trainer, "SIGTERM")
+        self._restore_signal()
+
+    def _restore_signal(self) -> None:
+        if self._previous_sigusr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_sigusr1)
+            self._previous_sigusr1 = None
+
+    def _write(self, trainer: L.Trainer, why: str) -> None:
+        target = self.path
+        partial = target.with_name(target.name + ".partial")
+        if trainer.is_global_zero:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(partial, target)
+        trainer.strategy.barrier("last_checkpoint")
+        self._saved_step = trainer.global_step
+        self._last_write = time.monotonic()
+        if why != "step":
+            rank_zero_info(f"wsss: wrote {target} at step {trainer.global_step} ({why})")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"every_n_steps": self.every_n_steps}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # the cadence comes from the configuration of the run that continues
+
+
+def _slurm_requeue(trainer: L.Trainer) -> bool:
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    environment = trainer._accelerator_connector.cluster_environment
+    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
