@@ -24,8 +24,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 import wsss_lightning.callbacks
-from wsss_lightning.callbacks.checkpointing import LastCheckpoint
 import wsss_lightning.data  # noqa: F401
+from wsss_lightning.callbacks.checkpointing import LastCheckpoint
 from wsss_lightning.data.legacy import legacy_data_options_message
 from wsss_lightning.methods import SegmentationMethod
 from wsss_lightning.methods.u2pl.options import renamed_options_message
@@ -102,7 +102,13 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 DEFAULT_CALLBACKS: list[tuple[str, dict[str, Any]]] = [
     (
         "lightning.pytorch.callbacks.ModelCheckpoint",
-        {"dirpath": None, "monitor": "val/miou", "mode": "max", "filename": "best-{step}", "save_last": False},
+        {
+            "dirpath": None,
+            "monitor": "val/miou",
+            "mode": "max",
+            "filename": "best-{step}",
+            "save_last": False,
+        },
     ),
     ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"}),
     ("lightning.pytorch.callbacks.RichProgressBar", {}),
@@ -227,11 +233,13 @@ class WSSSLightningCLI(LightningCLI):
             run = claimed_run(experiment, key)
         else:
             run = new_version(experiment)
-        if ckpt_path is None and subcommand == "fit" and os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
-            # a requeued SLURM job continues (Lightning prefers its own hpc_ckpt_*.ckpt when there is one)
-            if not any(run.glob("hpc_ckpt_*.ckpt")) and last_checkpoint(run).is_file():
-                config["ckpt_path"] = str(last_checkpoint(run))
-                rank_zero_info(f"wsss: requeued job continues from {config['ckpt_path']}")
+        # a requeued SLURM job continues (Lightning prefers its own hpc_ckpt_*.ckpt when there is one)
+        requeued = (
+            os.environ.get("SLURM_RESTART_COUNT", "0") != "0" and subcommand == "fit" and ckpt_path is None
+        )
+        if requeued and last_checkpoint(run).is_file() and not any(run.glob("hpc_ckpt_*.ckpt")):
+            config["ckpt_path"] = str(last_checkpoint(run))
+            rank_zero_info(f"wsss: requeued job continues from {config['ckpt_path']}")
         self._run_folder = (str(run), config.get("ckpt_path"))
         self._apply_run_folder()
         os.environ[RUN_DIR_ENV] = str(run)  # the processes Lightning starts (DDP) join this run

@@ -36,7 +36,9 @@ def _step(ckpt: Path) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
 
 
-def test_every_run_gets_a_versioned_folder_with_its_config_logs_and_checkpoints(synthetic, tmp_path, monkeypatch):
+def test_every_run_gets_a_versioned_folder_with_its_config_logs_and_checkpoints(
+    synthetic, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     root = synthetic("voc")
     fit(root, 2)
@@ -100,7 +102,9 @@ def test_last_checkpoint_is_written_every_n_steps_on_sigusr1_and_at_the_end(synt
 
     monkeypatch.setattr(LastCheckpoint, "_write", record)
     signal_at = {"class_path": "tests.helpers.SignalAtStep", "init_args": {"step": 3, "signal": "SIGUSR1"}}
-    cli = fit(synthetic("voc"), 7, "--checkpoint.every_n_steps=3", f"--trainer.callbacks+={json.dumps(signal_at)}")
+    cli = fit(
+        synthetic("voc"), 7, "--checkpoint.every_n_steps=3", f"--trainer.callbacks+={json.dumps(signal_at)}"
+    )
     assert written == [3, 4, 6, 7]  # steps 3 and 6; SIGUSR1 during step 4; the end
     assert cli.trainer.global_step == 7  # SIGUSR1 does not stop the run
     assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)  # the handler is removed after fit
@@ -133,7 +137,11 @@ def _wsss_process(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     cwd.mkdir(parents=True, exist_ok=True)
     with (cwd / "stderr.txt").open("ab") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "wsss_lightning.cli", *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err
+            [sys.executable, "-m", "wsss_lightning.cli", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
         )
 
 
@@ -197,7 +205,9 @@ def test_fit_killed_with_sigkill_again_and_again_ends_with_the_uninterrupted_wei
 
 
 def test_experiment_folder_is_named_after_the_configs():
-    assert experiment_folder(["configs/u2pl/voc.yaml", "configs/u2pl/splits/voc_92.yaml", "configs/trainer/gpu.yaml"]) == os.path.join("outputs", "u2pl_voc+voc_92")
+    assert experiment_folder(
+        ["configs/u2pl/voc.yaml", "configs/u2pl/splits/voc_92.yaml", "configs/trainer/gpu.yaml"]
+    ) == os.path.join("outputs", "u2pl_voc+voc_92")
     assert experiment_folder(["configs/quickstart.yaml"]) == os.path.join("outputs", "quickstart")
 
 

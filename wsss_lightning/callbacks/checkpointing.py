@@ -123,12 +123,14 @@ class LastCheckpoint(Callback):
         self._restore_signal()
 
     @override
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         # Under DDP Lightning stops every rank on SIGTERM at the start of a step, before this callback's hook:
         # all ranks are here together, between steps, and write last.ckpt.
-        if isinstance(exception, SIGTERMException) and not isinstance(exception, Preempted):
-            if trainer.global_step != self._saved_step and trainer.state.fn == "fit":
-                self._write(trainer, "SIGTERM")
+        stopped = isinstance(exception, SIGTERMException) and not isinstance(exception, Preempted)
+        if stopped and trainer.global_step != self._saved_step and trainer.state.fn == "fit":
+            self._write(trainer, "SIGTERM")
         self._restore_signal()
 
     def _restore_signal(self) -> None:
@@ -147,7 +149,7 @@ class LastCheckpoint(Callback):
         trainer.strategy.barrier("last_checkpoint")
         self._saved_step = trainer.global_step
         self._last_write = time.monotonic()
-        if why != "step":
+        if why not in ("step", "end of training"):
             rank_zero_info(f"wsss: wrote {target} at step {trainer.global_step} ({why})")
 
     @override
@@ -160,7 +162,7 @@ class LastCheckpoint(Callback):
 
 
 def _slurm_requeue(trainer: L.Trainer) -> bool:
-    from lightning.fabric.plugins.environments import SLURMEnvironment
+    from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
 
     environment = trainer._accelerator_connector.cluster_environment
     return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
