@@ -82,6 +82,12 @@ def test_dataset_source_names_and_default_splits() -> None:
     )
     assert DatasetSource(root="/data", name="gta5").resolved().train_split == "all"
     assert DatasetSource(root="/data").train_split is None  # what the user wrote is kept
+    own = DatasetSource(root="/nowhere", predict_images="photos").resolved()
+    assert (own.predict_split, own.predict_images) == (None, "photos")
+    with pytest.raises(ValueError, match=r"predict_split='test' and predict_images='photos' .* give one"):
+        DatasetSource(root="/data", predict_split="test", predict_images="photos")
+    with pytest.raises(ValueError, match=r"DatasetSource\.predict_images: expected a folder of images"):
+        DatasetSource(root="/data", predict_images="")
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,7 @@ def _build_id_to_trainid() -> np.ndarray:
 CITYSCAPES_ID_TO_TRAINID: np.ndarray = _build_id_to_trainid()
 CITYSCAPES_ID_TO_TRAINID.setflags(write=False)
 
+
 def _build_trainid_to_id() -> np.ndarray:
     lut = np.zeros(256, dtype=np.uint8)  # 255 (ignore) and unknown values -> label id 0, "unlabeled"
     for label_id, (train_id, _) in enumerate(_CITYSCAPES_LABELS):  # each train id has one label id

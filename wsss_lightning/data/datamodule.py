@@ -94,7 +94,6 @@ from wsss_lightning.data.datasets.mask_folder import MaskFolderSource
 from wsss_lightning.data.options import LoaderOptions, TransformOptions
 from wsss_lightning.data.source import DEFAULT_SPLITS, DatasetName, DatasetSource
 from wsss_lightning.data.supervision import build_tags, load_tags, make_semi_split, write_id_list
-from wsss_lightning.data.transforms import eval_transform
 from wsss_lightning.data.torch_datasets import (
     ClickConfig,
     EpochKeyedSampler,
@@ -104,6 +103,7 @@ from wsss_lightning.data.torch_datasets import (
     pad_collate,
     seed_worker,
 )
+from wsss_lightning.data.transforms import eval_transform
 from wsss_lightning.data.views import (
     ClickView,
     DomainView,
@@ -289,7 +289,9 @@ class WSSSDataModule(L.LightningDataModule):
         )
         self.eval_tf = self.transform.eval_transform()
         # a prediction covers the whole image: no centre crop (the resize is undone when writing)
-        self.predict_tf = eval_transform(self.transform.eval_short_side, mean=transform.mean, std=transform.std)
+        self.predict_tf = eval_transform(
+            self.transform.eval_short_side, mean=transform.mean, std=transform.std
+        )
         self._train_sets: dict[str, Dataset[Any]] | None = None
         self._eval_sets: dict[str, EvalSegDataset] = {}
         self._train_loaders: dict[str, DataLoader[Any]] = {}
