@@ -237,7 +237,7 @@ def test_hyperparameters_are_plain_values(tmp_path: Path) -> None:
         "class_path": "wsss_lightning.data.DomainView",
         "init_args": {
             "target": {"root": "/c", "name": "cityscapes", "train_split": None, "val_split": "val",
-                       "test_split": None, "predict_split": None},
+                       "test_split": None, "predict_split": None, "predict_images": None},
             "unlabeled_batch_size": None,
             "keep_target_masks": True,
         },
@@ -348,6 +348,7 @@ def test_views_selected_by_the_cli_parser(capsys: pytest.CaptureFixture[str]) ->
         "val_split": None,
         "test_split": None,
         "predict_split": None,
+        "predict_images": None,
     }
 
 
