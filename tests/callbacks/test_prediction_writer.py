@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from wsss_lightning.callbacks.prediction_writer import PredictionWriter, full_palette
-from wsss_lightning.data.classes import voc_colormap
+from wsss_lightning.data.classes import CITYSCAPES_TRAINID_TO_ID, voc_colormap
 
 
 def masks(seed: int = 0) -> list[np.ndarray]:
@@ -139,3 +139,42 @@ def test_existing_pngs_stop_predict_before_the_model_runs(tmp_path: Path) -> Non
     assert CountingPredictor.calls == 0
     predict(overwrite=True)
     assert CountingPredictor.calls == 2
+
+
+def test_cityscapes_label_ids_by_default_train_ids_or_palette_on_request(tmp_path: Path) -> None:
+    cityscapes = SimpleNamespace(label_ids=CITYSCAPES_TRAINID_TO_ID, palette=[[128, 64, 128]] * 19)
+    train_ids = np.array([[0, 10, 13], [18, 255, 1]], dtype=np.uint8)
+    write(PredictionWriter(tmp_path / "auto"), {"name": ["c/f"], "masks": [train_ids]}, cityscapes)
+    written = Image.open(tmp_path / "auto/c/f.png")
+    assert written.mode == "L"  # what the benchmark server reads: label ids, ignore as 0 "unlabeled"
+    np.testing.assert_array_equal(np.asarray(written), [[7, 23, 26], [33, 0, 8]])
+    write(
+        PredictionWriter(tmp_path / "t", format="trainid"), {"name": ["f"], "masks": [train_ids]}, cityscapes
+    )
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "t/f.png")), train_ids)
+    write(
+        PredictionWriter(tmp_path / "p", format="palette"), {"name": ["f"], "masks": [train_ids]}, cityscapes
+    )
+    assert Image.open(tmp_path / "p/f.png").mode == "P"
+    voc = SimpleNamespace(label_ids=None, palette=None)  # train ids are VOC's label ids
+    write(PredictionWriter(tmp_path / "v", format="labelid"), {"name": ["f"], "masks": masks()[:1]}, voc)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "v/f.png")), masks()[0])
+    with pytest.raises(ValueError, match=r"format='labelid'\) needs trainer\.datamodule\.label_ids"):
+        write(PredictionWriter(tmp_path / "x", format="labelid"), {"name": ["f"], "masks": masks()[:1]})
+    with pytest.raises(ValueError, match="format must be 'auto', 'palette', 'trainid' or 'labelid'"):
+        PredictionWriter(tmp_path, format="ids")  # type: ignore[arg-type]
+
+
+def test_maps_written_at_the_image_size(tmp_path: Path) -> None:
+    small = np.array([[1, 2], [3, 4]], dtype=np.uint8)
+    prediction = {"name": ["a", "b"], "masks": [small, small], "image_size": [[4, 6], [2, 2]]}
+    write(PredictionWriter(tmp_path, format="trainid"), prediction)
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "a.png")), np.repeat(np.repeat(small, 2, 0), 3, 1)
+    )
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b.png")), small)
+    with pytest.raises(ValueError, match="one \\(height, width\\) per mask"):
+        write(
+            PredictionWriter(tmp_path / "y"),
+            {"name": ["a"], "masks": [small], "image_size": [[4, 6], [2, 2]]},
+        )

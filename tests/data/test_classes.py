@@ -7,6 +7,7 @@ from wsss_lightning.data.classes import (
     CITYSCAPES_ID_TO_TRAINID,
     CITYSCAPES_LABELID_PALETTE,
     CITYSCAPES_PALETTE,
+    CITYSCAPES_TRAINID_TO_ID,
     COCO_CATEGORY_IDS,
     COCO_CLASSES,
     COCO_ID_TO_CONTIGUOUS,
@@ -14,6 +15,7 @@ from wsss_lightning.data.classes import (
     VOC_CLASSES,
     VOC_TO_COCO_ID,
     get_dataset_info,
+    train_id_to_label_id,
     voc_colormap,
 )
 
@@ -86,6 +88,19 @@ def test_cityscapes_lut() -> None:
     assert all(lut[i] == 255 for i in (0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30, 34, 200, 255))
     train_ids = lut[lut != 255]
     assert sorted(train_ids.tolist()) == list(range(19))
+
+
+def test_cityscapes_train_ids_back_to_label_ids() -> None:
+    inverse = CITYSCAPES_TRAINID_TO_ID
+    assert inverse.shape == (256,) and inverse.dtype == np.uint8
+    # road 0 -> 7, sky 10 -> 23, car 13 -> 26, bicycle 18 -> 33; ignore -> 0 "unlabeled"
+    assert [int(inverse[i]) for i in (0, 10, 13, 18, 255)] == [7, 23, 26, 33, 0]
+    train_ids = np.arange(19, dtype=np.uint8)
+    np.testing.assert_array_equal(CITYSCAPES_ID_TO_TRAINID[inverse[train_ids]], train_ids)
+    assert train_id_to_label_id("cityscapes") is inverse and train_id_to_label_id("gta5") is inverse
+    assert train_id_to_label_id("voc") is None and train_id_to_label_id("coco") is None
+    with pytest.raises(KeyError, match="valid names"):
+        train_id_to_label_id("kitti")
 
 
 def test_cityscapes_palettes_agree() -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.utilities import CombinedLoader
+from PIL import Image
 
 import wsss_lightning.data.datamodule as dm_module
 from wsss_lightning.data import (
@@ -343,9 +344,39 @@ def test_eval_short_side_and_predict_without_masks(voc: Path) -> None:
     assert val["image"].shape == (2, 3, 20, 24) and val["mask"].shape == (2, 20, 24)
     dm.setup("predict")
     pred = first_batch(dm.predict_dataloader())
-    assert set(pred) == {"image", "size", "name"}
+    assert set(pred) == {"image", "size", "image_size", "name"}
+    assert pred["size"].tolist() == [[20, 24]] * 2 and pred["image_size"].tolist() == [[40, 48]] * 2
     with pytest.raises(ValueError, match="no masks"):
         make_dm(voc, source={"test_split": "test"}).setup("test")
+
+
+def test_predict_reads_no_masks_of_a_list_file_split(voc: Path, tmp_path: Path) -> None:
+    """A list file of ids to predict on needs only the images (their masks may not exist)."""
+    ids = build_source("voc", voc, "val").ids
+    for sample_id in ids:
+        (voc / "SegmentationClassAug" / f"{sample_id}.png").unlink()
+    listing = tmp_path / "mine.txt"
+    listing.write_text("".join(f"{i}\n" for i in ids))
+    dm = make_dm(
+        voc, source={"predict_split": str(listing)}, transform={"eval_center_crop": 16, "eval_short_side": 20}
+    )
+    dm.setup("predict")
+    pred = first_batch(dm.predict_dataloader())
+    assert pred["name"] == ids[:1] and "mask" not in pred
+    assert pred["size"].tolist() == [[20, 24]]  # no centre crop: a prediction covers the whole image
+
+
+def test_predict_images_from_a_folder_without_a_dataset_root(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    for name, (h, w) in {"b": (9, 13), "a/x": (7, 5)}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(folder / f"{name}.jpg")
+    dm = make_dm(tmp_path / "no_root", source={"predict_images": str(folder)}, name="cityscapes")
+    dm.setup("predict")
+    batches = list(dm.predict_dataloader())
+    assert [b["name"] for b in batches] == [["a/x"], ["b"]]  # sorted paths without extension
+    assert [b["image_size"].tolist() for b in batches] == [[[7, 5]], [[9, 13]]]
+    assert dm.label_ids is not None and int(dm.label_ids[0]) == 7  # Cityscapes road: label id 7
 
 
 def test_workers_reproducible_with_seed_everything(voc: Path) -> None:

@@ -82,6 +82,12 @@ def test_dataset_source_names_and_default_splits() -> None:
     )
     assert DatasetSource(root="/data", name="gta5").resolved().train_split == "all"
     assert DatasetSource(root="/data").train_split is None  # what the user wrote is kept
+    own = DatasetSource(root="/nowhere", predict_images="photos").resolved()
+    assert (own.predict_split, own.predict_images) == (None, "photos")
+    with pytest.raises(ValueError, match=r"predict_split='test' and predict_images='photos' .* give one"):
+        DatasetSource(root="/data", predict_split="test", predict_images="photos")
+    with pytest.raises(ValueError, match=r"DatasetSource\.predict_images: expected a folder of images"):
+        DatasetSource(root="/data", predict_images="")
 
 
 @pytest.mark.parametrize(
@@ -231,7 +237,7 @@ def test_hyperparameters_are_plain_values(tmp_path: Path) -> None:
         "class_path": "wsss_lightning.data.DomainView",
         "init_args": {
             "target": {"root": "/c", "name": "cityscapes", "train_split": None, "val_split": "val",
-                       "test_split": None, "predict_split": None},
+                       "test_split": None, "predict_split": None, "predict_images": None},
             "unlabeled_batch_size": None,
             "keep_target_masks": True,
         },
@@ -342,6 +348,7 @@ def test_views_selected_by_the_cli_parser(capsys: pytest.CaptureFixture[str]) ->
         "val_split": None,
         "test_split": None,
         "predict_split": None,
+        "predict_images": None,
     }
 
 

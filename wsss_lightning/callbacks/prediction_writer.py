@@ -1,4 +1,4 @@
-"""Write predicted label maps as PNG files (e.g. for the PASCAL VOC evaluation server)."""
+"""Write predicted label maps as PNG files (e.g. for the PASCAL VOC or Cityscapes evaluation servers)."""
 
 from __future__ import annotations
 
@@ -52,20 +52,30 @@ def _safe_relative_path(name: str) -> PurePosixPath:
     return path
 
 
+Format = Literal["auto", "palette", "trainid", "labelid"]
+
+
 class PredictionWriter(BasePredictionWriter):
     """Save each predicted label map as ``<output_dir>/<name>.png``.
 
     ``predict_step`` must return ``{"name": list[str], "masks": ...}`` where ``masks`` is a list of (h, w)
-    uint8 arrays (one per name, sizes may differ) or a (B, H, W) integer tensor. Names may contain "/",
-    which creates sub-directories. Files are written atomically (a temporary file in the same directory,
-    then ``os.replace``), so an interrupted run never leaves a truncated PNG.
+    uint8 arrays (one per name, sizes may differ) or a (B, H, W) integer tensor, and optionally
+    ``"image_size"``: one (height, width) per name, the size to write each map at (a map of another size,
+    e.g. predicted on an image resized by ``transform.eval_short_side``, is resized with nearest neighbour).
+    Names may contain "/", which creates sub-directories. Files are written atomically (a temporary file in
+    the same directory, then ``os.replace``), so an interrupted run never leaves a truncated PNG.
 
     Args:
         output_dir: root directory of the PNGs (created if missing).
         write_interval: ``"batch"`` (write as predictions arrive) or ``"epoch"`` (write all at the end,
             which keeps every prediction in memory).
         format: ``"palette"``: mode-"P" PNG whose pixel values are class ids and whose palette shows the
-            classes in colour (the VOC server format); ``"trainid"``: plain grey-scale (mode "L") class ids.
+            classes in colour (the VOC server format); ``"trainid"``: plain grey-scale (mode "L") class ids;
+            ``"labelid"``: grey-scale dataset label ids, i.e. for Cityscapes / GTA5 the Cityscapes label ids
+            (0..33) the Cityscapes benchmark server reads, with ignore (255) written as 0 "unlabeled"
+            (``trainer.datamodule.label_ids`` maps them; datasets without one store their train ids);
+            ``"auto"``: ``"labelid"`` when the datamodule has a label-id table (Cityscapes, GTA5), else
+            ``"palette"`` (VOC, COCO).
         palette: RGB triplet per class for ``"palette"``; ``None`` = ``trainer.datamodule.palette`` if the
             datamodule has one, else the VOC colormap.
         overwrite: replace existing files; otherwise an existing file raises ``FileExistsError``.
@@ -75,27 +85,37 @@ class PredictionWriter(BasePredictionWriter):
         self,
         output_dir: str | Path,
         write_interval: Literal["batch", "epoch"] = "batch",
-        format: Literal["palette", "trainid"] = "palette",
+        format: Format = "auto",
         palette: list[list[int]] | None = None,
         overwrite: bool = False,
     ) -> None:
         # "batch_and_epoch" would write every file twice.
         if write_interval not in ("batch", "epoch"):
             raise ValueError(f"write_interval must be 'batch' or 'epoch', got {write_interval!r}")
-        if format not in ("palette", "trainid"):
-            raise ValueError(f"format must be 'palette' or 'trainid', got {format!r}")
+        if format not in ("auto", "palette", "trainid", "labelid"):
+            raise ValueError(f"format must be 'auto', 'palette', 'trainid' or 'labelid', got {format!r}")
         super().__init__(write_interval)
         self.output_dir = Path(output_dir)
         self.format = format
         self.palette = palette
         self.overwrite = overwrite
         self._flat_palette = full_palette(palette) if palette is not None else None
+        self._label_ids: np.ndarray | None = None
+        self._format: Literal["palette", "trainid", "labelid"] = "palette" if format == "auto" else format
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if self.format == "palette" and self.palette is None:
-            datamodule = getattr(trainer, "datamodule", None)
+        datamodule = getattr(trainer, "datamodule", None)
+        self._label_ids = getattr(datamodule, "label_ids", None)
+        if self.format == "auto":
+            self._format = "labelid" if self._label_ids is not None else "palette"
+        elif self.format == "labelid" and not hasattr(datamodule, "label_ids"):
+            raise ValueError(
+                "PredictionWriter(format='labelid') needs trainer.datamodule.label_ids (the train id -> label "
+                f"id table, or None where train ids are the label ids); {type(datamodule).__name__} has none"
+            )
+        if self._format == "palette" and self.palette is None:
             self._flat_palette = full_palette(getattr(datamodule, "palette", None))
 
     @override
@@ -148,6 +168,14 @@ class PredictionWriter(BasePredictionWriter):
         masks = _to_numpy_masks(prediction["masks"])
         if len(names) != len(masks):
             raise ValueError(f"prediction has {len(names)} names but {len(masks)} masks")
+        sizes = prediction.get("image_size")
+        if sizes is not None:
+            sizes = [tuple(int(v) for v in size) for size in sizes]
+            if len(sizes) != len(masks) or any(len(size) != 2 for size in sizes):
+                raise ValueError(f'"image_size" must hold one (height, width) per mask, got {sizes}')
+            masks = [_resize_labels(mask, size) for mask, size in zip(masks, sizes, strict=True)]
+        if self._format == "labelid" and self._label_ids is not None:
+            masks = [self._label_ids[mask] for mask in masks]
         return [self._write_png(name, mask) for name, mask in zip(names, masks, strict=True)]
 
     def _write_png(self, name: str, mask: np.ndarray) -> Path:
@@ -155,7 +183,7 @@ class PredictionWriter(BasePredictionWriter):
         if target.exists() and not self.overwrite:
             raise FileExistsError(f"{target} exists; pass overwrite=True to replace prediction files")
         image = Image.fromarray(mask)  # uint8 (h, w) -> mode "L"
-        if self.format == "palette":
+        if self._format == "palette":
             # putpalette turns an "L" image into "P" with the same pixel values (convert("P") would quantize).
             image.putpalette(self._flat_palette or full_palette(None))
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +212,14 @@ class PredictionWriter(BasePredictionWriter):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
         return target
+
+
+def _resize_labels(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """An (h, w) uint8 label map at ``size`` = (height, width), nearest neighbour (labels must not blend)."""
+    height, width = size
+    if mask.shape == (height, width):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
 
 
 def _iter_predictions(predictions: Any) -> Iterator[Mapping[str, Any]]:

@@ -84,6 +84,20 @@ def _build_id_to_trainid() -> np.ndarray:
 CITYSCAPES_ID_TO_TRAINID: np.ndarray = _build_id_to_trainid()
 CITYSCAPES_ID_TO_TRAINID.setflags(write=False)
 
+
+def _build_trainid_to_id() -> np.ndarray:
+    lut = np.zeros(256, dtype=np.uint8)  # 255 (ignore) and unknown values -> label id 0, "unlabeled"
+    for label_id, (train_id, _) in enumerate(_CITYSCAPES_LABELS):  # each train id has one label id
+        if train_id != IGNORE_INDEX:
+            lut[train_id] = label_id
+    return lut
+
+
+#: (256,) uint8 lookup table Cityscapes train id -> label id, the values the Cityscapes benchmark server reads;
+#: ignore (255) maps to 0, "unlabeled". The inverse of :data:`CITYSCAPES_ID_TO_TRAINID` on the 19 classes.
+CITYSCAPES_TRAINID_TO_ID: np.ndarray = _build_trainid_to_id()
+CITYSCAPES_TRAINID_TO_ID.setflags(write=False)
+
 #: (34, 3) colours of the Cityscapes *label ids* (used by GTA5 label PNGs).
 CITYSCAPES_LABELID_PALETTE: tuple[tuple[int, int, int], ...] = tuple(c for _, c in _CITYSCAPES_LABELS)
 
@@ -168,3 +182,14 @@ def get_dataset_info(name: str) -> DatasetInfo:
         return DATASET_INFO[name]
     except KeyError:
         raise KeyError(f"unknown dataset {name!r}; valid names: {sorted(DATASET_INFO)}") from None
+
+
+def train_id_to_label_id(name: str) -> np.ndarray | None:
+    """The train id -> label id lookup of dataset ``name`` for its benchmark server, if it has one.
+
+    Returns:
+        (256,) uint8 table (index it with a mask of train ids) for Cityscapes and GTA5, whose masks store
+        Cityscapes label ids; None for VOC / COCO / COCO-Stuff, whose train ids are the values they store.
+    """
+    get_dataset_info(name)  # unknown names fail with the list of valid ones
+    return CITYSCAPES_TRAINID_TO_ID if name in ("cityscapes", "gta5") else None

@@ -63,7 +63,11 @@ a ``transform.eval_center_crop`` square), padded at the bottom / right to the ba
 ``name``       list[str]          sample ids
 =============  =================  ============================================================================
 
-Prediction: the same, without ``mask`` and ``tags`` when the predict split has no masks.
+Prediction: ``image``, ``size`` and ``name`` as above (no masks are read, whatever the split), without the
+centre crop (a prediction covers the whole image), plus ``image_size`` int64 (B, 2), each image's (height,
+width) as stored, before ``eval_short_side`` resizing: the size predictions are written at. The images are the
+``predict_split`` of the dataset, or ``source.predict_images``: a folder or list file of the user's own images
+(names = their paths inside the folder, without extension).
 
 Writing your own ``LightningDataModule`` for these methods means yielding these keys with these dtypes.
 """
@@ -82,9 +86,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsss_lightning.data.classes import DatasetInfo, get_dataset_info
+from wsss_lightning.data.classes import DatasetInfo, get_dataset_info, train_id_to_label_id
 from wsss_lightning.data.datasets import build_source
 from wsss_lightning.data.datasets.base import SegmentationSource, parse_list_lines
+from wsss_lightning.data.datasets.image_folder import ImageFolderSource
 from wsss_lightning.data.datasets.mask_folder import MaskFolderSource
 from wsss_lightning.data.options import LoaderOptions, TransformOptions
 from wsss_lightning.data.source import DEFAULT_SPLITS, DatasetName, DatasetSource
@@ -98,6 +103,7 @@ from wsss_lightning.data.torch_datasets import (
     pad_collate,
     seed_worker,
 )
+from wsss_lightning.data.transforms import eval_transform
 from wsss_lightning.data.views import (
     ClickView,
     DomainView,
@@ -282,6 +288,10 @@ class WSSSDataModule(L.LightningDataModule):
             click_mode=view.click_mode if isinstance(view, ClickView) else "mask"
         )
         self.eval_tf = self.transform.eval_transform()
+        # a prediction covers the whole image: no centre crop (the resize is undone when writing)
+        self.predict_tf = eval_transform(
+            self.transform.eval_short_side, mean=transform.mean, std=transform.std
+        )
         self._train_sets: dict[str, Dataset[Any]] | None = None
         self._eval_sets: dict[str, EvalSegDataset] = {}
         self._train_loaders: dict[str, DataLoader[Any]] = {}
@@ -334,6 +344,24 @@ class WSSSDataModule(L.LightningDataModule):
         """One RGB colour per class."""
         return [list(c) for c in self.info.palette]
 
+    @property
+    def label_ids(self) -> np.ndarray | None:
+        """(256,) uint8 train id -> label id table of the evaluated dataset (Cityscapes / GTA5), else None.
+
+        The prediction writer uses it to write Cityscapes label ids for the benchmark server.
+        """
+        return train_id_to_label_id(self.eval_source.name)
+
+    @property
+    def predict_images(self) -> str | None:
+        """The folder / list file of own images to predict on (``source.predict_images``), if any."""
+        target = self.target.predict_images if self.target is not None else None
+        return self.source.predict_images or target
+
+    def _predicting_images(self) -> bool:
+        trainer = self.trainer
+        return self.predict_images is not None and trainer is not None and trainer.state.fn == "predict"
+
     # ---- paths -------------------------------------------------------------------------------------------
     def _resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -359,6 +387,8 @@ class WSSSDataModule(L.LightningDataModule):
     # ---- Lightning hooks ---------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Check the roots exist and build caches (runs on one process per node, before ``setup``)."""
+        if self._predicting_images():
+            return  # own images need no dataset root and no caches
         roots = [("source.root", self.root)]
         if self.target is not None:
             roots.append(("view.target.root", self.eval_root))
@@ -392,18 +422,31 @@ class WSSSDataModule(L.LightningDataModule):
             "predict": evaluated.predict_split,
         }
         for kind in wanted:
+            if kind == "predict" and kind not in self._eval_sets:
+                self._eval_sets[kind] = self._predict_set()
             if kind not in self._eval_sets:
                 split = splits[kind]
                 assert split is not None  # resolved
                 source = build_source(evaluated.name, self.eval_root, split)
-                with_mask = kind != "predict" or source.has_masks
-                source.check_files(masks=with_mask)
-                if not source.has_masks and kind != "predict":
+                source.check_files(masks=True)
+                if not source.has_masks:
                     raise ValueError(
                         f"{kind}_split {split!r} of {evaluated.name} has no masks to evaluate against; "
                         "pick a split with masks (or use it as predict_split)"
                     )
-                self._eval_sets[kind] = EvalSegDataset(source, self.eval_tf, with_mask=with_mask)
+                self._eval_sets[kind] = EvalSegDataset(source, self.eval_tf)
+
+    def _predict_set(self) -> EvalSegDataset:
+        """The prediction images: own images (``predict_images``) or the predict split; masks are never read."""
+        evaluated = self.eval_source
+        images = self.predict_images
+        if images is not None:
+            source: SegmentationSource = ImageFolderSource(images, self.target_info or self.info)
+        else:
+            assert evaluated.predict_split is not None  # resolved
+            source = build_source(evaluated.name, self.eval_root, evaluated.predict_split)
+        source.check_files(masks=False)
+        return EvalSegDataset(source, self.predict_tf, with_mask=False, image_size=True)
 
     # ---- training datasets -------------------------------------------------------------------------------
     def _click_config(self, view: ClickView) -> ClickConfig:

@@ -33,9 +33,16 @@ class DatasetSource:
         val_split: Validation split (None: the dataset's evaluation split, e.g. VOC ``val``).
         test_split: Test split (None: same as ``val_split``, because the usual test splits have no public masks).
         predict_split: Prediction split (None: same as ``val_split``; use the train split to write pseudo-labels).
+            Predicting reads no masks, so any split or list file of ids works.
+        predict_images: Predict on your own images instead of a split: a folder (searched with its sub-folders
+            for .jpg / .jpeg / .png / .bmp / .tif / .tiff / .webp, sorted) or a list file of image paths
+            (relative to the list file's folder). Relative to the working directory, not ``root``; needs no
+            masks and no dataset layout (``root`` need not exist). Predictions are named after the images'
+            paths inside the folder. Not together with ``predict_split``.
 
     Raises:
-        ValueError: unknown dataset name (the message lists the valid names), empty root or split.
+        ValueError: unknown dataset name (the message lists the valid names), empty root or split, or both
+            ``predict_split`` and ``predict_images``.
     """
 
     root: str
@@ -44,6 +51,7 @@ class DatasetSource:
     val_split: str | None = None
     test_split: str | None = None
     predict_split: str | None = None
+    predict_images: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in DEFAULT_SPLITS:
@@ -59,9 +67,25 @@ class DatasetSource:
                 raise ValueError(
                     f"DatasetSource.{field}: expected a split name, a list-file path or None, got {value!r}"
                 )
+        if isinstance(self.predict_images, os.PathLike):
+            self.predict_images = os.fspath(self.predict_images)
+        if self.predict_images is not None:
+            if not isinstance(self.predict_images, str) or not self.predict_images:
+                raise ValueError(
+                    "DatasetSource.predict_images: expected a folder of images or a list file of image paths, "
+                    f"got {self.predict_images!r}"
+                )
+            if self.predict_split is not None:
+                raise ValueError(
+                    f"DatasetSource: predict_split={self.predict_split!r} and predict_images="
+                    f"{self.predict_images!r} both name what to predict on; give one of them"
+                )
 
     def resolved(self) -> DatasetSource:
-        """A copy with every split that is None filled in from :data:`DEFAULT_SPLITS` (the splits in use)."""
+        """A copy with every split that is None filled in from :data:`DEFAULT_SPLITS` (the splits in use).
+
+        ``predict_split`` stays None when ``predict_images`` names the images to predict on.
+        """
         train, evaluation = DEFAULT_SPLITS[self.name]
         val = self.val_split or evaluation
         return replace(
@@ -69,7 +93,7 @@ class DatasetSource:
             train_split=self.train_split or train,
             val_split=val,
             test_split=self.test_split or val,
-            predict_split=self.predict_split or val,
+            predict_split=self.predict_split or (val if self.predict_images is None else None),
         )
 
 

@@ -253,17 +253,26 @@ class EvalSegDataset(Dataset[dict[str, Any]]):
         source: the split reader.
         transform: the evaluation pipeline.
         with_mask: include ``"mask"`` and mask-derived ``"tags"`` (requires the split to have masks).
+        image_size: include ``"image_size"``, the image's (H, W) as stored, before the transform's resize
+            (predictions are written at that size).
 
-    Each item: ``image`` (3, H, W) float32, ``size`` (2,) int64 = (H, W), ``name`` str, and with masks
-    ``mask`` (H, W) int64 and ``tags`` (C,) float32.
+    Each item: ``image`` (3, H, W) float32, ``size`` (2,) int64 = (H, W), ``name`` str, with masks
+    ``mask`` (H, W) int64 and ``tags`` (C,) float32, and as configured ``image_size`` (2,) int64.
     """
 
-    def __init__(self, source: SegmentationSource, transform: EvalTransform, with_mask: bool = True) -> None:
+    def __init__(
+        self,
+        source: SegmentationSource,
+        transform: EvalTransform,
+        with_mask: bool = True,
+        image_size: bool = False,
+    ) -> None:
         if with_mask and not source.has_masks:
             raise ValueError(f"{source!r} has no masks, but evaluation needs them")
         self.source = source
         self.transform = transform
         self.with_mask = with_mask
+        self.image_size = image_size
 
     def __len__(self) -> int:
         return len(self.source.ids)
@@ -276,6 +285,8 @@ class EvalSegDataset(Dataset[dict[str, Any]]):
             image, mask = self.source.read_image(sample_id), None
         out: dict[str, Any] = dict(self.transform(image, mask))
         out["size"] = torch.tensor(out["image"].shape[-2:], dtype=torch.int64)
+        if self.image_size:
+            out["image_size"] = torch.tensor(image.shape[:2], dtype=torch.int64)
         out["name"] = sample_id
         if mask is not None:
             out["tags"] = torch.from_numpy(image_tags(mask, self.source.info))
@@ -296,7 +307,8 @@ def pad_collate(
 
     Returns:
         ``image`` (B, 3, H, W) float32, ``size`` (B, 2) int64, ``name`` list[str], and when present ``mask``
-        (B, H, W) int64 and ``tags`` (B, C) float32; H, W = the largest height / width in the batch.
+        (B, H, W) int64, ``tags`` (B, C) float32 and ``image_size`` (B, 2) int64; H, W = the largest height /
+        width in the batch.
     """
     if not samples:
         raise ValueError("pad_collate: empty batch")
@@ -314,6 +326,7 @@ def pad_collate(
             batch["mask"][i, :h, :w] = sample["mask"]
     batch["size"] = torch.stack([s["size"] for s in samples])
     batch["name"] = [s["name"] for s in samples]
-    if "tags" in first:
-        batch["tags"] = torch.stack([s["tags"] for s in samples])
+    for key in ("tags", "image_size"):
+        if key in first:
+            batch[key] = torch.stack([s[key] for s in samples])
     return batch

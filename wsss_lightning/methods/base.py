@@ -281,7 +281,10 @@ class SegmentationMethod(L.LightningModule, ABC):
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         masks = self.predict_masks(batch["image"], batch["size"], test_time=True)
-        return {"name": list(batch["name"]), "masks": [m.to(torch.uint8).cpu().numpy() for m in masks]}
+        out = {"name": list(batch["name"]), "masks": [m.to(torch.uint8).cpu().numpy() for m in masks]}
+        if "image_size" in batch:  # the size the writer restores when evaluation resized the images
+            out["image_size"] = batch["image_size"].tolist()
+        return out
 
     def _log_iou(self, stage: str, metric: SegmentationIoU, output: str = "") -> float:
         """Log ``<stage>[/<output>]/miou`` and the per-class IoU; returns the mIoU."""

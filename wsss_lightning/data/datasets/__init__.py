@@ -8,6 +8,7 @@ from wsss_lightning.data.datasets.base import DataError, SegmentationSource
 from wsss_lightning.data.datasets.cityscapes import CityscapesSource
 from wsss_lightning.data.datasets.coco import COCOSource, COCOStuffSource
 from wsss_lightning.data.datasets.gta5 import GTA5Source
+from wsss_lightning.data.datasets.image_folder import ImageFolderSource
 from wsss_lightning.data.datasets.voc import VOCSource
 
 SOURCES: dict[str, type[SegmentationSource]] = {
@@ -38,6 +39,7 @@ __all__ = [
     "CityscapesSource",
     "DataError",
     "GTA5Source",
+    "ImageFolderSource",
     "SegmentationSource",
     "VOCSource",
     "build_source",
