@@ -406,6 +406,8 @@ class WSSSDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Build the torch datasets needed for ``stage`` (None: all)."""
+        if stage == "fit" and self.trainer is not None:
+            self.loader.check_global_batch(self.trainer.world_size, self.trainer.accumulate_grad_batches)
         if stage in (None, "fit") and self._train_sets is None:
             self._train_sets = self._build_train_sets()
         wanted = {

@@ -128,6 +128,10 @@ class LoaderOptions:
         pin_memory: Pin host memory for faster host-to-GPU copies (ignored without CUDA).
         persistent_workers: Keep workers alive between epochs (avoids re-forking every epoch).
         drop_last: Drop the last incomplete training batch (BatchNorm misbehaves on tiny batches; U2PL does it).
+        global_batch_size: The batch the config's learning rate and schedule were tuned for. When set, ``fit``
+            fails at start-up unless ``batch_size`` x processes (devices x nodes) x ``accumulate_grad_batches``
+            equals it, naming the ``batch_size`` to use, so the global batch and learning rate stay the same on
+            any number of GPUs and nodes. ``None``: not checked.
 
     Raises:
         ValueError: an invalid value; the message starts with ``loader.<field>``.
@@ -139,8 +143,15 @@ class LoaderOptions:
     pin_memory: bool = True
     persistent_workers: bool = True
     drop_last: bool = True
+    global_batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.global_batch_size is not None and (
+            isinstance(self.global_batch_size, bool)
+            or not isinstance(self.global_batch_size, int)
+            or self.global_batch_size <= 0
+        ):
+            raise ValueError(f"loader.global_batch_size: expected a positive int or null, got {self.global_batch_size!r}")
         for field in ("batch_size", "eval_batch_size"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -151,3 +162,20 @@ class LoaderOptions:
             or self.num_workers < 0
         ):
             raise ValueError(f"loader.num_workers: expected an int >= 0, got {self.num_workers!r}")
+
+    def check_global_batch(self, processes: int, accumulate: int) -> None:
+        """Raise unless ``batch_size x processes x accumulate`` is ``global_batch_size`` (when that is set)."""
+        wanted = self.global_batch_size
+        if wanted is None or self.batch_size * processes * accumulate == wanted:
+            return
+        per_process, remainder = divmod(wanted, processes * accumulate)
+        fix = (
+            f"set --data.init_args.loader.batch_size={per_process}"
+            if remainder == 0
+            else f"choose devices x nodes x accumulate_grad_batches dividing {wanted}"
+        )
+        raise ValueError(
+            f"loader.global_batch_size = {wanted} but loader.batch_size ({self.batch_size}) x {processes} processes "
+            f"x accumulate_grad_batches ({accumulate}) = {self.batch_size * processes * accumulate}; {fix} so the "
+            "learning rate and schedule see the batch they were tuned for"
+        )
