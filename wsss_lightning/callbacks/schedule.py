@@ -72,7 +72,8 @@ def scaled_message(owner: str, unit: str, run_length: int, old: dict[str, int], 
     """One line saying which boundaries a short run scaled: ``"DuPLModule: schedule scaled to 10 steps ..."``."""
     changes = ", ".join(f"{name} {old[name]} -> {new[name]}" for name in old if old[name] != new[name])
     return (
-        f"{owner}: schedule scaled to the run's {run_length} {unit}s (it was longer than the run): {changes}; "
+        f"{owner}: schedule scaled to the run's {run_length} {unit}{'s' if run_length != 1 else ''} (it was "
+        f"longer than the run): {changes}; "
         "set these options to keep other values"
     )
 
