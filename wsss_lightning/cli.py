@@ -295,12 +295,13 @@ def _renamed_option_messages(given: Any) -> list[str]:
 def _exit_with_config_error(
     parser: LightningArgumentParser, message: str, subcommand: str | None, more: Sequence[str] = ()
 ) -> NoReturn:
-    """Print a one-line usage hint, then each message as one line, the most specific last; exit status 2."""
+    """Print a one-line usage hint, then the message as one line and the ``more`` specific ones; exit status 2."""
     prog = parser.prog.replace(" [options]", "")
     sys.stderr.write(f"usage: {prog} {subcommand or '{fit,validate,test,predict}'} -c CONFIG [options] "
                      f"(`{prog} {subcommand or 'fit'} --help` lists them)\n")  # fmt: skip
-    for line in [message, *more]:
-        sys.stderr.write(f"error: {' '.join(line.split())}\n")
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    for line in more:  # the lists of new spellings keep their one-per-line layout
+        sys.stderr.write(f"error: {line}\n")
     sys.stderr.flush()
     raise SystemExit(2)
 
