@@ -213,8 +213,10 @@ class DuPLModule(SegmentationMethod):
         """
         ph, cfg = self.options.phases, self.options.threshold
         self.phases = ph
-        old = {f"phases.{name}": getattr(ph, name) for name in ("seg_start", "noise_filter_start", "ptc_start",
-                                                                   "dis_start", "aux_labels_until")}
+        old = {
+            f"phases.{name}": getattr(ph, name)
+            for name in ("seg_start", "noise_filter_start", "ptc_start", "dis_start", "aux_labels_until")
+        }
         if cfg.start_step is not None:
             old["threshold.start_step"] = cfg.start_step
         old = {name: value for name, value in old.items() if value is not None}
