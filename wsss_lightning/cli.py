@@ -10,14 +10,15 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import lightning as L
 import torch
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
@@ -151,24 +152,19 @@ class WSSSLightningCLI(LightningCLI):
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         self._cli_args = args
+        given = sys.argv[1:] if args is None else args
         try:
-            super().parse_arguments(parser, args)
-        except SystemExit as exc:
-            # The parser rejects the datamodule's old flat options ("root", "supervision", ...) before the
-            # datamodule exists; name their new places after its own message.
-            if exc.code not in (None, 0):
-                given = sys.argv[1:] if args is None else args
-                message = legacy_data_options_message(given)
-                if message:
-                    print(f"error: {message}", file=sys.stderr)
-                if not isinstance(given, dict | Namespace):
-                    argv = [str(a) for a in given]
-                    configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
-                    keys = [a.split("=")[0] for a in argv if a.startswith("--model.")]
-                    renamed = renamed_options_message(configs, keys)
-                    if renamed:
-                        print(f"error: {renamed}", file=sys.stderr)
-            raise
+            with _raising_errors([parser, *getattr(self, "_subcommand_parsers", {}).values()]):
+                super().parse_arguments(parser, args)
+            config = self.config
+            _refuse_optimizer_options(config[config["subcommand"]] if "subcommand" in config else config)
+        except (ArgumentError, ConfigurationError) as exc:
+            subcommand = (
+                next((str(a) for a in given if str(a) in self.subcommands()), None)
+                if not isinstance(given, dict | Namespace)
+                else None
+            )
+            _exit_with_config_error(parser, str(exc), subcommand, _renamed_option_messages(given))
 
     @override
     def _parse_ckpt_path(self) -> None:
@@ -287,6 +283,47 @@ class WSSSLightningCLI(LightningCLI):
                 init_args["dirpath"] = os.path.join(root, "checkpoints")
 
     @override
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does; a class refusing its arguments ends the run as a configuration error.
+
+        The option dataclasses and the methods check their values when they are built; their ValueError /
+        TypeError is the message the user needs, so it is printed as the run's last line (exit status 2)
+        instead of a traceback under jsonargparse's union-type report. ``JSONARGPARSE_DEBUG=1`` keeps the
+        traceback.
+        """
+        try:
+            super().instantiate_classes()
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            _refuse_linked_options(self._given_model_options(config), self.datamodule)
+        except (ValueError, TypeError, ArgumentError) as exc:
+            if os.environ.get("JSONARGPARSE_DEBUG"):
+                raise
+            _exit_with_config_error(self.parser, _root_message(exc), self.subcommand)
+
+    def _given_model_options(self, config: Namespace) -> dict[str, Any]:
+        """The linked model arguments (``LINKED``) that the config files or the command line set."""
+        args = self._cli_args
+        argv = (
+            [str(a) for a in (sys.argv[1:] if args is None else args)]
+            if not isinstance(args, dict | Namespace)
+            else []
+        )
+        # a second parse costs time: only when a config file or the command line names a linked argument
+        texts = argv + [
+            Path(str(c)).read_text() for c in config.get("config") or [] if Path(str(c)).is_file()
+        ]
+        if not isinstance(args, dict | Namespace) and not any(
+            name in text for text in texts for name in LINKED.values()
+        ):
+            return {}
+        given = args if isinstance(args, dict | Namespace) else self.parser.parse_args(argv, defaults=False)
+        given = given.as_dict() if isinstance(given, Namespace) else given
+        if self.subcommand:
+            given = given.get(self.subcommand) or {}
+        init_args = (given.get("model") or {}).get("init_args") or {}
+        return {name: init_args[name] for name in LINKED.values() if init_args.get(name) is not None}
+
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Every run keeps last.ckpt and the best checkpoint by val/miou, logs the learning rate and shows a
         # progress bar, unless its configuration sets trainer.callbacks itself.
@@ -299,14 +336,119 @@ class WSSSLightningCLI(LightningCLI):
                 ]
             }
         )
-        for source, target in (
-            ("data.num_classes", "model.init_args.num_classes"),
-            ("data.ignore_index", "model.init_args.ignore_index"),
-            ("data.class_names", "model.init_args.class_names"),
-            ("data.mean", "model.init_args.image_mean"),
-            ("data.std", "model.init_args.image_std"),
+        for source, target in LINKED.items():
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+
+
+#: datamodule attribute -> the model argument the CLI sets from it (a value the user gives must agree)
+LINKED = {
+    "num_classes": "num_classes",
+    "ignore_index": "ignore_index",
+    "class_names": "class_names",
+    "mean": "image_mean",
+    "std": "image_std",
+}
+
+
+class ConfigurationError(ValueError):
+    """A configuration the run cannot honour; the CLI prints its message as the last line."""
+
+
+@contextmanager
+def _raising_errors(parsers: Sequence[LightningArgumentParser]) -> Iterator[None]:
+    """Parse errors raise ArgumentError instead of printing the whole usage with the message in the middle.
+
+    Each subcommand has its own parser, which reports its own errors: all of them are switched.
+    """
+    previous = [p.exit_on_error for p in parsers]
+    for p in parsers:
+        p.exit_on_error = False
+    try:
+        yield
+    finally:
+        for p, value in zip(parsers, previous, strict=True):
+            p.exit_on_error = value
+
+
+def _renamed_option_messages(given: Any) -> list[str]:
+    """Where the options a failed parse names have moved, one message per kind.
+
+    The datamodule's old flat options ("root", "supervision", ...) and U2PL's renamed options.
+    """
+    messages = [legacy_data_options_message(given)]
+    if not isinstance(given, dict | Namespace):
+        argv = [str(a) for a in given]
+        configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
+        keys = [a.split("=")[0] for a in argv if a.startswith("--model.")]
+        messages.append(renamed_options_message(configs, keys))
+    return [m for m in messages if m]
+
+
+def _exit_with_config_error(
+    parser: LightningArgumentParser, message: str, subcommand: str | None, more: Sequence[str] = ()
+) -> NoReturn:
+    """Print a one-line usage hint, then the message as one line and the ``more`` specific ones; exit status 2."""
+    prog = parser.prog.replace(" [options]", "")
+    sys.stderr.write(f"usage: {prog} {subcommand or '{fit,validate,test,predict}'} -c CONFIG [options] "
+                     f"(`{prog} {subcommand or 'fit'} --help` lists them)\n")  # fmt: skip
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    for line in more:  # the lists of new spellings keep their one-per-line layout
+        sys.stderr.write(f"error: {line}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def _root_message(exc: BaseException) -> str:
+    """The message of the innermost exception behind ``exc`` (the package's check under jsonargparse's report)."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if (
+            inner is None
+            or id(inner) in seen
+            or not isinstance(inner, ValueError | TypeError | ArgumentError)
         ):
-            parser.link_arguments(source, target, apply_on="instantiate")
+            return str(exc)
+        seen.add(id(inner))
+        exc = inner
+
+
+def _refuse_optimizer_options(config: Namespace) -> None:
+    """Refuse LightningCLI's ``--optimizer`` / ``--lr_scheduler``.
+
+    LightningCLI would replace the method's ``configure_optimizers`` with them, silently dropping the method's
+    parameter groups (their learning-rate multipliers) and its warm-up + poly schedule, which the methods'
+    published numbers depend on. Refusing keeps one way to set the optimizer: ``model.init_args.optim``.
+    """
+    for key in ("optimizer", "lr_scheduler"):
+        if config.get(key) is not None:
+            raise ConfigurationError(
+                f"--{key} is not supported: the method builds its own optimizer over its parameter groups "
+                "with a warm-up + poly schedule; set model.init_args.optim.* instead (name: sgd | adamw, lr, "
+                "weight_decay, momentum, betas, lr_mult, warmup_steps, poly_power)"
+            )
+
+
+def _refuse_linked_options(given: dict[str, Any], data: Any) -> None:
+    """Refuse a linked model argument the user set to a value other than the dataset's (it would be replaced)."""
+    for source, target in LINKED.items():
+        if target not in given or data is None or not hasattr(data, source):
+            continue
+        value, expected = given[target], getattr(data, source)
+        if _plain(value) != _plain(expected):
+            raise ConfigurationError(
+                f"model.init_args.{target} = {value!r} but it is set from the dataset (data.{source} = "
+                f"{_plain(expected)!r}); remove model.init_args.{target} from the config / command line"
+            )
+
+
+def _plain(value: Any) -> Any:
+    """Lists / tuples / tensors as lists of Python numbers or strings, for comparing configured values."""
+    if isinstance(value, torch.Tensor):
+        return value.flatten().tolist()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _differences(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from wsss_lightning.callbacks.schedule import ScheduleCallback, schedule_value
+from wsss_lightning.callbacks.schedule import ScheduleCallback, fit_boundaries, scaled_message, schedule_value
 from wsss_lightning.schedules import linear_ramp
 
 
@@ -186,3 +186,34 @@ def test_per_element_end_values_must_match_the_attribute(tmp_path: Path) -> None
     schedule = ScheduleCallback("tau", kind="cosine", start=0.7, end=[0.5, 0.6])
     with pytest.raises(ValueError, match="end has 2 values"):
         fit(tmp_path, schedule, max_steps=2)
+
+
+def test_epoch_schedule_of_a_max_steps_run_ends_with_the_run(tmp_path: Path) -> None:
+    """max_steps alone (max_epochs unset) used to fail naming total_steps; the run's epochs are the length."""
+    schedule = ScheduleCallback("percent_unreliable", kind="linear", start=20.0, end=0.0, interval="epoch")
+    _, recorder, _ = fit(tmp_path, schedule, max_steps=10)  # 4 steps per epoch: epochs 0, 1, 2
+    assert [v for _, _, v in recorder.values] == pytest.approx(
+        [20.0] * 4 + [20.0 * 2 / 3] * 4 + [20.0 / 3] * 2
+    )
+
+
+def test_retime_moves_the_schedule_before_the_first_batch(tmp_path: Path) -> None:
+    schedule = ScheduleCallback("loss_fn.threshold", kind="linear", start=1.0, end=0.0, start_step=100)
+    schedule.retime(2, 4)
+    _, recorder, _ = fit(tmp_path, schedule, max_steps=7)
+    assert [v for _, _, v in recorder.values] == pytest.approx([1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0])
+    with pytest.raises(ValueError, match="total_steps must be positive"):
+        schedule.retime(0, 0)
+
+
+def test_fit_boundaries_scales_only_a_schedule_longer_than_the_run() -> None:
+    phases = {"seg_start": 200, "noise_filter_start": 400, "ptc_start": 0}
+    assert fit_boundaries(phases, 600) == phases  # fits: untouched
+    assert fit_boundaries(phases, 10) == {"seg_start": 3, "noise_filter_start": 6, "ptc_start": 0}
+    assert fit_boundaries({"ramp": 11}, 5) == {"ramp": 3}
+    # a run too short to keep them apart still keeps distinct boundaries in strict order
+    one = fit_boundaries({"a": 0, "b": 2000, "c": 2000, "d": 8000}, 1)
+    assert one == {"a": 0, "b": 1, "c": 1, "d": 2}
+    message = scaled_message("M", "step", 10, phases, fit_boundaries(phases, 10))
+    assert message.startswith("M: schedule scaled to the run's 10 steps")
+    assert "seg_start 200 -> 3, noise_filter_start 400 -> 6" in message and "ptc_start" not in message

@@ -36,6 +36,69 @@ def resolve_attribute(root: object, path: str) -> tuple[object, str]:
     return owner, parts[-1]
 
 
+def fit_boundaries(boundaries: dict[str, int], run_length: int, fraction: float = 2 / 3) -> dict[str, int]:
+    """A schedule's step (or epoch) boundaries, scaled into a run of ``run_length`` steps when they do not fit.
+
+    A short run (``--trainer.max_steps 10``, ``fast_dev_run``, a few ``limit_train_batches``) would otherwise
+    never reach the later phases of a schedule tuned for thousands of steps. Boundaries that all lie before
+    ``run_length`` come back unchanged. Otherwise every boundary is multiplied by one factor that puts the
+    latest at ``fraction`` of the run (floored), so the phases keep their proportions and the last phase gets
+    the final third; boundaries that differed stay in the same strict order (a run too short for that pushes
+    the later ones past its end).
+
+    Args:
+        boundaries: name -> boundary (>= 0), e.g. ``{"phases.seg_start": 200, "phases.noise_filter_start": 400}``.
+        run_length: steps (or epochs) the run trains for.
+        fraction: where the latest boundary lands in a scaled schedule.
+
+    Returns:
+        name -> boundary, in the order of ``boundaries``.
+    """
+    if not boundaries or max(boundaries.values()) < run_length:
+        return dict(boundaries)
+    factor = int(fraction * run_length) / max(boundaries.values())
+    scaled: dict[str, int] = {}
+    previous: tuple[int, int] | None = None  # (original, scaled) of the last boundary in ascending order
+    for name, value in sorted(boundaries.items(), key=lambda item: item[1]):
+        new = math.floor(value * factor)
+        if previous is not None:
+            new = max(new, previous[1] + 1) if value > previous[0] else previous[1]
+        scaled[name] = new
+        previous = (value, new)
+    return {name: scaled[name] for name in boundaries}
+
+
+def scaled_message(owner: str, unit: str, run_length: int, old: dict[str, int], new: dict[str, int]) -> str:
+    """One line saying which boundaries a short run scaled: ``"DuPLModule: schedule scaled to 10 steps ..."``."""
+    changes = ", ".join(f"{name} {old[name]} -> {new[name]}" for name in old if old[name] != new[name])
+    return (
+        f"{owner}: schedule scaled to the run's {run_length} {unit}{'s' if run_length != 1 else ''} (it was "
+        f"longer than the run): {changes}; "
+        "set these options to keep other values"
+    )
+
+
+def run_length(trainer: L.Trainer, interval: Literal["step", "epoch"] = "step") -> int | None:
+    """Optimizer steps (or epochs) the fit trains for, from max_steps / max_epochs / limit_train_batches.
+
+    ``None`` for an endless run. Epochs count the one a ``max_steps`` limit ends in; builds the training
+    dataloader when it does not exist yet (as ``trainer.estimated_stepping_batches`` does).
+    """
+    steps = trainer.estimated_stepping_batches
+    if not math.isfinite(steps):
+        return None
+    if interval == "step":
+        return int(steps)
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()
+    batches = trainer.num_training_batches
+    max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+    if not math.isfinite(batches) or batches <= 0:
+        return max_epochs
+    epochs = math.ceil(steps / math.ceil(batches / trainer.accumulate_grad_batches))
+    return min(epochs, max_epochs) if max_epochs is not None else epochs
+
+
 def schedule_value(kind: ScheduleKind, t: int, total: int, start: float, end: float) -> float:
     """Value of a schedule at progress ``t`` (clamped to ``[0, total]``).
 
@@ -123,6 +186,18 @@ class ScheduleCallback(Callback):
         self._total: int | None = None  # resolved once per fit: estimated_stepping_batches is not free
         self._ends: torch.Tensor | None = None  # ``end`` on the module's device
 
+    def retime(self, start_step: int, total_steps: int | None) -> None:
+        """Move the schedule to ``start_step`` with length ``total_steps`` (before the fit's first batch).
+
+        A method that scales its schedule to a short run calls this from its ``setup``, once the run's length
+        is known (callbacks are built before it is).
+        """
+        if total_steps is not None and total_steps <= 0:
+            raise ValueError(f"ScheduleCallback.total_steps must be positive or None, got {total_steps}")
+        if start_step < 0:
+            raise ValueError(f"ScheduleCallback.start_step must be >= 0, got {start_step}")
+        self.start_step, self.total_steps, self._total = start_step, total_steps, None
+
     @property
     @override
     def state_key(self) -> str:
@@ -133,12 +208,15 @@ class ScheduleCallback(Callback):
         if self.total_steps is not None:
             return self.total_steps
         if self.interval == "epoch":
-            if trainer.max_epochs is None or trainer.max_epochs < 0:
+            # a run limited by max_steps alone ends in the epoch that step falls in
+            epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+            epochs = epochs or run_length(trainer, "epoch")
+            if epochs is None:
                 raise ValueError(
-                    f"ScheduleCallback({self.attribute}): total_steps=None with interval='epoch' needs "
-                    f"Trainer(max_epochs=...), got max_epochs={trainer.max_epochs}"
+                    f"ScheduleCallback({self.attribute}): total_steps=None with interval='epoch' needs a finite "
+                    f"run (Trainer max_epochs, or max_steps with a sized dataloader)"
                 )
-            end = trainer.max_epochs
+            end = epochs
         else:
             estimated = trainer.estimated_stepping_batches
             if not math.isfinite(estimated):

@@ -17,6 +17,7 @@ Two independent ViT sub-nets; each step (paper Sec. 3, as ``train_final_voc.py``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
@@ -24,10 +25,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_lightning.callbacks.schedule import ScheduleCallback
+from wsss_lightning.callbacks.schedule import ScheduleCallback, fit_boundaries, run_length, scaled_message
 from wsss_lightning.data.device_augment import color_randaugment
 from wsss_lightning.losses.segmentation import balanced_seg_ce, classification_loss
 from wsss_lightning.methods.base import SegmentationMethod
@@ -129,6 +131,8 @@ class DuPLModule(SegmentationMethod):
         # 0 or 1: the sub-net with the better validation segmentation mIoU (recorded during fit)
         self.register_buffer("best_subnet", torch.zeros((), dtype=torch.long))
         self._subnet: int | None = None  # sub-net forced by validation; None = per ``evaluate``
+        #: the phase boundaries training follows: ``phases``, or scaled into a shorter run (see setup)
+        self.phases: PhaseConfig = self.options.phases
 
     # ------------------------------------------------------------------ construction
     @override
@@ -178,31 +182,56 @@ class DuPLModule(SegmentationMethod):
     def configure_callbacks(self) -> list[L.Callback]:
         cfg = self.options.threshold
         start_step = self.options.phases.seg_start if cfg.start_step is None else cfg.start_step
-        total = cfg.total_steps
-        if total is None and self._trainer is not None and self.trainer.max_steps > 0:
-            total = self.trainer.max_steps - start_step - 1  # the last step reaches the end value (Eq. 5)
-            if total <= 0:
-                raise ValueError(
-                    f"DuPLModule: threshold.start_step ({start_step}) is not before the end of training "
-                    f"(trainer.max_steps {self.trainer.max_steps})"
-                )
-        return [
-            *super().configure_callbacks(),
-            ScheduleCallback(
-                "class_thresholds",
-                kind="cosine",
-                start=cfg.start,
-                end=cfg.class_ends(self.class_names[1:]),
-                start_step=start_step,
-                total_steps=total,
-                log_name="train/threshold_high",
-            ),
-        ]
+        # the step span is set in setup, once the run's length is known
+        self._threshold_schedule = ScheduleCallback(
+            "class_thresholds",
+            kind="cosine",
+            start=cfg.start,
+            end=cfg.class_ends(self.class_names[1:]),
+            start_step=start_step,
+            total_steps=cfg.total_steps,
+            log_name="train/threshold_high",
+        )
+        return [*super().configure_callbacks(), self._threshold_schedule]
 
     @override
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.options.global_batch_size is not None:
+        if stage != "fit":
+            return
+        if self.options.global_batch_size is not None:
             self._check_global_batch()
+        steps = run_length(self.trainer)
+        if steps is not None:
+            self._fit_schedule(steps)
+
+    def _fit_schedule(self, steps: int) -> None:
+        """Scale the phases and the delta_h descent into a run shorter than them; set the descent's span.
+
+        A schedule longer than the run (``--trainer.max_steps 10`` on a 600-step config, ``fast_dev_run``) is
+        scaled by :func:`fit_boundaries` and the change is reported in one line; one that fits is left as
+        configured. The saved hyper-parameters keep the configured values.
+        """
+        ph, cfg = self.options.phases, self.options.threshold
+        self.phases = ph
+        old = {
+            f"phases.{name}": getattr(ph, name)
+            for name in ("seg_start", "noise_filter_start", "ptc_start", "dis_start", "aux_labels_until")
+        }
+        if cfg.start_step is not None:
+            old["threshold.start_step"] = cfg.start_step
+        old = {name: value for name, value in old.items() if value is not None}
+        new = fit_boundaries(old, steps)
+        total = cfg.total_steps
+        if new != old:
+            rank_zero_info(scaled_message(type(self).__name__, "step", steps, old, new))
+            values = {name.split(".")[1]: value for name, value in new.items() if name.startswith("phases.")}
+            self.phases = dataclasses.replace(ph, **values)
+            if total is not None:  # keep the descent's share of the schedule
+                total = max(1, total * new["phases.noise_filter_start"] // old["phases.noise_filter_start"])
+        start = new.get("threshold.start_step", self.phases.seg_start)
+        if total is None:
+            total = max(1, steps - start - 1)  # the last step reaches the end value (Eq. 5)
+        self._threshold_schedule.retime(start, total)
 
     def _check_global_batch(self) -> None:
         trainer = self.trainer
@@ -300,7 +329,7 @@ class DuPLModule(SegmentationMethod):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images, box = batch["image"], batch["valid_box"]
         tags, classes = self._fg_tags(batch), self._classes(batch)
-        t, ph, w = self.global_step, self.options.phases, self.options.loss_weights
+        t, ph, w = self.global_step, self.phases, self.options.loss_weights
         size = images.shape[-2:]
         images01 = self.denormalize(images)
         high = image_thresholds(self.class_thresholds, tags)
@@ -358,7 +387,7 @@ class DuPLModule(SegmentationMethod):
         batch: dict[str, Any],
         logs: dict[str, Tensor],
     ) -> Tensor:
-        t, ph, w = self.global_step, self.options.phases, self.options.loss_weights
+        t, ph, w = self.global_step, self.phases, self.options.loss_weights
         with torch.no_grad():
             if ph.aux_labels_until is not None and t <= ph.aux_labels_until:
                 # COCO: labels from the auxiliary CAM with the fixed start threshold first
