@@ -119,10 +119,6 @@ DEFAULT_CALLBACKS: list[tuple[str, dict[str, Any]]] = [
 _namespace = cast(Callable[..., Namespace], Namespace)
 
 
-class _ConfigError(ValueError):
-    """A configuration that cannot run; ``wsss`` prints the message alone and exits with status 2."""
-
-
 def _data_root_note(run: Path, config: Namespace) -> str:
     """``" (trained on DIR)"`` when the run's saved config names another data root than this one, else ``""``."""
     saved = run / "config.yaml"
@@ -168,7 +164,10 @@ class WSSSLightningCLI(LightningCLI):
 
     @override
     def _parse_ckpt_path(self) -> None:
-        self._choose_run_folder()
+        try:
+            self._choose_run_folder()
+        except ConfigurationError as exc:
+            _exit_with_config_error(self.parser, str(exc), self.config.get("subcommand"))
         explicit = self.config
         super()._parse_ckpt_path()
         if self.config is explicit:  # no checkpoint file, or no hyper-parameters in it
@@ -209,7 +208,7 @@ class WSSSLightningCLI(LightningCLI):
         elif ckpt_path == "last":
             found = newest_last(experiment)
             if found is None:
-                raise _ConfigError(
+                raise ConfigurationError(
                     f"--ckpt_path last: no run under {experiment} has {os.path.join('checkpoints', 'last.ckpt')} "
                     "(start without --ckpt_path, or set --trainer.default_root_dir to the experiment or run folder "
                     "that holds it)"
@@ -220,7 +219,7 @@ class WSSSLightningCLI(LightningCLI):
         elif is_run_folder(experiment):
             run = Path(experiment)
             if subcommand == "fit" and ckpt_path is None and last_checkpoint(run).is_file():
-                raise _ConfigError(
+                raise ConfigurationError(
                     f"{run} holds a run with {last_checkpoint(run).name}: continue it with --ckpt_path last, or "
                     "give --trainer.default_root_dir an experiment folder (a new version_N is made inside)"
                 )
@@ -509,11 +508,7 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
 
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``wsss`` console script."""
-    try:
-        run_cli(args)
-    except _ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 
 from tests.cli.test_cli import CONFIGS, tiny_args
 from wsss_lightning.callbacks.checkpointing import LastCheckpoint
-from wsss_lightning.cli import _ConfigError, run_cli
+from wsss_lightning.cli import run_cli
 from wsss_lightning.runs import claimed_run, experiment_folder, launch_key, new_version, newest_last, versions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,15 +80,20 @@ def test_ckpt_path_last_continues_the_newest_run_in_its_own_folder(synthetic, tm
     assert (EXPERIMENT / "version_2" / "config.yaml").is_file()
 
 
-def test_ckpt_path_last_never_reaches_into_another_experiment(synthetic, tmp_path, monkeypatch):
+def test_ckpt_path_last_never_reaches_into_another_experiment(synthetic, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     root = synthetic("voc")
     fit(root, 1, "--trainer.default_root_dir=outputs/other")
-    with pytest.raises(_ConfigError, match=r"no run under outputs/supervised_synthetic_voc has"):
+    with pytest.raises(SystemExit) as refused:
         fit(root, 2, "--ckpt_path=last")
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert refused.value.code == 2 and last_line.startswith(
+        "error: --ckpt_path last: no run under outputs/supervised_"
+    )
     # a run folder that holds a run is not trained over from scratch
-    with pytest.raises(_ConfigError, match="continue it with --ckpt_path last"):
+    with pytest.raises(SystemExit):
         fit(root, 2, "--trainer.default_root_dir=outputs/other/version_0")
+    assert "continue it with --ckpt_path last" in capsys.readouterr().err
 
 
 def test_last_checkpoint_is_written_every_n_steps_on_sigusr1_and_at_the_end(synthetic, tmp_path, monkeypatch):
@@ -130,9 +135,17 @@ def test_sigterm_writes_last_and_stops_and_the_run_continues_exactly(synthetic, 
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
 
 
-def _wsss_process(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+def _wsss_process(
+    args: list[str], cwd: Path, env_extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``wsss`` in a process of its own, its error output appended to ``<cwd>/stderr.txt``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "disabled",
+        **(env_extra or {}),
+    }
     env.pop("WSSS_RUN_DIR", None)
     cwd.mkdir(parents=True, exist_ok=True)
     with (cwd / "stderr.txt").open("ab") as err:
@@ -256,3 +269,53 @@ def test_torchrun_launches_two_processes_into_one_run_folder(synthetic, tmp_path
     hparams = (next((runs[0] / "logs").rglob("hparams.yaml"))).read_text()
     assert "world_size: 2" in hparams and "global_batch_size: 4" in hparams
     shutil.rmtree(tmp_path / "outputs")
+
+
+def test_slurm_requeue_continues_in_the_same_run_folder(synthetic, tmp_path):
+    """A SLURM job as far as one machine allows: on SIGUSR1 (``--signal=SIGUSR1@90``) last.ckpt is written at
+    the end of the step and the job is requeued (``scontrol`` is absent here: a warning), the job dies, and the
+    requeued job (same job id, ``SLURM_RESTART_COUNT=1``) finds its folder and continues exactly."""
+    root = synthetic("voc")
+    base = [*tiny_args(CONFIG, root, 5), *QUIET, "--checkpoint.every_n_steps=100"]
+    dump = {"class_path": "tests.helpers.DumpState", "init_args": {"out": "dump"}}
+    straight = _wsss_process(
+        ["fit", *base, f"--trainer.callbacks+={json.dumps(dump)}"], tmp_path / "straight"
+    )
+    assert straight.wait(timeout=600) == 0, _stderr(tmp_path / "straight")
+
+    slurm = {
+        "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_JOB_NAME": "wsss",
+    }  # fmt: skip
+    usr1 = {"class_path": "tests.helpers.SignalAtStep", "init_args": {"step": 2, "signal": "SIGUSR1"}}
+    dies = {"class_path": "tests.helpers.InterruptAtStep", "init_args": {"step": 4}}
+    work = tmp_path / "job"
+    first = _wsss_process(
+        ["fit", *base, f"--trainer.callbacks+={json.dumps(usr1)}", f"--trainer.callbacks+={json.dumps(dies)}"],
+        work, slurm,
+    )  # fmt: skip
+    assert first.wait(timeout=600) != 0
+    run = work / EXPERIMENT / "version_0"
+    assert _step(run / "checkpoints" / "last.ckpt") == 3, _stderr(work)
+    assert "could not requeue SLURM job 4242" in (work / "stderr.txt").read_text()
+    requeued = _wsss_process(
+        ["fit", *base, f"--trainer.callbacks+={json.dumps(dump)}"],
+        work,
+        {**slurm, "SLURM_RESTART_COUNT": "1"},
+    )
+    assert requeued.wait(timeout=600) == 0, _stderr(work)
+    resumed_from = EXPERIMENT / "version_0" / "checkpoints" / "last.ckpt"
+    assert f"requeued job continues from {resumed_from}" in (work / "stderr.txt").read_text()
+    assert [r.name for r in versions(work / EXPERIMENT)] == ["version_0"]
+    a, b = torch.load(tmp_path / "straight" / "dump" / "rank0.pt"), torch.load(work / "dump" / "rank0.pt")
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_wandb_run_keeps_its_files_and_config_in_the_run_folder(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cli = fit(synthetic("voc"), 1, "-c", str(CONFIGS / "logger" / "wandb.yaml"))
+    run = EXPERIMENT / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "wandb").is_dir()
+    assert cli.trainer.logger.experiment.name == "supervised_synthetic_voc/version_0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from types import FrameType
@@ -11,7 +12,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
@@ -36,8 +37,10 @@ class LastCheckpoint(Callback):
     * on SIGTERM (cluster pre-emption, ``scancel``): written at the end of the current step, then the run
       stops with status 143; ``fit --ckpt_path last`` continues it exactly;
     * on SIGUSR1 (Lightning's requeue signal): written at the end of the current step and training goes on.
-      Under SLURM with auto-requeue Lightning handles SIGUSR1 itself (an ``hpc_ckpt`` and ``scontrol requeue``)
-      and this callback leaves the signal to it;
+      Under SLURM with auto-requeue (``#SBATCH --signal=SIGUSR1@90``) the job is then requeued with ``scontrol
+      requeue``, as Lightning's own handler does; that handler writes its ``hpc_ckpt`` wherever the signal lands
+      (mid-step), which does not continue exactly, so this callback takes the signal over. The requeued job
+      finds its run folder and continues from ``last.ckpt`` (:mod:`wsss_lightning.runs`);
     * at the end of training.
 
     The file is written beside the target and renamed over it, so a kill during the write leaves the previous
@@ -88,7 +91,7 @@ class LastCheckpoint(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_write = time.monotonic()
         self._saved_step = trainer.global_step  # a resumed run starts from what it loaded
-        if hasattr(signal, "SIGUSR1") and not _slurm_requeue(trainer):
+        if hasattr(signal, "SIGUSR1"):
             self._previous_sigusr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
 
     def _on_sigusr1(self, signum: int, frame: FrameType | None) -> None:
@@ -106,6 +109,8 @@ class LastCheckpoint(Callback):
             local = step % self.sync_every == 0 and trainer.strategy.reduce_boolean_decision(local, all=False)
         if (by_steps or local) and step != self._saved_step:
             self._write(trainer, "step" if by_steps else "SIGTERM" if sigterm else "SIGUSR1 or time")
+        if local and self._sigusr1 and trainer.is_global_zero and _slurm_requeue(trainer):
+            _requeue()
         if local:
             self._sigusr1 = False
         # with several processes Lightning stops all of them at the next step's start (see on_exception)
@@ -166,3 +171,18 @@ def _slurm_requeue(trainer: L.Trainer) -> bool:
 
     environment = trainer._accelerator_connector.cluster_environment
     return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+
+
+def _requeue() -> None:
+    """``scontrol requeue`` this SLURM job (the job id of an array task is ``<array job>_<task>``)."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, check=False)
+        ok, detail = result.returncode == 0, result.stderr.strip()
+    except OSError as exc:
+        ok, detail = False, str(exc)
+    if ok:
+        rank_zero_info(f"wsss: requeued SLURM job {job}")
+    else:
+        rank_zero_warn(f"wsss: could not requeue SLURM job {job} ({detail}); last.ckpt is written")

@@ -151,7 +151,9 @@ class LoaderOptions:
             or not isinstance(self.global_batch_size, int)
             or self.global_batch_size <= 0
         ):
-            raise ValueError(f"loader.global_batch_size: expected a positive int or null, got {self.global_batch_size!r}")
+            raise ValueError(
+                f"loader.global_batch_size: expected a positive int or null, got {self.global_batch_size!r}"
+            )
         for field in ("batch_size", "eval_batch_size"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
