@@ -335,7 +335,7 @@ class DuPLModule(SegmentationMethod):
             loss = loss + 0.0 * _total(o.seg_logits.sum() for o in outs)
         logs["train/loss"] = loss
         self.log_dict(logs, batch_size=images.shape[0], prog_bar=False)
-        self.log_progress_loss(loss, images.shape[0])
+        self.log_progress_loss(loss, images.shape[0], logs)
         return loss
 
     def _ptc(self, features: Tensor, aux_cam: Tensor, classes: Tensor, high: Tensor, box: Tensor) -> Tensor:
