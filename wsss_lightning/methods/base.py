@@ -143,6 +143,8 @@ class SegmentationMethod(L.LightningModule, ABC):
         self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
         self._crf: CRFPostProcessor | None = None
+        #: mIoU and per-class IoU (class name -> IoU) each ``_log_iou`` prefix last computed (``val``, ...)
+        self.computed_iou: dict[str, tuple[float, dict[str, float]]] = {}
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -398,11 +400,26 @@ class SegmentationMethod(L.LightningModule, ABC):
         """Log ``<stage>[/<output>]/miou`` and the per-class IoU; returns the mIoU."""
         miou, per_class = metric.compute()
         metric.reset()
-        values = iou_log_dict(f"{stage}/{output}" if output else stage, miou, per_class, self.class_names)
+        prefix = f"{stage}/{output}" if output else stage
+        values = iou_log_dict(prefix, miou, per_class, self.class_names)
+        # kept so dashboards show exactly these values (callbacks run before this hook, so
+        # trainer.callback_metrics would still hold the previous validation's)
+        per_class_values = [values[f"{prefix}/iou/{name}"] for name in self.class_names]
+        self.computed_iou[prefix] = (
+            values[f"{prefix}/miou"],
+            dict(zip(self.class_names, per_class_values, strict=True)),
+        )
         # The metric already reduced its confusion matrix across ranks, so every rank holds the same values;
         # sync_dist only makes Lightning aware of that (a mean of equal numbers).
         self.log_dict(values, sync_dist=True)
         return float(miou)
+
+    def validation_table_iou(self) -> tuple[float, dict[str, float]] | None:
+        """The mIoU behind ``val/miou`` of the latest validation and its per-class IoU (class name -> IoU).
+
+        None before the first validation. Methods whose ``val/miou`` is another output's override this.
+        """
+        return self.computed_iou.get("val")
 
     @override
     def teardown(self, stage: str) -> None:

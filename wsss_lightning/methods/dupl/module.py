@@ -129,6 +129,7 @@ class DuPLModule(SegmentationMethod):
         # 0 or 1: the sub-net with the better validation segmentation mIoU (recorded during fit)
         self.register_buffer("best_subnet", torch.zeros((), dtype=torch.long))
         self._subnet: int | None = None  # sub-net forced by validation; None = per ``evaluate``
+        self._val_best = 0  # sub-net behind val/miou in the latest validation
 
     # ------------------------------------------------------------------ construction
     @override
@@ -458,12 +459,18 @@ class DuPLModule(SegmentationMethod):
             )
 
     @override
+    def validation_table_iou(self) -> tuple[float, dict[str, float]] | None:
+        # val/miou is the better sub-net's segmentation mIoU
+        return self.computed_iou.get(f"val/seg{self._val_best + 1}")
+
+    @override
     def on_validation_epoch_end(self) -> None:
         seg = [self._log_iou("val", self._val_metric("seg", k), f"seg{k + 1}") for k in range(2)]
         for k in range(2):
             self._log_iou("val", self._val_metric("cam", k), f"cam{k + 1}")
             self._log_iou("val", self._val_metric("pseudo", k), f"pseudo{k + 1}")
         best = 0 if seg[0] >= seg[1] else 1
+        self._val_best = best
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         if fitting and not self.trainer.sanity_checking:
             self.best_subnet.fill_(best)
