@@ -299,3 +299,14 @@ def test_diverging_fit_stops_naming_step_and_term(
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
         bad = [k for k, v in saved.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         assert not bad, f"{ckpt.name} holds non-finite {bad[:3]}"
+
+
+@pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)
+def test_fit_under_bf16_mixed_precision_on_cpu(
+    case: MethodCase, synthetic, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = synthetic(case.layout)
+    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory)
+    _wsss([*_fit_args(case, root, "dump"), "--trainer.precision=bf16-mixed"], tmp_path)
+    losses = _logged(tmp_path / "logs", "train/loss")
+    assert losses and all(np.isfinite(losses)), losses
