@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import pytest
 from lightning.pytorch.loggers import WandbLogger
 
@@ -60,3 +63,38 @@ def test_media_callback_is_inert_without_wandb(synthetic: Callable[[str], Path])
 def test_media_callback_validates_arguments() -> None:
     with pytest.raises(ValueError, match="num_images"):
         WandbSegmentationMedia(num_images=0)
+
+
+def test_iou_table_matches_the_same_validation(
+    synthetic: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    dm = small_datamodule(synthetic("voc"))
+    model = SupervisedModule(encoder="resnet18", num_classes=dm.num_classes, class_names=dm.class_names)
+    logger = WandbLogger(project="wsss-test", save_dir=str(tmp_path), offline=True)
+    logged: list[dict[str, Any]] = []
+    run = logger.experiment
+    log = run.log
+    monkeypatch.setattr(run, "log", lambda data, *a, **k: (logged.append(dict(data)), log(data, *a, **k))[1])
+    trainer = L.Trainer(
+        max_steps=4, val_check_interval=2, limit_val_batches=2, num_sanity_val_steps=0, accelerator="cpu",
+        logger=logger, callbacks=[WandbSegmentationMedia(num_images=1)], enable_checkpointing=False,
+        enable_progress_bar=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    run.finish()
+    tables = [d for d in logged if "val/per_class_iou" in d]
+    scalars = {d["trainer/global_step"]: d for d in logged if "val/miou" in d}
+    assert len(tables) == 2 and all(d["trainer/global_step"] in scalars for d in tables), (
+        tables,
+        list(scalars),
+    )
+    for entry in tables:
+        rows = dict(entry["val/per_class_iou"].data)
+        same_step = scalars[entry["trainer/global_step"]]
+        assert not all(math.isnan(v) for v in rows.values()), "the table is all NaN"
+        for name, value in rows.items():
+            expected = same_step[f"val/iou/{name}"]
+            assert value == pytest.approx(expected, nan_ok=True), name
+        assert np.nanmean(list(rows.values())) == pytest.approx(same_step["val/miou"])

@@ -13,6 +13,7 @@ import csv
 import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -274,3 +275,38 @@ def test_every_exported_method_is_in_the_contract() -> None:
         if issubclass(cls, methods.SegmentationMethod) and cls is not methods.SegmentationMethod
     }  # fmt: skip
     assert exported <= {case.method for case in METHODS}, exported - {case.method for case in METHODS}
+
+
+@pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)
+def test_diverging_fit_stops_naming_step_and_term(
+    case: MethodCase, synthetic, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = synthetic(case.layout)
+    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory)
+    # an absurd learning rate: the loss is NaN within a few steps; a checkpoint is attempted at every step
+    died = _wsss(
+        [*_fit_args(case, root, "dump", steps=8), "--model.init_args.optim.lr=1e6"], tmp_path, expect_ok=False
+    )
+    assert died.returncode != 0, died.stderr[-2000:]
+    # the loss term and step, or (a BatchNorm variance overflowing while the loss stays finite) the tensor
+    last = died.stderr.strip().splitlines()[-1]
+    assert re.search(
+        r"NonFiniteLossError: non-finite loss: train/loss\w* is (nan|inf|-inf).* at step \d+", last
+    ) or (re.search(r"NonFiniteWeightsError: not writing a checkpoint at step \d+: \S+ holds NaN", last)), (
+        died.stderr[-2000:]
+    )
+    for ckpt in (tmp_path / "ckpts").glob("*.ckpt"):
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        bad = [k for k, v in saved.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        assert not bad, f"{ckpt.name} holds non-finite {bad[:3]}"
+
+
+@pytest.mark.parametrize("case", METHODS, ids=lambda c: c.name)
+def test_fit_under_bf16_mixed_precision_on_cpu(
+    case: MethodCase, synthetic, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = synthetic(case.layout)
+    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory)
+    _wsss([*_fit_args(case, root, "dump"), "--trainer.precision=bf16-mixed"], tmp_path)
+    losses = _logged(tmp_path / "logs", "train/loss")
+    assert losses and all(np.isfinite(losses)), losses

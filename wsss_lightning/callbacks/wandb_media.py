@@ -75,7 +75,9 @@ class WandbSegmentationMedia(Callback):
             self._rows.append((rgb[i, :h, :w], gt, pred, str(batch["name"][i])))
 
     @override
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # not on_validation_epoch_end: Lightning runs the callbacks' epoch-end hooks before the module's, which
+        # computes this validation's IoU
         if self._active(trainer):
             self._log(trainer, pl_module)
         if not trainer.sanity_checking:
@@ -100,11 +102,17 @@ class WandbSegmentationMedia(Callback):
             )
             for rgb, gt, pred, name in self._rows
         ]
-        metrics = trainer.callback_metrics
+        # the IoU this validation computed, behind its val/miou (a DuPL sub-net's, say), read from the module
+        computed = getattr(pl_module, "validation_table_iou", lambda: None)()
+        per_class = computed[1] if computed is not None else {}
         table = wandb.Table(columns=["class", "iou"])
         for name in names:
-            value = metrics.get(f"val/iou/{name}")
-            table.add_data(name, float(value) if value is not None else float("nan"))
-        logger.experiment.log(
-            {self.key: images, "val/per_class_iou": table, "trainer/global_step": trainer.global_step}
-        )
+            table.add_data(name, per_class.get(name, float("nan")))
+        # the step Lightning's logger connector gives this validation's val/miou (its count of batches that
+        # stepped, not global_step), so the table and the scalars line up on the dashboard
+        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+        media: dict[str, Any] = {
+            self.key: images,
+            "val/per_class_iou": table,
+        }  # W&B objects, as log_image does
+        logger.log_metrics(media, step=step)

@@ -210,6 +210,15 @@ def dense_crf_loss(
         The scalar loss, in the dtype of ``probs`` (float32 for half precision).
     """
     _check_params(weight, sigma_rgb, sigma_xy, scale, kernel, calibration, chunk_rows)
+    if torch.is_autocast_enabled(probs.device.type):
+        # Under mixed precision the Gaussian sums (1e4..1e6 terms per pixel) lose too many digits in
+        # bfloat16 / float16: the energy is computed in float32 with autocast off.
+        with torch.autocast(probs.device.type, enabled=False):
+            return dense_crf_loss(
+                images, probs.float(), roi, weight=weight, sigma_rgb=sigma_rgb, sigma_xy=sigma_xy, scale=scale,
+                kernel=kernel, calibration=calibration, gate=None if gate is None else gate.float(),
+                chunk_rows=chunk_rows,
+            )  # fmt: skip
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"dense_crf_loss: images must be (B, 3, H, W) RGB; got {tuple(images.shape)}")
     if probs.ndim != 4 or probs.shape[0] != images.shape[0] or probs.shape[2:] != images.shape[2:]:

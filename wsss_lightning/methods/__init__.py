@@ -14,6 +14,7 @@ from wsss_lightning.methods.dupl import (
     StrongViewConfig,
     ThresholdConfig,
 )
+from wsss_lightning.methods.nonfinite import NonFiniteConfig, NonFiniteLossError, NonFiniteWeightsError
 from wsss_lightning.methods.options import CRFConfig, InferenceConfig, OptimizerConfig
 from wsss_lightning.methods.seminar import (
     ConsistencyConfig,
@@ -41,6 +42,9 @@ __all__ = [
     "InferenceConfig",
     "LossWeights",
     "NoiseFilterConfig",
+    "NonFiniteConfig",
+    "NonFiniteLossError",
+    "NonFiniteWeightsError",
     "OptimizerConfig",
     "PartialCEConfig",
     "PhaseConfig",

@@ -14,7 +14,7 @@ import dataclasses
 import inspect
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from types import FrameType
 from typing import Any
@@ -23,6 +23,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 from typing_extensions import override
@@ -34,6 +36,16 @@ from wsss_lightning.inference import (
     CRFPostProcessor,
     multiscale_flip_logits,
     sliding_window_logits,
+)
+from wsss_lightning.methods.nonfinite import (
+    MAX_PENDING_STEPS,
+    LossWatch,
+    NonFiniteConfig,
+    NonFiniteLossError,
+    NonFiniteWeightsError,
+    first_nonfinite_tensor,
+    loss_terms,
+    nonfinite_loss_message,
 )
 from wsss_lightning.methods.options import InferenceConfig, OptimizerConfig
 from wsss_lightning.metrics import SegmentationIoU, iou_log_dict
@@ -77,6 +89,8 @@ class SegmentationMethod(L.LightningModule, ABC):
         image_std: normalisation std of the datamodule.
         optim: optimizer and learning-rate schedule.
         inference: validation / test-time inference (scales, flip, sliding window, CRF).
+        nonfinite: what training does with a NaN / infinite loss (``stop``, the default, or ``skip``); a
+            checkpoint with non-finite weights is never written, whatever this says.
     """
 
     image_mean: Tensor
@@ -100,6 +114,7 @@ class SegmentationMethod(L.LightningModule, ABC):
         image_std: Sequence[float] = IMAGENET_STD,
         optim: OptimizerConfig | None = None,
         inference: InferenceConfig | None = None,
+        nonfinite: NonFiniteConfig | None = None,
     ) -> None:
         super().__init__()
         # What the checkpoint records: the arguments of every ``__init__`` in the call chain (the method's and
@@ -121,9 +136,15 @@ class SegmentationMethod(L.LightningModule, ABC):
         self._progress_loss: tuple[Tensor, int] | None = None  # see log_progress_loss
         self.optim: OptimizerConfig = self.options.optim
         self.inference: InferenceConfig = self.options.inference
+        self.nonfinite: NonFiniteConfig = self.options.nonfinite
+        self._loss_watch = LossWatch()  # see log_progress_loss
+        self._loss_check_due = False
+        self._skipped_steps = 0
         self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
         self._crf: CRFPostProcessor | None = None
+        #: mIoU and per-class IoU (class name -> IoU) each ``_log_iou`` prefix last computed (``val``, ...)
+        self.computed_iou: dict[str, tuple[float, dict[str, float]]] = {}
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -188,8 +209,23 @@ class SegmentationMethod(L.LightningModule, ABC):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A diverged run must fail rather than overwrite its last good checkpoint: first with the loss term
+        # that went non-finite (the more useful message), then, whatever the loss said, on the weights.
+        self._check_losses()
+        bad = first_nonfinite_tensor(checkpoint.get("state_dict", {}))
+        if bad is not None:
+            step = self.trainer.global_step if self._trainer is not None else "?"
+            raise NonFiniteWeightsError(
+                f"not writing a checkpoint at step {step}: {bad} holds NaN or infinite values (training diverged; "
+                "lower the learning rate, model.init_args.optim.lr)"
+            )
         # which method wrote the file: a later stage that loads it (Seminar's ancillary) can check it
         checkpoint["method"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["nonfinite_skipped_steps"] = self._skipped_steps
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._skipped_steps = int(checkpoint.get("nonfinite_skipped_steps", 0))
 
     # ----------------------------------------------------------------- inference
     def _single_pass(self, images: Tensor) -> Tensor:
@@ -209,15 +245,26 @@ class SegmentationMethod(L.LightningModule, ABC):
             self._single_pass, images, scales=scales, flip=flip, merge=cfg.merge, flip_merge=cfg.flip_merge
         )
 
-    def log_progress_loss(self, loss: Tensor, batch_size: int) -> None:
-        """Show the training loss in the progress bar as ``loss`` (``train/loss`` is the logged figure).
+    def log_progress_loss(
+        self, loss: Tensor, batch_size: int, terms: Mapping[str, Tensor] | None = None
+    ) -> None:
+        """Show the training loss in the progress bar as ``loss`` and watch it for NaN / infinite values.
+
+        Every method calls this once per training step with its total loss and its logged values ``terms``
+        (those named ``.../loss*`` are the loss terms the non-finite check names).
 
         The progress bar turns its values into Python numbers at every refresh and keeps showing the last value
         logged: a device value there would cost a host synchronisation every step. So the loss is copied to the
         host for it only on the steps whose logs are written, which read the values anyway, and after the step
         (:meth:`on_train_batch_end`, after the callbacks' batch-end hooks), so the step itself reads nothing.
+        The loss terms are kept on the device and checked at the same moments (see :class:`NonFiniteConfig`).
         """
-        if self._trainer is not None and is_logging_step(self.trainer):
+        if self._trainer is None:
+            return
+        self._loss_watch.record(self.trainer.global_step, loss_terms(loss, terms))
+        logging = is_logging_step(self.trainer)
+        self._loss_check_due = logging or len(self._loss_watch) >= MAX_PENDING_STEPS
+        if logging:
             self._progress_loss = (loss.detach(), batch_size)
 
     @override
@@ -226,6 +273,72 @@ class SegmentationMethod(L.LightningModule, ABC):
         if progress is not None:
             loss, batch_size = progress
             self.log("loss", loss.cpu(), prog_bar=True, logger=False, batch_size=batch_size)
+        if self._loss_check_due:
+            self._loss_check_due = False
+            self._check_losses()
+            if self.nonfinite.action == "skip":
+                self.log("train/skipped_steps", float(self._skipped_steps), batch_size=1)
+
+    def _check_losses(self) -> None:
+        """``stop``: raise :class:`NonFiniteLossError` if a watched loss was not finite (on any process)."""
+        if self.nonfinite.action == "skip":  # skipped steps were handled in backward
+            self._loss_watch.clear()
+            return
+        found = self._loss_watch.first_nonfinite()
+        elsewhere = False
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # every process stops together, or the others would wait for it in the next collective
+            flag = torch.tensor(float(found is not None), device=self.device)
+            elsewhere = float(self.trainer.strategy.reduce(flag, reduce_op="sum")) > 0
+        if found is not None:
+            raise NonFiniteLossError(nonfinite_loss_message(*found))
+        if elsewhere:
+            raise NonFiniteLossError("non-finite loss on another process (see its error)")
+
+    @override
+    def on_train_end(self) -> None:
+        self._check_losses()
+
+    @override
+    def on_validation_start(self) -> None:
+        # no validation figures from diverged weights
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            self._check_losses()
+
+    @override
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        # ``skip``: one host read per step (see NonFiniteConfig); a step without backward makes no update
+        if (
+            self.nonfinite.action == "skip"
+            and self._trainer is not None
+            and not self._finite_everywhere(loss)
+        ):
+            self._skip_step()
+            if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+                return
+            # fp16 AMP: the gradient scaler needs the backward pass, and drops the step itself
+        super().backward(loss, *args, **kwargs)
+
+    def _finite_everywhere(self, loss: Tensor) -> bool:
+        bad = (~torch.isfinite(loss.detach())).any().float()
+        if self.trainer.world_size > 1:  # every process skips the same steps, or DDP's reduction would hang
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return not bool(bad > 0)
+
+    def _skip_step(self) -> None:
+        self._skipped_steps += 1
+        found = self._loss_watch.first_nonfinite()
+        what = nonfinite_loss_message(*found).split(";")[0] if found else "non-finite loss on another process"
+        limit = self.nonfinite.max_skipped
+        if self._skipped_steps > limit:
+            raise NonFiniteLossError(
+                f"{self._skipped_steps} training steps were skipped for a non-finite loss, more than "
+                f"model.init_args.nonfinite.max_skipped = {limit} (the last: {what}); lower the learning rate "
+                "(model.init_args.optim.lr) or check the data"
+            )
+        rank_zero_warn(
+            f"skipping step {self.trainer.global_step} ({what}); {self._skipped_steps} of {limit} skipped"
+        )
 
     def denormalize(self, images: Tensor) -> Tensor:
         """RGB in [0, 1] of normalised images (B, 3, H, W), on the 8-bit grid the images were loaded from.
@@ -290,11 +403,26 @@ class SegmentationMethod(L.LightningModule, ABC):
         """Log ``<stage>[/<output>]/miou`` and the per-class IoU; returns the mIoU."""
         miou, per_class = metric.compute()
         metric.reset()
-        values = iou_log_dict(f"{stage}/{output}" if output else stage, miou, per_class, self.class_names)
+        prefix = f"{stage}/{output}" if output else stage
+        values = iou_log_dict(prefix, miou, per_class, self.class_names)
+        # kept so dashboards show exactly these values (callbacks run before this hook, so
+        # trainer.callback_metrics would still hold the previous validation's)
+        per_class_values = [values[f"{prefix}/iou/{name}"] for name in self.class_names]
+        self.computed_iou[prefix] = (
+            values[f"{prefix}/miou"],
+            dict(zip(self.class_names, per_class_values, strict=True)),
+        )
         # The metric already reduced its confusion matrix across ranks, so every rank holds the same values;
         # sync_dist only makes Lightning aware of that (a mean of equal numbers).
         self.log_dict(values, sync_dist=True)
         return float(miou)
+
+    def validation_table_iou(self) -> tuple[float, dict[str, float]] | None:
+        """The mIoU behind ``val/miou`` of the latest validation and its per-class IoU (class name -> IoU).
+
+        None before the first validation. Methods whose ``val/miou`` is another output's override this.
+        """
+        return self.computed_iou.get("val")
 
     @override
     def teardown(self, stage: str) -> None:

@@ -133,6 +133,7 @@ class DuPLModule(SegmentationMethod):
         self._subnet: int | None = None  # sub-net forced by validation; None = per ``evaluate``
         #: the phase boundaries training follows: ``phases``, or scaled into a shorter run (see setup)
         self.phases: PhaseConfig = self.options.phases
+        self._val_best = 0  # sub-net behind val/miou in the latest validation
 
     # ------------------------------------------------------------------ construction
     @override
@@ -364,7 +365,7 @@ class DuPLModule(SegmentationMethod):
             loss = loss + 0.0 * _total(o.seg_logits.sum() for o in outs)
         logs["train/loss"] = loss
         self.log_dict(logs, batch_size=images.shape[0], prog_bar=False)
-        self.log_progress_loss(loss, images.shape[0])
+        self.log_progress_loss(loss, images.shape[0], logs)
         return loss
 
     def _ptc(self, features: Tensor, aux_cam: Tensor, classes: Tensor, high: Tensor, box: Tensor) -> Tensor:
@@ -487,12 +488,18 @@ class DuPLModule(SegmentationMethod):
             )
 
     @override
+    def validation_table_iou(self) -> tuple[float, dict[str, float]] | None:
+        # val/miou is the better sub-net's segmentation mIoU
+        return self.computed_iou.get(f"val/seg{self._val_best + 1}")
+
+    @override
     def on_validation_epoch_end(self) -> None:
         seg = [self._log_iou("val", self._val_metric("seg", k), f"seg{k + 1}") for k in range(2)]
         for k in range(2):
             self._log_iou("val", self._val_metric("cam", k), f"cam{k + 1}")
             self._log_iou("val", self._val_metric("pseudo", k), f"pseudo{k + 1}")
         best = 0 if seg[0] >= seg[1] else 1
+        self._val_best = best
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         if fitting and not self.trainer.sanity_checking:
             self.best_subnet.fill_(best)

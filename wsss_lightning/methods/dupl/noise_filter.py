@@ -486,6 +486,10 @@ def adaptive_noise_filter(
     Raises:
         ValueError: on mismatched shapes, wrong dtypes or settings out of range.
     """
+    if torch.is_autocast_enabled(loss_maps.device.type):
+        # the GMM's EM (variances, log-likelihoods) is float32 maths: autocast off, the losses in float32
+        with torch.autocast(loss_maps.device.type, enabled=False):
+            return adaptive_noise_filter(loss_maps.float(), labels, options, ignore_index)
     if loss_maps.dim() != 3 or not loss_maps.is_floating_point():
         raise ValueError(
             f"adaptive_noise_filter: loss_maps must be a floating (N, H, W) tensor, "

@@ -257,5 +257,5 @@ class SeminarModule(SegmentationMethod):
 
         logs["train/loss"] = loss
         self.log_dict(logs, batch_size=images.shape[0])
-        self.log_progress_loss(loss, images.shape[0])
+        self.log_progress_loss(loss, images.shape[0], logs)
         return loss

@@ -302,4 +302,4 @@ class U2PLModule(SegmentationMethod):
     def _log_losses(self, loss: Tensor, parts: dict[str, Tensor], batch_size: int) -> None:
         self.log_dict(parts, batch_size=batch_size)
         self.log("train/loss", loss, batch_size=batch_size)
-        self.log_progress_loss(loss, batch_size)
+        self.log_progress_loss(loss, batch_size, parts)
