@@ -207,6 +207,11 @@ class WSSSLightningCLI(LightningCLI):
             run = Path(inherited)
         elif ckpt_path == "last":
             found = newest_last(experiment)
+            if found is None and subcommand != "fit" and not trainer.get("default_root_dir"):
+                # evaluation fragments stacked on the training configs (e.g. eval_center_crop.yaml): the
+                # experiment of the longest leading part of the config list that has a run
+                shorter = (newest_last(experiment_folder(configs[:k])) for k in range(len(configs) - 1, 0, -1))
+                found = next((run for run in shorter if run is not None), None)
             if found is None:
                 raise ConfigurationError(
                     f"--ckpt_path last: no run under {experiment} has {os.path.join('checkpoints', 'last.ckpt')} "

@@ -77,6 +77,10 @@ def test_ckpt_path_last_continues_the_newest_run_in_its_own_folder(synthetic, tm
         cli = run_cli(["validate", *tiny_args(CONFIG, root), *QUIET, "--ckpt_path=last"])
     assert f"--ckpt_path last -> {newest}" in caplog.text
     assert cli.trainer.ckpt_path == str(newest)
+    # an evaluation fragment stacked on the training config still finds the training run
+    crop = CONFIGS / "seminar" / "eval_center_crop.yaml"
+    cli = run_cli(["validate", *tiny_args(CONFIG, root), "-c", str(crop), *QUIET, "--ckpt_path=last"])
+    assert cli.trainer.ckpt_path == str(newest)
     assert (EXPERIMENT / "version_2" / "config.yaml").is_file()
 
 
