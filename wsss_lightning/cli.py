@@ -24,7 +24,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 import wsss_lightning.callbacks
-import wsss_lightning.data  # noqa: F401
 from wsss_lightning.data.legacy import legacy_data_options_message
 from wsss_lightning.methods import SegmentationMethod
 from wsss_lightning.methods.u2pl.options import renamed_options_message
@@ -231,6 +230,23 @@ def _differences(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
     return [] if old == new else [(prefix, old, new)]
 
 
+#: modules defining the classes a config may name by their short name (``model: DuPLModule``); jsonargparse
+#: finds those among the imported subclasses, so they are imported before parsing anything but top-level help
+SHORT_NAME_MODULES = (
+    "wsss_lightning.methods.dupl",
+    "wsss_lightning.methods.seminar",
+    "wsss_lightning.methods.supervised",
+    "wsss_lightning.methods.u2pl.module",
+    "wsss_lightning.data.datamodule",
+)
+
+
+def _only_top_level_help(args: ArgsType) -> bool:
+    """Whether ``args`` just ask for ``wsss --help``, which lists the subcommands and needs no method."""
+    given = sys.argv[1:] if args is None else args
+    return isinstance(given, list | tuple) and len(given) == 1 and given[0] in ("-h", "--help")
+
+
 def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
     """Parse ``args`` (``sys.argv`` when ``None``) like the ``wsss`` command, run it, return the CLI object.
 
@@ -238,6 +254,9 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     with warnings.catch_warnings():  # the filter holds for this run only
+        if not _only_top_level_help(args):
+            for module in SHORT_NAME_MODULES:
+                importlib.import_module(module)
         # Frozen teachers stay in eval mode on purpose; Lightning's generic warning about eval-mode modules at
         # the start of fit would fire on every run of a teacher-student method.
         warnings.filterwarnings(
