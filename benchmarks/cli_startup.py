@@ -24,10 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
+DATA_CLI = ("-m", "wsss_lightning.data.cli")
+TINY_SYNTHETIC = ("--num-train", "2", "--num-val", "2", "--size", "32", "32")
+
 
 def commands(workdir: Path) -> list[tuple[str, list[str]]]:
     """(label, argv after the interpreter) of each command to time; data commands work under ``workdir``."""
     data = workdir / "voc"
+    ids = data / "ImageSets" / "Segmentation" / "train_aug.txt"
     return [
         ('python -c "import lightning"', ["-c", "import lightning"]),
         ("wsss --help", ["-m", "wsss_lightning.cli", "--help"]),
@@ -35,17 +39,25 @@ def commands(workdir: Path) -> list[tuple[str, list[str]]]:
         ("wsss-data --help", ["-m", "wsss_lightning.data.cli", "--help"]),
         (
             "wsss-data synthetic (voc, 2 + 2 images of 32×32)",
-            ["-m", "wsss_lightning.data.cli", "synthetic", "--layout", "voc", "--out", str(data)]
-            + ["--num-train", "2", "--num-val", "2", "--size", "32", "32"],
+            [*DATA_CLI, "synthetic", "--layout", "voc", "--out", str(data), *TINY_SYNTHETIC],
         ),
         (
             "wsss-data check (voc val, 2 images)",
-            ["-m", "wsss_lightning.data.cli", "check", "--dataset", "voc", "--root", str(data), "--split", "val"],
+            [
+                "-m",
+                "wsss_lightning.data.cli",
+                "check",
+                "--dataset",
+                "voc",
+                "--root",
+                str(data),
+                "--split",
+                "val",
+            ],
         ),
         (
             "wsss-data partitions (2 ids)",
-            ["-m", "wsss_lightning.data.cli", "partitions", "--list"]
-            + [str(data / "ImageSets" / "Segmentation" / "train_aug.txt"), "--out", str(workdir / "splits")],
+            [*DATA_CLI, "partitions", "--list", str(ids), "--out", str(workdir / "splits")],
         ),
     ]
 
@@ -66,11 +78,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="fresh runs per command (default: 5)")
     parser.add_argument(
-        "--tree", type=Path, default=Path(__file__).resolve().parents[1], help="checkout whose package is timed"
+        "--tree",
+        type=Path,
+        default=Path(__file__).resolve().parents[1],
+        help="checkout whose package is timed",
     )
     args = parser.parse_args()
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(args.tree.resolve()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(args.tree.resolve()), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     env.setdefault("WANDB_MODE", "disabled")
     print(f"python {sys.version.split()[0]}, package from {args.tree.resolve()}, {args.repeats} runs each\n")

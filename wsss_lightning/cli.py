@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +25,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-import wsss_lightning.callbacks
+import wsss_lightning.callbacks  # noqa: F401  (registers the callbacks' short class names)
 from wsss_lightning.data.legacy import legacy_data_options_message
 from wsss_lightning.methods import SegmentationMethod
 from wsss_lightning.methods.u2pl.options import renamed_options_message
@@ -78,7 +80,7 @@ DEFAULT_CALLBACKS: list[tuple[str, dict[str, Any]]] = [
         {"dirpath": None, "save_last": True, "monitor": "val/miou", "mode": "max"},
     ),
     ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"}),
-    ("lightning.pytorch.callbacks.RichProgressBar", {}),
+    ("wsss_lightning.callbacks.RunProgressBar", {}),
 ]
 
 # jsonargparse's ``Namespace.__init__`` is unannotated; this is the same constructor, typed.
@@ -247,13 +249,43 @@ def _only_top_level_help(args: ArgsType) -> bool:
     return isinstance(given, list | tuple) and len(given) == 1 and given[0] in ("-h", "--help")
 
 
+def _subcommand(args: ArgsType) -> str | None:
+    """The subcommand ``args`` ask for (``fit``, ``validate``, ``test``, ``predict``), if any."""
+    given = sys.argv[1:] if args is None else args
+    if isinstance(given, dict | Namespace):
+        return cast(str | None, given.get("subcommand"))
+    return next((str(a) for a in given if str(a) in ("fit", "validate", "test", "predict")), None)
+
+
+class _LightningTips(logging.Filter):
+    """Drops Lightning's advertisements for its cloud products (litlogger, litmodels) from the run's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            str(record.msg).startswith("💡 Tip: For seamless cloud")
+            and "connectors" in Path(record.pathname).parts
+        )
+
+
+@contextlib.contextmanager
+def _without_lightning_tips() -> Iterator[None]:
+    """Holds :class:`_LightningTips` on the logger of Lightning's ``rank_zero_info`` for one run."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tips = _LightningTips()
+    logger.addFilter(tips)
+    try:
+        yield
+    finally:
+        logger.removeFilter(tips)
+
+
 def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
     """Parse ``args`` (``sys.argv`` when ``None``) like the ``wsss`` command, run it, return the CLI object.
 
     ``run_cli(["fit", "-c", "configs/quickstart.yaml"]).trainer`` gives access to the trained state.
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    with warnings.catch_warnings():  # the filter holds for this run only
+    with warnings.catch_warnings(), _without_lightning_tips():  # the filters hold for this run only
         if not _only_top_level_help(args):
             for module in SHORT_NAME_MODULES:
                 importlib.import_module(module)
@@ -269,6 +301,22 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
             message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a "
             r"`LightningDataModule`",
         )
+        # Lightning's own pytree helper uses an API torch deprecated; nothing a user can change.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            module=r"lightning\.pytorch\.utilities\._pytree",
+        )
+        # LightningCLI calls jsonargparse functions that jsonargparse has deprecated; also nothing to change.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+        if _subcommand(args) != "fit":
+            # validate / test / predict write no checkpoint, so the checkpoint callback's top-k bookkeeping,
+            # which it drops when the run folder differs from the one that wrote the file, is not needed.
+            warnings.filterwarnings(
+                "ignore",
+                message=r"The dirpath has changed from",
+                module=r"lightning\.pytorch\.callbacks\.model_checkpoint",
+            )
         cli = WSSSLightningCLI(
             SegmentationMethod,
             L.LightningDataModule,
