@@ -186,7 +186,7 @@ class SegmentationMethod(L.LightningModule, ABC):
         # Random draws inside training_step become a function of the global step: exact resume.
         # A trainer that already holds one (given by the user, or added by an earlier validate / test on the
         # same trainer) keeps it; returning another would only replace it and make Lightning say so.
-        if self._trainer is not None and any(isinstance(c, StepSeed) for c in self._trainer.callbacks):
+        if any(isinstance(c, StepSeed) for c in getattr(self._trainer, "callbacks", ())):
             return []
         return [StepSeed()]
 
