@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -24,9 +26,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-import wsss_lightning.callbacks
-import wsss_lightning.data  # noqa: F401
-from wsss_lightning.callbacks.checkpointing import LastCheckpoint
+from wsss_lightning.callbacks import LastCheckpoint
 from wsss_lightning.data.legacy import legacy_data_options_message
 from wsss_lightning.methods import SegmentationMethod
 from wsss_lightning.methods.u2pl.options import renamed_options_message
@@ -112,7 +112,7 @@ DEFAULT_CALLBACKS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("lightning.pytorch.callbacks.LearningRateMonitor", {"logging_interval": "step"}),
-    ("lightning.pytorch.callbacks.RichProgressBar", {}),
+    ("wsss_lightning.callbacks.RunProgressBar", {}),
 ]
 
 # jsonargparse's ``Namespace.__init__`` is unannotated; this is the same constructor, typed.
@@ -210,7 +210,9 @@ class WSSSLightningCLI(LightningCLI):
             if found is None and subcommand != "fit" and not trainer.get("default_root_dir"):
                 # evaluation fragments stacked on the training configs (e.g. eval_center_crop.yaml): the
                 # experiment of the longest leading part of the config list that has a run
-                shorter = (newest_last(experiment_folder(configs[:k])) for k in range(len(configs) - 1, 0, -1))
+                shorter = (
+                    newest_last(experiment_folder(configs[:k])) for k in range(len(configs) - 1, 0, -1)
+                )
                 found = next((run for run in shorter if run is not None), None)
             if found is None:
                 raise ConfigurationError(
@@ -469,13 +471,63 @@ def _differences(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
     return [] if old == new else [(prefix, old, new)]
 
 
+#: modules defining the classes a config may name by their short name (``model: DuPLModule``); jsonargparse
+#: finds those among the imported subclasses, so they are imported before parsing anything but top-level help
+SHORT_NAME_MODULES = (
+    "wsss_lightning.methods.dupl",
+    "wsss_lightning.methods.seminar",
+    "wsss_lightning.methods.supervised",
+    "wsss_lightning.methods.u2pl.module",
+    "wsss_lightning.data.datamodule",
+)
+
+
+def _only_top_level_help(args: ArgsType) -> bool:
+    """Whether ``args`` just ask for ``wsss --help``, which lists the subcommands and needs no method."""
+    given = sys.argv[1:] if args is None else args
+    return isinstance(given, list | tuple) and len(given) == 1 and given[0] in ("-h", "--help")
+
+
+def _subcommand(args: ArgsType) -> str | None:
+    """The subcommand ``args`` ask for (``fit``, ``validate``, ``test``, ``predict``), if any."""
+    given = sys.argv[1:] if args is None else args
+    if isinstance(given, dict | Namespace):
+        return cast(str | None, given.get("subcommand"))
+    return next((str(a) for a in given if str(a) in ("fit", "validate", "test", "predict")), None)
+
+
+class _LightningTips(logging.Filter):
+    """Drops Lightning's advertisements for its cloud products (litlogger, litmodels) from the run's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            str(record.msg).startswith("💡 Tip: For seamless cloud")
+            and "connectors" in Path(record.pathname).parts
+        )
+
+
+@contextlib.contextmanager
+def _without_lightning_tips() -> Iterator[None]:
+    """Holds :class:`_LightningTips` on the logger of Lightning's ``rank_zero_info`` for one run."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tips = _LightningTips()
+    logger.addFilter(tips)
+    try:
+        yield
+    finally:
+        logger.removeFilter(tips)
+
+
 def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
     """Parse ``args`` (``sys.argv`` when ``None``) like the ``wsss`` command, run it, return the CLI object.
 
     ``run_cli(["fit", "-c", "configs/quickstart.yaml"]).trainer`` gives access to the trained state.
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    with warnings.catch_warnings():  # the filter holds for this run only
+    with warnings.catch_warnings(), _without_lightning_tips():  # the filters hold for this run only
+        if not _only_top_level_help(args):
+            for module in SHORT_NAME_MODULES:
+                importlib.import_module(module)
         # Frozen teachers stay in eval mode on purpose; Lightning's generic warning about eval-mode modules at
         # the start of fit would fire on every run of a teacher-student method.
         warnings.filterwarnings(
@@ -488,6 +540,22 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
             message=r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a "
             r"`LightningDataModule`",
         )
+        # Lightning's own pytree helper uses an API torch deprecated; nothing a user can change.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            module=r"lightning\.pytorch\.utilities\._pytree",
+        )
+        # LightningCLI calls jsonargparse functions that jsonargparse has deprecated; also nothing to change.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+        if _subcommand(args) != "fit":
+            # validate / test / predict write no checkpoint, so the checkpoint callback's top-k bookkeeping,
+            # which it drops when the run folder differs from the one that wrote the file, is not needed.
+            warnings.filterwarnings(
+                "ignore",
+                message=r"The dirpath has changed from",
+                module=r"lightning\.pytorch\.callbacks\.model_checkpoint",
+            )
         inherited = os.environ.get(RUN_DIR_ENV)
         try:
             cli = WSSSLightningCLI(

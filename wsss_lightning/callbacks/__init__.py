@@ -1,9 +1,19 @@
-"""Callbacks: teachers, schedules, seeding, prediction writing and W&B media."""
+"""Callbacks: teachers, schedules, seeding, last.ckpt cadence, prediction writing, W&B media and the progress bar."""
 
+from wsss_lightning.callbacks.checkpointing import LastCheckpoint
 from wsss_lightning.callbacks.ema import EMATeacherCallback
 from wsss_lightning.callbacks.prediction_writer import PredictionWriter
+from wsss_lightning.callbacks.progress import RunProgressBar
 from wsss_lightning.callbacks.schedule import ScheduleCallback
 from wsss_lightning.callbacks.seeding import StepSeed
 from wsss_lightning.callbacks.wandb_media import WandbSegmentationMedia
 
-__all__ = ["EMATeacherCallback", "PredictionWriter", "ScheduleCallback", "StepSeed", "WandbSegmentationMedia"]
+__all__ = [
+    "EMATeacherCallback",
+    "LastCheckpoint",
+    "PredictionWriter",
+    "RunProgressBar",
+    "ScheduleCallback",
+    "StepSeed",
+    "WandbSegmentationMedia",
+]

@@ -98,6 +98,7 @@ from wsss_lightning.data.torch_datasets import (
     ClickConfig,
     EpochKeyedSampler,
     EvalSegDataset,
+    ResumableLoader,
     TrainSegDataset,
     oversample_indices,
     pad_collate,
@@ -649,7 +650,7 @@ class WSSSDataModule(L.LightningDataModule):
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochKeyedSampler(dataset, num_replicas=replicas, rank=rank)
-        return DataLoader(dataset, sampler=sampler, **options)
+        return ResumableLoader(dataset, sampler=sampler, **options)
 
     # ---- exact resume -------------------------------------------------------------------------------
     # Lightning restores a datamodule's state before it builds the loaders (its own loader-state hook runs

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from wsss_lightning.data.classes import DatasetInfo
 from wsss_lightning.data.datasets.base import (
@@ -68,6 +68,24 @@ class EpochKeyedSampler(DistributedSampler):  # type: ignore[type-arg]
         for position, index in enumerate(super().__iter__()):
             if position >= skip:
                 yield (self.seed, self.epoch, int(index))
+
+
+class ResumableLoader(DataLoader):  # type: ignore[type-arg]
+    """A training ``DataLoader`` over an :class:`EpochKeyedSampler`, resumable mid-epoch.
+
+    Its position travels in the datamodule's checkpoint state (Lightning restores that before it builds the
+    loaders, see ``WSSSDataModule.state_dict``) and reaches the sampler as ``resume_at``, so the loader keeps
+    no state of its own. The empty ``state_dict`` / ``load_state_dict`` pair is the interface by which
+    Lightning recognises a resumable loader; without it Lightning warns on every mid-epoch resume that the
+    results may be unreliable, which is not the case here.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing: the position inside the epoch is part of the datamodule's state."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`state_dict`)."""
 
 
 def key_seed(key: SampleKey) -> int:

@@ -17,12 +17,13 @@ correlate e.g. the flip and blur coin tosses.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import albumentations as A
-import cv2
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -293,6 +294,11 @@ class TrainTransform:
         self.mask_pad_value = int(mask_pad_value)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
+        # Imported here, not at module level: the dataset readers and `wsss-data` use this module's helpers
+        # and should not pay for loading the augmentation libraries.
+        import albumentations as A
+        import cv2
+
         h, w = self.crop_hw
         ops: list[A.BasicTransform] = []
         if (lo, hi) != (1.0, 1.0):
@@ -446,6 +452,9 @@ class EvalTransform:
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.center_crop = center_crop
+        import albumentations as A  # on first use only, as in TrainTransform
+        import cv2
+
         self.resize = (
             None
             if short_side is None

@@ -205,6 +205,10 @@ class SegmentationMethod(L.LightningModule, ABC):
     @override
     def configure_callbacks(self) -> list[L.Callback]:
         # Random draws inside training_step become a function of the global step: exact resume.
+        # A trainer that already holds one (given by the user, or added by an earlier validate / test on the
+        # same trainer) keeps it; returning another would only replace it and make Lightning say so.
+        if any(isinstance(c, StepSeed) for c in getattr(self._trainer, "callbacks", ())):
+            return []
         return [StepSeed()]
 
     @override
