@@ -179,7 +179,8 @@ class WSSSLightningCLI(LightningCLI):
         else:  # only what the config files and the command line set, no defaults
             given = self.parser.parse_args(sys.argv[1:] if args is None else args, defaults=False).as_dict()
         self.config = self.parser.parse_object(given, from_ckpt)
-        self._apply_run_folder()  # the second parse brought back what the command line said
+        if hasattr(self, "_run_folder"):
+            self._apply_run_folder()  # the second parse brought back what the command line said
         sub = self.config["subcommand"]
         changed = _differences(from_ckpt[sub].get("model"), self.config[sub].get("model"), "model")
         if changed:
@@ -201,6 +202,9 @@ class WSSSLightningCLI(LightningCLI):
         trainer = config["trainer"]
         configs = [str(path) for path in config.get("config") or []]
         experiment = trainer.get("default_root_dir") or experiment_folder(configs)
+        if not subcommand:  # run=False: classes only, nothing is written
+            trainer["default_root_dir"] = experiment
+            return
         ckpt_path = config.get("ckpt_path")
         inherited = os.environ.get(RUN_DIR_ENV)
         if inherited:  # a process that Lightning started for this run (DDP)

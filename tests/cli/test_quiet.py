@@ -103,7 +103,8 @@ def test_fit_resume_validate_predict_say_nothing_unactionable(
     assert cli.trainer.num_training_batches > 2  # the checkpoint is a mid-epoch one
     bar = cli.trainer.progress_bar_callback
     assert isinstance(bar, RunProgressBar) and bar._get_train_description(0).strip() == "Epoch 0"
-    ckpt = Path("outputs/supervised_voc/checkpoints/last.ckpt")
+    ckpt = Path("outputs/supervised_voc/version_0/checkpoints/last.ckpt")
+    assert ckpt.is_file()
     heard = _heard(recwarn, capsys, caplog)
     assert "Epoch 0" in heard  # the bar was drawn and reached the captured output
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 #: one CPU process in full precision, loaders without worker processes, every step's values logged (schedule
 #: and teacher values reach the logged metrics on logging steps only)
 CPU = (
+    # the full-size configs state their global batch (16 for VOC); the tiny runs use a few images per step
+    "--data.init_args.loader.global_batch_size=0",
     "--trainer.log_every_n_steps=1",
     "--data.init_args.loader.num_workers=0",
     "--data.init_args.loader.persistent_workers=false",

@@ -128,10 +128,11 @@ class LoaderOptions:
         pin_memory: Pin host memory for faster host-to-GPU copies (ignored without CUDA).
         persistent_workers: Keep workers alive between epochs (avoids re-forking every epoch).
         drop_last: Drop the last incomplete training batch (BatchNorm misbehaves on tiny batches; U2PL does it).
-        global_batch_size: The batch the config's learning rate and schedule were tuned for. When set, ``fit``
+        global_batch_size: The batch the config's learning rate and schedule were tuned for. Unless 0, ``fit``
             fails at start-up unless ``batch_size`` x processes (devices x nodes) x ``accumulate_grad_batches``
             equals it, naming the ``batch_size`` to use, so the global batch and learning rate stay the same on
-            any number of GPUs and nodes. ``None``: not checked.
+            any number of GPUs and nodes. 0: not checked (``--data.init_args.loader.global_batch_size=0`` for
+            trying a full-size config with a smaller batch).
 
     Raises:
         ValueError: an invalid value; the message starts with ``loader.<field>``.
@@ -143,17 +144,12 @@ class LoaderOptions:
     pin_memory: bool = True
     persistent_workers: bool = True
     drop_last: bool = True
-    global_batch_size: int | None = None
+    global_batch_size: int = 0
 
     def __post_init__(self) -> None:
-        if self.global_batch_size is not None and (
-            isinstance(self.global_batch_size, bool)
-            or not isinstance(self.global_batch_size, int)
-            or self.global_batch_size <= 0
-        ):
-            raise ValueError(
-                f"loader.global_batch_size: expected a positive int or null, got {self.global_batch_size!r}"
-            )
+        gbs = self.global_batch_size
+        if isinstance(gbs, bool) or not isinstance(gbs, int) or gbs < 0:
+            raise ValueError(f"loader.global_batch_size: expected an int >= 0 (0: not checked), got {gbs!r}")
         for field in ("batch_size", "eval_batch_size"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -166,9 +162,9 @@ class LoaderOptions:
             raise ValueError(f"loader.num_workers: expected an int >= 0, got {self.num_workers!r}")
 
     def check_global_batch(self, processes: int, accumulate: int) -> None:
-        """Raise unless ``batch_size x processes x accumulate`` is ``global_batch_size`` (when that is set)."""
+        """Raise unless ``batch_size x processes x accumulate`` is ``global_batch_size`` (when that is not 0)."""
         wanted = self.global_batch_size
-        if wanted is None or self.batch_size * processes * accumulate == wanted:
+        if wanted == 0 or self.batch_size * processes * accumulate == wanted:
             return
         per_process, remainder = divmod(wanted, processes * accumulate)
         fix = (
