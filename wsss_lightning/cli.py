@@ -9,6 +9,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -24,6 +25,7 @@ from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from wsss_lightning.callbacks import LastCheckpoint
@@ -334,6 +336,13 @@ class WSSSLightningCLI(LightningCLI):
         return {name: init_args[name] for name in LINKED.values() if init_args.get(name) is not None}
 
     @override
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[L.Callback]) -> L.Trainer:
+        # `trainer.enable_checkpointing=false` turns the `checkpoint:` section's LastCheckpoint off too
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, LastCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Every run keeps last.ckpt and the best checkpoint by val/miou, logs the learning rate and shows a
         # progress bar, unless its configuration sets trainer.callbacks itself.
@@ -574,6 +583,11 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
                 args=args,
                 run=run,
             )
+        except SIGTERMException as exc:
+            # Lightning stops a multi-process run on SIGTERM with exit status 0; a pre-empted run did not finish
+            if exc.code in (None, 0):
+                raise SystemExit(128 + signal.SIGTERM) from exc
+            raise
         finally:  # the run folder is passed to this run's own processes only, never to the next run_cli call
             if inherited is None:
                 os.environ.pop(RUN_DIR_ENV, None)

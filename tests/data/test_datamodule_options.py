@@ -399,9 +399,9 @@ def test_flat_options_message_names_the_new_spelling() -> None:
         assert f"  {line}\n" in message
     assert "cache_dir ->" not in message  # cache_dir kept its place
     assert flat_options_message({"source": {}, "view": None, "cache_dir": None}) is None
-    # the 46 flat arguments but cache_dir, plus the transform fields added since (every TransformOptions field
-    # is listed, so a flat one is pointed to its place): eval_center_crop
-    assert len(OLD_KEYS) == 46 and "eval_center_crop" in OLD_KEYS
+    # the 46 flat arguments but cache_dir, plus the transform / loader fields added since (every field of the
+    # groups is listed, so a flat one is pointed to its place): eval_center_crop, global_batch_size
+    assert len(OLD_KEYS) == 47 and {"eval_center_crop", "global_batch_size"} <= OLD_KEYS
     assert new_spelling("eval_center_crop") == "transform.eval_center_crop"
 
     domain = {"dataset": "gta5", "root": "/g", "supervision": "domain", "target_dataset": "cityscapes",

@@ -11,7 +11,7 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
@@ -26,7 +26,7 @@ class Preempted(SIGTERMException):
         super().__init__(128 + signal.SIGTERM)
 
 
-class LastCheckpoint(Callback):
+class LastCheckpoint(Checkpoint):
     """Writes ``<run>/checkpoints/last.ckpt`` every N training steps, every M minutes, on SIGTERM and SIGUSR1.
 
     Lightning's ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only when it saves a monitored
@@ -43,7 +43,9 @@ class LastCheckpoint(Callback):
       finds its run folder and continues from ``last.ckpt`` (:mod:`wsss_lightning.runs`);
     * at the end of training.
 
-    The file is written beside the target and renamed over it, so a kill during the write leaves the previous
+    As a :class:`~lightning.pytorch.callbacks.Checkpoint` it runs after every other callback's hook of the same
+    step (Lightning moves checkpoint callbacks to the end), so the file holds the state after the step's EMA
+    update and schedule values. The file is written beside the target and renamed over it, so a kill during the write leaves the previous
     ``last.ckpt`` intact. With several processes the step rule needs no communication (every rank counts the
     same steps); time and signals are local, so the ranks agree on them every ``sync_every`` steps (one small
     collective) and write together.
