@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -191,7 +190,7 @@ def seminar_args(root: Path, stage: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _seminar_short_run(args: list[str], caplog: pytest.LogCaptureFixture) -> tuple[Any, str]:
+def _seminar_short_run(args: list[str], caplog: pytest.LogCaptureFixture):  # -> (LightningCLI, the line)
     caplog.clear()
     with caplog.at_level("INFO"):
         cli = run_cli(["fit", *args])
