@@ -131,3 +131,105 @@ def test_demo_with_a_short_run(synthetic, tmp_path, monkeypatch, caplog):
             "--trainer.max_steps=6", "--trainer.limit_val_batches=1",
         ])  # fmt: skip
     assert _scaled_line(caplog.text) and "val/miou" in summary
+
+
+U2PL_CONFIG = CONFIGS / "u2pl" / "synthetic_voc_1_8.yaml"
+#: the tiny U2PL at one or two steps per epoch with the config's 4-epoch warm-up
+U2PL_SMALL = [a for a in tiny.U2PL if not a.startswith("--model.init_args.warmup_epochs")]
+
+
+def u2pl_args(root: Path, *extra: str) -> list[str]:
+    return [
+        "--config", str(U2PL_CONFIG), "--data.source.root", str(root), *tiny.CPU, *U2PL_SMALL,
+        "--trainer.limit_val_batches=1", "--trainer.check_val_every_n_epoch=100", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("length", [["--trainer.max_steps=3"], ["--trainer.fast_dev_run=1"]])
+def test_u2pl_short_run_scales_its_warmup(length, synthetic, tmp_path, monkeypatch, caplog):
+    """A 3-step run of the 12-epoch config stayed in its 4-epoch supervised warm-up: the warm-up is scaled
+    into the run (reported in one line) and alpha_t anneals over the run's epochs."""
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("INFO"):
+        cli = run_cli(["fit", *u2pl_args(synthetic("voc"), *length)])
+    (line,) = _scaled_line(caplog.text)
+    model, metrics = cli.model, cli.trainer.callback_metrics
+    assert "U2PLModule: schedule scaled to the run's" in line
+    assert model.hparams["warmup_epochs"] == 4
+    if "max_steps" in length[0]:  # 2 epochs of 2 steps (limit_train_batches): warm-up in epoch 0 only
+        assert cli.trainer.global_step == 3 and "run's 2 epochs" in line and "warmup_epochs 4 -> 1" in line
+        assert model.warmup_epochs == 1
+        assert float(metrics["schedule/anneal"]) == pytest.approx(0.5)  # epoch 1 of the run's 2, not of 12
+    else:
+        assert cli.trainer.global_step == 1 and "warmup_epochs 4 -> 0" in line and model.warmup_epochs == 0
+    # the unsupervised and contrastive losses trained before the run ended; the teacher left its warm-up
+    assert {"train/loss_unsup", "train/loss_contrastive"} <= set(metrics)
+    assert float(metrics["teacher/decay"]) < 1.0
+
+
+def test_u2pl_schedule_that_fits_is_untouched(synthetic, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    args = u2pl_args(synthetic("voc"), "--model.init_args.warmup_epochs=1", "--trainer.limit_train_batches=1")
+    with caplog.at_level("INFO"):
+        cli = run_cli(["fit", *args, "--trainer.max_steps=3"])  # 3 epochs of 1 step, max_epochs 12
+    assert not _scaled_line(caplog.text)
+    assert cli.model.warmup_epochs == 1 and cli.model._teacher_schedule.warmup_epochs == 1
+    # alpha_t's T is the run's 3 epochs (max_steps ends it before max_epochs): 1 - 2/3 at its last epoch
+    assert float(cli.trainer.callback_metrics["schedule/anneal"]) == pytest.approx(1 / 3)
+
+
+SEMINAR_CONFIGS = CONFIGS / "seminar"
+#: the tiny Seminar at two steps per epoch with the config's 11-epoch consistency ramp
+SEMINAR_SMALL = [a for a in tiny.SEMINAR if not a.startswith("--model.init_args.consistency.ramp_epochs")]
+
+
+def seminar_args(root: Path, stage: str, *extra: str) -> list[str]:
+    return [
+        "--config", str(SEMINAR_CONFIGS / f"synthetic_voc_{stage}.yaml"), "--data.source.root", str(root),
+        *tiny.CPU, *SEMINAR_SMALL, "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", *extra,
+    ]  # fmt: skip
+
+
+def _seminar_short_run(args: list[str], caplog: pytest.LogCaptureFixture):  # -> (LightningCLI, the line)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        cli = run_cli(["fit", *args])
+    (line,) = _scaled_line(caplog.text)
+    assert "SeminarModule: schedule scaled to the run's" in line
+    assert cli.model.hparams["consistency"]["ramp_epochs"] == 11
+    # the consistency loss trained at its full weight before the run ended
+    metrics = cli.trainer.callback_metrics
+    assert "train/loss_consistency" in metrics and float(metrics["schedule/consistency_ramp"]) == 1.0
+    return cli, line
+
+
+@pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")
+def test_seminar_short_runs_scale_the_consistency_ramp(synthetic, tmp_path, monkeypatch, caplog):
+    """The 11-epoch ramp never reached its weight in a short run of either stage: it is scaled into the run."""
+    monkeypatch.chdir(tmp_path)
+    root = synthetic("voc")
+    short = ["--trainer.max_steps=4", "--trainer.val_check_interval=4"]  # 2 epochs of 2 steps
+    _, line = _seminar_short_run(seminar_args(root, "ancillary", *short), caplog)
+    assert "run's 2 epochs" in line and "consistency.ramp_epochs 11 -> 1" in line
+    ckpt = next(Path("outputs").rglob("last.ckpt"))
+    _, line = _seminar_short_run(seminar_args(root, "ancillary", "--trainer.fast_dev_run=1"), caplog)
+    assert "run's 1 epoch " in line and "consistency.ramp_epochs 11 -> 0" in line
+    primary = seminar_args(
+        root, "primary", f"--model.init_args.ancillary_checkpoint={ckpt}", "--trainer.fast_dev_run=1"
+    )
+    cli, line = _seminar_short_run(primary, caplog)
+    assert "consistency.ramp_epochs 11 -> 0" in line and "train/loss_pseudo" in cli.trainer.callback_metrics
+
+
+@pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode")
+def test_seminar_ramp_that_fits_is_untouched(synthetic, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    args = seminar_args(
+        synthetic("voc"), "ancillary", "--model.init_args.consistency.ramp_epochs=2",
+        "--trainer.limit_train_batches=1", "--trainer.max_steps=3", "--trainer.val_check_interval=1",
+    )  # fmt: skip
+    with caplog.at_level("INFO"):
+        cli = run_cli(["fit", *args])  # 3 epochs of 1 step: the ramp completes in the last
+    assert not _scaled_line(caplog.text)
+    assert cli.model._ramp_schedule.total_steps == 2
+    assert float(cli.trainer.callback_metrics["schedule/consistency_ramp"]) == 1.0

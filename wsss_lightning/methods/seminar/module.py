@@ -12,7 +12,8 @@ is one stage:
   at every step (Eq. 6). The primary starts from the same initialisation as the ancillary (ImageNet backbone,
   fresh head from another seed, fresh learning-rate schedule, §3.1-3.2); its student is the output model.
 
-Chaining a further stage is the same command with the primary's checkpoint as the ancillary.
+Chaining a further stage is the same command with the primary's checkpoint as the ancillary. A run shorter than
+the consistency ramp (``--trainer.max_steps 10``, ``fast_dev_run``) scales the ramp into it (see ``setup``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
 from wsss_lightning.callbacks.ema import EMATeacherCallback
-from wsss_lightning.callbacks.schedule import ScheduleCallback
+from wsss_lightning.callbacks.schedule import ScheduleCallback, fit_boundaries, run_length, scaled_message
 from wsss_lightning.losses.dense_crf import DenseCRFLoss
 from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.methods.seminar.ancillary import FIELD, ancillary_student_state
@@ -135,7 +137,8 @@ class SeminarModule(SegmentationMethod):
     @override
     def configure_callbacks(self) -> list[L.Callback]:
         cons = self.options.consistency
-        ramp = (
+        # fitted to the run in setup, once its length is known
+        self._ramp_schedule = ramp = (
             ScheduleCallback(
                 "consistency_ramp",
                 kind="linear",
@@ -184,6 +187,29 @@ class SeminarModule(SegmentationMethod):
                 f"SeminarModule trains on clicks: set data.view to ClickView (data.init_args.view), got the "
                 f"{supervision!r} view"
             )
+        epochs = run_length(self.trainer, "epoch")
+        if epochs is not None and epochs > 0:
+            self._fit_schedule(epochs)
+
+    def _fit_schedule(self, epochs: int) -> None:
+        """Scale the consistency ramp into a run of ``epochs`` epochs that ends before the ramp does.
+
+        λ_pCons(e) reaches its weight at epoch ``ramp_epochs``; a run that ends first (``--trainer.max_steps 10``
+        on a 16-epoch config, ``fast_dev_run``) never trains with it. The ramp is scaled by
+        :func:`fit_boundaries` (to 0: the full weight from the start, as ``ramp_epochs = 0`` configures) and the
+        change is reported in one line; a ramp that completes within the run is left as configured. The saved
+        hyper-parameters keep the configured value.
+        """
+        old = {"consistency.ramp_epochs": self.options.consistency.ramp_epochs}
+        new = fit_boundaries(old, epochs)
+        if new == old:
+            return
+        rank_zero_info(scaled_message(type(self).__name__, "epoch", epochs, old, new))
+        ramp = new["consistency.ramp_epochs"]
+        if ramp > 0:
+            self._ramp_schedule.retime(0, ramp)
+        else:  # what configure_callbacks builds for ramp_epochs = 0
+            self._ramp_schedule.kind, self._ramp_schedule.start = "constant", 1.0
 
     @override
     def on_fit_start(self) -> None:

@@ -13,6 +13,9 @@ Unreliable Pseudo-Labels for Label-Efficient Semantic Segmentation" (U2PL+, IJCV
 5. the teacher follows the student by EMA (``EMATeacherCallback``); alpha_t anneals linearly with the epoch
    (``ScheduleCallback``).
 
+A run shorter than the schedule (``--trainer.max_steps 3``, ``fast_dev_run``) scales the warm-up into it, so the
+semi-supervised losses still train, and anneals alpha_t over the epochs the run has (see ``setup``).
+
 Given a plain batch instead of ``{"labeled", "unlabeled"}`` (``SemiView(labeled_only=True)``, i.e.
 ``configs/u2pl/suponly.yaml``, or the ``full`` view) the module trains the same network on labels alone: the
 SupOnly baseline (``train_sup.py``).
@@ -27,11 +30,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
 from wsss_lightning.callbacks.ema import EMATeacherCallback
-from wsss_lightning.callbacks.schedule import ScheduleCallback
+from wsss_lightning.callbacks.schedule import ScheduleCallback, fit_boundaries, run_length, scaled_message
 from wsss_lightning.losses.segmentation import ohem_ce
 from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.methods.u2pl.contrastive import ContrastiveOutput, U2PLContrastiveLoss
@@ -95,6 +99,8 @@ class U2PLModule(SegmentationMethod):
         super().__init__(**kwargs)
         #: 1 -> 0 over training, set every epoch by the ScheduleCallback: alpha_t = drop_percent * anneal
         self.anneal = 1.0
+        #: supervised-only epochs this fit trains: ``warmup_epochs``, or scaled into a shorter run (see setup)
+        self.warmup_epochs: int = self.options.warmup_epochs
 
     # ------------------------------------------------------------------ construction
     @override
@@ -134,20 +140,47 @@ class U2PLModule(SegmentationMethod):
     @override
     def configure_callbacks(self) -> list[L.Callback]:
         teacher = self.options.teacher
-        return [
-            *super().configure_callbacks(),
-            EMATeacherCallback(
-                teacher_attr="teacher",
-                student_attr="student",
-                decay=teacher.ema_decay,
-                ramp=True,
-                warmup_epochs=self.options.warmup_epochs,
-                copy_at_warmup_end=teacher.copy_first_epoch,
-                copy_buffers_at_warmup_end=teacher.bn_from_student,
-            ),
-            # alpha_t = alpha_0 (1 - t / T) with t the epoch index (U2PL+ Eq. 13)
-            ScheduleCallback("anneal", kind="linear", start=1.0, end=0.0, interval="epoch"),
-        ]
+        # the warm-up and the anneal's span are fitted to the run in setup, once its length is known
+        self._teacher_schedule = EMATeacherCallback(
+            teacher_attr="teacher",
+            student_attr="student",
+            decay=teacher.ema_decay,
+            ramp=True,
+            warmup_epochs=self.options.warmup_epochs,
+            copy_at_warmup_end=teacher.copy_first_epoch,
+            copy_buffers_at_warmup_end=teacher.bn_from_student,
+        )
+        # alpha_t = alpha_0 (1 - t / T) with t the epoch index (U2PL+ Eq. 13)
+        self._anneal_schedule = ScheduleCallback(
+            "anneal", kind="linear", start=1.0, end=0.0, interval="epoch"
+        )
+        return [*super().configure_callbacks(), self._teacher_schedule, self._anneal_schedule]
+
+    @override
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        epochs = run_length(self.trainer, "epoch")
+        if epochs is not None and epochs > 0:
+            self._fit_schedule(epochs)
+
+    def _fit_schedule(self, epochs: int) -> None:
+        """Scale the warm-up into a run of ``epochs`` epochs shorter than it; anneal alpha_t over the run.
+
+        A warm-up as long as the run (``--trainer.max_steps 3`` on a 12-epoch config, ``fast_dev_run``) would
+        train the supervised loss alone: it is scaled by :func:`fit_boundaries` and the change is reported in
+        one line; one that fits is left as configured. alpha_t's ``T`` is the run's epochs, also when
+        ``max_steps`` ends the run before ``max_epochs``. The saved hyper-parameters keep the configured values.
+        """
+        old = {"warmup_epochs": self.options.warmup_epochs}
+        new = fit_boundaries(old, epochs)
+        if new != old:
+            rank_zero_info(scaled_message(type(self).__name__, "epoch", epochs, old, new))
+        self.warmup_epochs = new["warmup_epochs"]
+        self._teacher_schedule.warmup_epochs = self.warmup_epochs
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and 0 < epochs < max_epochs:
+            self._anneal_schedule.retime(0, epochs)
 
     @override
     def param_groups(self) -> dict[str, tuple[list[nn.Parameter], float]]:
@@ -159,7 +192,7 @@ class U2PLModule(SegmentationMethod):
         # the teacher is still untrained during the supervised-only warm-up of a fit (validate / test /
         # predict of a checkpoint always use the configured network)
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        warming_up = fitting and self.trainer.current_epoch < self.options.warmup_epochs
+        warming_up = fitting and self.trainer.current_epoch < self.warmup_epochs
         use_teacher = self.options.evaluate == "teacher" and not warming_up
         net = self.teacher if use_teacher else self.student
         out: dict[str, Tensor] = net(images, with_rep=False)
@@ -240,7 +273,7 @@ class U2PLModule(SegmentationMethod):
             return loss
         images_l, labels_l = batch["labeled"]["image"], batch["labeled"]["mask"]
         images_u = batch["unlabeled"]["image"]
-        if self.trainer.current_epoch < self.options.warmup_epochs:
+        if self.trainer.current_epoch < self.warmup_epochs:
             return self._warmup_step(images_l, labels_l)
         # ground truth of unlabeled images, kept only by SemiView(keep_target_masks=True), for diagnostics
         return self._semi_step(images_l, labels_l, images_u, batch["unlabeled"].get("mask"))
