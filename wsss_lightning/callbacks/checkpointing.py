@@ -78,6 +78,7 @@ class LastCheckpoint(Checkpoint):
         self._last_write = time.monotonic()
         self._saved_step = -1
         self._sigusr1 = False
+        self._wrote_this_run = False
         self._previous_sigusr1: Any = None
 
     @property
@@ -93,6 +94,7 @@ class LastCheckpoint(Checkpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_write = time.monotonic()
         self._saved_step = trainer.global_step  # a resumed run starts from what it loaded
+        self._wrote_this_run = False
         if hasattr(signal, "SIGUSR1"):
             self._previous_sigusr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
 
@@ -118,6 +120,25 @@ class LastCheckpoint(Checkpoint):
         # with several processes Lightning stops all of them at the next step's start (see on_exception)
         if sigterm and trainer.world_size == 1:
             raise Preempted()
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._rewrite_after_step(trainer)
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._rewrite_after_step(trainer)
+
+    def _rewrite_after_step(self, trainer: L.Trainer) -> None:
+        """A step written at its end is written again after the epoch-end hooks / the validation that follow it.
+
+        Both belong to that step (schedules and teachers advance at epoch ends; the loops record the
+        validation as done), so the file stays the state a continued run needs at that step, as Lightning's
+        ``ModelCheckpoint`` does with ``last.ckpt``.
+        """
+        if self._wrote_this_run and trainer.global_step == self._saved_step:
+            self._write(trainer, "step")
 
     def _time_is_up(self) -> bool:
         minutes = self.every_n_minutes
@@ -156,6 +177,7 @@ class LastCheckpoint(Checkpoint):
         trainer.strategy.barrier("last_checkpoint")
         self._saved_step = trainer.global_step
         self._last_write = time.monotonic()
+        self._wrote_this_run = True
         if why not in ("step", "end of training"):
             rank_zero_info(f"wsss: wrote {target} at step {trainer.global_step} ({why})")
 

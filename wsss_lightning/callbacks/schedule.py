@@ -81,17 +81,24 @@ def scaled_message(owner: str, unit: str, run_length: int, old: dict[str, int], 
 def run_length(trainer: L.Trainer, interval: Literal["step", "epoch"] = "step") -> int | None:
     """Optimizer steps (or epochs) the fit trains for, from max_steps / max_epochs / limit_train_batches.
 
-    ``None`` for an endless run. Epochs count the one a ``max_steps`` limit ends in; builds the training
-    dataloader when it does not exist yet (as ``trainer.estimated_stepping_batches`` does).
+    ``None`` for an endless run. Epochs count the one a ``max_steps`` limit ends in. Counting batches needs the
+    training dataloader: one built here (in ``setup``, before Lightning restores a checkpoint) is dropped again,
+    so Lightning builds it anew after the restore, from the restored position (``fit --ckpt_path`` continues
+    mid-epoch exactly).
     """
-    steps = trainer.estimated_stepping_batches
-    if not math.isfinite(steps):
-        return None
-    if interval == "step":
-        return int(steps)
-    if trainer.train_dataloader is None:
-        trainer.fit_loop.setup_data()
-    batches = trainer.num_training_batches
+    unbuilt = trainer.train_dataloader is None
+    try:
+        steps = trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            return None
+        if interval == "step":
+            return int(steps)
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+    finally:
+        if unbuilt and trainer.train_dataloader is not None:
+            trainer.fit_loop._combined_loader = None
     max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
     if not math.isfinite(batches) or batches <= 0:
         return max_epochs
