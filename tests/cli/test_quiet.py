@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_cli import CONFIGS, tiny_args
+from tests.methods import tiny
 from wsss_lightning.callbacks import RunProgressBar, StepSeed
 from wsss_lightning.cli import run_cli
 
@@ -132,3 +133,27 @@ def test_fit_resume_validate_predict_say_nothing_unactionable(
 
     found = [m for m in UNACTIONABLE if m in heard]
     assert not found, f"unactionable messages in the runs' output: {found}"
+
+
+@pytest.mark.parametrize(
+    ("config", "extra"),
+    [
+        ("quickstart.yaml", tiny.DUPL),
+        ("u2pl/synthetic_voc_1_8.yaml", tiny.U2PL),
+        ("seminar/synthetic_voc_ancillary.yaml", tiny.SEMINAR),
+    ],
+    ids=["dupl", "u2pl", "seminar"],
+)
+def test_a_second_validate_keeps_the_methods_callbacks(config, extra, synthetic, tmp_path, monkeypatch):
+    """The schedule / teacher callbacks a method attaches to a trainer stay attached on its next validate."""
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli([
+        "validate", "-c", str(CONFIGS / config), "--data.source.root", str(synthetic("voc")), *extra, *tiny.CPU,
+        "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+    ])  # fmt: skip
+    attached = list(cli.trainer.callbacks)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule)
+    assert not [w for w in caught if "will override existing callbacks" in str(w.message)]
+    assert [id(c) for c in cli.trainer.callbacks] == [id(c) for c in attached]

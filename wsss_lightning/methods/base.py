@@ -204,12 +204,24 @@ class SegmentationMethod(L.LightningModule, ABC):
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
-        # Random draws inside training_step become a function of the global step: exact resume.
-        # A trainer that already holds one (given by the user, or added by an earlier validate / test on the
-        # same trainer) keeps it; returning another would only replace it and make Lightning say so.
-        if any(isinstance(c, StepSeed) for c in getattr(self._trainer, "callbacks", ())):
+        """:class:`StepSeed` and the method's own callbacks (:meth:`method_callbacks`), once per trainer.
+
+        Random draws inside ``training_step`` become a function of the global step (exact resume). A trainer
+        that already holds a StepSeed (given by the user) keeps it, and a trainer that holds the callbacks an
+        earlier validate / test on it attached keeps those: returning new ones would only replace them and make
+        Lightning warn that they override existing callbacks.
+        """
+        attached = list(getattr(self._trainer, "callbacks", None) or ())
+        previous: list[L.Callback] = getattr(self, "_configured_callbacks", [])
+        if previous and all(any(c is a for a in attached) for c in previous):
             return []
-        return [StepSeed()]
+        seed: list[L.Callback] = [] if any(isinstance(c, StepSeed) for c in attached) else [StepSeed()]
+        self._configured_callbacks = [*seed, *self.method_callbacks()]
+        return self._configured_callbacks
+
+    def method_callbacks(self) -> list[L.Callback]:
+        """The callbacks the method's training needs (schedules, teachers); none by default."""
+        return []
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -180,7 +180,7 @@ class DuPLModule(SegmentationMethod):
         return cast(SegmentationIoU, self.val_outputs[f"{kind}{k + 1}"])
 
     @override
-    def configure_callbacks(self) -> list[L.Callback]:
+    def method_callbacks(self) -> list[L.Callback]:
         cfg = self.options.threshold
         start_step = self.options.phases.seg_start if cfg.start_step is None else cfg.start_step
         # the step span is set in setup, once the run's length is known
@@ -193,7 +193,7 @@ class DuPLModule(SegmentationMethod):
             total_steps=cfg.total_steps,
             log_name="train/threshold_high",
         )
-        return [*super().configure_callbacks(), self._threshold_schedule]
+        return [self._threshold_schedule]
 
     @override
     def setup(self, stage: str) -> None:

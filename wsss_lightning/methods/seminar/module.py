@@ -135,7 +135,7 @@ class SeminarModule(SegmentationMethod):
         )
 
     @override
-    def configure_callbacks(self) -> list[L.Callback]:
+    def method_callbacks(self) -> list[L.Callback]:
         cons = self.options.consistency
         # fitted to the run in setup, once its length is known
         self._ramp_schedule = ramp = (
@@ -151,7 +151,6 @@ class SeminarModule(SegmentationMethod):
             else ScheduleCallback("consistency_ramp", kind="constant", start=1.0)
         )
         return [
-            *super().configure_callbacks(),
             # Eq. 1: a_t = min(1 - 1/t, alpha) after optimizer step t = 1, 2, ...: from step 1, no warm-up or copy
             EMATeacherCallback(
                 teacher_attr="teacher",
@@ -208,7 +207,7 @@ class SeminarModule(SegmentationMethod):
         ramp = new["consistency.ramp_epochs"]
         if ramp > 0:
             self._ramp_schedule.retime(0, ramp)
-        else:  # what configure_callbacks builds for ramp_epochs = 0
+        else:  # what method_callbacks builds for ramp_epochs = 0
             self._ramp_schedule.kind, self._ramp_schedule.start = "constant", 1.0
 
     @override

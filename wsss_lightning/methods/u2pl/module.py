@@ -138,7 +138,7 @@ class U2PLModule(SegmentationMethod):
             ]
 
     @override
-    def configure_callbacks(self) -> list[L.Callback]:
+    def method_callbacks(self) -> list[L.Callback]:
         teacher = self.options.teacher
         # the warm-up and the anneal's span are fitted to the run in setup, once its length is known
         self._teacher_schedule = EMATeacherCallback(
@@ -154,7 +154,7 @@ class U2PLModule(SegmentationMethod):
         self._anneal_schedule = ScheduleCallback(
             "anneal", kind="linear", start=1.0, end=0.0, interval="epoch"
         )
-        return [*super().configure_callbacks(), self._teacher_schedule, self._anneal_schedule]
+        return [self._teacher_schedule, self._anneal_schedule]
 
     @override
     def setup(self, stage: str) -> None:
