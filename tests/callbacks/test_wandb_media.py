@@ -26,14 +26,21 @@ def small_datamodule(root: Path) -> WSSSDataModule:
     )
 
 
-def test_offline_run_writes_files_and_media(
+def _offline_run(
     synthetic: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[WSSSDataModule, SupervisedModule, WandbLogger]:
+    """A small datamodule, a ResNet-18 supervised model and an offline W&B logger writing under ``tmp_path``."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     dm = small_datamodule(synthetic("voc"))
     model = SupervisedModule(encoder="resnet18", num_classes=dm.num_classes, class_names=dm.class_names)
-    logger = WandbLogger(project="wsss-test", save_dir=str(tmp_path), offline=True)
+    return dm, model, WandbLogger(project="wsss-test", save_dir=str(tmp_path), offline=True)
+
+
+def test_offline_run_writes_files_and_media(
+    synthetic: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dm, model, logger = _offline_run(synthetic, tmp_path, monkeypatch)
     trainer = L.Trainer(
         max_steps=2, val_check_interval=2, limit_val_batches=2, accelerator="cpu", logger=logger,
         callbacks=[WandbSegmentationMedia(num_images=3)], enable_checkpointing=False, enable_progress_bar=False,
@@ -68,11 +75,7 @@ def test_media_callback_validates_arguments() -> None:
 def test_iou_table_matches_the_same_validation(
     synthetic: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    dm = small_datamodule(synthetic("voc"))
-    model = SupervisedModule(encoder="resnet18", num_classes=dm.num_classes, class_names=dm.class_names)
-    logger = WandbLogger(project="wsss-test", save_dir=str(tmp_path), offline=True)
+    dm, model, logger = _offline_run(synthetic, tmp_path, monkeypatch)
     logged: list[dict[str, Any]] = []
     run = logger.experiment
     log = run.log
