@@ -33,19 +33,27 @@ class InterruptAtStep(Callback):
 
 
 class DumpState(Callback):
-    """At the end of fit, save this rank's module state (teacher, memory bank, ...) to ``<out>/rank<r>.pt``."""
+    """Save this rank's module state (teacher, memory bank, ...) to ``<out>/rank<r>.pt`` at the end of fit (or of
+    validation, ``at="validation_end"``)."""
 
-    def __init__(self, out: str) -> None:
+    def __init__(self, out: str, at: str = "train_end") -> None:
         self.out = out
+        self.at = at
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _dump(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import os
-
-        import torch
 
         os.makedirs(self.out, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         torch.save(state, os.path.join(self.out, f"rank{trainer.global_rank}.pt"))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at == "train_end":
+            self._dump(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at == "validation_end":
+            self._dump(trainer, pl_module)
 
 
 class StepLog(Callback):

@@ -33,13 +33,16 @@ from wsss_lightning.data.legacy import legacy_data_options_message
 from wsss_lightning.methods import SegmentationMethod
 from wsss_lightning.methods.u2pl.options import renamed_options_message
 from wsss_lightning.runs import (
+    CKPT_PATH_ENV,
     RUN_DIR_ENV,
+    best_checkpoint,
     claimed_run,
     experiment_folder,
     is_run_folder,
     last_checkpoint,
     launch_key,
     new_version,
+    newest_best,
     newest_last,
 )
 
@@ -121,6 +124,14 @@ DEFAULT_CALLBACKS: list[tuple[str, dict[str, Any]]] = [
 _namespace = cast(Callable[..., Namespace], Namespace)
 
 
+def _restarted() -> bool:
+    """Whether this process belongs to a requeued SLURM job or a restarted torchrun worker group."""
+    return any(
+        os.environ.get(name, "0") not in ("", "0")
+        for name in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
+    )
+
+
 def _data_root_note(run: Path, config: Namespace) -> str:
     """``" (trained on DIR)"`` when the run's saved config names another data root than this one, else ``""``."""
     saved = run / "config.yaml"
@@ -192,12 +203,13 @@ class WSSSLightningCLI(LightningCLI):
             )
 
     def _choose_run_folder(self) -> None:
-        """Set ``trainer.default_root_dir`` to this run's folder and resolve ``--ckpt_path last`` inside it.
+        """Set ``trainer.default_root_dir`` to this run's folder and resolve ``--ckpt_path last | best`` inside it.
 
         The experiment folder is ``trainer.default_root_dir`` or ``outputs/<the config files' names>``; a run is
         a ``version_N`` inside it (:mod:`wsss_lightning.runs`). ``fit --ckpt_path last`` continues the newest run
-        that has a ``last.ckpt``, in its own folder; validate / test / predict with ``last`` evaluate that file
-        in a new run folder. A ``default_root_dir`` naming a run folder (``.../version_3``) selects that run.
+        that has a ``last.ckpt``, in its own folder; validate / test / predict with ``last`` or ``best`` evaluate
+        that run's file in a new run folder. A ``default_root_dir`` naming a run folder (``.../version_3``)
+        selects that run (evaluations of it get a new folder beside it).
         """
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
@@ -208,49 +220,77 @@ class WSSSLightningCLI(LightningCLI):
             trainer["default_root_dir"] = experiment
             return
         ckpt_path = config.get("ckpt_path")
+        key = launch_key(subcommand=subcommand)
+        parent = Path(experiment).parent if is_run_folder(experiment) else Path(experiment)
+
+        def fresh() -> Path:  # a new run folder, the same one for every process of an srun / torchrun launch
+            return claimed_run(parent, key) if key is not None else new_version(parent)
+
         inherited = os.environ.get(RUN_DIR_ENV)
-        if inherited:  # a process that Lightning started for this run (DDP)
+        if (
+            inherited
+        ):  # a process that Lightning started for this run (DDP): the first process resolved it all
             run = Path(inherited)
-        elif ckpt_path == "last":
-            found = newest_last(experiment)
-            if found is None and subcommand != "fit" and not trainer.get("default_root_dir"):
-                # evaluation fragments stacked on the training configs (e.g. eval_center_crop.yaml): the
-                # experiment of the longest leading part of the config list that has a run
-                shorter = (
-                    newest_last(experiment_folder(configs[:k])) for k in range(len(configs) - 1, 0, -1)
-                )
-                found = next((run for run in shorter if run is not None), None)
-            if found is None:
-                raise ConfigurationError(
-                    f"--ckpt_path last: no run under {experiment} has {os.path.join('checkpoints', 'last.ckpt')} "
-                    "(start without --ckpt_path, or set --trainer.default_root_dir to the experiment or run folder "
-                    "that holds it)"
-                )
-            run = found if subcommand == "fit" else new_version(experiment)
-            config["ckpt_path"] = str(last_checkpoint(found))
-            rank_zero_info(f"wsss: --ckpt_path last -> {config['ckpt_path']}{_data_root_note(found, config)}")
-        elif is_run_folder(experiment):
-            run = Path(experiment)
-            if subcommand == "fit" and ckpt_path is None and last_checkpoint(run).is_file():
-                raise ConfigurationError(
-                    f"{run} holds a run with {last_checkpoint(run).name}: continue it with --ckpt_path last, or "
-                    "give --trainer.default_root_dir an experiment folder (a new version_N is made inside)"
-                )
-            run.mkdir(parents=True, exist_ok=True)
-        elif (key := launch_key()) is not None:  # srun / torchrun: every process of the launch takes the same
-            run = claimed_run(experiment, key)
+            ckpt_path = os.environ.get(CKPT_PATH_ENV) or ckpt_path
+            config["ckpt_path"] = ckpt_path
+        elif ckpt_path in ("last", "best"):
+            found = self._find_checkpoint(experiment, configs, subcommand, ckpt_path, explicit_root=bool(
+                trainer.get("default_root_dir")))  # fmt: skip
+            config["ckpt_path"] = str(found)
+            run = found.parent.parent if subcommand == "fit" else fresh()
+            rank_zero_info(
+                f"wsss: --ckpt_path {ckpt_path} -> {found}{_data_root_note(found.parent.parent, config)}"
+            )
+        elif subcommand != "fit":  # an evaluation never writes into a training run's folder
+            run = fresh()
         else:
-            run = new_version(experiment)
-        # a requeued SLURM job continues (Lightning prefers its own hpc_ckpt_*.ckpt when there is one)
-        requeued = (
-            os.environ.get("SLURM_RESTART_COUNT", "0") != "0" and subcommand == "fit" and ckpt_path is None
-        )
-        if requeued and last_checkpoint(run).is_file() and not any(run.glob("hpc_ckpt_*.ckpt")):
-            config["ckpt_path"] = str(last_checkpoint(run))
-            rank_zero_info(f"wsss: requeued job continues from {config['ckpt_path']}")
+            run = Path(experiment) if is_run_folder(experiment) else fresh()
+            run.mkdir(parents=True, exist_ok=True)
+            if ckpt_path is None and last_checkpoint(run).is_file():
+                if not _restarted():
+                    raise ConfigurationError(
+                        f"{run} holds a run with {last_checkpoint(run).name}: continue it with --ckpt_path last, "
+                        "or start a new run (give --trainer.default_root_dir an experiment folder, or launch "
+                        "with a new torchrun --rdzv_id)"
+                    )
+                # a requeued SLURM job / restarted torchrun worker continues from the newest checkpoint
+                newest = max(
+                    [last_checkpoint(run), *run.glob("hpc_ckpt_*.ckpt")], key=lambda p: p.stat().st_mtime
+                )
+                config["ckpt_path"] = str(newest)
+                rank_zero_info(f"wsss: restarted job continues from {newest}")
         self._run_folder = (str(run), config.get("ckpt_path"))
         self._apply_run_folder()
-        os.environ[RUN_DIR_ENV] = str(run)  # the processes Lightning starts (DDP) join this run
+        # the processes Lightning starts (DDP) join this run, with the checkpoint resolved here
+        os.environ[RUN_DIR_ENV] = str(run)
+        if config.get("ckpt_path"):
+            os.environ[CKPT_PATH_ENV] = str(config["ckpt_path"])
+
+    @staticmethod
+    def _find_checkpoint(
+        experiment: str, configs: list[str], subcommand: str, which: str, explicit_root: bool
+    ) -> Path:
+        """The ``last.ckpt`` (or best checkpoint) of the newest run of the experiment that has one.
+
+        Evaluation fragments stacked on the training configs (e.g. ``eval_center_crop.yaml``) name another
+        experiment: without an explicit ``default_root_dir``, an evaluation looks in the experiment of the
+        longest leading part of the config list that has a run.
+        """
+        lookup = newest_last if which == "last" else newest_best
+        found = lookup(experiment)
+        if found is None and subcommand != "fit" and not explicit_root:
+            shorter = (lookup(experiment_folder(configs[:k])) for k in range(len(configs) - 1, 0, -1))
+            found = next((run for run in shorter if run is not None), None)
+        if found is None:
+            wanted = os.path.join("checkpoints", "last.ckpt" if which == "last" else "best-*.ckpt")
+            raise ConfigurationError(
+                f"--ckpt_path {which}: no run under {experiment} has {wanted} (start without --ckpt_path, or set "
+                "--trainer.default_root_dir to the experiment or run folder that holds it)"
+            )
+        try:
+            return last_checkpoint(found) if which == "last" else best_checkpoint(found)
+        except ValueError as exc:
+            raise ConfigurationError(f"--ckpt_path best: {exc}") from exc
 
     def _apply_run_folder(self) -> None:
         subcommand = self.config.get("subcommand")
@@ -591,6 +631,7 @@ def run_cli(args: ArgsType = None, run: bool = True) -> WSSSLightningCLI:
         finally:  # the run folder is passed to this run's own processes only, never to the next run_cli call
             if inherited is None:
                 os.environ.pop(RUN_DIR_ENV, None)
+                os.environ.pop(CKPT_PATH_ENV, None)
     # DDP processes that exit with a live process group occasionally abort at interpreter shutdown.
     if run and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -22,8 +22,10 @@ import socket
 import time
 from pathlib import Path
 
-#: the environment variable through which a run passes its folder to the processes it starts
+#: the environment variables through which a run passes its folder and resolved checkpoint to the processes it
+#: starts
 RUN_DIR_ENV = "WSSS_RUN_DIR"
+CKPT_PATH_ENV = "WSSS_CKPT_PATH"
 #: the subfolder of a run that holds its checkpoints
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
@@ -75,6 +77,28 @@ def newest_last(experiment: str | Path) -> Path | None:
     return None
 
 
+def best_checkpoints(run: str | Path) -> list[Path]:
+    """The best-by-``val/miou`` checkpoints a run holds (``checkpoints/best-*.ckpt``)."""
+    return sorted((Path(run) / CHECKPOINTS).glob("best-*.ckpt"))
+
+
+def best_checkpoint(run: str | Path) -> Path:
+    """A run's best checkpoint; an error naming them when it holds several (``save_top_k`` > 1)."""
+    found = best_checkpoints(run)
+    if len(found) != 1:
+        raise ValueError(
+            f"{Path(run) / CHECKPOINTS} holds {len(found)} best-*.ckpt files ({', '.join(p.name for p in found)}); "
+            "pass the one to use as --ckpt_path FILE"
+        )
+    return found[0]
+
+
+def newest_best(experiment: str | Path) -> Path | None:
+    """The newest run of an experiment that holds a best checkpoint, or ``None``; a run folder stands for itself."""
+    runs = [Path(experiment)] if is_run_folder(experiment) else versions(experiment)
+    return next((run for run in reversed(runs) if best_checkpoints(run)), None)
+
+
 def new_version(experiment: str | Path) -> Path:
     """Create and return the experiment's next free run folder (``version_<highest + 1>``)."""
     root = Path(experiment)
@@ -90,21 +114,23 @@ def new_version(experiment: str | Path) -> Path:
             number += 1
 
 
-def launch_key(environ: dict[str, str] | None = None) -> str | None:
-    """A key shared by every process of one launch by ``srun`` or ``torchrun``, ``None`` otherwise.
+def launch_key(environ: dict[str, str] | None = None, subcommand: str = "fit") -> str | None:
+    """A key shared by every process of one ``srun`` or ``torchrun`` launch of a subcommand, ``None`` otherwise.
 
-    SLURM: the job id (array job and task for array jobs), the same after a requeue. torchrun: its run id when
-    set (``--rdzv_id``; multi-node), else the launching agent's process id and host (one node).
+    SLURM: the job (array job and task for array jobs) and the job step, so each ``srun`` of a batch script has
+    its own run; a requeued job starts its steps from 0 again and finds its runs. torchrun: its run id when set
+    (``--rdzv_id``; needed across nodes), else the launching agent's process id and host (one node).
     """
     env = os.environ if environ is None else environ
-    if "SLURM_JOB_ID" in env and "SLURM_NTASKS" in env:
+    if "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env and "SLURM_NTASKS" in env:
         array = env.get("SLURM_ARRAY_JOB_ID")
-        return f"slurm-{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else f"slurm-{env['SLURM_JOB_ID']}"
+        job = f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env["SLURM_JOB_ID"]
+        return f"slurm-{job}.{env['SLURM_STEP_ID']}-{subcommand}"
     if "TORCHELASTIC_RUN_ID" in env:
         run_id = env["TORCHELASTIC_RUN_ID"]
         if run_id and run_id != "none":
-            return f"torchrun-{run_id}"
-        return f"torchrun-{socket.gethostname()}-{os.getppid()}"
+            return f"torchrun-{run_id}-{subcommand}"
+        return f"torchrun-{socket.gethostname()}-{os.getppid()}-{subcommand}"
     return None
 
 

@@ -7,7 +7,6 @@ import logging
 import multiprocessing
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -248,10 +247,12 @@ def test_processes_of_one_launch_share_a_run_folder_and_a_requeued_job_finds_its
     assert claimed_run(tmp_path, "slurm-8") == tmp_path / "version_1"
     assert new_version(tmp_path) == tmp_path / "version_2"
     assert newest_last(tmp_path) is None
-    slurm = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2"}
-    assert launch_key(slurm) == "slurm-7"
-    assert launch_key({**slurm, "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "3"}) == "slurm-5_3"
-    assert launch_key({"TORCHELASTIC_RUN_ID": "abc"}) == "torchrun-abc"
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0"}
+    assert launch_key(slurm) == "slurm-7.0-fit"
+    assert launch_key({**slurm, "SLURM_STEP_ID": "1"}, subcommand="test") == "slurm-7.1-test"
+    assert launch_key({**slurm, "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "3"}) == "slurm-5_3.0-fit"
+    assert launch_key({"TORCHELASTIC_RUN_ID": "abc"}) == "torchrun-abc-fit"
+    assert launch_key({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None  # a batch script's own process
     assert launch_key({}) is None
 
 
@@ -273,7 +274,25 @@ def test_torchrun_launches_two_processes_into_one_run_folder(synthetic, tmp_path
     assert _step(runs[0] / "checkpoints" / "last.ckpt") == 2
     hparams = (next((runs[0] / "logs").rglob("hparams.yaml"))).read_text()
     assert "world_size: 2" in hparams and "global_batch_size: 4" in hparams
-    shutil.rmtree(tmp_path / "outputs")
+
+
+def test_every_process_of_a_ddp_evaluation_loads_the_checkpoint_ckpt_path_last_names(synthetic, tmp_path):
+    """``validate --ckpt_path last`` on 2 processes: the process Lightning starts evaluates the same weights."""
+    root = synthetic("voc")
+    fit_run = _wsss_process(["fit", *tiny_args(CONFIG, root, 2), *QUIET], tmp_path)
+    assert fit_run.wait(timeout=600) == 0, _stderr(tmp_path)
+    dump = {"class_path": "tests.helpers.DumpState", "init_args": {"out": "dump", "at": "validation_end"}}
+    validate = _wsss_process([
+        "validate", *tiny_args(CONFIG, root), *QUIET, "-c", str(CONFIGS / "trainer" / "ddp_cpu.yaml"),
+        "--ckpt_path=last", f"--trainer.callbacks+={json.dumps(dump)}",
+    ], tmp_path)  # fmt: skip
+    assert validate.wait(timeout=600) == 0, _stderr(tmp_path)
+    saved = torch.load(tmp_path / EXPERIMENT / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    for rank in (0, 1):
+        state = torch.load(tmp_path / "dump" / f"rank{rank}.pt")
+        for name, value in saved["state_dict"].items():
+            torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=f"rank {rank}: {name}")
+    assert [r.name for r in versions(tmp_path / EXPERIMENT)] == ["version_0", "version_1"]
 
 
 def test_slurm_requeue_continues_in_the_same_run_folder(synthetic, tmp_path):
@@ -290,7 +309,7 @@ def test_slurm_requeue_continues_in_the_same_run_folder(synthetic, tmp_path):
 
     slurm = {
         "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_JOB_NAME": "wsss",
+        "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_JOB_NAME": "wsss", "SLURM_STEP_ID": "0",
     }  # fmt: skip
     usr1 = {"class_path": "tests.helpers.SignalAtStep", "init_args": {"step": 2, "signal": "SIGUSR1"}}
     dies = {"class_path": "tests.helpers.InterruptAtStep", "init_args": {"step": 4}}
@@ -310,8 +329,11 @@ def test_slurm_requeue_continues_in_the_same_run_folder(synthetic, tmp_path):
     )
     assert requeued.wait(timeout=600) == 0, _stderr(work)
     resumed_from = EXPERIMENT / "version_0" / "checkpoints" / "last.ckpt"
-    assert f"requeued job continues from {resumed_from}" in (work / "stderr.txt").read_text()
+    assert f"restarted job continues from {resumed_from}" in (work / "stderr.txt").read_text()
     assert [r.name for r in versions(work / EXPERIMENT)] == ["version_0"]
+    # the same job step launched again without a requeue does not train over the run
+    again = _wsss_process(["fit", *base], work, slurm)
+    assert again.wait(timeout=600) == 2 and "continue it with --ckpt_path last" in _stderr(work)
     a, b = torch.load(tmp_path / "straight" / "dump" / "rank0.pt"), torch.load(work / "dump" / "rank0.pt")
     for name, value in a.items():
         torch.testing.assert_close(b[name], value, rtol=0, atol=0, msg=name)

@@ -35,7 +35,9 @@ class LastCheckpoint(Checkpoint):
     * every ``every_n_steps`` optimizer steps (at most that many steps are recomputed after ``kill -9``);
     * when ``every_n_minutes`` have passed since the last write (long steps, slow validations);
     * on SIGTERM (cluster pre-emption, ``scancel``): written at the end of the current step, then the run
-      stops with status 143; ``fit --ckpt_path last`` continues it exactly;
+      stops with status 143; ``fit --ckpt_path last`` continues it exactly. With several processes Lightning
+      stops each one at the end of the step in which it saw the signal, possibly not the same step, so no
+      collective write is attempted then: there the pre-emption warning SIGUSR1 is the signal to use;
     * on SIGUSR1 (Lightning's requeue signal): written at the end of the current step and training goes on.
       Under SLURM with auto-requeue (``#SBATCH --signal=SIGUSR1@90``) the job is then requeued with ``scontrol
       requeue``, as Lightning's own handler does; that handler writes its ``hpc_ckpt`` wherever the signal lands
@@ -48,7 +50,8 @@ class LastCheckpoint(Checkpoint):
     update and schedule values. The file is written beside the target and renamed over it, so a kill during the write leaves the previous
     ``last.ckpt`` intact. With several processes the step rule needs no communication (every rank counts the
     same steps); time and signals are local, so the ranks agree on them every ``sync_every`` steps (one small
-    collective) and write together.
+    collective, which waits for the device: beside Lightning's own SIGTERM broadcast, which does so every step
+    of a multi-process run) and write together.
 
     Args:
         every_n_steps: write every this many optimizer steps; ``None`` or 0: not by step count.
@@ -89,14 +92,25 @@ class LastCheckpoint(Checkpoint):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._dir = self.dirpath or os.path.join(trainer.default_root_dir, CHECKPOINTS)
+        # from set-up on, so that Lightning's own SLURM handler (a mid-step hpc_ckpt) never takes the signal
+        if stage == "fit" and hasattr(signal, "SIGUSR1") and self._previous_sigusr1 is None:
+            self._previous_sigusr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_signal()
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_write = time.monotonic()
         self._saved_step = trainer.global_step  # a resumed run starts from what it loaded
         self._wrote_this_run = False
-        if hasattr(signal, "SIGUSR1"):
-            self._previous_sigusr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
+        # Lightning restores the handlers it found at start-up when it tears down, this one included: it is to
+        # restore the one this callback replaced
+        connector = getattr(trainer, "_signal_connector", None)
+        originals = getattr(connector, "_original_handlers", None)
+        if self._previous_sigusr1 is not None and isinstance(originals, dict) and hasattr(signal, "SIGUSR1"):
+            originals[signal.SIGUSR1] = self._previous_sigusr1
 
     def _on_sigusr1(self, signum: int, frame: FrameType | None) -> None:
         self._sigusr1 = True
@@ -108,7 +122,10 @@ class LastCheckpoint(Checkpoint):
         step = trainer.global_step
         by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
         sigterm = bool(getattr(trainer, "received_sigterm", False))
-        local = self._sigusr1 or sigterm or self._time_is_up()
+        # time and signals wait for the end of a gradient accumulation: the partial gradients are not saved
+        local = (
+            self._sigusr1 or sigterm or self._time_is_up()
+        ) and not trainer.fit_loop.epoch_loop._should_accumulate()
         if trainer.world_size > 1:  # ranks agree on local events every sync_every steps only
             local = step % self.sync_every == 0 and trainer.strategy.reduce_boolean_decision(local, all=False)
         if (by_steps or local) and step != self._saved_step:
@@ -154,10 +171,16 @@ class LastCheckpoint(Checkpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        # Under DDP Lightning stops every rank on SIGTERM at the start of a step, before this callback's hook:
-        # all ranks are here together, between steps, and write last.ckpt.
+        # One process stopped by Lightning on SIGTERM (not through on_train_batch_end) is between two steps:
+        # its state is whole. With several processes Lightning may stop them at different steps, so no
+        # collective save is attempted; last.ckpt is then the latest step / time / SIGUSR1 write.
         stopped = isinstance(exception, SIGTERMException) and not isinstance(exception, Preempted)
-        if stopped and trainer.global_step != self._saved_step and trainer.state.fn == "fit":
+        if (
+            stopped
+            and trainer.world_size == 1
+            and trainer.global_step != self._saved_step
+            and trainer.state.fn == "fit"
+        ):
             self._write(trainer, "SIGTERM")
         self._restore_signal()
 
