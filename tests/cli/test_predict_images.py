@@ -56,11 +56,19 @@ def test_list_file_without_masks_resized_back_to_image_size(tmp_path, monkeypatc
     first = image(tmp_path / "shots" / "day" / "x.png", 30, 44)
     image(tmp_path / "shots" / "night" / "y.jpg", 52, 36, seed=2)
     listing = tmp_path / "shots" / "list.txt"
-    listing.write_text(f"# my images\n{first}\nnight/y.jpg\n")  # absolute and relative to the list's folder
+    # a phone photo stored 24 x 40 with EXIF orientation 6 (shown rotated by 90 degrees: 40 x 24)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((24, 40, 3), np.uint8)).save(
+        tmp_path / "shots" / "night" / "phone shot.jpg", exif=exif
+    )
+    # absolute and relative to the list's folder; a name with a space
+    listing.write_text(f"# my images\n{first}\nnight/y.jpg\nnight/phone shot.jpg\n")
     # evaluation resizes to a short side of 20; the written maps are back at each image's own size
     predict("voc", listing, tmp_path / "out", "--data.init_args.transform.eval_short_side=20")
     assert np.asarray(Image.open(tmp_path / "out" / "day" / "x.png")).shape == (30, 44)
     assert np.asarray(Image.open(tmp_path / "out" / "night" / "y.png")).shape == (52, 36)
+    assert np.asarray(Image.open(tmp_path / "out" / "night" / "phone shot.png")).shape == (40, 24)  # upright
 
 
 def test_cityscapes_label_ids_by_default_and_train_ids_on_request(tmp_path, monkeypatch):

@@ -6,10 +6,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wsss_lightning.data.classes import DatasetInfo
-from wsss_lightning.data.datasets.base import DataError, SegmentationSource, parse_list_lines
+from wsss_lightning.data.datasets.base import DataError, SegmentationSource
 
 #: File extensions (lower case) a folder is searched for.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -31,12 +32,15 @@ def scan_images(folder: Path) -> list[Path]:
 
 
 def read_image_list(list_file: Path) -> list[Path]:
-    """Image paths of a list file: one per line (first token; "#" comments), relative to the list file's folder.
+    """Image paths of a list file: one per line, relative to the list file's folder ("#" comments).
+
+    The whole line is the path, so names may hold spaces.
 
     Raises:
         DataError: the list names no image, or names files that do not exist (all of them in one message).
     """
-    tokens = parse_list_lines(list_file.read_text().splitlines())
+    lines = (line.strip() for line in list_file.read_text().splitlines())
+    tokens = [line for line in lines if line and not line.startswith("#")]
     if not tokens:
         raise DataError(f"predict_images list file {list_file} lists no images (one image path per line)")
     paths = [(list_file.parent / Path(token).expanduser()) for token in tokens]
@@ -100,8 +104,9 @@ class ImageFolderSource(SegmentationSource):
             base = given
         elif given.is_file():
             self.images = read_image_list(given)
-            base = Path(os.path.commonpath([p.resolve().parent for p in self.images]))
-            self.images = [p.resolve() for p in self.images]
+            # absolute, links kept: names follow the list, not the targets of links (git-annex, DVC trees)
+            self.images = [Path(os.path.abspath(p)) for p in self.images]
+            base = Path(os.path.commonpath([p.parent for p in self.images]))
         else:
             raise FileNotFoundError(
                 f"predict_images {given} does not exist: expected a folder of images or a list file of image paths"
@@ -123,6 +128,19 @@ class ImageFolderSource(SegmentationSource):
     def mask_path(self, sample_id: str) -> Path | None:
         """None: no masks."""
         return None
+
+    def read_image(self, sample_id: str) -> np.ndarray:
+        """The image upright as viewers show it (its EXIF orientation applied, as phone photos need), RGB.
+
+        Raises:
+            DataError: the file cannot be decoded (the message names it).
+        """
+        path = self.image_path(sample_id)
+        try:
+            with Image.open(path) as img:
+                return np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
+            raise DataError(f"cannot read image file {path}: {exc}") from exc
 
     def check_files(self, masks: bool = False) -> None:
         """Check that every image can be identified as an image (its header only; pixels are decoded later).
