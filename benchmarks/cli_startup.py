@@ -62,12 +62,18 @@ def commands(workdir: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-def time_command(argv: list[str], env: dict[str, str], repeats: int) -> list[float]:
-    """Wall seconds of ``repeats`` fresh runs of ``python argv``; raises if a run fails."""
+def time_command(argv: list[str], env: dict[str, str], repeats: int, cwd: Path) -> list[float]:
+    """Wall seconds of ``repeats`` fresh runs of ``python argv`` in ``cwd``; raises if a run fails.
+
+    ``cwd`` holds no package: ``python -m`` puts the working folder first on ``sys.path``, ahead of
+    ``PYTHONPATH``, so running from a checkout would time that checkout instead of ``--tree``.
+    """
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, *argv], env=env, cwd=cwd, capture_output=True, text=True, check=False
+        )
         times.append(time.perf_counter() - start)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr}")
@@ -96,8 +102,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, argv in commands(Path(tmp)):
             # One untimed run first: it warms the file cache and creates the data later commands read.
-            time_command(argv, env, 1)
-            times = time_command(argv, env, args.repeats)
+            time_command(argv, env, 1, Path(tmp))
+            times = time_command(argv, env, args.repeats, Path(tmp))
             print(f"| `{label}` | {statistics.median(times):.2f} s | {min(times):.2f} s |", flush=True)
 
 
