@@ -81,7 +81,7 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
                 self.config, str(run / self.config_filename), skip_none=False, overwrite=True, multifile=False
             )
             self.save_config(trainer, pl_module, stage)
-        self.already_saved = trainer.strategy.broadcast(True)
+        self.already_saved = True
 
     @override
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -122,6 +122,12 @@ DEFAULT_CALLBACKS: list[tuple[str, dict[str, Any]]] = [
 
 # jsonargparse's ``Namespace.__init__`` is unannotated; this is the same constructor, typed.
 _namespace = cast(Callable[..., Namespace], Namespace)
+
+
+def _subconfig(config: Namespace) -> Namespace:
+    """The part of a parsed config that the subcommand being run reads (all of it without subcommands)."""
+    subcommand = config.get("subcommand")
+    return config[subcommand] if subcommand else config
 
 
 def _restarted() -> bool:
@@ -165,15 +171,9 @@ class WSSSLightningCLI(LightningCLI):
         try:
             with _raising_errors([parser, *getattr(self, "_subcommand_parsers", {}).values()]):
                 super().parse_arguments(parser, args)
-            config = self.config
-            _refuse_optimizer_options(config[config["subcommand"]] if "subcommand" in config else config)
+            _refuse_optimizer_options(_subconfig(self.config))
         except (ArgumentError, ConfigurationError) as exc:
-            subcommand = (
-                next((str(a) for a in given if str(a) in self.subcommands()), None)
-                if not isinstance(given, dict | Namespace)
-                else None
-            )
-            _exit_with_config_error(parser, str(exc), subcommand, _renamed_option_messages(given))
+            _exit_with_config_error(parser, str(exc), _subcommand(args), _renamed_option_messages(given))
 
     @override
     def _parse_ckpt_path(self) -> None:
@@ -186,12 +186,7 @@ class WSSSLightningCLI(LightningCLI):
         if self.config is explicit:  # no checkpoint file, or no hyper-parameters in it
             return
         from_ckpt = self.config
-        args = self._cli_args
-        if isinstance(args, dict | Namespace):
-            given = args
-        else:  # only what the config files and the command line set, no defaults
-            given = self.parser.parse_args(sys.argv[1:] if args is None else args, defaults=False).as_dict()
-        self.config = self.parser.parse_object(given, from_ckpt)
+        self.config = self.parser.parse_object(self._given(), from_ckpt)
         if hasattr(self, "_run_folder"):
             self._apply_run_folder()  # the second parse brought back what the command line said
         sub = self.config["subcommand"]
@@ -212,7 +207,7 @@ class WSSSLightningCLI(LightningCLI):
         selects that run (evaluations of it get a new folder beside it).
         """
         subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config
+        config = _subconfig(self.config)
         trainer = config["trainer"]
         configs = [str(path) for path in config.get("config") or []]
         experiment = trainer.get("default_root_dir") or experiment_folder(configs)
@@ -227,12 +222,10 @@ class WSSSLightningCLI(LightningCLI):
             return claimed_run(parent, key) if key is not None else new_version(parent)
 
         inherited = os.environ.get(RUN_DIR_ENV)
-        if (
-            inherited
-        ):  # a process that Lightning started for this run (DDP): the first process resolved it all
+        # a process that Lightning started for this run (DDP): the first process resolved it all
+        if inherited:
             run = Path(inherited)
-            ckpt_path = os.environ.get(CKPT_PATH_ENV) or ckpt_path
-            config["ckpt_path"] = ckpt_path
+            config["ckpt_path"] = os.environ.get(CKPT_PATH_ENV) or ckpt_path
         elif ckpt_path in ("last", "best"):
             found = self._find_checkpoint(experiment, configs, subcommand, ckpt_path, explicit_root=bool(
                 trainer.get("default_root_dir")))  # fmt: skip
@@ -293,8 +286,7 @@ class WSSSLightningCLI(LightningCLI):
             raise ConfigurationError(f"--ckpt_path best: {exc}") from exc
 
     def _apply_run_folder(self) -> None:
-        subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config
+        config = _subconfig(self.config)
         config["trainer"]["default_root_dir"], config["ckpt_path"] = self._run_folder
 
     @override
@@ -305,8 +297,7 @@ class WSSSLightningCLI(LightningCLI):
         version rather than overwriting the first part's metrics); a logger without ``save_dir`` (the W&B
         fragment) writes into the run folder. A ModelCheckpoint without a folder writes to ``<run>/checkpoints``.
         """
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        trainer = config["trainer"]
+        trainer = _subconfig(self.config)["trainer"]
         root = trainer["default_root_dir"]
         if trainer.get("logger") in (None, True):  # not set: CSV files in the run folder
             trainer["logger"] = _namespace(
@@ -345,31 +336,35 @@ class WSSSLightningCLI(LightningCLI):
         """
         try:
             super().instantiate_classes()
-            config = self.config[self.subcommand] if self.subcommand else self.config
-            _refuse_linked_options(self._given_model_options(config), self.datamodule)
+            _refuse_linked_options(self._given_model_options(_subconfig(self.config)), self.datamodule)
         except (ValueError, TypeError, ArgumentError) as exc:
             if os.environ.get("JSONARGPARSE_DEBUG"):
                 raise
             _exit_with_config_error(self.parser, _root_message(exc), self.subcommand)
 
+    def _given(self) -> dict[str, Any]:
+        """Only what the config files and the command line set, no defaults (parsed once)."""
+        if getattr(self, "_given_options", None) is None:
+            args = self._cli_args
+            if isinstance(args, dict | Namespace):
+                self._given_options = args.as_dict() if isinstance(args, Namespace) else dict(args)
+            else:
+                argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+                self._given_options = self.parser.parse_args(argv, defaults=False).as_dict()
+        return self._given_options
+
     def _given_model_options(self, config: Namespace) -> dict[str, Any]:
         """The linked model arguments (``LINKED``) that the config files or the command line set."""
         args = self._cli_args
-        argv = (
-            [str(a) for a in (sys.argv[1:] if args is None else args)]
-            if not isinstance(args, dict | Namespace)
-            else []
-        )
-        # a second parse costs time: only when a config file or the command line names a linked argument
-        texts = argv + [
-            Path(str(c)).read_text() for c in config.get("config") or [] if Path(str(c)).is_file()
-        ]
-        if not isinstance(args, dict | Namespace) and not any(
-            name in text for text in texts for name in LINKED.values()
-        ):
-            return {}
-        given = args if isinstance(args, dict | Namespace) else self.parser.parse_args(argv, defaults=False)
-        given = given.as_dict() if isinstance(given, Namespace) else given
+        if not isinstance(args, dict | Namespace) and getattr(self, "_given_options", None) is None:
+            # a second parse costs time: only when a config file or the command line names a linked argument
+            argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+            texts = argv + [
+                Path(str(c)).read_text() for c in config.get("config") or [] if Path(str(c)).is_file()
+            ]
+            if not any(name in text for text in texts for name in LINKED.values()):
+                return {}
+        given = self._given()
         if self.subcommand:
             given = given.get(self.subcommand) or {}
         init_args = (given.get("model") or {}).get("init_args") or {}

@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 #: the environment variables through which a run passes its folder and resolved checkpoint to the processes it
@@ -68,13 +69,15 @@ def last_checkpoint(run: str | Path) -> Path:
     return Path(run) / CHECKPOINTS / LAST
 
 
+def _newest_run(experiment: str | Path, holds: Callable[[Path], bool]) -> Path | None:
+    """The newest run of an experiment for which ``holds`` is true, or ``None``; a run folder stands for itself."""
+    runs = [Path(experiment)] if is_run_folder(experiment) else versions(experiment)
+    return next((run for run in reversed(runs) if holds(run)), None)
+
+
 def newest_last(experiment: str | Path) -> Path | None:
     """The newest run of an experiment that holds a ``last.ckpt``, or ``None``; a run folder stands for itself."""
-    runs = [Path(experiment)] if is_run_folder(experiment) else versions(experiment)
-    for run in reversed(runs):
-        if last_checkpoint(run).is_file():
-            return run
-    return None
+    return _newest_run(experiment, lambda run: last_checkpoint(run).is_file())
 
 
 def best_checkpoints(run: str | Path) -> list[Path]:
@@ -95,8 +98,7 @@ def best_checkpoint(run: str | Path) -> Path:
 
 def newest_best(experiment: str | Path) -> Path | None:
     """The newest run of an experiment that holds a best checkpoint, or ``None``; a run folder stands for itself."""
-    runs = [Path(experiment)] if is_run_folder(experiment) else versions(experiment)
-    return next((run for run in reversed(runs) if best_checkpoints(run)), None)
+    return _newest_run(experiment, lambda run: bool(best_checkpoints(run)))
 
 
 def new_version(experiment: str | Path) -> Path:
@@ -114,6 +116,12 @@ def new_version(experiment: str | Path) -> Path:
             number += 1
 
 
+def slurm_job_id(env: Mapping[str, str]) -> str:
+    """The SLURM job id as ``scontrol`` takes it: ``<array job>_<task>`` for an array task."""
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    return f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env["SLURM_JOB_ID"]
+
+
 def launch_key(environ: dict[str, str] | None = None, subcommand: str = "fit") -> str | None:
     """A key shared by every process of one ``srun`` or ``torchrun`` launch of a subcommand, ``None`` otherwise.
 
@@ -123,9 +131,7 @@ def launch_key(environ: dict[str, str] | None = None, subcommand: str = "fit") -
     """
     env = os.environ if environ is None else environ
     if "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env and "SLURM_NTASKS" in env:
-        array = env.get("SLURM_ARRAY_JOB_ID")
-        job = f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env["SLURM_JOB_ID"]
-        return f"slurm-{job}.{env['SLURM_STEP_ID']}-{subcommand}"
+        return f"slurm-{slurm_job_id(env)}.{env['SLURM_STEP_ID']}-{subcommand}"
     if "TORCHELASTIC_RUN_ID" in env:
         run_id = env["TORCHELASTIC_RUN_ID"]
         if run_id and run_id != "none":

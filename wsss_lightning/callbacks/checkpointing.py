@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from wsss_lightning.runs import CHECKPOINTS, LAST
+from wsss_lightning.runs import CHECKPOINTS, LAST, slurm_job_id
 
 
 class Preempted(SIGTERMException):
@@ -134,7 +134,7 @@ class LastCheckpoint(Checkpoint):
             _requeue()
         if local:
             self._sigusr1 = False
-        # with several processes Lightning stops all of them at the next step's start (see on_exception)
+        # with several processes Lightning stops them itself (see on_exception)
         if sigterm and trainer.world_size == 1:
             raise Preempted()
 
@@ -165,7 +165,6 @@ class LastCheckpoint(Checkpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._saved_step:
             self._write(trainer, "end of training")
-        self._restore_signal()
 
     @override
     def on_exception(
@@ -204,14 +203,6 @@ class LastCheckpoint(Checkpoint):
         if why not in ("step", "end of training"):
             rank_zero_info(f"wsss: wrote {target} at step {trainer.global_step} ({why})")
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"every_n_steps": self.every_n_steps}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        pass  # the cadence comes from the configuration of the run that continues
-
 
 def _slurm_requeue(trainer: L.Trainer) -> bool:
     from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
@@ -222,8 +213,7 @@ def _slurm_requeue(trainer: L.Trainer) -> bool:
 
 def _requeue() -> None:
     """``scontrol requeue`` this SLURM job (the job id of an array task is ``<array job>_<task>``)."""
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
+    job = slurm_job_id(os.environ)
     try:
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, check=False)
         ok, detail = result.returncode == 0, result.stderr.strip()

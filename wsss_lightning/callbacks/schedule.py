@@ -8,6 +8,7 @@ from typing import Any, Literal, cast
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from wsss_lightning.callbacks.step_logging import is_logging_step
@@ -76,6 +77,14 @@ def scaled_message(owner: str, unit: str, run_length: int, old: dict[str, int], 
         f"longer than the run): {changes}; "
         "set these options to keep other values"
     )
+
+
+def fit_to_run(owner: str, unit: str, run_length: int, boundaries: dict[str, int]) -> dict[str, int]:
+    """:func:`fit_boundaries`, saying in one line (:func:`scaled_message`) when the boundaries were scaled."""
+    fitted = fit_boundaries(boundaries, run_length)
+    if fitted != boundaries:
+        rank_zero_info(scaled_message(owner, unit, run_length, boundaries, fitted))
+    return fitted
 
 
 def run_length(trainer: L.Trainer, interval: Literal["step", "epoch"] = "step") -> int | None:

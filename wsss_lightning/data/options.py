@@ -113,6 +113,27 @@ class TransformOptions:
         )
 
 
+def check_global_batch(option: str, wanted: int, batch_size: int, processes: int, accumulate: int) -> None:
+    """Raise a ValueError naming ``option`` unless ``batch_size x processes x accumulate == wanted``.
+
+    The message names the per-process ``batch_size`` that gives ``wanted`` (or says that none does).
+    """
+    actual = batch_size * processes * accumulate
+    if actual == wanted:
+        return
+    per_process, remainder = divmod(wanted, processes * accumulate)
+    fix = (
+        f"set --data.init_args.loader.batch_size={per_process}"
+        if remainder == 0
+        else f"choose devices x nodes x accumulate_grad_batches dividing {wanted}"
+    )
+    raise ValueError(
+        f"{option} = {wanted} but loader.batch_size ({batch_size}) x {processes} processes x "
+        f"accumulate_grad_batches ({accumulate}) = {actual}; {fix} so the learning rate and schedule see the "
+        "batch they were tuned for"
+    )
+
+
 @dataclass
 class LoaderOptions:
     """Batch sizes and ``DataLoader`` settings.
@@ -163,17 +184,7 @@ class LoaderOptions:
 
     def check_global_batch(self, processes: int, accumulate: int) -> None:
         """Raise unless ``batch_size x processes x accumulate`` is ``global_batch_size`` (when that is not 0)."""
-        wanted = self.global_batch_size
-        if wanted == 0 or self.batch_size * processes * accumulate == wanted:
-            return
-        per_process, remainder = divmod(wanted, processes * accumulate)
-        fix = (
-            f"set --data.init_args.loader.batch_size={per_process}"
-            if remainder == 0
-            else f"choose devices x nodes x accumulate_grad_batches dividing {wanted}"
-        )
-        raise ValueError(
-            f"loader.global_batch_size = {wanted} but loader.batch_size ({self.batch_size}) x {processes} processes "
-            f"x accumulate_grad_batches ({accumulate}) = {self.batch_size * processes * accumulate}; {fix} so the "
-            "learning rate and schedule see the batch they were tuned for"
-        )
+        if self.global_batch_size:
+            check_global_batch(
+                "loader.global_batch_size", self.global_batch_size, self.batch_size, processes, accumulate
+            )

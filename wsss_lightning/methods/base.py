@@ -423,11 +423,8 @@ class SegmentationMethod(L.LightningModule, ABC):
         values = iou_log_dict(prefix, miou, per_class, self.class_names)
         # kept so dashboards show exactly these values (callbacks run before this hook, so
         # trainer.callback_metrics would still hold the previous validation's)
-        per_class_values = [values[f"{prefix}/iou/{name}"] for name in self.class_names]
-        self.computed_iou[prefix] = (
-            values[f"{prefix}/miou"],
-            dict(zip(self.class_names, per_class_values, strict=True)),
-        )
+        per_class_values = {name: values[f"{prefix}/iou/{name}"] for name in self.class_names}
+        self.computed_iou[prefix] = (values[f"{prefix}/miou"], per_class_values)
         # The metric already reduced its confusion matrix across ranks, so every rank holds the same values;
         # sync_dist only makes Lightning aware of that (a mean of equal numbers).
         self.log_dict(values, sync_dist=True)

@@ -25,12 +25,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from wsss_lightning.callbacks.schedule import ScheduleCallback, fit_boundaries, run_length, scaled_message
+from wsss_lightning.callbacks.schedule import ScheduleCallback, fit_to_run, run_length
 from wsss_lightning.data.device_augment import color_randaugment
+from wsss_lightning.data.options import check_global_batch
 from wsss_lightning.losses.segmentation import balanced_seg_ce, classification_loss
 from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.methods.dupl.losses import (
@@ -209,7 +209,7 @@ class DuPLModule(SegmentationMethod):
         """Scale the phases and the delta_h descent into a run shorter than them; set the descent's span.
 
         A schedule longer than the run (``--trainer.max_steps 10`` on a 600-step config, ``fast_dev_run``) is
-        scaled by :func:`fit_boundaries` and the change is reported in one line; one that fits is left as
+        scaled by :func:`fit_to_run`, which reports the change in one line; one that fits is left as
         configured. The saved hyper-parameters keep the configured values.
         """
         ph, cfg = self.options.phases, self.options.threshold
@@ -221,10 +221,9 @@ class DuPLModule(SegmentationMethod):
         if cfg.start_step is not None:
             old["threshold.start_step"] = cfg.start_step
         old = {name: value for name, value in old.items() if value is not None}
-        new = fit_boundaries(old, steps)
+        new = fit_to_run(type(self).__name__, "step", steps, old)
         total = cfg.total_steps
         if new != old:
-            rank_zero_info(scaled_message(type(self).__name__, "step", steps, old, new))
             values = {name.split(".")[1]: value for name, value in new.items() if name.startswith("phases.")}
             self.phases = dataclasses.replace(ph, **values)
             if total is not None:  # keep the descent's share of the schedule
@@ -237,15 +236,13 @@ class DuPLModule(SegmentationMethod):
     def _check_global_batch(self) -> None:
         trainer = self.trainer
         per_device = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
-        if per_device is None:
-            return
-        actual = per_device * trainer.world_size * trainer.accumulate_grad_batches
-        if actual != self.options.global_batch_size:
-            raise ValueError(
-                f"DuPLModule: global_batch_size = {self.options.global_batch_size} but data.loader.batch_size "
-                f"({per_device}) x {trainer.world_size} processes x accumulate_grad_batches "
-                f"({trainer.accumulate_grad_batches}) = {actual}; set data.loader.batch_size to "
-                f"{self.options.global_batch_size} / processes so the schedule sees the batch it was tuned for"
+        if per_device is not None:
+            check_global_batch(
+                "DuPLModule: global_batch_size",
+                self.options.global_batch_size,
+                per_device,
+                trainer.world_size,
+                trainer.accumulate_grad_batches,
             )
 
     @override

@@ -23,12 +23,11 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
 from wsss_lightning.callbacks.ema import EMATeacherCallback
-from wsss_lightning.callbacks.schedule import ScheduleCallback, fit_boundaries, run_length, scaled_message
+from wsss_lightning.callbacks.schedule import ScheduleCallback, fit_to_run, run_length
 from wsss_lightning.losses.dense_crf import DenseCRFLoss
 from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.methods.seminar.ancillary import FIELD, ancillary_student_state
@@ -195,15 +194,14 @@ class SeminarModule(SegmentationMethod):
 
         λ_pCons(e) reaches its weight at epoch ``ramp_epochs``; a run that ends first (``--trainer.max_steps 10``
         on a 16-epoch config, ``fast_dev_run``) never trains with it. The ramp is scaled by
-        :func:`fit_boundaries` (to 0: the full weight from the start, as ``ramp_epochs = 0`` configures) and the
+        :func:`fit_to_run` (to 0: the full weight from the start, as ``ramp_epochs = 0`` configures) and the
         change is reported in one line; a ramp that completes within the run is left as configured. The saved
         hyper-parameters keep the configured value.
         """
         old = {"consistency.ramp_epochs": self.options.consistency.ramp_epochs}
-        new = fit_boundaries(old, epochs)
+        new = fit_to_run(type(self).__name__, "epoch", epochs, old)
         if new == old:
             return
-        rank_zero_info(scaled_message(type(self).__name__, "epoch", epochs, old, new))
         ramp = new["consistency.ramp_epochs"]
         if ramp > 0:
             self._ramp_schedule.retime(0, ramp)

@@ -30,12 +30,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
 from wsss_lightning.callbacks.ema import EMATeacherCallback
-from wsss_lightning.callbacks.schedule import ScheduleCallback, fit_boundaries, run_length, scaled_message
+from wsss_lightning.callbacks.schedule import ScheduleCallback, fit_to_run, run_length
 from wsss_lightning.losses.segmentation import ohem_ce
 from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.methods.u2pl.contrastive import ContrastiveOutput, U2PLContrastiveLoss
@@ -168,14 +167,12 @@ class U2PLModule(SegmentationMethod):
         """Scale the warm-up into a run of ``epochs`` epochs shorter than it; anneal alpha_t over the run.
 
         A warm-up as long as the run (``--trainer.max_steps 3`` on a 12-epoch config, ``fast_dev_run``) would
-        train the supervised loss alone: it is scaled by :func:`fit_boundaries` and the change is reported in
+        train the supervised loss alone: it is scaled by :func:`fit_to_run`, which reports the change in
         one line; one that fits is left as configured. alpha_t's ``T`` is the run's epochs, also when
         ``max_steps`` ends the run before ``max_epochs``. The saved hyper-parameters keep the configured values.
         """
         old = {"warmup_epochs": self.options.warmup_epochs}
-        new = fit_boundaries(old, epochs)
-        if new != old:
-            rank_zero_info(scaled_message(type(self).__name__, "epoch", epochs, old, new))
+        new = fit_to_run(type(self).__name__, "epoch", epochs, old)
         self.warmup_epochs = new["warmup_epochs"]
         self._teacher_schedule.warmup_epochs = self.warmup_epochs
         max_epochs = self.trainer.max_epochs
