@@ -103,6 +103,25 @@ METHODS = [
         replicated=("teacher.", "contrastive.memory_bank."),
     ),
     MethodCase(
+        name="afa",
+        method=methods.AFAModule,
+        configs=("afa/synthetic_voc.yaml",),
+        layout="voc",
+        tiny=(*tiny.AFA, "--trainer.val_check_interval=4"),
+        steps=4,
+        interrupt_at=3,  # after the switch to the propagated labels
+    ),
+    MethodCase(
+        name="u2pl_weak",
+        method=methods.U2PLWeakModule,
+        configs=("u2pl/synthetic_voc_weak.yaml",),
+        layout="voc",
+        tiny=(*tiny.U2PL_WEAK, "--trainer.val_check_interval=4"),
+        steps=4,
+        interrupt_at=3,  # with keys in the memory bank and moved prototypes
+        replicated=("contrastive.memory_bank.", "contrastive.prototype_bank."),
+    ),
+    MethodCase(
         name="seminar_ancillary",
         method=methods.SeminarModule,
         configs=("seminar/synthetic_voc_ancillary.yaml",),

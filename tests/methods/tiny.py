@@ -67,3 +67,31 @@ SEMINAR = (
     *SMALL_BATCHES,
     "--trainer.limit_train_batches=2",
 )
+
+#: AFA: a 1-block-per-stage MiT from scratch on 64-px crops (a 4x4 token grid); the CAM-only warm-up is step
+#: 0, the segmentation and affinity losses start at step 1, the propagated labels at step 2
+AFA = (
+    '--model.init_args.encoder_kwargs={"embed_dims": [8, 16, 16, 32], "depths": [1, 1, 1, 2], '
+    '"num_heads": [1, 1, 2, 2]}',
+    "--model.init_args.embed_dim=16",
+    "--model.init_args.phases.seg_start=1",
+    "--model.init_args.phases.propagation_start=2",
+    "--model.init_args.labels.par_iterations=2",
+    "--model.init_args.labels.par_dilations=[1,2]",
+    "--model.init_args.labels.radius=2",
+    "--model.init_args.optim.warmup_steps=2",
+    *SMALL_BATCHES,
+)
+
+#: U2PL+ WS: AFA's tiny network and schedule, a 16-d representation head and small queues; the contrastive
+#: term starts with the segmentation loss (step 1)
+U2PL_WEAK = (
+    *AFA,
+    "--model.init_args.rep_channels=16",
+    "--model.init_args.contrastive.start_step=1",
+    "--model.init_args.contrastive.capacity=64",
+    "--model.init_args.contrastive.background_capacity=128",
+    "--model.init_args.contrastive.num_anchors=8",
+    "--model.init_args.contrastive.num_negatives=4",
+    "--model.init_args.contrastive.max_keys_per_step=64",
+)

@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from wsss_lightning.methods.afa import AFALabelConfig, AFALossWeights, AFAModule, AFAPhaseConfig
     from wsss_lightning.methods.base import SegmentationMethod
     from wsss_lightning.methods.dupl import (
         CAMConfig,
@@ -39,11 +40,17 @@ if TYPE_CHECKING:
         SupervisedLossConfig,
         TeacherConfig,
         U2PLModule,
+        U2PLWeakModule,
         UnsupervisedConfig,
+        WeakContrastiveConfig,
     )
 
 # public name -> module that defines it
 _LAZY = {
+    "AFALabelConfig": "wsss_lightning.methods.afa",
+    "AFALossWeights": "wsss_lightning.methods.afa",
+    "AFAModule": "wsss_lightning.methods.afa",
+    "AFAPhaseConfig": "wsss_lightning.methods.afa",
     "SegmentationMethod": "wsss_lightning.methods.base",
     "CAMConfig": "wsss_lightning.methods.dupl",
     "DuPLModule": "wsss_lightning.methods.dupl",
@@ -68,10 +75,16 @@ _LAZY = {
     "SupervisedLossConfig": "wsss_lightning.methods.u2pl",
     "TeacherConfig": "wsss_lightning.methods.u2pl",
     "U2PLModule": "wsss_lightning.methods.u2pl",
+    "U2PLWeakModule": "wsss_lightning.methods.u2pl",
+    "WeakContrastiveConfig": "wsss_lightning.methods.u2pl",
     "UnsupervisedConfig": "wsss_lightning.methods.u2pl",
 }
 
 __all__ = [
+    "AFALabelConfig",
+    "AFALossWeights",
+    "AFAModule",
+    "AFAPhaseConfig",
     "CAMConfig",
     "CRFConfig",
     "ConsistencyConfig",
@@ -96,7 +109,9 @@ __all__ = [
     "TeacherConfig",
     "ThresholdConfig",
     "U2PLModule",
+    "U2PLWeakModule",
     "UnsupervisedConfig",
+    "WeakContrastiveConfig",
 ]
 
 

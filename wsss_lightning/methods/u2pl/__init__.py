@@ -14,17 +14,30 @@ from wsss_lightning.methods.u2pl.options import (
     SupervisedLossConfig,
     TeacherConfig,
     UnsupervisedConfig,
+    WeakContrastiveConfig,
 )
 
 if TYPE_CHECKING:
     from wsss_lightning.methods.u2pl.module import U2PLModule
+    from wsss_lightning.methods.u2pl.weak_module import U2PLWeakModule
 
-__all__ = ["ContrastiveConfig", "SupervisedLossConfig", "TeacherConfig", "U2PLModule", "UnsupervisedConfig"]
+__all__ = [
+    "ContrastiveConfig",
+    "SupervisedLossConfig",
+    "TeacherConfig",
+    "U2PLModule",
+    "U2PLWeakModule",
+    "UnsupervisedConfig",
+    "WeakContrastiveConfig",
+]
+
+#: lazily imported modules: public name -> submodule
+_LAZY = {"U2PLModule": "module", "U2PLWeakModule": "weak_module"}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "U2PLModule":
-        value = importlib.import_module(f"{__name__}.module").U2PLModule
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
         globals()[name] = value  # later look-ups skip this function
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

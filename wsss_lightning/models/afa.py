@@ -1,0 +1,147 @@
+"""AFA's network: a MiT encoder at output stride 16, a classifier for CAMs, a SegFormer head and an affinity
+head on the encoder's own attention.
+
+Ru et al., "Learning Affinity from Attention" (CVPR 2022), Sec. 3.1-3.2 and Fig. 2; released code
+``rulixiang/afa`` (``wetr/model_attn_aff.py``). The pre-softmax self-attention logits of the last blocks of the
+last stage are stacked over heads and blocks (``H·L`` channels of ``N × N`` maps), symmetrised (``A + Aᵀ``, the
+affinity is symmetric) and projected by a 1×1 convolution to one affinity logit per token pair (Eq. 2-3). The
+affinity loss trains the attention itself: nothing is detached. U2PL+'s weakly supervised setting adds a
+representation head on the SegFormer head's fused features (``rep_channels``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wsss_lightning.models.mit import MiTEncoder
+from wsss_lightning.models.segformer_head import SegFormerHead
+
+
+class AFAOutput(NamedTuple):
+    """One forward pass of :class:`AFANetwork`.
+
+    Attributes:
+        cls_logits: ``(B, C - 1)`` foreground class scores.
+        seg_logits: ``(B, C, H/4, W/4)`` segmentation logits.
+        affinity_logits: ``(B, N, N)`` affinity logits between the ``N = h·w`` tokens of the last stage.
+        features: ``(B, D, h, w)`` last-stage features (the CAM's input).
+        rep: ``(B, R, H/4, W/4)`` representations, or None without a representation head.
+    """
+
+    cls_logits: Tensor
+    seg_logits: Tensor
+    affinity_logits: Tensor
+    features: Tensor
+    rep: Tensor | None
+
+
+class AFANetwork(nn.Module):
+    """MiT encoder (last stage at 1/16) + classifier + SegFormer head + affinity head.
+
+    Args:
+        num_classes: C, with background (21 for VOC); the classifier has C - 1 outputs.
+        encoder: MiT name (``mit_b0`` .. ``mit_b5``; AFA uses ``mit_b1``).
+        weights: local weights file of the encoder (ImageNet ``mit_b1.pth``), or None.
+        encoder_kwargs: architecture overrides (e.g. a tiny MiT for CPU runs).
+        attention_blocks: last-stage blocks whose attention feeds the affinity head (2: both blocks of
+            ``mit_b1``'s last stage, as ``_attns[-2:]`` in the released model).
+        embed_dim: SegFormer head width (256).
+        pooling: classification pooling: ``gmp`` (released code) or ``gap``.
+        drop_path_rate: stochastic depth of the encoder (0.1).
+        rep_channels: width of a representation head on the fused head features; 0 = none.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        encoder: str = "mit_b1",
+        weights: str | None = None,
+        encoder_kwargs: Mapping[str, Any] | None = None,
+        attention_blocks: int = 2,
+        embed_dim: int = 256,
+        pooling: Literal["gmp", "gap"] = "gmp",
+        drop_path_rate: float = 0.1,
+        rep_channels: int = 0,
+    ) -> None:
+        super().__init__()
+        if attention_blocks < 1:
+            raise ValueError(
+                f"AFANetwork: attention_blocks = {attention_blocks}; the affinity head needs the attention of "
+                "at least one block of the encoder's last stage"
+            )
+        self.encoder = MiTEncoder(
+            encoder,
+            weights=weights,
+            last_stride=1,
+            attention_blocks=attention_blocks,
+            drop_path_rate=drop_path_rate,
+            model_kwargs=dict(encoder_kwargs or {}),
+        )
+        channels = list(self.encoder.out_channels)
+        self.pooling = pooling
+        self.classifier = nn.Conv2d(channels[-1], num_classes - 1, 1, bias=False)
+        self.seg_head = SegFormerHead(channels, num_classes, embed_dim=embed_dim)
+        self.affinity_head = nn.Conv2d(self.encoder.attention_channels, 1, 1, bias=True)
+        self.rep_head: nn.Module | None = None
+        if rep_channels > 0:
+            # U2PL's representation head (two 3x3 conv-BN-ReLU blocks, then a 1x1 projection)
+            self.rep_head = nn.Sequential(
+                nn.Conv2d(embed_dim, embed_dim, 3, padding=1, bias=False),
+                nn.BatchNorm2d(embed_dim),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(embed_dim, embed_dim, 3, padding=1, bias=False),
+                nn.BatchNorm2d(embed_dim),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(embed_dim, rep_channels, 1),
+            )
+
+    @property
+    def stride(self) -> int:
+        """Output stride of the last stage (16)."""
+        return int(self.encoder.reductions[-1])
+
+    def affinity(self, attentions: list[Tensor]) -> Tensor:
+        """``(B, N, N)`` affinity logits from the captured attention logits (each ``(B, heads, N, N)``)."""
+        stacked = torch.cat(attentions, dim=1)
+        stacked = stacked + stacked.transpose(-1, -2)
+        return self.affinity_head(stacked)[:, 0]
+
+    def cam(self, features: Tensor) -> Tensor:
+        """Raw class activation maps ``(B, C - 1, h, w)``: the classifier applied at every position."""
+        return F.conv2d(features, self.classifier.weight)
+
+    def forward(self, x: Tensor, with_rep: bool = True) -> AFAOutput:
+        out = self.encoder(x)
+        features = out.features[-1]
+        if self.pooling == "gmp":
+            pooled = F.adaptive_max_pool2d(features, 1)
+        else:
+            pooled = F.adaptive_avg_pool2d(features, 1)
+        cls_logits = self.classifier(pooled).flatten(1)
+        seg_logits, fused = self.seg_head(out.features)
+        rep = self.rep_head(fused) if (with_rep and self.rep_head is not None) else None
+        return AFAOutput(cls_logits, seg_logits, self.affinity(out.attentions), features, rep)
+
+    def cams_and_affinity(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw CAMs ``(B, C - 1, h, w)`` and affinity logits ``(B, N, N)`` (encoder and two 1x1 heads only)."""
+        out = self.encoder(x)
+        return self.cam(out.features[-1]), self.affinity(out.attentions)
+
+    def segment(self, x: Tensor) -> Tensor:
+        """Segmentation logits ``(B, C, H/4, W/4)``."""
+        logits, _ = self.seg_head(self.encoder(x).features)
+        return logits
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``backbone`` (encoder without its norm layers), ``backbone_norm``, ``head`` (everything new)."""
+        norm_ids = {id(p) for p in self.encoder.norm_parameters()}
+        backbone = [p for p in self.encoder.parameters() if id(p) not in norm_ids]
+        norms = [p for p in self.encoder.parameters() if id(p) in norm_ids]
+        encoder_ids = {id(p) for p in self.encoder.parameters()}
+        head = [p for p in self.parameters() if id(p) not in encoder_ids]
+        return {"backbone": backbone, "backbone_norm": norms, "head": head}
