@@ -211,7 +211,8 @@ class MiTEncoder(nn.Module):
         """Weights and biases of every LayerNorm (patch-embedding, block, attention key-reduction, stage norms).
 
         AFA trains these with learning rate 0 while the rest of the encoder gets the backbone rate; the
-        caller builds its optimizer groups from this list and :meth:`non_norm_parameters`.
+        caller builds its optimizer groups from this list and :meth:`non_norm_parameters`. It is the same set
+        as the parameters whose names contain ``norm``, the selection AFA's code makes.
         """
         return [p for m in self.backbone.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()]
 
