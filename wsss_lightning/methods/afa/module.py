@@ -271,7 +271,9 @@ class AFAModule(SegmentationMethod):
             cams, walk, grid = self.cams_with_walk(images, classes)
             labels = self.refined_labels(images01, cams, classes, box)
             target = labels
-            if t >= self.phases.propagation_start:
+            if self.options.labels.target == "mask":
+                target = self._ground_truth(batch)
+            elif t >= self.phases.propagation_start:
                 target = self.refined_labels(images01, cams, classes, box, (walk, grid))
             # affinity labels: the refined label, nearest-downsampled to the training pass's token grid
             train_grid = tuple(out.features.shape[-2:])
@@ -279,7 +281,7 @@ class AFAModule(SegmentationMethod):
             pairs = affinity_labels(
                 tokens, self.ignore_index, radius=self.options.labels.radius, diagonal="positive"
             )
-            if "mask" in batch:  # ground truth of the image view: diagnostics only, never a training target
+            if "mask" in batch:  # ground truth of the image view: a diagnostic (a target only for "mask")
                 logs["train/pseudo_accuracy"] = pseudo_label_accuracy(target, batch["mask"], self.ignore_index)
         loss_aff = affinity_loss(out.affinity_logits, pairs)
         seg_logits = resize(out.seg_logits, size)
@@ -296,6 +298,14 @@ class AFAModule(SegmentationMethod):
         elif out.rep is not None:
             loss = loss + 0.0 * out.rep.sum()
         return loss
+
+    def _ground_truth(self, batch: dict[str, Any]) -> Tensor:
+        if "mask" not in batch:
+            raise KeyError(
+                f"{type(self).__name__}: labels.target = 'mask' trains on the ground-truth masks, but the "
+                "training batches hold none: use TagsView with diagnostic_masks: true"
+            )
+        return cast(Tensor, batch["mask"]).long()
 
     def extra_loss(
         self, out: AFAOutput, cams: Tensor, classes: Tensor, target: Tensor, logs: dict[str, Tensor]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 
 def _fail(owner: str, name: str, value: object, expected: str) -> None:
@@ -62,6 +63,9 @@ class AFALabelConfig:
             largest scale (the released code keeps the affinity of the last of 1.0, 0.5, 1.5).
         walk_power: the affinity is raised to this power before the walk (2).
         walk_log_iterations: the walk matrix is squared this many times (0: one walk step).
+        target: what the segmentation head learns from: ``pseudo`` (the method) or ``mask``, the batch's
+            ground-truth masks (the full-supervision ceiling of the same network and schedule; needs the
+            TagsView's diagnostic masks). The CAM, affinity and random walk train as usual either way.
     """
 
     scales: Sequence[float] = (1.0, 0.5, 1.5)
@@ -75,6 +79,7 @@ class AFALabelConfig:
     propagation_scale: float | None = None
     walk_power: float = 2.0
     walk_log_iterations: int = 0
+    target: Literal["pseudo", "mask"] = "pseudo"
 
     def __post_init__(self) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
@@ -89,6 +94,8 @@ class AFALabelConfig:
             _fail("labels", "propagation_scale", self.propagation_scale, f"None or one of scales {tuple(self.scales)}")
         if self.par_downscale < 1 or self.par_iterations < 0:
             _fail("labels", "par_downscale", self.par_downscale, ">= 1 (and par_iterations >= 0)")
+        if self.target not in ("pseudo", "mask"):
+            _fail("labels", "target", self.target, "'pseudo' or 'mask'")
         if self.walk_power <= 0 or self.walk_log_iterations < 0:
             _fail("labels", "walk_power", self.walk_power, "> 0 (and walk_log_iterations >= 0)")
 

@@ -1,0 +1,163 @@
+"""AFA / U2PL+ WS training step time with a breakdown, on random data with every phase active.
+
+Times the real ``AFAModule.training_step`` (or ``U2PLWeakModule``'s with ``--contrastive``) inside a Lightning
+``Trainer``, after the warm-up, with the propagated labels on: the pieces are measured by wrapping the
+functions the module calls (the multi-scale CAM passes, PAR pseudo-labels with and without the random walk,
+the affinity labels and loss, the contrastive loss and memory bank); "losses + rest" is the remainder of the
+step. The method's overhead is everything beyond the network passes the algorithm needs: the CAM passes
+(``AFANetwork.cams_and_affinity``), the training forward, backward and the optimizer update.
+
+Usage::
+
+    python benchmarks/afa_step.py --size 256 --batch 4
+    python benchmarks/afa_step.py --size 512 --batch 2 --steps 3 --contrastive
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from wsss_lightning.data import DATASET_INFO
+from wsss_lightning.methods import AFAModule, AFAPhaseConfig, U2PLWeakModule, WeakContrastiveConfig
+from wsss_lightning.methods.afa import module as afa
+from wsss_lightning.methods.u2pl import weak_module
+from wsss_lightning.models.afa import AFANetwork
+
+TIMES: dict[str, float] = defaultdict(float)
+COUNTING = [False]
+
+
+def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if COUNTING[0]:
+            TIMES[name] += time.perf_counter() - start
+        return out
+
+    return wrapper
+
+
+class RandomTags(Dataset):
+    """Random crops with 1-3 present classes and a valid box covering most of the crop."""
+
+    def __init__(self, size: int, num_classes: int, length: int) -> None:
+        self.size, self.num_classes, self.length = size, num_classes, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(i)
+        tags = torch.zeros(self.num_classes)
+        tags[0] = 1
+        tags[1 + torch.randperm(self.num_classes - 1, generator=g)[: 1 + i % 3]] = 1
+        s = self.size
+        return {
+            "image": torch.randn(3, s, s, generator=g),
+            "tags": tags,
+            "valid_box": torch.tensor([0, 0, s - s // 8, s]),
+            "name": str(i),
+        }
+
+
+class StepTimer(L.Callback):
+    def __init__(self, skip: int) -> None:
+        self.skip = skip
+        self.start = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        COUNTING[0] = trainer.global_step >= self.skip
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if COUNTING[0]:
+            TIMES["step"] += time.perf_counter() - self.start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--encoder", default="mit_b1")
+    parser.add_argument("--contrastive", action="store_true", help="U2PL+ WS instead of AFA")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cam_key = "CAM passes (3 scales x flip, no grad) + walk matrix"
+    for name, label in (
+        ("par_pseudo_labels", "PAR pseudo-labels (refined + propagated)"),
+        ("affinity_labels", "affinity labels"),
+        ("affinity_loss", "affinity loss"),
+    ):
+        setattr(afa, name, timed(label, getattr(afa, name)))
+    AFAModule.cams_with_walk = timed(cam_key, AFAModule.cams_with_walk)  # type: ignore[method-assign]
+    AFANetwork.cams_and_affinity = timed("CAM network passes", AFANetwork.cams_and_affinity)  # type: ignore[method-assign]
+    AFANetwork.forward = timed("training forward", AFANetwork.forward)  # type: ignore[method-assign]
+    weak_module.WeakContrastiveLoss.forward = timed(  # type: ignore[method-assign]
+        "contrastive loss + memory bank", weak_module.WeakContrastiveLoss.forward
+    )
+    AFAModule.backward = timed("backward", AFAModule.backward)  # type: ignore[method-assign]
+    AFAModule.optimizer_step = timed("optimizer_step", AFAModule.optimizer_step)  # type: ignore[method-assign]
+    AFAModule.training_step = timed("training_step", AFAModule.training_step)  # type: ignore[method-assign]
+
+    skip = 2  # step 0: CAM only; step 1: segmentation + affinity; propagated labels from step 1
+    common: dict[str, Any] = {
+        "encoder": args.encoder,
+        "class_names": DATASET_INFO["voc"].class_names,
+        "phases": AFAPhaseConfig(seg_start=1, propagation_start=1),
+    }
+    model: AFAModule
+    if args.contrastive:
+        model = U2PLWeakModule(contrastive=WeakContrastiveConfig(start_step=1), **common)
+    else:
+        model = AFAModule(**common)
+    trainer = L.Trainer(
+        accelerator=args.device,
+        devices=1,
+        max_steps=skip + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[StepTimer(skip)],
+    )
+    data = DataLoader(RandomTags(args.size, 21, args.batch * (skip + args.steps)), batch_size=args.batch)
+    trainer.fit(model, data)
+
+    step = TIMES.pop("step") / args.steps
+    closure = TIMES.pop("optimizer_step")
+    TIMES["optimizer update + hooks"] = closure - TIMES["backward"] - TIMES.pop("training_step")
+    # the CAM wrapper's time includes its network passes: split them off
+    TIMES["CAM resize / flip-merge / normalise, walk matrix"] = TIMES.pop(cam_key) - TIMES["CAM network passes"]
+    network = ("CAM network passes", "training forward", "backward", "optimizer update + hooks")
+    name = "U2PL+ WS" if args.contrastive else "AFA"
+    print(f"\n{name} step, {args.encoder}, batch {args.batch}, {args.size}x{args.size}, {args.device}, "
+          f"{torch.get_num_threads()} threads, mean of {args.steps} steps: {step:.2f} s")  # fmt: skip
+    print(f"{'part':55s} {'s/step':>8s} {'share':>7s}")
+    accounted = 0.0
+    for part, total in sorted(TIMES.items(), key=lambda kv: -kv[1]):
+        per_step = total / args.steps
+        accounted += per_step
+        print(f"{part:55s} {per_step:8.3f} {100 * per_step / step:6.1f}%")
+    rest = step - accounted
+    print(f"{'losses, logging (rest)':55s} {rest:8.3f} {100 * rest / step:6.1f}%")
+    net = sum(TIMES[n] for n in network) / args.steps
+    print(f"\nnetwork passes the algorithm needs (CAM passes, training forward, backward, optimizer update): "
+          f"{100 * net / step:.1f}% of the step; method overhead beyond them: {100 * (step - net) / step:.1f}%")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

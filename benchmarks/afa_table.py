@@ -1,0 +1,134 @@
+"""AFA and U2PL+ (weakly supervised) on the synthetic VOC set from image-level tags (CPU, minutes per run).
+
+Runs (the same small MiT from scratch, data pipeline and schedule: ``configs/afa/synthetic_voc.yaml``):
+
+* full masks: the ceiling, the same network with its segmentation head trained on the ground-truth masks
+  (``labels.target=mask``) from the first step;
+* AFA: the baseline; its run also gives the raw CAM, the affinity-propagated CAM and the pseudo-label mIoU of
+  the final validation;
+* U2PL+ WS: ``configs/u2pl/synthetic_voc_weak.yaml``, AFA plus the contrastive loss of Eq. 29-31.
+
+Each run is a ``wsss fit`` (validation at the end), repeated for every seed; prints a markdown table with the
+per-seed values, their mean and the bars (propagated CAM > raw CAM, AFA >= 0.6 of the ceiling, U2PL+ WS within
+0.02 of AFA or above).
+
+Usage::
+
+    python benchmarks/afa_table.py --root outputs/synthetic_voc [--seeds 0 1] [--steps 1200] [--parallel 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+AFA = REPO / "configs" / "afa" / "synthetic_voc.yaml"
+U2PL_WEAK = REPO / "configs" / "u2pl" / "synthetic_voc_weak.yaml"
+
+#: run name -> (config, extra arguments)
+RUNS: dict[str, tuple[Path, tuple[str, ...]]] = {
+    "ceiling": (AFA, ("--model.init_args.labels.target=mask", "--model.init_args.phases.seg_start=0")),
+    "afa": (AFA, ()),
+    "u2pl_weak": (U2PL_WEAK, ()),
+}
+#: table row -> (run, logged metric)
+ROWS = {
+    "raw CAM (AFA run)": ("afa", "val/cam/miou"),
+    "propagated CAM (AFA run)": ("afa", "val/aff_cam/miou"),
+    "pseudo-labels, kept pixels (AFA run)": ("afa", "val/pseudo/miou"),
+    "AFA segmentation": ("afa", "val/miou"),
+    "U2PL+ WS segmentation": ("u2pl_weak", "val/miou"),
+    "full masks (ceiling)": ("ceiling", "val/miou"),
+}
+
+
+def final_metrics(folder: Path) -> dict[str, float]:
+    """The last logged value of every validation metric of a run."""
+    values: dict[str, float] = {}
+    for path in sorted(folder.rglob("metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                values.update({k: float(v) for k, v in row.items() if k.startswith("val/") and v})
+    if "val/miou" not in values:
+        raise RuntimeError(f"{folder}: no val/miou logged")
+    return values
+
+
+def fit(run: str, seed: int, root: Path, out: Path, steps: int) -> tuple[dict[str, float], float]:
+    """One run with one seed; returns (final validation metrics, seconds)."""
+    config, extra = RUNS[run]
+    folder = out / f"{run}_seed{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    wsss = shutil.which("wsss", path=str(Path(sys.executable).parent)) or "wsss"
+    args = [
+        wsss, "fit", "-c", str(config), "--data.init_args.source.root", str(root), *extra,
+        f"--seed_everything={seed}", f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
+        f"--trainer.default_root_dir={folder}", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        "--data.init_args.loader.num_workers=0", "--data.init_args.loader.persistent_workers=false",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    start = time.perf_counter()
+    result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{run}, seed {seed}: wsss fit failed:\n{result.stderr[-3000:]}")
+    return final_metrics(folder), time.perf_counter() - start
+
+
+def run_table(
+    root: Path, out: Path, seeds: list[int], steps: int, parallel: int
+) -> dict[str, list[float]]:
+    """Per row, the value of every seed; prints the table and the bars."""
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    seconds: dict[str, list[float]] = {run: [] for run in RUNS}
+    with ThreadPoolExecutor(parallel) as pool:
+        jobs = {(r, s): pool.submit(fit, r, s, root, out, steps) for r in ("afa", "u2pl_weak", "ceiling") for s in seeds}
+        for (r, s), job in jobs.items():
+            results[r, s], sec = job.result()
+            seconds[r].append(sec)
+    table = {row: [results[run, s][key] for s in seeds] for row, (run, key) in ROWS.items()}
+    mean = {row: sum(v) / len(v) for row, v in table.items()}
+    print(f"| row | {' | '.join(f'seed {s}' for s in seeds)} | mean | ratio to ceiling |")
+    print(f"|---|{'---:|' * len(seeds)}---:|---:|")
+    ceiling = mean["full masks (ceiling)"]
+    for row, values in table.items():
+        cells = " | ".join(f"{v:.3f}" for v in values)
+        print(f"| {row} | {cells} | **{mean[row]:.3f}** | {mean[row] / ceiling:.2f} |")
+    print()
+    print(" | ".join(f"{run}: {sum(s) / len(s) / 60:.1f} min / run" for run, s in seconds.items()))
+    bars = {
+        "propagated CAM > raw CAM": mean["propagated CAM (AFA run)"] > mean["raw CAM (AFA run)"],
+        "AFA >= 0.6 x ceiling": mean["AFA segmentation"] >= 0.6 * ceiling,
+        "U2PL+ WS >= AFA - 0.02": mean["U2PL+ WS segmentation"] >= mean["AFA segmentation"] - 0.02,
+    }
+    for name, ok in bars.items():
+        print(f"{name}: {'met' if ok else 'MISSED'}")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path("outputs/synthetic_voc"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/afa_table"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
+    args = parser.parse_args()
+    if not (args.root / "JPEGImages").is_dir():
+        subprocess.run(
+            [sys.executable, "-m", "wsss_lightning.data.cli", "synthetic", "--layout", "voc", "--out", str(args.root)],
+            check=True,
+        )
+    run_table(args.root, args.out, args.seeds, args.steps, args.parallel)
+
+
+if __name__ == "__main__":
+    main()
