@@ -207,8 +207,8 @@ def test_hand_computed_case() -> None:
         p = F.cosine_similarity(z64[a], positives[c], dim=0) / 0.5
         n = F.cosine_similarity(z64[a], zd[neg], dim=0) / 0.5
         terms.append(torch.log1p(torch.exp(n - p)))
-    expected = sum(terms) / 3
-    expected.backward()  # type: ignore[union-attr]
+    expected = torch.stack(terms).sum() / 3
+    expected.backward()
     assert out.loss.item() == pytest.approx(float(expected.detach()), rel=1e-6)
     assert rep.grad is not None and z64.grad is not None
     torch.testing.assert_close(rep.grad[0, :, 0].T.double(), z64.grad, rtol=1e-5, atol=1e-7)
@@ -225,7 +225,7 @@ def test_classes_absent_everywhere_contribute_nothing() -> None:
     holds, the loss and the gradient are the same, and it is neither valid nor active."""
     cams, classes = random_cams(5)
     rep_np = np.random.default_rng(6).normal(size=(B, D, H, W)).astype(np.float32)
-    results = []
+    results: list[tuple[torch.Tensor, torch.Tensor]] = []
     for sizes in ([0, 3, 5, 4, 0], [0, 3, 5, 4, 30]):
         bank, _ = filled_bank(7, [60, 40, 40, 40, 40], sizes)
         before = int(bank.count[4])
@@ -236,6 +236,7 @@ def test_classes_absent_everywhere_contribute_nothing() -> None:
         out.loss.backward()
         assert int(bank.count[4]) == min(before + B * H * W, 40)
         assert not out.valid_classes[4] and not out.active_classes[4]
+        assert rep.grad is not None
         results.append((out.loss.detach(), rep.grad))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
