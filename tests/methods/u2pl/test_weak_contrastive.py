@@ -280,3 +280,18 @@ def test_bad_options_and_inputs_name_the_field() -> None:
         weak_contrastive_loss(torch.randn(B, D, H + 1, W), cams, classes, bank, None, options())
     with pytest.raises(ValueError, match="memory_bank holds 5 classes of 6-d keys"):
         weak_contrastive_loss(torch.randn(B, D + 1, H, W), cams, classes, bank, None, options())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to observe host syncs")
+@pytest.mark.parametrize("max_keys", [None, 16])
+def test_weak_loss_does_not_sync_on_cuda(max_keys: int | None) -> None:
+    cams, classes = (t(a).cuda() for a in random_cams(12))
+    rep = torch.randn(B, D, H, W, device="cuda", requires_grad=True)
+    loss = WeakContrastiveLoss(C, options(max_keys_per_step=max_keys), dim=D).cuda()
+    generator = torch.Generator("cuda").manual_seed(0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            loss(rep, cams, classes, generator).loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -5,7 +5,8 @@ U2PL+ Sec. 3.5.1 (Eq. 10, 15-28) and Eq. 18; released code ``compute_contra_memo
 per class, push them to the memory bank (all ranks), sample anchors per class, draw negatives from the bank,
 InfoNCE against the class prototype. All C classes are processed at once with fixed shapes (classes absent
 from the batch are computed and masked out), so there is no loop over classes, pixels or anchors and no
-host sync.
+host sync. Everything after the masks (keys, prototypes, anchors, negatives, InfoNCE) is one core shared
+with the weakly supervised loss (:mod:`wsss_lightning.methods.u2pl.weak`).
 
 Paper-vs-code switches (default = published numbers unless the code behaviour is a bug):
 
@@ -52,7 +53,7 @@ __all__ = [
 
 
 class ContrastiveOutput(NamedTuple):
-    """Result of :func:`u2pl_contrastive_loss`.
+    """Result of :func:`u2pl_contrastive_loss` and of the weakly supervised ``weak_contrastive_loss``.
 
     Attributes:
         loss: scalar L_c of this rank.
@@ -60,7 +61,8 @@ class ContrastiveOutput(NamedTuple):
             bank: without a key budget, the newest ``capacity`` negatives of each class (the older ones a
             push would overwrite at once are left out).
         key_labels: ``(K,)`` int64 queue of each key; -1 marks padding rows.
-        valid_classes: ``(C,)`` bool, classes with at least one reliable (low-entropy) pixel.
+        valid_classes: ``(C,)`` bool, classes with at least one reliable (low-entropy) pixel (weakly
+            supervised: with at least one anchor).
         active_classes: ``(C,)`` bool, classes that contributed a term to the loss.
     """
 
