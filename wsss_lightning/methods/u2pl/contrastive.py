@@ -5,7 +5,8 @@ U2PL+ Sec. 3.5.1 (Eq. 10, 15-28) and Eq. 18; released code ``compute_contra_memo
 per class, push them to the memory bank (all ranks), sample anchors per class, draw negatives from the bank,
 InfoNCE against the class prototype. All C classes are processed at once with fixed shapes (classes absent
 from the batch are computed and masked out), so there is no loop over classes, pixels or anchors and no
-host sync.
+host sync. Everything after the masks (keys, prototypes, anchors, negatives, InfoNCE) is one core shared
+with the weakly supervised loss (:mod:`wsss_lightning.methods.u2pl.weak`).
 
 Paper-vs-code switches (default = published numbers unless the code behaviour is a bug):
 
@@ -52,7 +53,7 @@ __all__ = [
 
 
 class ContrastiveOutput(NamedTuple):
-    """Result of :func:`u2pl_contrastive_loss`.
+    """Result of :func:`u2pl_contrastive_loss` and of the weakly supervised ``weak_contrastive_loss``.
 
     Attributes:
         loss: scalar L_c of this rank.
@@ -60,7 +61,8 @@ class ContrastiveOutput(NamedTuple):
             bank: without a key budget, the newest ``capacity`` negatives of each class (the older ones a
             push would overwrite at once are left out).
         key_labels: ``(K,)`` int64 queue of each key; -1 marks padding rows.
-        valid_classes: ``(C,)`` bool, classes with at least one reliable (low-entropy) pixel.
+        valid_classes: ``(C,)`` bool, classes with at least one reliable (low-entropy) pixel (weakly
+            supervised: with at least one anchor).
         active_classes: ``(C,)`` bool, classes that contributed a term to the loss.
     """
 
@@ -391,7 +393,6 @@ def u2pl_contrastive_loss(
     Returns:
         :class:`ContrastiveOutput`.
     """
-    num_anchors, num_negatives = options.num_anchors, options.num_negatives
     b_l, b_u = labels_l.shape[0], labels_u.shape[0]
     batch, dim = rep.shape[:2]
     num_classes = prob_l.shape[1]
@@ -414,20 +415,8 @@ def u2pl_contrastive_loss(
             raise ValueError(
                 f"u2pl_contrastive_loss: {name} must have shape {shape}, got {tuple(tensor.shape)}"
             )
-    if memory_bank.num_classes != num_classes or memory_bank.dim != dim:
-        raise ValueError(
-            f"u2pl_contrastive_loss: memory_bank holds {memory_bank.num_classes} classes of {memory_bank.dim}-d "
-            f"keys, inputs have {num_classes} classes of {dim}-d representations"
-        )
-    if memory_bank.min_capacity < num_negatives:
-        raise ValueError(
-            f"u2pl_contrastive_loss: memory_bank capacity ({memory_bank.min_capacity}) must be >= "
-            f"num_negatives ({num_negatives})"
-        )
     device = rep.device
-
     with torch.no_grad():
-        rep_teacher = rep_teacher.detach()
         prob_l, prob_u = prob_l.detach().float(), prob_u.detach().float()
         labels = torch.cat([labels_l, labels_u]).long()
         low = torch.cat([labels_l != ignore_index, low_mask_u.bool() & (labels_u != ignore_index)])
@@ -446,6 +435,98 @@ def u2pl_contrastive_loss(
             options.negative_rule,
             ignore_index,
         )
+    return _contrastive_from_masks(
+        rep,
+        rep_teacher,
+        anchor_mask,
+        valid_low,
+        negative_mask,
+        memory_bank,
+        prototype_bank,
+        _CoreOptions.of(options),
+        update_bank=update_bank,
+        generator=generator,
+        scratch=scratch,
+        caller="u2pl_contrastive_loss",
+    )
+
+
+class _CoreOptions(NamedTuple):
+    """The values :func:`_contrastive_from_masks` reads (fields as in ``ContrastiveConfig``)."""
+
+    num_anchors: int
+    num_negatives: int
+    temperature: float
+    max_keys_per_step: int | None
+    normalization: str
+    min_valid_classes: int
+    class_pairing: str = "matched"
+
+    @classmethod
+    def of(cls, options: object) -> _CoreOptions:
+        """The fields of an options dataclass that has them (``class_pairing`` optional)."""
+        return cls(**{name: getattr(options, name) for name in cls._fields if hasattr(options, name)})
+
+
+def _contrastive_from_masks(
+    rep: Tensor,
+    key_rep: Tensor,
+    anchor_mask: Tensor,
+    centroid_mask: Tensor,
+    negative_mask: Tensor,
+    memory_bank: CategoryMemoryBank,
+    prototype_bank: PrototypeBank | None,
+    options: _CoreOptions,
+    *,
+    update_bank: bool = True,
+    generator: torch.Generator | None = None,
+    scratch: ScratchBuffers | None = None,
+    caller: str = "contrastive loss",
+) -> ContrastiveOutput:
+    """The pixel-to-prototype InfoNCE once the setting has said which pixel plays which role.
+
+    Shared by the semi-supervised loss (:func:`u2pl_contrastive_loss`) and the weakly supervised one
+    (:func:`~wsss_lightning.methods.u2pl.weak.weak_contrastive_loss`): push this step's negative keys
+    (``key_rep`` at ``negative_mask``) to the bank, positives from the centroids of ``key_rep`` over
+    ``centroid_mask`` (momentum-averaged by ``prototype_bank`` if given), ``num_anchors`` anchors of
+    ``rep`` per class drawn from ``anchor_mask``, ``num_negatives`` bank keys per anchor, InfoNCE, and the
+    normalisation. A class is valid when its centroid mask is non-empty. Random draws in the order
+    documented in :func:`u2pl_contrastive_loss`.
+
+    Args:
+        rep: ``(B, D, h, w)`` representations the gradient flows through (anchors).
+        key_rep: ``(B, D, h, w)`` representations of the keys and centroids (used detached).
+        anchor_mask: ``(B, C, h, w)`` bool anchor candidates.
+        centroid_mask: ``(B, C, h, w)`` bool pixels averaged into the batch centroids.
+        negative_mask: ``(B, C, h, w)`` bool negative keys of each class.
+        memory_bank: the category-wise queues (C classes, D-d keys).
+        prototype_bank: momentum prototypes; None uses the batch centroids.
+        options: anchors, negatives, temperature, key budget, normalisation and class pairing.
+        update_bank: push this step's keys before sampling.
+        generator: random generator.
+        scratch: work tensors kept between calls.
+        caller: the public function named in error messages.
+
+    Returns:
+        :class:`ContrastiveOutput`.
+    """
+    num_anchors, num_negatives = options.num_anchors, options.num_negatives
+    dim = rep.shape[1]
+    num_classes = anchor_mask.shape[1]
+    if memory_bank.num_classes != num_classes or memory_bank.dim != dim:
+        raise ValueError(
+            f"{caller}: memory_bank holds {memory_bank.num_classes} classes of {memory_bank.dim}-d "
+            f"keys, inputs have {num_classes} classes of {dim}-d representations"
+        )
+    if memory_bank.min_capacity < num_negatives:
+        raise ValueError(
+            f"{caller}: memory_bank capacity ({memory_bank.min_capacity}) must be >= "
+            f"num_negatives ({num_negatives})"
+        )
+    device = rep.device
+
+    with torch.no_grad():
+        key_rep = key_rep.detach()
         flat_negatives = _flat_positions(negative_mask)
         skipped = None
         if options.max_keys_per_step is None:
@@ -461,7 +542,7 @@ def u2pl_contrastive_loss(
         else:
             pos, key_labels = _capped_positions(flat_negatives, options.max_keys_per_step, generator)
             max_size = pos.shape[0]
-        keys = _keys_at(rep_teacher, pos, memory_bank.normalize, scratch)
+        keys = _keys_at(key_rep, pos, memory_bank.normalize, scratch)
         if update_bank:
             memory_bank.gather_and_push(
                 keys,
@@ -472,7 +553,7 @@ def u2pl_contrastive_loss(
                 validate=False,
             )
 
-        centroids, counts = class_centroids(rep_teacher, valid_low)
+        centroids, counts = class_centroids(key_rep, centroid_mask)
         positives = centroids if prototype_bank is None else prototype_bank.update(centroids, counts).clone()
         valid_classes = counts > 0
         num_valid = valid_classes.sum()

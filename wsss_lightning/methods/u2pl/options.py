@@ -65,8 +65,8 @@ def renamed_options_message(config_files: list[str], model_args: list[str]) -> s
     )
 
 
-def _fail(group: str, name: str, value: object, expected: str) -> None:
-    raise ValueError(f"U2PLModule: {group}.{name} = {value!r}; expected {expected}")
+def _fail(group: str, name: str, value: object, expected: str, owner: str = "U2PLModule") -> None:
+    raise ValueError(f"{owner}: {group}.{name} = {value!r}; expected {expected}")
 
 
 def _check_choice(group: str, owner: object, name: str, allowed: tuple[str, ...]) -> None:
@@ -243,3 +243,103 @@ class ContrastiveConfig:
             _fail("contrastive", "low_entropy_percent", self.low_entropy_percent, "a percentage in [0, 50)")
         if self.max_keys_per_step is not None and self.max_keys_per_step < 1:
             _fail("contrastive", "max_keys_per_step", self.max_keys_per_step, "None or >= 1")
+
+
+@dataclass
+class WeakContrastiveConfig:
+    """U2PL+'s contrastive term for image-level labels (U2PL+ Sec. 3.5.2, Eq. 29-31; no public code).
+
+    Anchors of class c are the pixels of images tagged with c whose CAM score exceeds beta (Eq. 29); the
+    positive is the class's momentum prototype, moved towards the mean of the detached anchor
+    representations (Eq. 30; the baseline has no teacher, so the network's own features); negatives of c are
+    the pixels of images without tag c and / or with CAM score below beta (Eq. 31, Table XIV). See
+    :func:`~wsss_lightning.methods.u2pl.weak.weak_contrastive_loss`.
+
+    The paper gives no value for beta, lambda_c, the start, the queues or any subsampling; the defaults
+    and their reasons:
+
+    * ``beta = 0.55``: the score above which AFA, the WS baseline, calls a CAM pixel reliable foreground
+      (its high threshold); with ``background`` the background anchors are then the pixels whose best
+      foreground score is below 0.45, AFA's background score.
+    * ``weight = 0.1``: the weight AFA gives each of its other auxiliary terms (segmentation, affinity).
+    * ``start_step = 2000``: AFA's CAM-only warm-up; before it the CAMs that choose anchors are poor.
+    * ``capacity`` / ``background_capacity`` 30,000 / 50,000, ``num_anchors`` 256, ``num_negatives`` 50,
+      ``temperature`` 0.5, ``prototype_momentum`` 0.999: the semi-supervised values (U2PL+ Sec. 4.1).
+    * ``max_keys_per_step = 4096``: Eq. 31 makes most pixels negatives of most classes (every pixel of an
+      image is a negative of each of its absent classes), so enqueueing all of them would push C times the
+      batch's pixels per step; 4,096 keys shared fairly between the classes keep a few hundred per class.
+    * ``min_valid_classes = 1``: the negatives come from the bank, so one class with anchors already has a
+      contrast (the semi-supervised release's 2 is available).
+
+    Attributes:
+        enabled: use the term at all (no memory bank is allocated otherwise).
+        weight: lambda_c.
+        start_step: first optimiser step at which the term is added.
+        beta: CAM score threshold in (0, 1) of Eq. 29 and 31.
+        negatives: ``both`` (Eq. 31), ``absent`` (only pixels of images without the class) or ``low`` (only
+            pixels of images with the class and a score below beta): Table XIV's rows.
+        background: add the background class 0, scored ``1 - max`` of the image's foreground CAMs; False
+            leaves class 0 out of the loss.
+        capacity: queue capacity per foreground class.
+        background_capacity: queue capacity of class 0 (None: ``capacity``).
+        bank_dtype: storage dtype of the queues.
+        num_anchors: M anchors per class.
+        num_negatives: N negatives per anchor.
+        temperature: tau.
+        prototype_momentum: m of the momentum prototypes (Eq. 18).
+        max_keys_per_step: keys enqueued per rank and step, shared fairly between the classes; None
+            enqueues every negative (the newest ``capacity`` of each class).
+        normalization: divide by the number of ``present`` classes or by ``all`` C.
+        min_valid_classes: below this many classes with anchors the loss is 0.
+    """
+
+    enabled: bool = True
+    weight: float = 0.1
+    start_step: int = 2000
+    beta: float = 0.55
+    negatives: Literal["both", "absent", "low"] = "both"
+    background: bool = True
+    capacity: int = 30000
+    background_capacity: int | None = 50000
+    bank_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    num_anchors: int = 256
+    num_negatives: int = 50
+    temperature: float = 0.5
+    prototype_momentum: float = 0.999
+    max_keys_per_step: int | None = 4096
+    normalization: Literal["present", "all"] = "present"
+    min_valid_classes: int = 1
+
+    def __post_init__(self) -> None:
+        def fail(name: str, expected: str) -> None:
+            _fail("contrastive", name, getattr(self, name), expected, owner="WeakContrastiveConfig")
+
+        for name, allowed in {
+            "negatives": ("both", "absent", "low"),
+            "normalization": ("present", "all"),
+            "bank_dtype": tuple(BANK_DTYPES),
+        }.items():
+            if getattr(self, name) not in allowed:
+                fail(name, f"one of {allowed}")
+        if not 0.0 < self.beta < 1.0:
+            fail("beta", "a CAM score in (0, 1)")
+        if self.weight < 0:
+            fail("weight", ">= 0")
+        if self.start_step < 0:
+            fail("start_step", ">= 0")
+        if self.num_anchors < 1:
+            fail("num_anchors", ">= 1")
+        if self.num_negatives < 1:
+            fail("num_negatives", ">= 1")
+        if self.temperature <= 0:
+            fail("temperature", "> 0")
+        if not 0.0 <= self.prototype_momentum < 1.0:
+            fail("prototype_momentum", "a value in [0, 1)")
+        if self.max_keys_per_step is not None and self.max_keys_per_step < 1:
+            fail("max_keys_per_step", "None or >= 1")
+        if self.min_valid_classes < 1:
+            fail("min_valid_classes", ">= 1")
+        if self.capacity < self.num_negatives:
+            fail("capacity", f">= num_negatives ({self.num_negatives})")
+        if self.background_capacity is not None and self.background_capacity < self.num_negatives:
+            fail("background_capacity", f"None or >= num_negatives ({self.num_negatives})")
