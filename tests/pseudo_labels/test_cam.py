@@ -485,3 +485,94 @@ class FakeTorchCamNet:
         pooled = F.avg_pool2d(x, 2)
         maps = torch.cat([pooled, pooled.flip(1) * 2.0 - 1.0], dim=1)[:, :5]
         return maps, maps.flip(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# affinity_labels with a radius window and a positive diagonal (AFA); multiscale_cams of 1 or 3 maps
+
+
+@pytest.mark.parametrize(
+    ("radius", "diagonal"), [(2, "positive"), (2, "ignore"), (None, "positive"), (8, "positive")]
+)
+def test_affinity_labels_with_radius_and_diagonal_match_numpy(radius: int | None, diagonal: str) -> None:
+    g = torch.Generator().manual_seed(16)
+    labels = torch.randint(0, 4, (2, 4, 5), generator=g)
+    labels[labels == 3] = 255
+    out = affinity_labels(labels, radius=radius, diagonal=diagonal)  # type: ignore[arg-type]
+    flat = labels.flatten(1).numpy()
+    ref = np.empty((2, 20, 20), dtype=np.int64)
+    for b in range(2):
+        for i in range(20):
+            for j in range(20):
+                (yi, xi), (yj, xj) = divmod(i, 5), divmod(j, 5)
+                outside = radius is not None and (abs(yi - yj) >= radius or abs(xi - xj) >= radius)
+                if flat[b, i] == 255 or flat[b, j] == 255 or outside or (i == j and diagonal == "ignore"):
+                    ref[b, i, j] = 255
+                else:
+                    ref[b, i, j] = int(flat[b, i] == flat[b, j])
+    np.testing.assert_array_equal(out.numpy(), ref)
+    assert torch.equal(out, out.transpose(1, 2))
+    if diagonal == "positive":  # a token is its own positive pair unless it is ignored
+        diag = torch.diagonal(out, dim1=1, dim2=2)
+        assert torch.equal(diag, torch.where(labels.flatten(1) == 255, 255, 1))
+
+
+def test_affinity_labels_reject_bad_options() -> None:
+    labels = torch.zeros(1, 3, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="affinity_labels: diagonal"):
+        affinity_labels(labels, diagonal="zero")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="affinity_labels: radius"):
+        affinity_labels(labels, radius=0)
+
+
+class ManyMapNet:
+    """One map ``(cam,)``, or three ``(cam, aux_cam, cam of a second net)``."""
+
+    def __init__(self, maps: int) -> None:
+        self.first, self.second, self.maps = FakeCamNet(seed=0), FakeCamNet(seed=1), maps
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
+        cam, aux = self.first(x)
+        return (cam,) if self.maps == 1 else (cam, aux, self.second(x)[0])
+
+
+@pytest.mark.parametrize("maps", [1, 3])
+def test_multiscale_cams_of_one_or_three_maps_match_the_hand_loop(maps: int) -> None:
+    g = torch.Generator().manual_seed(17)
+    images = torch.randn(2, 3, 20, 20, generator=g, dtype=torch.float64)
+    net = ManyMapNet(maps)
+    out = multiscale_cams(net, images, pad_to=4)
+    first = np_multiscale(FakeCamNet(seed=0), images.numpy(), (1.0, 0.5, 1.5), 4)
+    second = np_multiscale(FakeCamNet(seed=1), images.numpy(), (1.0, 0.5, 1.5), 4)
+    expected = [first[0]] if maps == 1 else [first[0], first[1], second[0]]
+    assert isinstance(out, tuple) and len(out) == maps
+    for got, ref in zip(out, expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), ref, atol=1e-9)
+    tags = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0]])
+    classes = present_classes(tags)
+    some = multiscale_cams(net, images, pad_to=4, classes=classes)
+    assert len(some) == maps
+    for full, gathered in zip(out, some, strict=True):
+        torch.testing.assert_close(gathered, _gathered(full, classes))
+    # the un-flipped scale-1 maps are reused for any number of maps
+    unflipped = net(images)
+    reused = multiscale_cams(net, images, pad_to=4, unflipped=unflipped)
+    for full, again in zip(out, reused, strict=True):
+        torch.testing.assert_close(again, full)
+
+
+def test_multiscale_cams_reject_a_bare_map_and_mismatched_unflipped_maps() -> None:
+    images = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    net = FakeCamNet()
+    with pytest.raises(ValueError, match="cam_fn must return a tuple of one or more maps"):
+        multiscale_cams(lambda x: net(x)[0], images)  # type: ignore[arg-type, return-value]
+    with pytest.raises(ValueError, match="unflipped must hold one map per map of cam_fn"):
+        multiscale_cams(net, images, unflipped=net(images)[:1])  # type: ignore[arg-type]
+
+    calls = iter([2, 3, 3])
+
+    def changing(x: Tensor) -> tuple[Tensor, ...]:
+        return net(x) + (net(x)[0],) * (next(calls) - 2)
+
+    with pytest.raises(ValueError, match="cam_fn must return a tuple of 2 maps at every scale"):
+        multiscale_cams(changing, images)

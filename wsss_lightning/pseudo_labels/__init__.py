@@ -1,5 +1,12 @@
-"""Pseudo-label maths shared by the methods: CAMs to labels, thresholds, PAR refinement."""
+"""Pseudo-label maths shared by the methods: CAMs to labels, thresholds, PAR refinement, affinity walks."""
 
+from wsss_lightning.pseudo_labels.affinity import (
+    propagate_stack,
+    propagated_cam_labels,
+    radius_mask,
+    random_walk,
+    walk_matrix,
+)
 from wsss_lightning.pseudo_labels.cam import (
     affinity_labels,
     cam_labels_eval,
@@ -17,5 +24,10 @@ __all__ = [
     "multiscale_cams",
     "normalize_cams",
     "par_pseudo_labels",
+    "propagate_stack",
+    "propagated_cam_labels",
+    "radius_mask",
+    "random_walk",
     "threshold_labels",
+    "walk_matrix",
 ]

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 from torch import Tensor
 
 from wsss_lightning.models.resize import padded_forward, resize
 from wsss_lightning.ops import channel_argmax, channel_max
+from wsss_lightning.pseudo_labels.affinity import radius_mask
 
 __all__ = [
     "affinity_labels",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 IGNORE_INDEX = 255
+
+# the maps ``cam_fn`` returns, e.g. ``tuple[Tensor, Tensor]`` for DuPL's (cam, aux_cam)
+MapsT = TypeVar("MapsT", bound=tuple[Tensor, ...])
 
 
 def normalize_cams(cams: Tensor) -> Tensor:
@@ -114,18 +118,21 @@ def _gather_channels(maps: Tensor, classes: Tensor) -> Tensor:
 
 @torch.no_grad()
 def multiscale_cams(
-    cam_fn: Callable[[Tensor], tuple[Tensor, Tensor]],
+    cam_fn: Callable[[Tensor], MapsT],
     images: Tensor,
     scales: Sequence[float] = (1.0, 0.5, 1.5),
     pad_to: int = 1,
     classes: Tensor | None = None,
-    unflipped: tuple[Tensor, Tensor] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Multi-scale, flip-augmented, normalised CAMs and auxiliary CAMs (DuPL ``cam_helper.py``).
+    unflipped: MapsT | None = None,
+) -> MapsT:
+    """Multi-scale, flip-augmented, normalised CAMs of every map a network returns (DuPL ``cam_helper.py``).
+
+    ``cam_fn`` returns a tuple of one or more maps (DuPL: ``(cam, aux_cam)``; AFA: ``(cam,)``); each gets
+    the same treatment, and the result is a tuple of the same length.
 
     For each scale ``s`` the images are resized bilinearly to ``(int(s*H), int(s*W))`` (no resize when that
     is ``(H, W)``) and stacked with their horizontal flips, so ``cam_fn`` runs once per scale on ``2B``
-    images. Both maps are resized bilinearly to ``(H, W)``; the flipped half is flipped back and merged with
+    images. Every map is resized bilinearly to ``(H, W)``; the flipped half is flipped back and merged with
     the original by an element-wise max, then ReLU. The per-scale maps are summed and each (image, class)
     map is min-max normalised (``normalize_cams``). Runs under ``torch.no_grad``: CAMs only make labels.
 
@@ -144,17 +151,18 @@ def multiscale_cams(
     through ``cam_fn``. They must come from a pass identical to ``cam_fn`` (no dropout / stochastic depth).
 
     Args:
-        cam_fn: maps ``(N, 3, h', w')`` images to raw ``(cam, aux_cam)``, each ``(N, C, h, w)`` at token
-            resolution (no ReLU).
+        cam_fn: maps ``(N, 3, h', w')`` images to a tuple of raw maps (e.g. ``(cam, aux_cam)``), each
+            ``(N, C, h, w)`` at token resolution (no ReLU).
         images: ``(B, 3, H, W)`` normalised images.
         scales: resize factors; DuPL uses ``(1.0, 0.5, 1.5)``.
         pad_to: pad every resized image to a multiple of this many pixels (1 = no padding).
         classes: ``(B, K)`` present classes (``present_classes``), or None for all C channels.
-        unflipped: raw ``(cam, aux_cam)`` of ``images`` at scale 1.0, each ``(B, C, h, w)``; needs a scale of
-            1.0 and ``H``, ``W`` multiples of ``pad_to``.
+        unflipped: the raw maps ``cam_fn`` returns for ``images`` at scale 1.0, each ``(B, C, h, w)``; needs a
+            scale of 1.0 and ``H``, ``W`` multiples of ``pad_to``.
 
     Returns:
-        ``(cams, aux_cams)``, each ``(B, C, H, W)`` in ``[0, 1)``; ``(B, K, H, W)`` with ``classes``.
+        One map per map of ``cam_fn`` (e.g. ``(cams, aux_cams)``), each ``(B, C, H, W)`` in ``[0, 1)``;
+        ``(B, K, H, W)`` with ``classes``.
     """
     if images.ndim != 4:
         raise ValueError(f"multiscale_cams: images must be (B, 3, H, W), got shape {tuple(images.shape)}")
@@ -183,10 +191,27 @@ def multiscale_cams(
         if reuse and scale == 1.0:
             assert unflipped is not None
             flipped = padded_forward(cam_fn, x.flip(-1), pad_to)
-            outputs = [torch.cat([given, raw]) for given, raw in zip(unflipped, flipped, strict=True)]
+            if isinstance(flipped, tuple) and len(flipped) != len(unflipped):
+                raise ValueError(
+                    f"multiscale_cams: unflipped must hold one map per map of cam_fn ({len(flipped)}), "
+                    f"got {len(unflipped)}"
+                )
+            outputs = flipped
+            if isinstance(flipped, tuple):
+                outputs = tuple(
+                    torch.cat([given, raw]) for given, raw in zip(unflipped, flipped, strict=True)
+                )
             reuse = False  # a repeated scale 1.0 runs the network as usual
         else:
             outputs = padded_forward(cam_fn, torch.cat([x, x.flip(-1)], dim=0), pad_to)
+        if not isinstance(outputs, tuple) or not outputs or (totals and len(outputs) != len(totals)):
+            expected = "one or more" if not totals else f"{len(totals)}"
+            raise ValueError(
+                f"multiscale_cams: cam_fn must return a tuple of {expected} maps at every scale (a single map "
+                f"as a 1-tuple), got "
+                + (f"{len(outputs)} maps" if isinstance(outputs, tuple) else f"a {type(outputs).__name__}")
+            )
+        first = not totals
         for i, raw in enumerate(outputs):
             if raw.ndim != 4 or raw.shape[0] != 2 * b:
                 raise ValueError(
@@ -197,15 +222,15 @@ def multiscale_cams(
                 raw = _gather_channels(raw, both)
             raw = resize(raw, (h, w))
             merged = torch.relu(torch.maximum(raw[:b], raw[b:].flip(-1)))
-            if len(totals) < 2:
+            if first:
                 totals.append(merged)
             else:
                 totals[i] = totals[i] + merged
-    cams, aux_cams = normalize_cams(totals[0]), normalize_cams(totals[1])
+    results = [normalize_cams(total) for total in totals]
     if classes is not None:  # padding channels hold class 0's maps: zero them, as absent classes
-        real = (classes >= 0)[:, :, None, None].to(cams.dtype)
-        cams, aux_cams = cams * real, aux_cams * real
-    return cams, aux_cams
+        real = (classes >= 0)[:, :, None, None].to(results[0].dtype)
+        results = [r * real for r in results]
+    return cast(MapsT, tuple(results))
 
 
 def image_thresholds(class_thresholds: Tensor, tags: Tensor) -> Tensor:
@@ -377,24 +402,48 @@ def cam_labels_eval(
     return torch.where(value > bg_threshold, index + 1, 0).long()
 
 
-def affinity_labels(token_labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Pairwise targets for patch-token contrast (ToCo's PTC; DuPL ``cam_helper.py``).
+def affinity_labels(
+    token_labels: Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    *,
+    radius: int | None = None,
+    diagonal: Literal["ignore", "positive"] = "ignore",
+) -> Tensor:
+    """Pairwise same / different-label targets of the tokens of a grid.
+
+    The defaults give the targets of ToCo's patch-token contrast (DuPL ``cam_helper.py``): every pair
+    counts, the diagonal is ignored. AFA's affinity targets (``cams_to_affinity_label`` with the mask of
+    ``get_mask_by_radius``) are ``radius=8, diagonal="positive"``: only pairs within the window count, and a
+    token is its own positive pair.
 
     Args:
         token_labels: ``(B, h, w)`` labels on the token grid.
         ignore_index: label of ignored tokens.
+        radius: keep only pairs with ``|dy| < radius`` and ``|dx| < radius`` (``radius_mask``); the others
+            get ``ignore_index``. None keeps all pairs.
+        diagonal: ``"ignore"``: each token's pair with itself gets ``ignore_index``; ``"positive"``: 1 (unless
+            the token is ignored).
 
     Returns:
         ``(B, N, N)`` int64 with ``N = h*w``: 1 where both tokens share a label, 0 where they differ,
-        ``ignore_index`` where either token is ignored and on the diagonal.
+        ``ignore_index`` where either token is ignored, outside the radius and (by default) on the diagonal.
     """
     if token_labels.ndim != 3:
         raise ValueError(f"affinity_labels: token_labels must be (B, h, w), got {tuple(token_labels.shape)}")
+    if diagonal not in ("ignore", "positive"):
+        raise ValueError(f"affinity_labels: diagonal must be 'ignore' or 'positive', got {diagonal!r}")
+    if radius is not None and radius < 1:
+        raise ValueError(f"affinity_labels: radius must be >= 1 or None, got {radius}")
     flat = token_labels.flatten(1)
     n = flat.shape[1]
     same = (flat[:, :, None] == flat[:, None, :]).long()
     ignored = flat == ignore_index
-    drop = ignored[:, :, None] | ignored[:, None, :] | torch.eye(n, dtype=torch.bool, device=flat.device)
+    drop = ignored[:, :, None] | ignored[:, None, :]
+    if diagonal == "ignore":
+        drop = drop | torch.eye(n, dtype=torch.bool, device=flat.device)
+    if radius is not None:
+        h, w = token_labels.shape[1:]
+        drop = drop | ~radius_mask(h, w, radius, device=flat.device)
     return same.masked_fill(drop, ignore_index)
 
 
@@ -408,6 +457,8 @@ def par_pseudo_labels(
     valid_box: Tensor | None = None,
     downscale: int = 2,
     classes: Tensor | None = None,
+    *,
+    propagate: Callable[[Tensor], Tensor] | None = None,
 ) -> Any:
     """PAR-refined segmentation pseudo-labels with a two-threshold background (DuPL ``cam_helper.py``).
 
@@ -421,7 +472,8 @@ def par_pseudo_labels(
     ``K`` = the largest number of present classes in the batch; padding channels are set to ``-inf``
     before the softmax, so they get probability 0 and cannot win the argmax. With ``classes`` the maps come
     gathered already and nothing is read on the host; without, ``K`` is read from ``tags`` (tensor shapes
-    must be known on the host: a synchronisation when the tags are on an accelerator). Every stack of every CAM tensor goes
+    must be known on the host: a synchronisation when the tags are on an accelerator). ``propagate`` replaces
+    the softmax of each stack (e.g. AFA's random walk on learned affinities, ``propagate_stack``). Every stack of every CAM tensor goes
     through ``par`` in a single call (``2 (1 + K)`` channels per CAM tensor), so the image-dependent kernel
     is built once, also when several networks' CAMs of the same images are labelled (DuPL's two sub-nets;
     PAR refines every channel independently). Runs without gradients.
@@ -438,6 +490,8 @@ def par_pseudo_labels(
         valid_box: optional int64 ``(B, 4)`` boxes ``(top, left, bottom, right)`` in ``(H, W)`` pixels.
         downscale: integer factor by which PAR's resolution is reduced (``H // downscale``).
         classes: ``(B, K)`` class of each channel of the maps (``present_classes``), or None.
+        propagate: turns each stack's logits ``(B, 1 + K, h, w)`` at PAR's reduced size (padding channels
+            ``-inf``) into probabilities of the same shape, instead of ``softmax(dim=1)``; None = softmax.
 
     Returns:
         ``(B, H, W)`` int64 labels in ``{0, 1..C, 255}``; a list of them when ``cams`` is a sequence.
@@ -484,7 +538,17 @@ def par_pseudo_labels(
                 if isinstance(bg, Tensor):
                     bg = bg.to(fg.dtype).reshape(-1, 1, 1, 1)
                 plane = torch.zeros_like(small_cams[:, :1]) + bg
-                stacks.append(torch.cat([plane, fg], dim=1).softmax(dim=1))
+                stack = torch.cat([plane, fg], dim=1)
+                if propagate is None:
+                    stacks.append(stack.softmax(dim=1))
+                    continue
+                probs = propagate(stack)
+                if not isinstance(probs, Tensor) or probs.shape != stack.shape:
+                    raise ValueError(
+                        f"par_pseudo_labels: propagate must return probabilities of the stack's shape "
+                        f"{tuple(stack.shape)}, got {getattr(probs, 'shape', type(probs).__name__)}"
+                    )
+                stacks.append(probs)
         refined = resize(par(resize(images, small), torch.cat(stacks, dim=1)), (h, w))
         # channel -> class id: 0 for the background plane, then each image's present classes (padding
         # channels are 0 after the softmax and PAR, behind the real ones: argmax never picks them)

@@ -1,0 +1,224 @@
+"""Learned token affinities to labels: radius windows, random-walk matrices, propagated CAMs (AFA).
+
+AFA ("Learning Affinity from Attention", Ru et al., CVPR 2022) predicts, from a transformer's attention
+maps, an affinity ``A`` between every pair of the ``N = h' * w'`` tokens of an image and uses it twice:
+
+* as a random walk that propagates class probabilities between similar tokens (``walk_matrix`` builds
+  the walk from ``sigmoid(A)``, ``random_walk`` applies it); the propagated CAMs refine the segmentation
+  pseudo-labels (``propagate_stack``, the ``propagate`` option of ``par_pseudo_labels``) and are validated
+  as "affinity CAMs" (``propagated_cam_labels``);
+* as the target of its affinity loss (``wsss_lightning.losses.affinity``), whose labels come from
+  ``affinity_labels(..., radius=8, diagonal="positive")`` on the pseudo-label downsampled to the token grid.
+
+Tokens are flattened row-major (``n = y * w' + x``). Everything is batched over images (one ``bmm``, no loop
+per image) and free of host synchronisation. The walk's maths runs with autocast off: it only makes labels,
+and its column sums over hundreds of tokens want float32.
+
+Class conventions follow ``wsss_lightning.pseudo_labels.cam``: maps ``(B, K, H, W)`` hold each image's
+present classes ``classes`` (``(B, K)``, -1 for padding), 0 = background, ``1..C`` foreground ids.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from wsss_lightning.models.resize import resize
+from wsss_lightning.ops import channel_argmax
+
+__all__ = ["propagate_stack", "propagated_cam_labels", "radius_mask", "random_walk", "walk_matrix"]
+
+
+def radius_mask(h: int, w: int, radius: int, device: torch.device | str | None = None) -> Tensor:
+    """Which token pairs of an ``h x w`` grid lie within a square window (AFA ``get_mask_by_radius``).
+
+    Args:
+        h: grid rows.
+        w: grid columns.
+        radius: pairs with ``|dy| < radius`` and ``|dx| < radius`` are kept (AFA: 8).
+        device: device of the result.
+
+    Returns:
+        ``(N, N)`` bool with ``N = h*w``, symmetric, True on the diagonal.
+    """
+    if h < 1 or w < 1:
+        raise ValueError(f"radius_mask: the grid must have h, w >= 1, got {h}x{w}")
+    if radius < 1:
+        raise ValueError(f"radius_mask: radius must be >= 1, got {radius}")
+    rows = torch.arange(h, device=device).repeat_interleave(w)
+    cols = torch.arange(w, device=device).repeat(h)
+    near_rows = (rows[:, None] - rows[None, :]).abs() < radius
+    near_cols = (cols[:, None] - cols[None, :]).abs() < radius
+    return near_rows & near_cols
+
+
+def _check_walk(name: str, walk: Tensor, batch: int | None = None) -> None:
+    if walk.ndim != 3 or walk.shape[1] != walk.shape[2] or (batch is not None and walk.shape[0] != batch):
+        expected = f"({'B' if batch is None else batch}, N, N)"
+        raise ValueError(f"{name}: walk must be {expected}, got shape {tuple(walk.shape)}")
+
+
+def _check_grid(name: str, grid: tuple[int, int], n: int) -> tuple[int, int]:
+    if len(grid) != 2 or grid[0] < 1 or grid[1] < 1 or grid[0] * grid[1] != n:
+        raise ValueError(f"{name}: grid must be (h', w') with h' * w' = N = {n} tokens of walk, got {grid}")
+    return int(grid[0]), int(grid[1])
+
+
+def _float_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half inputs are promoted)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def walk_matrix(
+    affinity: Tensor,
+    mask: Tensor | None = None,
+    power: float = 2,
+    eps: float = 0.1,
+    log_iterations: int = 0,
+) -> Tensor:
+    """Random-walk transition matrices from affinity probabilities (AFA ``propagte_aff_cam_with_bkg``).
+
+    Takes probabilities, not logits: AFA passes ``sigmoid(A)`` of its predicted affinity logits ``A``.
+    ``P = affinity`` (detached: the walk only makes labels), 0 outside ``mask``, raised to ``power``; each
+    column is normalised, ``P_ij / (sum_i P_ij + eps)`` (``eps`` keeps a column without neighbours finite);
+    then ``P`` is squared ``log_iterations`` times (``P^(2^t)``: a longer walk).
+
+    Args:
+        affinity: ``(B, N, N)`` pairwise affinities in ``[0, 1]``.
+        mask: ``(N, N)`` or ``(B, N, N)`` bool, the pairs that may exchange probability (``radius_mask``), or
+            None for all pairs.
+        power: exponent that sharpens the affinities (AFA: 2).
+        eps: added to every column sum (AFA: 0.1).
+        log_iterations: number of squarings of the normalised matrix (AFA: 0).
+
+    Returns:
+        ``(B, N, N)`` walk matrices, float32 (float64 for float64 input), no gradient; use with
+        ``random_walk``.
+    """
+    _check_walk("walk_matrix", affinity)
+    b, n, _ = affinity.shape
+    if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) not in ((n, n), (b, n, n))):
+        raise ValueError(
+            f"walk_matrix: mask must be a bool (N, N) = ({n}, {n}) or (B, N, N) tensor, "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+    if log_iterations < 0:
+        raise ValueError(f"walk_matrix: log_iterations must be >= 0, got {log_iterations}")
+    with torch.no_grad(), torch.autocast(affinity.device.type, enabled=False):
+        walk = affinity.detach().to(_float_dtype(affinity))
+        if mask is not None:
+            walk = walk.masked_fill(~mask, 0.0)
+        walk = walk.pow(power)
+        walk = walk / (walk.sum(dim=1, keepdim=True) + eps)
+        for _ in range(log_iterations):
+            walk = torch.bmm(walk, walk)
+    return walk
+
+
+def random_walk(probs: Tensor, walk: Tensor) -> Tensor:
+    """Propagate per-token class probabilities one step: ``out[b, k] = probs[b, k] @ walk[b]``.
+
+    Args:
+        probs: ``(B, K, h, w)`` maps on the token grid, ``h * w = N``.
+        walk: ``(B, N, N)`` walk matrices (``walk_matrix``).
+
+    Returns:
+        ``(B, K, h, w)`` propagated maps, float32 (float64 if either input is float64).
+    """
+    if probs.ndim != 4:
+        raise ValueError(f"random_walk: probs must be (B, K, h, w), got shape {tuple(probs.shape)}")
+    b, k, h, w = probs.shape
+    _check_walk("random_walk", walk, b)
+    if walk.shape[1] != h * w:
+        raise ValueError(
+            f"random_walk: probs' grid {h}x{w} has {h * w} tokens but walk is over N = {walk.shape[1]}"
+        )
+    dtype = _float_dtype(probs, walk)
+    with torch.autocast(probs.device.type, enabled=False):
+        out = torch.bmm(probs.reshape(b, k, h * w).to(dtype), walk.to(dtype))
+    return out.view(b, k, h, w)
+
+
+def _walk_logits(logits: Tensor, walk: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Softmax over channels of ``(B, M, H, W)`` logits resized to ``grid`` (``-inf`` kept), walked once."""
+    negative_inf = torch.isneginf(logits)
+    # bilinear weights of 0 would turn -inf into NaN: resize finite values and the -inf pattern apart
+    small = resize(logits.masked_fill(negative_inf, 0.0), grid)
+    small_negative_inf = resize(negative_inf.to(small.dtype), grid) > 0
+    probs = small.masked_fill(small_negative_inf, -math.inf).softmax(dim=1)
+    return random_walk(probs, walk)
+
+
+def propagate_stack(walk: Tensor, grid: tuple[int, int]) -> Callable[[Tensor], Tensor]:
+    """The ``propagate`` option of ``par_pseudo_labels`` that walks each stack on learned affinities.
+
+    The returned function takes a stack's logits ``(B, M, H, W)`` (``-inf`` channels = padding), resizes
+    them bilinearly to the affinity grid, takes the softmax over channels (``-inf`` -> 0), applies
+    ``random_walk`` and resizes the result bilinearly back to ``(H, W)``, in the stack's dtype.
+
+    Args:
+        walk: ``(B, N, N)`` walk matrices of the same images (``walk_matrix``).
+        grid: ``(h', w')`` token grid of the affinities, ``h' * w' = N``.
+
+    Returns:
+        ``stack_logits (B, M, H, W) -> probabilities (B, M, H, W)``.
+    """
+    _check_walk("propagate_stack", walk)
+    size = _check_grid("propagate_stack", grid, walk.shape[1])
+
+    def propagate(stack_logits: Tensor) -> Tensor:
+        if stack_logits.ndim != 4 or stack_logits.shape[0] != walk.shape[0]:
+            raise ValueError(
+                f"propagate_stack: stack_logits must be (B, M, H, W) with B = {walk.shape[0]} as walk, "
+                f"got shape {tuple(stack_logits.shape)}"
+            )
+        walked = _walk_logits(stack_logits, walk, size)
+        return resize(walked, stack_logits.shape[-2:]).to(stack_logits.dtype)
+
+    return propagate
+
+
+def propagated_cam_labels(
+    cams: Tensor, classes: Tensor, walk: Tensor, grid: tuple[int, int], background: float
+) -> Tensor:
+    """Labels from CAMs propagated by a random walk (AFA's "affinity CAM" validation labels).
+
+    The CAMs are resized bilinearly to the affinity grid and stacked behind a constant ``background``
+    plane; a softmax over the background and each image's present classes (padding excluded) gives
+    per-token probabilities, which ``random_walk`` propagates; the result is resized bilinearly to
+    ``(H, W)`` and arg-maxed.
+
+    Args:
+        cams: ``(B, K, H, W)`` normalised CAMs of ``classes``.
+        classes: ``(B, K)`` class indices into the C foreground classes, -1 for padding
+            (``present_classes``).
+        walk: ``(B, N, N)`` walk matrices (``walk_matrix``).
+        grid: ``(h', w')`` token grid of the affinities, ``h' * w' = N``.
+        background: score of the background plane (AFA: 0.35 for these labels on VOC).
+
+    Returns:
+        ``(B, H, W)`` int64 labels in ``{0, 1..C}``.
+    """
+    if cams.ndim != 4:
+        raise ValueError(f"propagated_cam_labels: cams must be (B, K, H, W), got shape {tuple(cams.shape)}")
+    b, k, h, w = cams.shape
+    if classes.ndim != 2 or tuple(classes.shape) != (b, k):
+        raise ValueError(
+            f"propagated_cam_labels: classes must be (B, K) = ({b}, {k}) to match cams, "
+            f"got shape {tuple(classes.shape)}"
+        )
+    _check_walk("propagated_cam_labels", walk, b)
+    size = _check_grid("propagated_cam_labels", grid, walk.shape[1])
+    with torch.no_grad():
+        padding = torch.cat([classes.new_zeros((b, 1), dtype=torch.bool), classes < 0], dim=1)
+        small = resize(cams.detach(), size)
+        stack = torch.cat([torch.full_like(small[:, :1], background), small], dim=1)
+        stack = stack.masked_fill(padding[:, :, None, None], -math.inf)
+        walked = resize(_walk_logits(stack, walk, size), (h, w))
+        # padding channels are 0 after the walk; -inf keeps them from winning a tie at 0
+        walked = walked.masked_fill(padding[:, :, None, None], -math.inf)
+        label_ids = torch.cat([classes.new_zeros((b, 1)), classes.clamp(min=0) + 1], dim=1)
+        return torch.gather(label_ids, 1, channel_argmax(walked).flatten(1)).view(b, h, w).long()
