@@ -84,7 +84,9 @@ class StepTimer(L.Callback):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
@@ -141,7 +143,9 @@ def main() -> None:
     closure = TIMES.pop("optimizer_step")
     TIMES["optimizer update + hooks"] = closure - TIMES["backward"] - TIMES.pop("training_step")
     # the CAM wrapper's time includes its network passes: split them off
-    TIMES["CAM resize / flip-merge / normalise, walk matrix"] = TIMES.pop(cam_key) - TIMES["CAM network passes"]
+    TIMES["CAM resize / flip-merge / normalise, walk matrix"] = (
+        TIMES.pop(cam_key) - TIMES["CAM network passes"]
+    )
     network = ("CAM network passes", "training forward", "backward", "optimizer update + hooks")
     name = "U2PL+ WS" if args.contrastive else "AFA"
     print(f"\n{name} step, {args.encoder}, batch {args.batch}, {args.size}x{args.size}, {args.device}, "

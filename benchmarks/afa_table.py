@@ -72,7 +72,7 @@ def fit(run: str, seed: int, root: Path, out: Path, steps: int) -> tuple[dict[st
         wsss, "fit", "-c", str(config), "--data.init_args.source.root", str(root), *extra,
         f"--seed_everything={seed}", f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
         f"--trainer.default_root_dir={folder}", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        "--trainer.enable_model_summary=false",
         "--data.init_args.loader.num_workers=0", "--data.init_args.loader.persistent_workers=false",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
@@ -83,14 +83,16 @@ def fit(run: str, seed: int, root: Path, out: Path, steps: int) -> tuple[dict[st
     return final_metrics(folder), time.perf_counter() - start
 
 
-def run_table(
-    root: Path, out: Path, seeds: list[int], steps: int, parallel: int
-) -> dict[str, list[float]]:
+def run_table(root: Path, out: Path, seeds: list[int], steps: int, parallel: int) -> dict[str, list[float]]:
     """Per row, the value of every seed; prints the table and the bars."""
     results: dict[tuple[str, int], dict[str, float]] = {}
     seconds: dict[str, list[float]] = {run: [] for run in RUNS}
     with ThreadPoolExecutor(parallel) as pool:
-        jobs = {(r, s): pool.submit(fit, r, s, root, out, steps) for r in ("afa", "u2pl_weak", "ceiling") for s in seeds}
+        jobs = {
+            (r, s): pool.submit(fit, r, s, root, out, steps)
+            for r in ("afa", "u2pl_weak", "ceiling")
+            for s in seeds
+        }
         for (r, s), job in jobs.items():
             results[r, s], sec = job.result()
             seconds[r].append(sec)
@@ -115,7 +117,9 @@ def run_table(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--root", type=Path, default=Path("outputs/synthetic_voc"))
     parser.add_argument("--out", type=Path, default=Path("outputs/afa_table"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -124,7 +128,16 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.root / "JPEGImages").is_dir():
         subprocess.run(
-            [sys.executable, "-m", "wsss_lightning.data.cli", "synthetic", "--layout", "voc", "--out", str(args.root)],
+            [
+                sys.executable,
+                "-m",
+                "wsss_lightning.data.cli",
+                "synthetic",
+                "--layout",
+                "voc",
+                "--out",
+                str(args.root),
+            ],
             check=True,
         )
     run_table(args.root, args.out, args.seeds, args.steps, args.parallel)

@@ -71,8 +71,10 @@ SEMINAR = (
 #: AFA: a 1-block-per-stage MiT from scratch on 64-px crops (a 4x4 token grid); the CAM-only warm-up is step
 #: 0, the segmentation and affinity losses start at step 1, the propagated labels at step 2
 AFA = (
-    '--model.init_args.encoder_kwargs={"embed_dims": [8, 16, 16, 32], "depths": [1, 1, 1, 2], '
-    '"num_heads": [1, 1, 2, 2]}',
+    (
+        '--model.init_args.encoder_kwargs={"embed_dims": [8, 16, 16, 32], "depths": [1, 1, 1, 2], '
+        '"num_heads": [1, 1, 2, 2]}'
+    ),
     "--model.init_args.embed_dim=16",
     "--model.init_args.phases.seg_start=1",
     "--model.init_args.phases.propagation_start=2",

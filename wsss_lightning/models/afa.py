@@ -1,5 +1,4 @@
-"""AFA's network: a MiT encoder at output stride 16, a classifier for CAMs, a SegFormer head and an affinity
-head on the encoder's own attention.
+"""AFA's network: a MiT encoder at stride 16, a CAM classifier, a SegFormer head, an attention affinity head.
 
 Ru et al., "Learning Affinity from Attention" (CVPR 2022), Sec. 3.1-3.2 and Fig. 2; released code
 ``rulixiang/afa`` (``wetr/model_attn_aff.py``). The pre-softmax self-attention logits of the last blocks of the
@@ -109,13 +108,15 @@ class AFANetwork(nn.Module):
         """``(B, N, N)`` affinity logits from the captured attention logits (each ``(B, heads, N, N)``)."""
         stacked = torch.cat(attentions, dim=1)
         stacked = stacked + stacked.transpose(-1, -2)
-        return self.affinity_head(stacked)[:, 0]
+        logits: Tensor = self.affinity_head(stacked)
+        return logits[:, 0]
 
     def cam(self, features: Tensor) -> Tensor:
         """Raw class activation maps ``(B, C - 1, h, w)``: the classifier applied at every position."""
         return F.conv2d(features, self.classifier.weight)
 
     def forward(self, x: Tensor, with_rep: bool = True) -> AFAOutput:
+        """Every output of one training pass (``with_rep``: also the representation head, when there is one)."""
         out = self.encoder(x)
         features = out.features[-1]
         if self.pooling == "gmp":
@@ -134,7 +135,7 @@ class AFANetwork(nn.Module):
 
     def segment(self, x: Tensor) -> Tensor:
         """Segmentation logits ``(B, C, H/4, W/4)``."""
-        logits, _ = self.seg_head(self.encoder(x).features)
+        logits: Tensor = self.seg_head(self.encoder(x).features)[0]
         return logits
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -34,7 +34,12 @@ from wsss_lightning.metrics import SegmentationIoU, pseudo_label_accuracy
 from wsss_lightning.models.afa import AFANetwork, AFAOutput
 from wsss_lightning.models.par import PAR
 from wsss_lightning.models.resize import resize
-from wsss_lightning.pseudo_labels.affinity import propagate_stack, propagated_cam_labels, radius_mask, walk_matrix
+from wsss_lightning.pseudo_labels.affinity import (
+    propagate_stack,
+    propagated_cam_labels,
+    radius_mask,
+    walk_matrix,
+)
 from wsss_lightning.pseudo_labels.cam import (
     affinity_labels,
     cam_labels_eval,
@@ -112,7 +117,10 @@ class AFAModule(SegmentationMethod):
         super().configure_metrics()
         # raw CAM, affinity-propagated CAM and the training pseudo-labels
         self.val_outputs = nn.ModuleDict(
-            {kind: SegmentationIoU(self.num_classes, self.ignore_index) for kind in ("cam", "aff_cam", "pseudo")}
+            {
+                kind: SegmentationIoU(self.num_classes, self.ignore_index)
+                for kind in ("cam", "aff_cam", "pseudo")
+            }
         )
 
     @override
@@ -282,7 +290,9 @@ class AFAModule(SegmentationMethod):
                 tokens, self.ignore_index, radius=self.options.labels.radius, diagonal="positive"
             )
             if "mask" in batch:  # ground truth of the image view: a diagnostic (a target only for "mask")
-                logs["train/pseudo_accuracy"] = pseudo_label_accuracy(target, batch["mask"], self.ignore_index)
+                logs["train/pseudo_accuracy"] = pseudo_label_accuracy(
+                    target, batch["mask"], self.ignore_index
+                )
         loss_aff = affinity_loss(out.affinity_logits, pairs)
         seg_logits = resize(out.seg_logits, size)
         if self.options.seg_loss == "balanced":
@@ -291,7 +301,7 @@ class AFAModule(SegmentationMethod):
             loss_seg = F.cross_entropy(seg_logits, target, ignore_index=self.ignore_index)
         logs["train/loss_aff"] = loss_aff
         logs["train/loss_seg"] = loss_seg
-        loss = w.aff * loss_aff + w.seg * loss_seg
+        loss: Tensor = w.aff * loss_aff + w.seg * loss_seg
         extra = self.extra_loss(out, cams, classes, target, logs)
         if extra is not None:
             loss = loss + extra
@@ -322,6 +332,9 @@ class AFAModule(SegmentationMethod):
         return None
 
     # ------------------------------------------------------------------ validation
+    def _val_metric(self, kind: str) -> SegmentationIoU:
+        return cast(SegmentationIoU, self.val_outputs[kind])
+
     @override
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
@@ -329,14 +342,14 @@ class AFAModule(SegmentationMethod):
         classes = self._classes(batch)
         cfg = self.options.labels
         cams, walk, grid = self.cams_with_walk(images, classes)
-        self.val_outputs["cam"].update(cam_labels_eval(cams, None, cfg.background, classes=classes), masks)
-        self.val_outputs["aff_cam"].update(
+        self._val_metric("cam").update(cam_labels_eval(cams, None, cfg.background, classes=classes), masks)
+        self._val_metric("aff_cam").update(
             propagated_cam_labels(cams, classes, walk, grid, cfg.background), masks
         )
         pseudo = self.refined_labels(self.denormalize(images), cams, classes, None)
         # pseudo-label mIoU over the pixels the pseudo-labels keep (the rest are ignored in training)
         kept = pseudo != self.ignore_index
-        self.val_outputs["pseudo"].update(
+        self._val_metric("pseudo").update(
             torch.where(kept, pseudo, 0), torch.where(kept, masks, self.ignore_index)
         )
 

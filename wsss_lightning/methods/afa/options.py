@@ -91,7 +91,12 @@ class AFALabelConfig:
         if self.radius < 1:
             _fail("labels", "radius", self.radius, ">= 1 token")
         if self.propagation_scale is not None and self.propagation_scale not in tuple(self.scales):
-            _fail("labels", "propagation_scale", self.propagation_scale, f"None or one of scales {tuple(self.scales)}")
+            _fail(
+                "labels",
+                "propagation_scale",
+                self.propagation_scale,
+                f"None or one of scales {tuple(self.scales)}",
+            )
         if self.par_downscale < 1 or self.par_iterations < 0:
             _fail("labels", "par_downscale", self.par_downscale, ">= 1 (and par_iterations >= 0)")
         if self.target not in ("pseudo", "mask"):

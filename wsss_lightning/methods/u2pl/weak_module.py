@@ -53,7 +53,9 @@ class U2PLWeakModule(AFAModule):
     def configure_losses(self) -> None:
         cfg: WeakContrastiveConfig = self.options.contrastive
         self.contrastive = (
-            WeakContrastiveLoss(self.num_classes, cfg, dim=self.representation_channels()) if cfg.enabled else None
+            WeakContrastiveLoss(self.num_classes, cfg, dim=self.representation_channels())
+            if cfg.enabled
+            else None
         )
 
     @override
@@ -78,4 +80,5 @@ class U2PLWeakModule(AFAModule):
         result = self.contrastive(out.rep, scores, ids)
         logs["train/loss_contrastive"] = result.loss
         logs["train/contrastive_classes"] = result.active_classes.sum().float()
-        return self.options.contrastive.weight * result.loss
+        weighted: Tensor = self.options.contrastive.weight * result.loss
+        return weighted

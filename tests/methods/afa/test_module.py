@@ -1,0 +1,159 @@
+"""AFAModule and U2PLWeakModule through the CLI on synthetic VOC: every phase, bad configuration, the labels.
+
+Exact resume and DDP are checked for every method by ``tests/methods/test_contract.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.methods import tiny
+from wsss_lightning.cli import run_cli
+from wsss_lightning.methods import AFAModule, U2PLWeakModule, WeakContrastiveConfig
+from wsss_lightning.methods.afa import module as afa_module
+from wsss_lightning.pseudo_labels.cam import present_classes
+
+REPO = Path(__file__).resolve().parents[3]
+AFA = REPO / "configs" / "afa" / "voc.yaml"
+U2PL_WEAK = REPO / "configs" / "u2pl" / "voc_weak.yaml"
+
+TINY = [
+    *tiny.CPU,
+    "--model.init_args.inference.crf.enabled=false",
+    "--trainer.limit_val_batches=1",
+    "--trainer.val_check_interval=4",
+]
+ENCODER = {"embed_dims": [8, 16, 16, 32], "depths": [1, 1, 1, 2], "num_heads": [1, 1, 2, 2]}
+
+
+def args(config: Path, root: Path, extra: tuple[str, ...], steps: int = 4) -> list[str]:
+    return [
+        "--config", str(config), "--data.source.root", str(root), *extra, *TINY, f"--trainer.max_steps={steps}",
+    ]  # fmt: skip
+
+
+def test_fit_runs_every_phase_and_logs_cam_propagated_cam_pseudo_and_seg_miou(
+    synthetic, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    calls: list[bool] = []
+    real = afa_module.par_pseudo_labels
+
+    def spy(*a: Any, **k: Any) -> Any:
+        calls.append(k.get("propagate") is not None)
+        return real(*a, **k)
+
+    monkeypatch.setattr(afa_module, "par_pseudo_labels", spy)
+    cli = run_cli(["fit", *args(AFA, synthetic("voc"), tiny.AFA)])
+    metrics = cli.trainer.callback_metrics
+    assert cli.trainer.global_step == 4
+    for key in ("train/loss_cls", "train/loss_seg", "train/loss_aff", "train/pseudo_accuracy", "val/miou"):
+        assert key in metrics, key
+    for output in ("cam", "aff_cam", "pseudo"):
+        assert 0.0 <= float(metrics[f"val/{output}/miou"]) <= 1.0, output
+    # step 0: CAM only (no labels); step 1: refined labels; steps 2, 3: refined (affinity targets) + propagated
+    # (segmentation target); then validation's refined labels
+    assert calls == [False, False, True, False, True, False], calls
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    assert 0.0 <= results["test/miou"] <= 1.0
+
+
+def test_u2pl_weak_adds_the_contrastive_term_and_fills_its_bank(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["fit", *args(U2PL_WEAK, synthetic("voc"), tiny.U2PL_WEAK)])
+    metrics = cli.trainer.callback_metrics
+    assert "train/loss_contrastive" in metrics
+    model = cli.model
+    assert isinstance(model, U2PLWeakModule)
+    assert int(model.contrastive.memory_bank.count.sum()) > 0
+    assert bool(model.contrastive.prototype_bank.initialized.any())
+
+
+def test_contrastive_disabled_allocates_no_bank_and_adds_no_term(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(
+        [
+            "fit",
+            *args(U2PL_WEAK, synthetic("voc"), tiny.U2PL_WEAK, steps=2),
+            "--model.init_args.contrastive.enabled=false",
+        ]
+    )
+    assert cli.model.contrastive is None
+    assert "train/loss_contrastive" not in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "override", "field"),
+    [
+        (AFA, tiny.AFA, ["--model.init_args.encoder=mit_b9"], "mit_b9"),
+        (AFA, tiny.AFA, ["--model.init_args.attention_blocks=3"], "attention_blocks"),
+        (AFA, tiny.AFA, ["--model.init_args.attention_blocks=0"], "attention_blocks"),
+        (AFA, tiny.AFA, ["--model.init_args.labels.low=0.7"], "labels.low"),
+        (AFA, tiny.AFA, ["--model.init_args.labels.propagation_scale=2.0"], "labels.propagation_scale"),
+        (AFA, tiny.AFA, ["--model.init_args.phases.propagation_start=0"], "phases.propagation_start"),
+        (AFA, tiny.AFA, ["--model.init_args.encoder_weights=/no/such/mit_b1.pth"], "/no/such/mit_b1.pth"),
+        (U2PL_WEAK, tiny.U2PL_WEAK, ["--model.init_args.contrastive.beta=1.5"], "contrastive.beta"),
+        (U2PL_WEAK, tiny.U2PL_WEAK, ["--model.init_args.contrastive.beta=0"], "contrastive.beta"),
+        (U2PL_WEAK, tiny.U2PL_WEAK, ["--model.init_args.rep_channels=0"], "rep_channels"),
+    ],
+)
+def test_bad_configuration_fails_at_start_naming_the_field(
+    config, extra, override, field, synthetic, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((ValueError, FileNotFoundError, SystemExit)) as err:
+        run_cli(["fit", *args(config, synthetic("voc"), extra), *override])
+    text = str(err.value) + str(err.value.__context__)
+    assert field in text, text
+
+
+def _tiny_model(cls: type[AFAModule] = AFAModule, **kwargs: Any) -> AFAModule:
+    return cls(encoder="mit_b0", encoder_kwargs=ENCODER, embed_dim=16, **kwargs)
+
+
+def test_walk_comes_from_the_largest_scale_and_the_cams_of_the_present_classes():
+    torch.manual_seed(0)
+    model = _tiny_model().eval()
+    images = torch.randn(2, 3, 64, 64)
+    tags = torch.zeros(2, 20)
+    tags[0, [3, 7]] = 1
+    tags[1, 11] = 1
+    classes = present_classes(tags)
+    cams, walk, grid = model.cams_with_walk(images, classes)
+    assert cams.shape == (2, 2, 64, 64)
+    assert grid == (6, 6)  # 96-px inputs (scale 1.5) at 1/16
+    assert walk.shape == (2, 36, 36)
+    assert float(cams[1, 1].abs().max()) == 0.0  # the padding channel of the one-class image
+    # the walk's affinity is the network's on the 1.5-scale images
+    _, affinity = model.net.cams_and_affinity(
+        torch.nn.functional.interpolate(images, size=(96, 96), mode="bilinear")
+    )
+    expected = torch.sigmoid(affinity) ** 2 * model._radius_mask(grid, images.device)
+    expected = expected / (expected.sum(1, keepdim=True) + 0.1)
+    torch.testing.assert_close(walk, expected)
+
+
+def test_parameter_groups_cover_every_parameter_once_with_norm_layers_apart():
+    model = _tiny_model(
+        U2PLWeakModule, rep_channels=8, contrastive=WeakContrastiveConfig(capacity=64, num_negatives=4)
+    )
+    groups = model.param_groups()
+    ids = [id(p) for params, _ in groups.values() for p in params]
+    assert len(ids) == len(set(ids)) == len(list(model.net.parameters()))
+    assert groups["backbone_norm"][1] == 0.0 and groups["head"][1] == 10.0
+    assert groups["backbone_norm"][0] and all(p.ndim == 1 for p in groups["backbone_norm"][0])
+    rep_ids = {id(p) for p in model.net.rep_head.parameters()}
+    assert rep_ids <= {id(p) for p in groups["head"][0]}
+
+
+def test_ground_truth_target_needs_masks(synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyError, match="diagnostic_masks"):
+        run_cli(
+            ["fit", *args(AFA, synthetic("voc"), tiny.AFA, steps=2), "--model.init_args.labels.target=mask",
+             "--model.init_args.phases.seg_start=0", "--data.init_args.view.init_args.diagnostic_masks=false"]
+        )  # fmt: skip
