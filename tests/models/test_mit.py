@@ -19,14 +19,26 @@ def _tiny(**kwargs) -> MiTEncoder:
 
 
 @pytest.mark.parametrize(
-    ("last_stride", "size"), [(2, (64, 64)), (1, (64, 64)), (2, (64, 96)), (1, (48, 80))]
+    ("strides", "size"),
+    [
+        ((4, 2, 2, 2), (64, 64)),
+        ((4, 2, 2, 1), (64, 64)),
+        ((4, 2, 2, 2), (64, 96)),
+        ((4, 2, 2, 1), (48, 80)),
+        ((4, 2, 1, 1), (48, 80)),
+    ],
 )
-def test_stage_shapes(last_stride, size):
-    enc = _tiny(last_stride=last_stride, attention_blocks=2)
+def test_stage_shapes(strides, size):
+    enc = _tiny(strides=strides, attention_blocks=2)
     with torch.no_grad():
         out = enc(torch.randn(2, 3, *size))
     assert isinstance(out, MiTOutput)
-    assert enc.reductions == [4, 8, 16, 16 * last_stride]
+    assert enc.reductions == [
+        4,
+        4 * strides[1],
+        4 * strides[1] * strides[2],
+        4 * strides[1] * strides[2] * strides[3],
+    ]
     assert [f.shape for f in out.features] == [
         (2, c, -(-size[0] // r), -(-size[1] // r))
         for c, r in zip(enc.out_channels, enc.reductions, strict=True)
@@ -136,8 +148,9 @@ def test_bad_arguments_are_named():
         MiTEncoder(attention_blocks=3, model_kwargs=TINY)
     with pytest.raises(ValueError, match=r"mit_b0.*mit_b5"):
         MiTEncoder("mit_b9")
-    with pytest.raises(ValueError, match="last_stride"):
-        MiTEncoder(last_stride=4, model_kwargs=TINY)
+    for strides in ((4, 2, 2, 4), (2, 2, 2, 2), (4, 2, 2)):
+        with pytest.raises(ValueError, match="strides"):
+            MiTEncoder(strides=strides, model_kwargs=TINY)
     with pytest.raises(ValueError, match=r"model_kwargs: \['embed_dim'\]"):
         MiTEncoder(model_kwargs={"embed_dim": 8})
     with pytest.raises(ValueError, match="drop_path_rate"):
@@ -149,11 +162,11 @@ def test_bad_arguments_are_named():
 
 
 def test_weights_file_round_trip(tmp_path):
-    source = _tiny(last_stride=1)
+    source = _tiny(strides=(4, 2, 2, 1))
     path = tmp_path / "mit.pth"
     torch.save(source.state_dict(), path)  # keys "backbone.patch_embed1..." (prefix stripped on load)
     torch.manual_seed(1)
-    loaded = MiTEncoder(weights=path, last_stride=1, model_kwargs=TINY).eval()
+    loaded = MiTEncoder(weights=path, strides=(4, 2, 2, 1), model_kwargs=TINY).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for a, b in zip(source(x).features, loaded(x).features, strict=True):
@@ -187,7 +200,7 @@ def test_mit_b1_architecture_is_smps():
     assert params["num_heads"] == [1, 2, 5, 8] and params["depths"] == [2, 2, 2, 2]
     assert params["sr_ratios"] == [8, 4, 2, 1] and params["qkv_bias"] is True
     assert "out_channels" not in params
-    enc = MiTEncoder("mit_b1", last_stride=1, attention_blocks=2)
+    enc = MiTEncoder("mit_b1", strides=(4, 2, 2, 1), attention_blocks=2)
     assert enc.out_channels == [64, 128, 320, 512] and enc.attention_channels == 16
     assert enc.backbone.patch_embed4.proj.stride == (1, 1)
 

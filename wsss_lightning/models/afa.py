@@ -10,7 +10,7 @@ representation head on the SegFormer head's fused features (``rep_channels``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -47,6 +47,7 @@ class AFANetwork(nn.Module):
         encoder: MiT name (``mit_b0`` .. ``mit_b5``; AFA uses ``mit_b1``).
         weights: local weights file of the encoder (ImageNet ``mit_b1.pth``), or None.
         encoder_kwargs: architecture overrides (e.g. a tiny MiT for CPU runs).
+        strides: the encoder's patch-embedding strides (AFA: ``(4, 2, 2, 1)``, the last stage at 1/16).
         attention_blocks: last-stage blocks whose attention feeds the affinity head (2: both blocks of
             ``mit_b1``'s last stage, as ``_attns[-2:]`` in the released model).
         embed_dim: SegFormer head width (256).
@@ -61,6 +62,7 @@ class AFANetwork(nn.Module):
         encoder: str = "mit_b1",
         weights: str | None = None,
         encoder_kwargs: Mapping[str, Any] | None = None,
+        strides: Sequence[int] = (4, 2, 2, 1),
         attention_blocks: int = 2,
         embed_dim: int = 256,
         pooling: Literal["gmp", "gap"] = "gmp",
@@ -76,7 +78,7 @@ class AFANetwork(nn.Module):
         self.encoder = MiTEncoder(
             encoder,
             weights=weights,
-            last_stride=1,
+            strides=strides,
             attention_blocks=attention_blocks,
             drop_path_rate=drop_path_rate,
             model_kwargs=dict(encoder_kwargs or {}),
@@ -101,7 +103,7 @@ class AFANetwork(nn.Module):
 
     @property
     def stride(self) -> int:
-        """Output stride of the last stage (16)."""
+        """Output stride of the last stage (16 with AFA's strides)."""
         return int(self.encoder.reductions[-1])
 
     def affinity(self, attentions: list[Tensor]) -> Tensor:

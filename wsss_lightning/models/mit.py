@@ -13,8 +13,9 @@ used as is apart from two things the affinity-from-attention method (AFA, Ru et 
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -130,8 +131,10 @@ class MiTEncoder(nn.Module):
             smp in an ``nn.Sequential``, which name their children alike), so they load directly; their
             classifier ``head.*`` is ignored, as is a wrapper prefix such as ``backbone.`` (so a saved
             ``MiTEncoder`` state dict loads too). ``None``: random initialisation. Nothing is downloaded.
-        last_stride: stride of the last patch embedding: 2 (SegFormer, last stage at 1/32) or 1 (AFA: the
-            last stage stays at 1/16; the weights are the same, only the convolution's stride changes).
+        strides: stride of each stage's patch embedding: ``(4, 2, 2, 2)`` (SegFormer, last stage at 1/32) or
+            ``(4, 2, 2, 1)`` (AFA: the last stage stays at 1/16). The first is 4, the others 1 or 2; the weights
+            are the same, only the convolutions' strides change (a small network on small images may keep a
+            finer grid, e.g. ``(4, 2, 1, 1)``: the last stage at 1/8).
         attention_blocks: number of blocks, counted from the end of the last stage, whose attention logits
             are returned (AFA: 2, i.e. all blocks of mit_b1's last stage). 0 returns none.
         drop_path_rate: stochastic depth rate, increasing linearly over the blocks (SegFormer / AFA: 0.1).
@@ -142,7 +145,7 @@ class MiTEncoder(nn.Module):
         backbone: the smp ``MixVisionTransformer``.
 
     Raises:
-        ValueError: unknown ``name``, bad ``model_kwargs``, ``last_stride`` not 1 or 2, ``attention_blocks``
+        ValueError: unknown ``name``, bad ``model_kwargs``, ``strides`` not as above, ``attention_blocks``
             outside 0 … depth of the last stage, or a weights file of another architecture.
         FileNotFoundError: ``weights`` does not exist.
     """
@@ -151,14 +154,15 @@ class MiTEncoder(nn.Module):
         self,
         name: str = "mit_b1",
         weights: str | Path | None = None,
-        last_stride: int = 2,
+        strides: Sequence[int] = (4, 2, 2, 2),
         attention_blocks: int = 0,
         drop_path_rate: float = 0.1,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if last_stride not in (1, 2):
-            raise ValueError(f"last_stride: expected 1 or 2, got {last_stride}")
+        strides = tuple(int(x) for x in strides)
+        if len(strides) != 4 or strides[0] != 4 or any(x not in (1, 2) for x in strides[1:]):
+            raise ValueError(f"strides: expected (4, s2, s3, s4) with each s 1 or 2, got {strides}")
         params = mit_architecture(name, model_kwargs)
         last_depth = params["depths"][3]
         if not 0 <= attention_blocks <= last_depth:
@@ -168,8 +172,10 @@ class MiTEncoder(nn.Module):
             )
         params["drop_path_rate"] = drop_path_rate
         self.backbone = MixVisionTransformer(**params)
-        self.backbone.patch_embed4.proj.stride = (last_stride, last_stride)
-        self.last_stride = last_stride
+        embeds = (self.backbone.patch_embed2, self.backbone.patch_embed3, self.backbone.patch_embed4)
+        for embed, stride in zip(embeds, strides[1:], strict=True):
+            embed.proj.stride = (stride, stride)
+        self.strides = strides
         self.attention_blocks = attention_blocks
         self._embed_dims: list[int] = [int(c) for c in params["embed_dims"]]
         self._num_heads: list[int] = [int(h) for h in params["num_heads"]]
@@ -194,8 +200,8 @@ class MiTEncoder(nn.Module):
 
     @property
     def reductions(self) -> list[int]:
-        """Input-to-feature size ratio of each stage: 4, 8, 16, 32 (16 with ``last_stride`` 1)."""
-        return [4, 8, 16, 16 * self.last_stride]
+        """Input-to-feature size ratio of each stage: 4, 8, 16, 32 with SegFormer's strides (AFA's: 4, 8, 16, 16)."""
+        return [math.prod(self.strides[: i + 1]) for i in range(4)]
 
     @property
     def num_heads(self) -> list[int]:

@@ -57,6 +57,8 @@ class AFAModule(SegmentationMethod):
         encoder_weights: local ImageNet weights file of the encoder (``mit_b1.pth``).
         encoder_kwargs: architecture overrides (``embed_dims``, ``depths``, ``num_heads``, ...) for a small
             encoder trained from scratch.
+        encoder_strides: patch-embedding strides of the four stages: AFA's ``[4, 2, 2, 1]`` keeps the last
+            stage at 1/16; ``[4, 2, 1, 1]`` keeps it at 1/8 (a finer token grid for small images).
         attention_blocks: last-stage blocks whose attention logits feed the affinity head (2).
         embed_dim: SegFormer head width (256).
         pooling: classification pooling, ``gmp`` (released code) or ``gap``.
@@ -76,6 +78,7 @@ class AFAModule(SegmentationMethod):
         encoder: str = "mit_b1",
         encoder_weights: str | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
+        encoder_strides: tuple[int, int, int, int] = (4, 2, 2, 1),
         attention_blocks: int = 2,
         embed_dim: int = 256,
         pooling: Literal["gmp", "gap"] = "gmp",
@@ -104,6 +107,7 @@ class AFAModule(SegmentationMethod):
             encoder=hp.encoder,
             weights=hp.encoder_weights,
             encoder_kwargs=hp.encoder_kwargs,
+            strides=hp.encoder_strides,
             attention_blocks=hp.attention_blocks,
             embed_dim=hp.embed_dim,
             pooling=hp.pooling,
