@@ -294,6 +294,25 @@ def test_par_pseudo_labels_with_a_walk_match_the_per_image_reference() -> None:
     assert not torch.equal(out, par_pseudo_labels(FakePAR(), images, cams, tags, high, valid_box=box))
 
 
+def test_par_pseudo_labels_with_a_walk_per_cam_tensor_in_one_call() -> None:
+    # AFA's refined and propagated labels of the same CAMs: one PAR call, each as if computed alone
+    images, cams, tags, high, box = par_case(15)
+    g = torch.Generator().manual_seed(15)
+    walk = walk_matrix(torch.sigmoid(torch.randn(4, 16, 16, generator=g, dtype=torch.float64) * 3))
+    par = FakePAR()
+    refined, propagated = par_pseudo_labels(
+        par, images, [cams, cams], tags, high, valid_box=box, propagate=[None, propagate_stack(walk, (4, 4))]
+    )
+    assert len(par.channels) == 1
+    torch.testing.assert_close(refined, par_pseudo_labels(FakePAR(), images, cams, tags, high, valid_box=box))
+    alone = par_pseudo_labels(
+        FakePAR(), images, cams, tags, high, valid_box=box, propagate=propagate_stack(walk, (4, 4))
+    )
+    torch.testing.assert_close(propagated, alone)
+    with pytest.raises(ValueError, match="propagate has 1 entries for 2 CAM tensors"):
+        par_pseudo_labels(FakePAR(), images, [cams, cams], tags, high, propagate=[None])
+
+
 def test_par_pseudo_labels_reject_a_propagate_of_the_wrong_shape() -> None:
     images, cams, tags, high, _ = par_case(14)
 

@@ -458,7 +458,7 @@ def par_pseudo_labels(
     downscale: int = 2,
     classes: Tensor | None = None,
     *,
-    propagate: Callable[[Tensor], Tensor] | None = None,
+    propagate: Callable[[Tensor], Tensor] | Sequence[Callable[[Tensor], Tensor] | None] | None = None,
 ) -> Any:
     """PAR-refined segmentation pseudo-labels with a two-threshold background (DuPL ``cam_helper.py``).
 
@@ -473,8 +473,10 @@ def par_pseudo_labels(
     before the softmax, so they get probability 0 and cannot win the argmax. With ``classes`` the maps come
     gathered already and nothing is read on the host; without, ``K`` is read from ``tags`` (tensor shapes
     must be known on the host: a synchronisation when the tags are on an accelerator). ``propagate`` replaces
-    the softmax of each stack (e.g. AFA's random walk on learned affinities, ``propagate_stack``). Every stack of every CAM tensor goes
-    through ``par`` in a single call (``2 (1 + K)`` channels per CAM tensor), so the image-dependent kernel
+    the softmax of each stack (e.g. AFA's random walk on learned affinities, ``propagate_stack``), of every
+    CAM tensor or, given as a sequence, of each one (None entries keep the softmax: AFA's refined and
+    propagated labels of the same CAMs in one call). Every stack of every CAM tensor goes through ``par`` in a
+    single call (``2 (1 + K)`` channels per CAM tensor), so the image-dependent kernel
     is built once, also when several networks' CAMs of the same images are labelled (DuPL's two sub-nets;
     PAR refines every channel independently). Runs without gradients.
 
@@ -491,7 +493,8 @@ def par_pseudo_labels(
         downscale: integer factor by which PAR's resolution is reduced (``H // downscale``).
         classes: ``(B, K)`` class of each channel of the maps (``present_classes``), or None.
         propagate: turns each stack's logits ``(B, 1 + K, h, w)`` at PAR's reduced size (padding channels
-            ``-inf``) into probabilities of the same shape, instead of ``softmax(dim=1)``; None = softmax.
+            ``-inf``) into probabilities of the same shape, instead of ``softmax(dim=1)``; None = softmax; a
+            sequence gives one such function (or None) per CAM tensor.
 
     Returns:
         ``(B, H, W)`` int64 labels in ``{0, 1..C, 255}``; a list of them when ``cams`` is a sequence.
@@ -529,8 +532,16 @@ def par_pseudo_labels(
         k = classes.shape[1]
         order, padding = classes.clamp(min=0), classes < 0  # (B, K)
 
+        if propagate is None or callable(propagate):
+            per_map = [propagate] * len(maps)
+        else:
+            per_map = list(propagate)
+            if len(per_map) != len(maps):
+                raise ValueError(
+                    f"par_pseudo_labels: propagate has {len(per_map)} entries for {len(maps)} CAM tensors"
+                )
         stacks = []
-        for m in maps:
+        for m, walk in zip(maps, per_map, strict=True):
             small_cams = resize(m.detach(), small)
             fg = small_cams if gathered else _gather_channels(small_cams, classes)
             fg = fg.masked_fill(padding[:, :, None, None], -math.inf)
@@ -539,10 +550,10 @@ def par_pseudo_labels(
                     bg = bg.to(fg.dtype).reshape(-1, 1, 1, 1)
                 plane = torch.zeros_like(small_cams[:, :1]) + bg
                 stack = torch.cat([plane, fg], dim=1)
-                if propagate is None:
+                if walk is None:
                     stacks.append(stack.softmax(dim=1))
                     continue
-                probs = propagate(stack)
+                probs = walk(stack)
                 if not isinstance(probs, Tensor) or probs.shape != stack.shape:
                     raise ValueError(
                         f"par_pseudo_labels: propagate must return probabilities of the stack's shape "

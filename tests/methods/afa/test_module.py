@@ -40,11 +40,11 @@ def test_fit_runs_every_phase_and_logs_cam_propagated_cam_pseudo_and_seg_miou(
     synthetic, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    calls: list[bool] = []
+    calls: list[list[bool]] = []
     real = afa_module.par_pseudo_labels
 
     def spy(*a: Any, **k: Any) -> Any:
-        calls.append(k.get("propagate") is not None)
+        calls.append([walk is not None for walk in k["propagate"]])
         return real(*a, **k)
 
     monkeypatch.setattr(afa_module, "par_pseudo_labels", spy)
@@ -55,9 +55,10 @@ def test_fit_runs_every_phase_and_logs_cam_propagated_cam_pseudo_and_seg_miou(
         assert key in metrics, key
     for output in ("cam", "aff_cam", "pseudo"):
         assert 0.0 <= float(metrics[f"val/{output}/miou"]) <= 1.0, output
-    # the sanity check's validation: refined labels; step 0: CAM only (no labels); step 1: refined labels;
-    # steps 2, 3: refined (affinity targets) + propagated (segmentation target); the validation at step 4
-    assert calls == [False, False, False, True, False, True, False], calls
+    # one PAR call per step: the sanity check's validation: refined labels; step 0: CAM only (no labels);
+    # step 1: refined labels; steps 2, 3: refined (affinity targets) + propagated (segmentation target); the
+    # validation at step 4
+    assert calls == [[False], [False], [False, True], [False, True], [False]], calls
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     assert 0.0 <= results["test/miou"] <= 1.0
 

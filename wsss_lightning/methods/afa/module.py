@@ -226,24 +226,28 @@ class AFAModule(SegmentationMethod):
         classes: Tensor,
         box: Tensor | None,
         walk: tuple[Tensor, tuple[int, int]] | None = None,
-    ) -> Tensor:
-        """PAR-refined pseudo-labels (B, H, W); with ``walk`` = (matrix, grid) the random-walk-propagated ones."""
+    ) -> tuple[Tensor, Tensor | None]:
+        """PAR-refined pseudo-labels (B, H, W) and, with ``walk`` = (matrix, grid), the propagated ones.
+
+        Both come from one PAR call (one image kernel): the propagated stacks go through the random walk
+        (Sec. 3.3) instead of the softmax before the refinement.
+        """
         cfg = self.options.labels
-        return cast(
-            Tensor,
-            par_pseudo_labels(
-                self.par,
-                images01,
-                cams,
-                None,
-                cfg.high,
-                low=cfg.low,
-                valid_box=box,
-                downscale=cfg.par_downscale,
-                classes=classes,
-                propagate=None if walk is None else propagate_stack(*walk),
-            ),
+        maps = [cams] if walk is None else [cams, cams]
+        propagate = [None] if walk is None else [None, propagate_stack(*walk)]
+        labels = par_pseudo_labels(
+            self.par,
+            images01,
+            maps,
+            None,
+            cfg.high,
+            low=cfg.low,
+            valid_box=box,
+            downscale=cfg.par_downscale,
+            classes=classes,
+            propagate=propagate,
         )
+        return labels[0], (labels[1] if walk is not None else None)
 
     # ------------------------------------------------------------------ training
     @override
@@ -281,12 +285,13 @@ class AFAModule(SegmentationMethod):
         images01 = self.denormalize(images)
         with torch.no_grad():
             cams, walk, grid = self.cams_with_walk(images, classes)
-            labels = self.refined_labels(images01, cams, classes, box)
-            target = labels
-            if self.options.labels.target == "mask":
-                target = self._ground_truth(batch)
-            elif t >= self.phases.propagation_start:
-                target = self.refined_labels(images01, cams, classes, box, (walk, grid))
+            propagating = self.options.labels.target == "pseudo" and t >= self.phases.propagation_start
+            labels, propagated = self.refined_labels(
+                images01, cams, classes, box, (walk, grid) if propagating else None
+            )
+            target = self._ground_truth(batch) if self.options.labels.target == "mask" else labels
+            if propagated is not None:
+                target = propagated
             # affinity labels: the refined label, nearest-downsampled to the training pass's token grid
             train_grid = tuple(out.features.shape[-2:])
             tokens = F.interpolate(labels[:, None].float(), size=train_grid, mode="nearest")[:, 0].long()
@@ -350,7 +355,7 @@ class AFAModule(SegmentationMethod):
         self._val_metric("aff_cam").update(
             propagated_cam_labels(cams, classes, walk, grid, cfg.background), masks
         )
-        pseudo = self.refined_labels(self.denormalize(images), cams, classes, None)
+        pseudo, _ = self.refined_labels(self.denormalize(images), cams, classes, None)
         # pseudo-label mIoU over the pixels the pseudo-labels keep (the rest are ignored in training)
         kept = pseudo != self.ignore_index
         self._val_metric("pseudo").update(
