@@ -1,0 +1,28 @@
+"""AFA and U2PL+ WS learn from image tags: the target of benchmarks/README.md ("AFA and U2PL+ WS vs the ceiling").
+
+Runs ``benchmarks/afa_table.py`` (AFA, U2PL+ WS and the full-mask ceiling, 2 seeds) on the synthetic VOC set
+(about an hour on 2 cores). Run with ``make test-slow`` (``pytest -m slow``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from wsss_lightning.data.synthetic import generate
+
+TABLE = Path(__file__).resolve().parents[3] / "benchmarks" / "afa_table.py"
+
+
+@pytest.mark.slow
+def test_propagation_helps_afa_reaches_the_ceiling_share_and_u2pl_weak_keeps_up(tmp_path):
+    spec = importlib.util.spec_from_file_location("afa_table", TABLE)
+    assert spec is not None and spec.loader is not None
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    root = generate("voc", tmp_path / "synthetic_voc800", seed=0, num_train=800)
+    result = table.run_table(root, tmp_path / "runs", seeds=[0, 1], steps=1200, parallel=2)
+    mean = {row: sum(values) / len(values) for row, values in result.items()}
+    assert table.bars(mean) == dict.fromkeys(table.BARS, True), mean
