@@ -30,6 +30,7 @@ from wsss_lightning.losses.affinity import affinity_loss
 from wsss_lightning.losses.segmentation import balanced_seg_ce, classification_loss
 from wsss_lightning.methods.afa.options import AFALabelConfig, AFALossWeights, AFAPhaseConfig
 from wsss_lightning.methods.base import SegmentationMethod
+from wsss_lightning.methods.tags import ImageTagsMixin
 from wsss_lightning.metrics import SegmentationIoU, pseudo_label_accuracy
 from wsss_lightning.models.afa import AFANetwork, AFAOutput
 from wsss_lightning.models.par import PAR
@@ -45,11 +46,10 @@ from wsss_lightning.pseudo_labels.cam import (
     cam_labels_eval,
     multiscale_cams,
     par_pseudo_labels,
-    present_classes,
 )
 
 
-class AFAModule(SegmentationMethod):
+class AFAModule(ImageTagsMixin, SegmentationMethod):
     """AFA for the ``image`` supervision view (image-level tags).
 
     Args:
@@ -160,28 +160,6 @@ class AFAModule(SegmentationMethod):
     @override
     def forward(self, images: Tensor) -> Tensor:
         return self.net.segment(images)
-
-    def _fg_tags(self, batch: dict[str, Any]) -> Tensor:
-        if "tags" not in batch:
-            raise KeyError(
-                f"{type(self).__name__} needs image-level tags: use the datamodule's TagsView (--data.view "
-                "TagsView, or view: {class_path: wsss_lightning.data.TagsView} in a config)"
-            )
-        tags: Tensor = batch["tags"]
-        return tags[:, 1:].float()  # drop the background column
-
-    def _classes(self, batch: dict[str, Any]) -> Tensor:
-        """Each image's present foreground classes (``present_classes``), listed before the batch moved."""
-        if "classes" in batch:
-            return cast(Tensor, batch["classes"])
-        return present_classes(self._fg_tags(batch))
-
-    @override
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # the number of present classes sizes the CAM tensors: read it here, on the host, not on the device
-        if isinstance(batch, dict) and "tags" in batch:
-            batch["classes"] = present_classes(self._fg_tags(batch))
-        return batch
 
     @torch.no_grad()
     def cams_with_walk(self, images: Tensor, classes: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:

@@ -48,6 +48,7 @@ from wsss_lightning.methods.dupl.options import (
     StrongViewConfig,
     ThresholdConfig,
 )
+from wsss_lightning.methods.tags import ImageTagsMixin
 from wsss_lightning.metrics import SegmentationIoU, pseudo_label_accuracy
 from wsss_lightning.models.par import PAR
 from wsss_lightning.models.resize import padded_forward, resize
@@ -58,7 +59,6 @@ from wsss_lightning.pseudo_labels.cam import (
     image_thresholds,
     multiscale_cams,
     par_pseudo_labels,
-    present_classes,
     threshold_labels,
 )
 
@@ -68,7 +68,7 @@ def _total(terms: Sequence[Tensor] | Any) -> Tensor:
     return torch.stack(list(terms)).sum()
 
 
-class DuPLModule(SegmentationMethod):
+class DuPLModule(ImageTagsMixin, SegmentationMethod):
     """DuPL for the ``image`` supervision view (image-level tags).
 
     Args:
@@ -301,28 +301,6 @@ class DuPLModule(SegmentationMethod):
         return cast(list[Tensor], labels)
 
     # ------------------------------------------------------------------ training
-    def _fg_tags(self, batch: dict[str, Any]) -> Tensor:
-        if "tags" not in batch:
-            raise KeyError(
-                "DuPLModule needs image-level tags: use the datamodule's TagsView (--data.view TagsView, or "
-                "view: {class_path: wsss_lightning.data.TagsView} in a config)"
-            )
-        tags: Tensor = batch["tags"]
-        return tags[:, 1:].float()  # drop the background column
-
-    def _classes(self, batch: dict[str, Any]) -> Tensor:
-        """Each image's present foreground classes (``present_classes``), listed before the batch moved."""
-        if "classes" in batch:
-            return cast(Tensor, batch["classes"])
-        return present_classes(self._fg_tags(batch))  # a batch that did not pass the transfer hook
-
-    @override
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # the number of present classes sizes the CAM tensors: read it here, on the host, not on the device
-        if isinstance(batch, dict) and "tags" in batch:
-            batch["classes"] = present_classes(self._fg_tags(batch))
-        return batch
-
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images, box = batch["image"], batch["valid_box"]
