@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wsss_lightning.models.deeplab import representation_head
 from wsss_lightning.models.mit import MiTEncoder
 from wsss_lightning.models.segformer_head import SegFormerHead
 
@@ -75,6 +76,12 @@ class AFANetwork(nn.Module):
                 f"AFANetwork: attention_blocks = {attention_blocks}; the affinity head needs the attention of "
                 "at least one block of the encoder's last stage"
             )
+        sr_ratios = dict(encoder_kwargs or {}).get("sr_ratios")
+        if sr_ratios is not None and int(sr_ratios[-1]) != 1:
+            raise ValueError(
+                f"AFANetwork: encoder_kwargs sr_ratios {list(sr_ratios)} reduce the last stage's keys; the "
+                "affinity head needs its full token-to-token attention: the last sr_ratio must be 1"
+            )
         self.encoder = MiTEncoder(
             encoder,
             weights=weights,
@@ -90,16 +97,7 @@ class AFANetwork(nn.Module):
         self.affinity_head = nn.Conv2d(self.encoder.attention_channels, 1, 1, bias=True)
         self.rep_head: nn.Module | None = None
         if rep_channels > 0:
-            # U2PL's representation head (two 3x3 conv-BN-ReLU blocks, then a 1x1 projection)
-            self.rep_head = nn.Sequential(
-                nn.Conv2d(embed_dim, embed_dim, 3, padding=1, bias=False),
-                nn.BatchNorm2d(embed_dim),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(embed_dim, embed_dim, 3, padding=1, bias=False),
-                nn.BatchNorm2d(embed_dim),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(embed_dim, rep_channels, 1),
-            )
+            self.rep_head = representation_head(embed_dim, rep_channels, channels=embed_dim)
 
     @property
     def stride(self) -> int:

@@ -69,6 +69,19 @@ def _conv_bn_relu(
     return layers
 
 
+def representation_head(in_channels: int, out_channels: int, channels: int = _INNER) -> nn.Sequential:
+    """U2PL's representation head: two 3x3 conv-BN-ReLU-Dropout2d(0.1) blocks, then a 1x1 projection.
+
+    ``u2pl/models/decoder.py`` (``dec_deeplabv3_plus.representation``); the weakly supervised setting of
+    U2PL+ puts the same head on AFA's fused decoder features.
+    """
+    return nn.Sequential(
+        *_conv_bn_relu(in_channels, channels, 3, bias=True, dropout=True),
+        *_conv_bn_relu(channels, channels, 3, bias=True, dropout=True),
+        nn.Conv2d(channels, out_channels, 1),
+    )
+
+
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: image pooling, 1×1 and three dilated 3×3 branches, concatenated.
 
@@ -133,11 +146,7 @@ class DeepLabV3PlusDecoder(nn.Module):
             *_conv_bn_relu(_INNER, _INNER, 3, bias=True, dropout=True),
             nn.Conv2d(_INNER, num_classes, 1),
         )
-        self.representation = nn.Sequential(
-            *_conv_bn_relu(fused, _INNER, 3, bias=True, dropout=True),
-            *_conv_bn_relu(_INNER, _INNER, 3, bias=True, dropout=True),
-            nn.Conv2d(_INNER, rep_channels, 1),
-        )
+        self.representation = representation_head(fused, rep_channels)
 
     def forward(self, low: Tensor, deep: Tensor, with_rep: bool = True) -> dict[str, Tensor]:
         """Decode encoder features.

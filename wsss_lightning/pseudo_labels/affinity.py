@@ -197,7 +197,7 @@ def propagated_cam_labels(
             (``present_classes``).
         walk: ``(B, N, N)`` walk matrices (``walk_matrix``).
         grid: ``(h', w')`` token grid of the affinities, ``h' * w' = N``.
-        background: score of the background plane (AFA: 0.35 for these labels on VOC).
+        background: score of the background plane.
 
     Returns:
         ``(B, H, W)`` int64 labels in ``{0, 1..C}``.

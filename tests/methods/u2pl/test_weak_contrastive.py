@@ -70,6 +70,20 @@ def test_masks_match_a_pixel_loop(negatives: str, background: bool) -> None:
     assert not anchor[:, 4].any()  # class 4 is never tagged
 
 
+def test_pixels_outside_the_valid_region_are_neither_anchors_nor_negatives() -> None:
+    # the padding of a crop larger than the rescaled image
+    cams, classes = random_cams(1)
+    valid = torch.zeros(B, H, W, dtype=torch.bool)
+    valid[:, : H // 2] = True
+    anchor, negative = weak_contrastive_masks(t(cams), t(classes), C, 0.5, "both", True, valid)
+    full_anchor, full_negative = weak_contrastive_masks(t(cams), t(classes), C, 0.5, "both", True)
+    assert not anchor[:, :, H // 2 :].any() and not negative[:, :, H // 2 :].any()
+    assert torch.equal(anchor[:, :, : H // 2], full_anchor[:, :, : H // 2])
+    assert torch.equal(negative[:, :, : H // 2], full_negative[:, :, : H // 2])
+    with pytest.raises(ValueError, match="valid must be"):
+        weak_contrastive_masks(t(cams), t(classes), C, 0.5, "both", True, valid[:, :-1])
+
+
 def options(**kwargs: Any) -> WeakContrastiveConfig:
     base: dict[str, Any] = {
         "beta": 0.5,

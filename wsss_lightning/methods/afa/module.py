@@ -102,18 +102,24 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
     def configure_models(self) -> None:
         hp = self.options
         self.check_choices(pooling=("gmp", "gap"), seg_loss=("balanced", "ce"))
-        self.net = AFANetwork(
-            self.num_classes,
-            encoder=hp.encoder,
-            weights=hp.encoder_weights,
-            encoder_kwargs=hp.encoder_kwargs,
-            strides=hp.encoder_strides,
-            attention_blocks=hp.attention_blocks,
-            embed_dim=hp.embed_dim,
-            pooling=hp.pooling,
-            drop_path_rate=hp.drop_path_rate,
-            rep_channels=self.representation_channels(),
-        )
+        try:
+            self.net = AFANetwork(
+                self.num_classes,
+                encoder=hp.encoder,
+                weights=hp.encoder_weights,
+                encoder_kwargs=hp.encoder_kwargs,
+                strides=hp.encoder_strides,
+                attention_blocks=hp.attention_blocks,
+                embed_dim=hp.embed_dim,
+                pooling=hp.pooling,
+                drop_path_rate=hp.drop_path_rate,
+                rep_channels=self.representation_channels(),
+            )
+        except (ValueError, FileNotFoundError) as err:  # name the module's options, not the encoder's
+            raise type(err)(
+                f"{type(self).__name__}: model.init_args.encoder / encoder_weights / encoder_kwargs / "
+                f"encoder_strides / attention_blocks: {err}"
+            ) from err
         self.par = PAR(hp.labels.par_dilations, hp.labels.par_iterations)
 
     @override
@@ -191,9 +197,12 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
         return cams, walk, grid
 
     def _radius_mask(self, grid: tuple[int, int], device: torch.device) -> Tensor:
+        # training crops share one grid; evaluation images of many sizes must not grow the cache
         cache: dict[tuple[Any, ...], Tensor] = self.__dict__.setdefault("_radius_masks", {})
         key = (grid, str(device))
         if key not in cache:
+            if len(cache) >= 4:
+                cache.clear()
             cache[key] = radius_mask(grid[0], grid[1], self.options.labels.radius, device=device)
         return cache[key]
 
@@ -289,7 +298,7 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
         logs["train/loss_aff"] = loss_aff
         logs["train/loss_seg"] = loss_seg
         loss: Tensor = w.aff * loss_aff + w.seg * loss_seg
-        extra = self.extra_loss(out, cams, classes, target, logs)
+        extra = self.extra_loss(out, cams, classes, box, logs)
         if extra is not None:
             loss = loss + extra
         elif out.rep is not None:
@@ -305,7 +314,12 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
         return cast(Tensor, batch["mask"]).long()
 
     def extra_loss(
-        self, out: AFAOutput, cams: Tensor, classes: Tensor, target: Tensor, logs: dict[str, Tensor]
+        self,
+        out: AFAOutput,
+        cams: Tensor,
+        classes: Tensor,
+        box: Tensor,
+        logs: dict[str, Tensor],
     ) -> Tensor | None:
         """A further loss term after the warm-up (None: none); U2PL+ WS adds its contrastive loss here.
 
@@ -313,7 +327,7 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
             out: the training forward.
             cams: ``(B, K, H, W)`` multi-scale CAMs of the present ``classes`` (no gradient).
             classes: ``(B, K)`` present foreground classes (1-based ids minus one, -1 = padding).
-            target: ``(B, H, W)`` this step's segmentation target.
+            box: ``(B, 4)`` the crops' valid boxes (top, left, bottom, right) in crop pixels.
             logs: values to log.
         """
         return None

@@ -84,8 +84,10 @@ class AFALabelConfig:
     def __post_init__(self) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
             _fail("labels", "scales", self.scales, "a non-empty list of positive scales")
-        if not 0.0 < self.low <= self.high < 1.0:
-            _fail("labels", "low", self.low, f"0 < low <= high ({self.high}) < 1")
+        if not 0.0 < self.high < 1.0:
+            _fail("labels", "high", self.high, "a score in (0, 1)")
+        if not 0.0 < self.low <= self.high:
+            _fail("labels", "low", self.low, f"a score in (0, labels.high = {self.high}]")
         if not 0.0 < self.background < 1.0:
             _fail("labels", "background", self.background, "a score in (0, 1)")
         if self.radius < 1:
@@ -97,12 +99,16 @@ class AFALabelConfig:
                 self.propagation_scale,
                 f"None or one of scales {tuple(self.scales)}",
             )
-        if self.par_downscale < 1 or self.par_iterations < 0:
-            _fail("labels", "par_downscale", self.par_downscale, ">= 1 (and par_iterations >= 0)")
+        if self.par_downscale < 1:
+            _fail("labels", "par_downscale", self.par_downscale, ">= 1")
+        if self.par_iterations < 0:
+            _fail("labels", "par_iterations", self.par_iterations, ">= 0")
         if self.target not in ("pseudo", "mask"):
             _fail("labels", "target", self.target, "'pseudo' or 'mask'")
-        if self.walk_power <= 0 or self.walk_log_iterations < 0:
-            _fail("labels", "walk_power", self.walk_power, "> 0 (and walk_log_iterations >= 0)")
+        if self.walk_power <= 0:
+            _fail("labels", "walk_power", self.walk_power, "> 0")
+        if self.walk_log_iterations < 0:
+            _fail("labels", "walk_log_iterations", self.walk_log_iterations, ">= 0")
 
     @property
     def walk_scale(self) -> float:

@@ -267,14 +267,15 @@ class WeakContrastiveConfig:
       ``temperature`` 0.5, ``prototype_momentum`` 0.999: the semi-supervised values (U2PL+ Sec. 4.1).
     * ``max_keys_per_step = 4096``: Eq. 31 makes most pixels negatives of most classes (every pixel of an
       image is a negative of each of its absent classes), so enqueueing all of them would push C times the
-      batch's pixels per step; 4,096 keys shared fairly between the classes keep a few hundred per class.
+      batch's pixels per step; 4,096 keys shared fairly between the classes keep about 200 per class for VOC.
     * ``min_valid_classes = 1``: the negatives come from the bank, so one class with anchors already has a
       contrast (the semi-supervised release's 2 is available).
 
     Attributes:
         enabled: use the term at all (no memory bank is allocated otherwise).
         weight: lambda_c.
-        start_step: first optimiser step at which the term is added.
+        start_step: first optimiser step at which the term is added (it runs with AFA's segmentation and
+            affinity losses, so never before ``phases.seg_start``).
         beta: CAM score threshold in (0, 1) of Eq. 29 and 31.
         negatives: ``both`` (Eq. 31), ``absent`` (only pixels of images without the class) or ``low`` (only
             pixels of images with the class and a score below beta): Table XIV's rows.

@@ -64,6 +64,7 @@ def weak_contrastive_masks(
     beta: float,
     negatives: Literal["both", "absent", "low"] = "both",
     background: bool = True,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Anchor and negative pixels of every class from CAMs and image-level tags (U2PL+ Eq. 29, 31).
 
@@ -86,6 +87,8 @@ def weak_contrastive_masks(
         beta: the score threshold, in (0, 1).
         negatives: ``"both"``, ``"absent"`` or ``"low"``.
         background: include class 0.
+        valid: ``(B, h, w)`` bool, the pixels of real image content (not the padding of a crop larger than
+            the rescaled image); None = every pixel. Pixels outside are neither anchors nor negatives.
 
     Returns:
         ``(anchor_mask, negative_mask)``, each ``(B, C, h, w)`` bool.
@@ -115,6 +118,11 @@ def weak_contrastive_masks(
     negative_mask = {"both": absent | low, "absent": absent, "low": low}[negatives]
     if not background:
         negative_mask[:, 0] = False
+    if valid is not None:
+        if tuple(valid.shape) != (b, h, w):
+            raise ValueError(f"{where}: valid must be (B, h, w) = {(b, h, w)}, got {tuple(valid.shape)}")
+        inside = valid.bool()[:, None]
+        anchor_mask, negative_mask = anchor_mask & inside, negative_mask & inside
     return anchor_mask, negative_mask
 
 
@@ -127,6 +135,7 @@ def weak_contrastive_loss(
     options: WeakContrastiveConfig,
     generator: torch.Generator | None = None,
     scratch: ScratchBuffers | None = None,
+    valid: Tensor | None = None,
 ) -> ContrastiveOutput:
     """U2PL+'s weakly supervised contrastive loss L_c of one rank (Eq. 29-31 with the InfoNCE of Eq. 10).
 
@@ -150,6 +159,7 @@ def weak_contrastive_loss(
             ``weight`` and ``start_step`` are the caller's).
         generator: random generator on the tensors' device (None: the global one).
         scratch: work tensors kept between calls.
+        valid: ``(B, h, w)`` bool pixels of real image content (see :func:`weak_contrastive_masks`).
 
     Returns:
         :class:`~wsss_lightning.methods.u2pl.contrastive.ContrastiveOutput`; ``valid_classes`` are the
@@ -164,7 +174,7 @@ def weak_contrastive_loss(
         )
     with torch.no_grad():
         anchor_mask, negative_mask = weak_contrastive_masks(
-            cams, classes, num_classes, options.beta, options.negatives, options.background
+            cams, classes, num_classes, options.beta, options.negatives, options.background, valid
         )
     return _contrastive_from_masks(
         rep,
@@ -211,7 +221,12 @@ class WeakContrastiveLoss(nn.Module):
         self.scratch = ScratchBuffers()
 
     def forward(
-        self, rep: Tensor, cams: Tensor, classes: Tensor, generator: torch.Generator | None = None
+        self,
+        rep: Tensor,
+        cams: Tensor,
+        classes: Tensor,
+        generator: torch.Generator | None = None,
+        valid: Tensor | None = None,
     ) -> ContrastiveOutput:
         """Shapes as :func:`weak_contrastive_loss`; pushes this step's keys to the bank."""
         return weak_contrastive_loss(
@@ -223,4 +238,5 @@ class WeakContrastiveLoss(nn.Module):
             self.options,
             generator=generator,
             scratch=self.scratch,
+            valid=valid,
         )

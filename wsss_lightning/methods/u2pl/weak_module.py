@@ -24,6 +24,7 @@ from wsss_lightning.methods.u2pl.options import WeakContrastiveConfig
 from wsss_lightning.methods.u2pl.weak import WeakContrastiveLoss
 from wsss_lightning.models.afa import AFAOutput
 from wsss_lightning.models.resize import resize
+from wsss_lightning.pseudo_labels.cam import box_mask
 
 
 class U2PLWeakModule(AFAModule):
@@ -52,11 +53,14 @@ class U2PLWeakModule(AFAModule):
     @override
     def configure_losses(self) -> None:
         cfg: WeakContrastiveConfig = self.options.contrastive
-        self.contrastive = (
-            WeakContrastiveLoss(self.num_classes, cfg, dim=self.representation_channels())
-            if cfg.enabled
-            else None
-        )
+        self.contrastive: WeakContrastiveLoss | None = None
+        if cfg.enabled:
+            self.contrastive = WeakContrastiveLoss(self.num_classes, cfg, dim=self.representation_channels())
+            # Every rank pushes the same gathered keys, so the banks are identical by construction: keep DDP
+            # from broadcasting hundreds of MB of queue from rank 0 before every forward.
+            self._ddp_params_and_buffers_to_ignore = [
+                f"contrastive.memory_bank.{name}" for name, _ in self.contrastive.memory_bank.named_buffers()
+            ]
 
     @override
     def boundaries(self) -> dict[str, int]:
@@ -69,15 +73,24 @@ class U2PLWeakModule(AFAModule):
 
     @override
     def extra_loss(
-        self, out: AFAOutput, cams: Tensor, classes: Tensor, target: Tensor, logs: dict[str, Tensor]
+        self,
+        out: AFAOutput,
+        cams: Tensor,
+        classes: Tensor,
+        box: Tensor,
+        logs: dict[str, Tensor],
     ) -> Tensor | None:
         if self.contrastive is None or self.global_step < self.contrastive_start or out.rep is None:
             return None
         # CAM scores of the tagged classes at the representation grid (1/4 of the crop); class ids with
         # background at 0, padding stays -1
-        scores = resize(cams, out.rep.shape[-2:])
+        grid = (int(out.rep.shape[-2]), int(out.rep.shape[-1]))
+        scores = resize(cams, grid)
         ids = classes.where(classes < 0, classes + 1)
-        result = self.contrastive(out.rep, scores, ids)
+        # the padding of crops larger than the rescaled image holds no content: neither anchors nor negatives
+        scale = (grid[0] / cams.shape[-2], grid[1] / cams.shape[-1])
+        inside = box_mask("U2PLWeakModule", box, grid, scale)
+        result = self.contrastive(out.rep, scores, ids, valid=inside)
         logs["train/loss_contrastive"] = result.loss
         logs["train/contrastive_classes"] = result.active_classes.sum().float()
         weighted: Tensor = self.options.contrastive.weight * result.loss
