@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dupl_noise_filter.py
 	$(BIN)/python benchmarks/dupl_par.py
 	$(BIN)/python benchmarks/dupl_step.py --size 224
+	$(BIN)/python benchmarks/afa_step.py --size 256 --batch 2
 
 clean:
 	rm -rf $(VENV) lightning_logs wandb .pytest_cache
