@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import lightning as L
 import torch
-from step_timing import TIMES, RandomTags, StepTimer, timed
-from torch.utils.data import DataLoader
+from step_timing import TIMES, fit_timed, print_parts, timed
 
 from wsss_lightning.data import DATASET_INFO
 from wsss_lightning.methods import AFAModule, AFAPhaseConfig, U2PLWeakModule, WeakContrastiveConfig
@@ -73,22 +71,7 @@ def main() -> None:
         model = U2PLWeakModule(contrastive=WeakContrastiveConfig(start_step=1), **common)
     else:
         model = AFAModule(**common)
-    trainer = L.Trainer(
-        accelerator=args.device,
-        devices=1,
-        max_steps=skip + args.steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[StepTimer(skip)],
-    )
-    data = DataLoader(RandomTags(args.size, 21, args.batch * (skip + args.steps)), batch_size=args.batch)
-    trainer.fit(model, data)
-
-    step = TIMES.pop("step") / args.steps
-    closure = TIMES.pop("optimizer_step")
-    TIMES["optimizer update + hooks"] = closure - TIMES["backward"] - TIMES.pop("training_step")
+    step = fit_timed(model, args, skip)
     # the CAM wrapper's time includes its network passes: split them off
     TIMES["CAM resize / flip-merge / normalise, walk matrix"] = (
         TIMES.pop(cam_key) - TIMES["CAM network passes"]
@@ -97,14 +80,7 @@ def main() -> None:
     name = "U2PL+ WS" if args.contrastive else "AFA"
     print(f"\n{name} step, {args.encoder}, batch {args.batch}, {args.size}x{args.size}, {args.device}, "
           f"{torch.get_num_threads()} threads, mean of {args.steps} steps: {step:.2f} s")  # fmt: skip
-    print(f"{'part':55s} {'s/step':>8s} {'share':>7s}")
-    accounted = 0.0
-    for part, total in sorted(TIMES.items(), key=lambda kv: -kv[1]):
-        per_step = total / args.steps
-        accounted += per_step
-        print(f"{part:55s} {per_step:8.3f} {100 * per_step / step:6.1f}%")
-    rest = step - accounted
-    print(f"{'losses, logging (rest)':55s} {rest:8.3f} {100 * rest / step:6.1f}%")
+    print_parts(step, args.steps, "losses, logging (rest)")
     net = sum(TIMES[n] for n in network) / args.steps
     print(f"\nnetwork passes the algorithm needs (CAM passes, training forward, backward, optimizer update): "
           f"{100 * net / step:.1f}% of the step; method overhead beyond them: {100 * (step - net) / step:.1f}%")  # fmt: skip

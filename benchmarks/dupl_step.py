@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-import lightning as L
 import torch
-from step_timing import TIMES, RandomTags, StepTimer, timed
-from torch.utils.data import DataLoader
+from step_timing import TIMES, fit_timed, print_parts, timed
 
 from wsss_lightning.data import DATASET_INFO
 from wsss_lightning.methods import DuPLModule, NoiseFilterConfig, PhaseConfig
@@ -64,22 +62,7 @@ def main() -> None:
         # the random crops give no trained-looking loss maps: fit every map so the GMM cost is real
         noise_filter=NoiseFilterConfig(min_pixels=0, min_gap=0.0),
     )
-    trainer = L.Trainer(
-        accelerator=args.device,
-        devices=1,
-        max_steps=skip + args.steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[StepTimer(skip)],
-    )
-    data = DataLoader(RandomTags(args.size, 21, args.batch * (skip + args.steps)), batch_size=args.batch)
-    trainer.fit(model, data)
-
-    step = TIMES.pop("step") / args.steps
-    closure = TIMES.pop("optimizer_step")
-    TIMES["optimizer update + hooks"] = closure - TIMES["backward"] - TIMES.pop("training_step")
+    step = fit_timed(model, args, skip)
     # the CAM wrapper's time includes its network passes: split them off
     cam_key = "CAM passes (2 sub-nets x 3 scales x flip, no grad)"
     TIMES["CAM resize / flip-merge / normalise"] = TIMES.pop(cam_key) - TIMES["CAM network passes"]
@@ -92,15 +75,7 @@ def main() -> None:
     )
     print(f"\nDuPL step, {args.backbone}, batch {args.batch}, {args.size}x{args.size}, {args.device}, "
           f"{torch.get_num_threads()} threads, mean of {args.steps} steps: {step:.2f} s")  # fmt: skip
-    print(f"{'part':55s} {'s/step':>8s} {'share':>7s}")
-    accounted = 0.0
-    for name, total in sorted(TIMES.items(), key=lambda kv: -kv[1]):
-        per_step = total / args.steps
-        accounted += per_step
-        print(f"{name:55s} {per_step:8.3f} {100 * per_step / step:6.1f}%")
-    print(
-        f"{'losses, thresholds, logging (rest)':55s} {step - accounted:8.3f} {100 * (step - accounted) / step:6.1f}%"
-    )
+    print_parts(step, args.steps, "losses, thresholds, logging (rest)")
     net = sum(TIMES[n] for n in network) / args.steps
     cams = TIMES["CAM network passes"] / args.steps
     print(f"\nnetwork passes the algorithm needs (CAM passes, training and strong-view forwards, backward, "

@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 #: seconds per timed part, summed over the counted steps
 TIMES: dict[str, float] = defaultdict(float)
@@ -71,3 +71,39 @@ class StepTimer(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if COUNTING[0]:
             TIMES["step"] += time.perf_counter() - self.start
+
+
+def fit_timed(model: L.LightningModule, args: Any, skip: int) -> float:
+    """Fit ``model`` on random tagged crops for ``skip`` untimed then ``args.steps`` timed steps.
+
+    ``args`` carries ``device``, ``size``, ``batch`` and ``steps``. Splits the optimizer closure's time into
+    the training step, backward (both timed by the caller's wrappers, ``training_step`` / ``backward`` /
+    ``optimizer_step``) and ``optimizer update + hooks``; returns the mean seconds of a whole step.
+    """
+    trainer = L.Trainer(
+        accelerator=args.device,
+        devices=1,
+        max_steps=skip + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[StepTimer(skip)],
+    )
+    data = DataLoader(RandomTags(args.size, 21, args.batch * (skip + args.steps)), batch_size=args.batch)
+    trainer.fit(model, data)
+    # Lightning runs training_step and backward inside optimizer_step's closure
+    closure = TIMES.pop("optimizer_step")
+    TIMES["optimizer update + hooks"] = closure - TIMES["backward"] - TIMES.pop("training_step")
+    return TIMES.pop("step") / args.steps
+
+
+def print_parts(step: float, steps: int, rest: str) -> None:
+    """One row per timed part (seconds per step, share of ``step``), largest first, then the rest."""
+    print(f"{'part':55s} {'s/step':>8s} {'share':>7s}")
+    accounted = 0.0
+    for part, total in sorted(TIMES.items(), key=lambda kv: -kv[1]):
+        per_step = total / steps
+        accounted += per_step
+        print(f"{part:55s} {per_step:8.3f} {100 * per_step / step:6.1f}%")
+    print(f"{rest:55s} {step - accounted:8.3f} {100 * (step - accounted) / step:6.1f}%")
