@@ -168,11 +168,14 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
         return self.net.segment(images)
 
     @torch.no_grad()
-    def cams_with_walk(self, images: Tensor, classes: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    def cams_with_walk(
+        self, images: Tensor, classes: Tensor, with_walk: bool = True
+    ) -> tuple[Tensor, Tensor | None, tuple[int, int]]:
         """Multi-scale CAMs of the present classes and the random-walk matrix of one scale's affinity.
 
         Returns:
-            ``cams`` ``(B, K, H, W)`` in ``[0, 1]``, ``walk`` ``(B, N, N)`` and its token grid ``(h, w)``.
+            ``cams`` ``(B, K, H, W)`` in ``[0, 1]``, ``walk`` ``(B, N, N)`` (None unless ``with_walk``) and
+            its token grid ``(h, w)``.
         """
         cfg = self.options.labels
         b, _, h, w = images.shape
@@ -188,6 +191,8 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
 
         (cams,) = multiscale_cams(cam_fn, images, cfg.scales, 1, classes)
         affinity, grid = kept[0]
+        if not with_walk:
+            return cams, None, grid
         walk = walk_matrix(
             torch.sigmoid(affinity),
             mask=self._radius_mask(grid, affinity.device),
@@ -271,10 +276,11 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
         t, w = self.global_step, self.options.loss_weights
         images01 = self.denormalize(images)
         with torch.no_grad():
-            cams, walk, grid = self.cams_with_walk(images, classes)
             propagating = self.options.labels.target == "pseudo" and t >= self.phases.propagation_start
+            # the walk matrix only once the propagated labels are the target
+            cams, walk, grid = self.cams_with_walk(images, classes, with_walk=propagating)
             labels, propagated = self.refined_labels(
-                images01, cams, classes, box, (walk, grid) if propagating else None
+                images01, cams, classes, box, None if walk is None else (walk, grid)
             )
             target = self._ground_truth(batch) if self.options.labels.target == "mask" else labels
             if propagated is not None:
@@ -343,6 +349,7 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
         classes = self._classes(batch)
         cfg = self.options.labels
         cams, walk, grid = self.cams_with_walk(images, classes)
+        assert walk is not None
         self._val_metric("cam").update(cam_labels_eval(cams, None, cfg.background, classes=classes), masks)
         self._val_metric("aff_cam").update(
             propagated_cam_labels(cams, classes, walk, grid, cfg.background), masks
