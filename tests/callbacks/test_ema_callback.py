@@ -113,6 +113,17 @@ def test_ramp_values_and_no_update_during_warmup(tmp_path: Path) -> None:
     assert not model.teacher.training and all(p.grad is None for p in model.teacher.parameters())
 
 
+def test_daformer_ramp_starts_at_one_half(tmp_path: Path) -> None:
+    # DAFormer: the teacher is the initial student, the first update (after step 0) averages with 0.5
+    ema = EMATeacherCallback(decay=0.999, warmup_steps=0, copy_at_warmup_end=False, ramp_offset=1)
+    _, rows, initial = run(tmp_path, ema, max_steps=4)
+    expected = [0.5, 2 / 3, 0.75, 0.8]
+    assert [r["decay"] for r in rows] == pytest.approx(expected)
+    check_against_reference(rows, initial, expected)
+    with pytest.raises(ValueError, match="ramp_offset"):
+        EMATeacherCallback(ramp_offset=-1)
+
+
 def test_constant_decay_without_ramp(tmp_path: Path) -> None:
     _, rows, initial = run(
         tmp_path, EMATeacherCallback(decay=0.8, ramp=False, copy_at_warmup_end=False), max_steps=3

@@ -26,7 +26,7 @@ class EMATeacherCallback(Callback):
     * ``W <= i < W + C`` — the teacher is set equal to the student (logged decay 0); it is also set equal
       before the first step after the warm-up, so the first pseudo-labels come from the current student.
     * ``i >= W + C`` — EMA with decay ``min(1 - 1/(k+1), decay)`` (``ramp=True``) or ``decay``, where
-      ``k = i - W``.
+      ``k = i - W + ramp_offset``.
 
     This reproduces U2PL's released code (``train_semi.py``): ``warmup_epochs=1`` (``sup_only_epoch``
     falls back to 1 when absent, VOC configs), ``decay=0.99``, ramp on, and ``copy_at_warmup_end=True``:
@@ -54,6 +54,10 @@ class EMATeacherCallback(Callback):
         copy_at_warmup_end: keep the teacher equal to the student for ``copy_steps`` steps after the warm-up
             (U2PL code behaviour, ``train_semi.py``; default).
         copy_steps: length of the copy phase; ``None`` = one training epoch of optimizer steps (U2PL).
+        ramp_offset: added to ``k``. DAFormer (``mmseg/models/uda/dacs.py``) copies the student into the
+            teacher before its first step and averages with ``min(1 - 1/(t+1), alpha)`` from iteration t = 1
+            on, i.e. after optimizer step i with ``k = i + 1`` (first decay 0.5): ``ramp_offset=1``. U2PL and
+            Seminar count from 0 (the first update is a copy).
         copy_buffers_at_warmup_end: at the end of the warm-up, before the first teacher forward, copy the
             student's parameters AND buffers (BN running statistics) into the teacher. Off in the reference:
             there the teacher keeps its own statistics, gathered during the warm-up by train-mode forwards of
@@ -72,8 +76,12 @@ class EMATeacherCallback(Callback):
         copy_at_warmup_end: bool = True,
         copy_steps: int | None = None,
         copy_buffers_at_warmup_end: bool = False,
+        ramp_offset: int = 0,
     ) -> None:
         super().__init__()
+        if ramp_offset < 0:
+            raise ValueError(f"EMATeacherCallback.ramp_offset must be >= 0, got {ramp_offset}")
+        self.ramp_offset = ramp_offset
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMATeacherCallback.decay must be in [0, 1], got {decay}")
         if warmup_steps < 0:
@@ -170,7 +178,9 @@ class EMATeacherCallback(Callback):
             return 1.0
         if step_index < warmup + copy:
             return 0.0
-        return ema_decay_ramp(step_index - warmup, self.decay) if self.ramp else self.decay
+        if not self.ramp:
+            return self.decay
+        return ema_decay_ramp(step_index - warmup + self.ramp_offset, self.decay)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
