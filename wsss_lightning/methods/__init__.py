@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from wsss_lightning.methods.afa import AFALabelConfig, AFALossWeights, AFAModule, AFAPhaseConfig
     from wsss_lightning.methods.base import SegmentationMethod
+    from wsss_lightning.methods.daformer import DAFormerModule, FeatureDistanceConfig, SelfTrainingConfig
     from wsss_lightning.methods.dupl import (
         CAMConfig,
         DuPLModule,
@@ -37,8 +38,10 @@ if TYPE_CHECKING:
     from wsss_lightning.methods.supervised import SupervisedModule
     from wsss_lightning.methods.u2pl import (
         ContrastiveConfig,
+        DomainContrastiveConfig,
         SupervisedLossConfig,
         TeacherConfig,
+        U2PLDomainModule,
         U2PLModule,
         U2PLWeakModule,
         UnsupervisedConfig,
@@ -52,6 +55,9 @@ _LAZY = {
     "AFAModule": "wsss_lightning.methods.afa",
     "AFAPhaseConfig": "wsss_lightning.methods.afa",
     "SegmentationMethod": "wsss_lightning.methods.base",
+    "DAFormerModule": "wsss_lightning.methods.daformer",
+    "FeatureDistanceConfig": "wsss_lightning.methods.daformer",
+    "SelfTrainingConfig": "wsss_lightning.methods.daformer",
     "CAMConfig": "wsss_lightning.methods.dupl",
     "DuPLModule": "wsss_lightning.methods.dupl",
     "LossWeights": "wsss_lightning.methods.dupl",
@@ -72,6 +78,8 @@ _LAZY = {
     "SeminarModule": "wsss_lightning.methods.seminar",
     "SupervisedModule": "wsss_lightning.methods.supervised",
     "ContrastiveConfig": "wsss_lightning.methods.u2pl",
+    "DomainContrastiveConfig": "wsss_lightning.methods.u2pl",
+    "U2PLDomainModule": "wsss_lightning.methods.u2pl",
     "SupervisedLossConfig": "wsss_lightning.methods.u2pl",
     "TeacherConfig": "wsss_lightning.methods.u2pl",
     "U2PLModule": "wsss_lightning.methods.u2pl",
@@ -89,8 +97,11 @@ __all__ = [
     "CRFConfig",
     "ConsistencyConfig",
     "ContrastiveConfig",
+    "DAFormerModule",
     "DenseCRFLossConfig",
+    "DomainContrastiveConfig",
     "DuPLModule",
+    "FeatureDistanceConfig",
     "InferenceConfig",
     "LossWeights",
     "NoiseFilterConfig",
@@ -102,12 +113,14 @@ __all__ = [
     "PhaseConfig",
     "PseudoLabelConfig",
     "SegmentationMethod",
+    "SelfTrainingConfig",
     "SeminarModule",
     "StrongViewConfig",
     "SupervisedLossConfig",
     "SupervisedModule",
     "TeacherConfig",
     "ThresholdConfig",
+    "U2PLDomainModule",
     "U2PLModule",
     "U2PLWeakModule",
     "UnsupervisedConfig",

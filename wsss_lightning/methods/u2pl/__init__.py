@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsss_lightning.methods.u2pl.options import (
     ContrastiveConfig,
+    DomainContrastiveConfig,
     SupervisedLossConfig,
     TeacherConfig,
     UnsupervisedConfig,
@@ -18,13 +19,16 @@ from wsss_lightning.methods.u2pl.options import (
 )
 
 if TYPE_CHECKING:
+    from wsss_lightning.methods.u2pl.domain_module import U2PLDomainModule
     from wsss_lightning.methods.u2pl.module import U2PLModule
     from wsss_lightning.methods.u2pl.weak_module import U2PLWeakModule
 
 __all__ = [
     "ContrastiveConfig",
+    "DomainContrastiveConfig",
     "SupervisedLossConfig",
     "TeacherConfig",
+    "U2PLDomainModule",
     "U2PLModule",
     "U2PLWeakModule",
     "UnsupervisedConfig",
@@ -32,7 +36,7 @@ __all__ = [
 ]
 
 #: lazily imported modules: public name -> submodule
-_LAZY = {"U2PLModule": "module", "U2PLWeakModule": "weak_module"}
+_LAZY = {"U2PLModule": "module", "U2PLWeakModule": "weak_module", "U2PLDomainModule": "domain_module"}
 
 
 def __getattr__(name: str) -> Any:

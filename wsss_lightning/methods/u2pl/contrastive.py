@@ -96,6 +96,7 @@ def u2pl_negative_mask(
     delta_n: float = 1.0,
     negative_rule: Literal["paper", "code"] = "paper",
     ignore_index: int = 255,
+    labeled_negatives: bool = True,
 ) -> Tensor:
     """Which pixel is a negative key of which class (U2PL+ Eq. 25-28; ``compute_contra_memobank_loss``).
 
@@ -119,6 +120,8 @@ def u2pl_negative_mask(
         delta_n: negatives need ``p(c) < delta_n``.
         negative_rule: ``"paper"`` or ``"code"``.
         ignore_index: label of unlabelled pixels.
+        labeled_negatives: False: no labelled pixel is a negative (the domain-adaptive setting's default,
+            where the negatives are the target's unreliable pixels).
 
     Returns:
         ``(B_l + B_u, C, h, w)`` bool.
@@ -142,6 +145,8 @@ def u2pl_negative_mask(
         raise ValueError(
             f"u2pl_negative_mask: negative_rule must be 'paper' or 'code', got {negative_rule!r}"
         )
+    if not labeled_negatives:
+        neg_l = torch.zeros_like(neg_l)
     return torch.cat([neg_l, neg_u], dim=0)
 
 
@@ -434,6 +439,7 @@ def u2pl_contrastive_loss(
             options.delta_n,
             options.negative_rule,
             ignore_index,
+            options.labeled_negatives,
         )
     return _contrastive_from_masks(
         rep,
