@@ -10,6 +10,34 @@ from torch import Tensor, nn
 from wsss_lightning.models.resize import resize
 
 
+def stage_embeddings(in_channels: Sequence[int], embed_dim: int) -> nn.ModuleList:
+    """One linear embedding per stage (a 1×1 convolution with bias, no norm, no activation).
+
+    SegFormer's ``MLP`` (a per-token ``nn.Linear``) and DAFormer's ``mlp`` embedding are this map on token
+    sequences; a 1×1 convolution applies it to (B, C, H, W) maps directly.
+    """
+    return nn.ModuleList(nn.Conv2d(c, embed_dim, kernel_size=1) for c in in_channels)
+
+
+def embed_at_first_stage(embeddings: nn.ModuleList, features: Sequence[Tensor]) -> list[Tensor]:
+    """Embed each stage map and resize it (bilinear, ``align_corners=False``) to the first stage's size.
+
+    Args:
+        embeddings: one module per stage (:func:`stage_embeddings`).
+        features: the stage maps (B, C_i, H_i, W_i), shallowest first, as many as ``embeddings``.
+
+    Returns:
+        The embedded maps (B, E, H_1, W_1), shallowest first.
+
+    Raises:
+        ValueError: the number of maps differs from the number of embeddings.
+    """
+    if len(features) != len(embeddings):
+        raise ValueError(f"features: expected {len(embeddings)} stage maps, got {len(features)}")
+    size = features[0].shape[-2:]
+    return [resize(embed(f), size) for embed, f in zip(embeddings, features, strict=True)]
+
+
 class SegFormerHead(nn.Module):
     """All-MLP decoder over the 4 stage maps of a hierarchical encoder (MiT).
 
@@ -40,7 +68,7 @@ class SegFormerHead(nn.Module):
             raise ValueError(f"num_classes and embed_dim must be positive, got {num_classes} and {embed_dim}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: expected a rate in [0, 1), got {dropout}")
-        self.projections = nn.ModuleList(nn.Conv2d(c, embed_dim, kernel_size=1) for c in in_channels)
+        self.projections = stage_embeddings(in_channels, embed_dim)
         self.fuse = nn.Sequential(
             nn.Conv2d(4 * embed_dim, embed_dim, kernel_size=1, bias=False),
             nn.BatchNorm2d(embed_dim),
@@ -59,9 +87,6 @@ class SegFormerHead(nn.Module):
             ``(logits, fused)``: class logits (B, num_classes, H_1, W_1) and the fused features
             (B, embed_dim, H_1, W_1) before dropout (e.g. the input of a representation head).
         """
-        if len(features) != len(self.projections):
-            raise ValueError(f"features: expected 4 stage maps, got {len(features)}")
-        size = features[0].shape[-2:]
-        projected = [resize(proj(f), size) for proj, f in zip(self.projections, features, strict=True)]
+        projected = embed_at_first_stage(self.projections, features)
         fused = self.fuse(torch.cat(projected[::-1], dim=1))
         return self.classifier(self.dropout(fused)), fused
