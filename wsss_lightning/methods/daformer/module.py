@@ -20,6 +20,7 @@ The student is evaluated (DAFormer's convention; ``evaluate: teacher`` as an opt
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
@@ -39,7 +40,7 @@ from wsss_lightning.methods.daformer.options import FeatureDistanceConfig, SelfT
 from wsss_lightning.methods.daformer.pseudo_labels import pseudo_label_weights, weighted_ce
 from wsss_lightning.methods.daformer.strong_augment import strong_augment
 from wsss_lightning.metrics import pseudo_label_accuracy
-from wsss_lightning.models.daformer import DAFormerNetwork
+from wsss_lightning.models.daformer import DAFormerNetwork, regularisation_off
 from wsss_lightning.models.resize import resize
 from wsss_lightning.teachers import EMATeacher, FrozenNetwork
 
@@ -130,7 +131,7 @@ class DAFormerModule(SegmentationMethod):
         # the initial (ImageNet) encoder, frozen: the reference point of the feature distance
         self.imagenet: FrozenNetwork | None = None
         if self.uses_feature_distance:
-            self.imagenet = FrozenNetwork(DAFormerNetwork.frozen_encoder(self.student))
+            self.imagenet = FrozenNetwork(copy.deepcopy(self.student.encoder))
 
     @override
     def method_callbacks(self) -> list[L.Callback]:
@@ -171,7 +172,7 @@ class DAFormerModule(SegmentationMethod):
         if self.imagenet is not None:
             fd = self.options.feature_distance
             with torch.no_grad():
-                reference = self.imagenet(images)
+                reference = self.imagenet(images).features[-1]
             losses["train/loss_feature_distance"] = fd.weight * feature_distance_loss(
                 out["bottleneck"],
                 reference,
@@ -188,7 +189,7 @@ class DAFormerModule(SegmentationMethod):
         """The teacher in train mode (BN on batch statistics, as released) with its regularisation as set."""
         with torch.no_grad(), self.teacher.train_mode():
             if self.options.self_training.teacher_regularisation == "off":
-                with DAFormerNetwork.regularisation_off(self.teacher):
+                with regularisation_off(self.teacher):
                     yield self.teacher
             else:
                 yield self.teacher
