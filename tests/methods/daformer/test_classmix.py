@@ -140,7 +140,9 @@ def test_masks_match_numpy_draw_with_the_same_scores(per_image: bool) -> None:
     labels = _labels(5)
     b, c = labels.shape[0], 5
     scores = torch.rand((b, c + 1), generator=torch.Generator().manual_seed(11)).numpy()
-    mask = class_mix_masks(labels, c, generator=torch.Generator().manual_seed(11), per_image=per_image).numpy()
+    mask = class_mix_masks(
+        labels, c, generator=torch.Generator().manual_seed(11), per_image=per_image
+    ).numpy()
     lab = labels.numpy()
     batch = sorted(set(np.unique(lab).tolist()))
     for i in range(b):
@@ -153,3 +155,23 @@ def test_masks_match_numpy_draw_with_the_same_scores(per_image: bool) -> None:
             for x in range(lab.shape[2]):
                 expected[y, x] = lab[i, y, x] in chosen
         np.testing.assert_array_equal(mask[i], expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to observe host syncs")
+@pytest.mark.parametrize("per_image", [True, False])
+def test_cuda_matches_cpu_without_host_sync(per_image: bool) -> None:
+    labels = _labels(2)
+    expected = class_mix_masks(labels, 5, generator=torch.Generator().manual_seed(1), per_image=per_image)
+    cuda_labels = labels.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mask = class_mix_masks(
+            cuda_labels, 5, generator=torch.Generator().manual_seed(1), per_image=per_image
+        )
+        mixed = mix(mask, cuda_labels, torch.zeros_like(cuda_labels))
+        class_mix_masks(cuda_labels, 5, generator=torch.Generator("cuda").manual_seed(1), per_image=per_image)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(mask.cpu(), expected)
+    assert torch.equal(mixed.cpu(), torch.where(expected, labels, 0))

@@ -66,7 +66,9 @@ def test_color_jitter_matches_numpy(strength: float) -> None:
 def test_color_jitter_extreme_pixels() -> None:
     """Black, white and grey pixels (zero saturation / value) go through the HSV round trip unharmed."""
     pixels = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [1.0, 0.0, 0.0]]).T
-    images = ((pixels.view(1, 3, 1, 4) - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    images = (pixels.view(1, 3, 1, 4) - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(
+        1, 3, 1, 1
+    )
     out = color_jitter(images, MEAN, STD, p=1.0, generator=torch.Generator().manual_seed(0))
     u = torch.rand((1, 5), generator=torch.Generator().manual_seed(0)).double().numpy()
     expected = _jitter_numpy(images.double().numpy(), u, 0.2, 1.0)
@@ -166,3 +168,19 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="sigma_range"):
         gaussian_blur(images, sigma_range=(0.0, 1.0))
     assert math.isfinite(float(gaussian_blur(images).sum()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to observe host syncs")
+def test_cuda_matches_cpu_without_host_sync() -> None:
+    images = _images(7, h=40, w=56)  # float64: no TF32 in the CUDA convolution
+    expected = strong_augment(images, MEAN, STD, generator=torch.Generator().manual_seed(5))
+    cuda_images = images.cuda()
+    mean, std = torch.tensor(MEAN).cuda(), torch.tensor(STD).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = strong_augment(cuda_images, MEAN, STD, generator=torch.Generator().manual_seed(5))
+        strong_augment(cuda_images.half(), mean, std, generator=torch.Generator("cuda").manual_seed(5))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    np.testing.assert_allclose(out.cpu().numpy(), expected.numpy(), atol=1e-9)

@@ -105,11 +105,15 @@ def feature_distance_loss(
         raise ValueError(
             f"feature_distance_loss: thing_classes must lie in [0, {num_classes}), got {list(thing_classes)}"
         )
-    cells = downscale_label_ratio(labels, tuple(student.shape[-2:]), num_classes, min_ratio, ignore_index)
+    cells = downscale_label_ratio(
+        labels, (student.shape[-2], student.shape[-1]), num_classes, min_ratio, ignore_index
+    )
     is_thing = torch.zeros(num_classes + 1, dtype=torch.bool, device=labels.device)
-    is_thing[list(thing_classes)] = True
+    things = torch.tensor(list(thing_classes), dtype=torch.long).to(labels.device, non_blocking=True)
+    is_thing[things] = True
     mask = is_thing[torch.where(cells == ignore_index, num_classes, cells)]
     distance = torch.linalg.vector_norm(student - imagenet.detach(), dim=1)
     total = (distance * mask.to(distance.dtype)).sum()
     count = mask.sum().clamp_min(1).to(distance.dtype)
-    return total / count
+    loss: Tensor = total / count
+    return loss

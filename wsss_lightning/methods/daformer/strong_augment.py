@@ -68,14 +68,16 @@ def _hsv_to_rgb(hsv: Tensor) -> Tensor:
     """Inverse of :func:`_rgb_to_hsv` (hue taken modulo one turn)."""
     hue, saturation, value = hsv.unbind(dim=1)
     # the usual piecewise-linear form: channel n is v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6
-    offsets = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(1, 3, 1, 1)
+    # offsets 5, 3, 1 for R, G, B, made on the device (a host tensor copy would synchronise)
+    offsets = (5.0 - 2.0 * torch.arange(3, dtype=hsv.dtype, device=hsv.device)).view(1, 3, 1, 1)
     k = torch.remainder(offsets + 6.0 * hue.unsqueeze(1), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
     return value.unsqueeze(1) * (1.0 - saturation.unsqueeze(1) * ramp)
 
 
 def _as_channels(values: Sequence[float] | Tensor, like: Tensor, name: str) -> Tensor:
-    out = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    # host values travel with a non-blocking copy: no synchronisation on accelerators
+    out = torch.as_tensor(values, dtype=like.dtype).to(like.device, non_blocking=True)
     if out.numel() != 3:
         raise ValueError(f"color_jitter: {name} must hold 3 values (one per channel), got {out.numel()}")
     return out.view(1, 3, 1, 1)
