@@ -27,7 +27,7 @@ def class_mix_masks(
 ) -> Tensor:
     """ClassMix masks: the pixels of ``ceil(n / 2)`` classes drawn among the ``n`` classes of each source image.
 
-    DACS (Tranheden et al., WACV 2021, Sec. 3.2, "ClassMix"): "half of the classes" of the source image are
+    DACS (Tranheden et al., WACV 2021, Sec. 3, the ClassMix-based mixing): "half of the classes" of the source image are
     chosen, without replacement, and their pixels are pasted. Reference: lhoyer/DAFormer,
     ``mmseg/models/utils/dacs_transforms.py`` (``get_class_masks`` / ``generate_class_mask``), called from
     ``mmseg/models/uda/dacs.py``.
@@ -81,7 +81,7 @@ def class_mix_masks(
 def mix(mask: Tensor, source: Tensor, target: Tensor) -> Tensor:
     """Take ``source`` where ``mask`` is set and ``target`` elsewhere: images, labels and weights alike.
 
-    DACS (Tranheden et al., WACV 2021, Eq. 1-2): ``x_M = M * x_S + (1 - M) * x_T`` and the same for the labels;
+    DACS (Tranheden et al., WACV 2021, Sec. 3, the mixed image and label): ``x_M = M * x_S + (1 - M) * x_T`` and the same for the labels;
     DAFormer (lhoyer/DAFormer ``mmseg/models/utils/dacs_transforms.py``, ``one_mix``; ``mmseg/models/uda/dacs.py``)
     mixes the source ground truth with the pseudo-labels and the source pixel weight 1 with the pseudo-label
     weight using the same mask. ``torch.where`` keeps the dtype (the reference's arithmetic blend turns int64

@@ -20,7 +20,7 @@ def downscale_label_ratio(
 ) -> Tensor:
     """Downscale labels by blocks: a cell keeps its block's majority label if it covers ``>= min_ratio``.
 
-    DAFormer (Hoyer et al., CVPR 2022, Sec. 3.4, Eq. 7: the thing-class mask at feature resolution);
+    DAFormer (Hoyer et al., CVPR 2022, Sec. 3.4: the thing-class mask at feature resolution);
     reference: lhoyer/DAFormer ``mmseg/utils/utils.py`` (``downscale_label_ratio``). As there, the ignore label
     is one more class of the vote (a block mostly unlabelled stays ignored), the vote is a one-hot average over
     ``(H / h) x (W / w)`` blocks, and for ``min_ratio <= 0.5`` a tie goes to the smaller class index (ignore
@@ -70,7 +70,7 @@ def feature_distance_loss(
 ) -> Tensor:
     """Mean L2 distance between student and ImageNet features over the cells of thing classes.
 
-    DAFormer (Hoyer et al., CVPR 2022, Sec. 3.4, Eq. 6-7; weighted by ``lambda_FD`` outside this function);
+    DAFormer (Hoyer et al., CVPR 2022, Sec. 3.4, thing-class ImageNet feature distance; weighted by ``lambda_FD`` outside this function);
     reference: lhoyer/DAFormer ``mmseg/models/uda/dacs.py`` (``calc_feat_dist``, ``masked_feat_dist``) on the
     last encoder stage. The per-cell distance is ``||f_student - f_imagenet||_2`` over channels; the mask is
     :func:`downscale_label_ratio` of the source labels at the features' size, restricted to ``thing_classes``.

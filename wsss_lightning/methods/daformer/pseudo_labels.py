@@ -18,8 +18,8 @@ def pseudo_label_weights(
 ) -> tuple[Tensor, Tensor]:
     """Hard pseudo-labels and their quality weight (DACS / DAFormer).
 
-    DACS (Tranheden et al., WACV 2021, Sec. 3.3) weights the target loss by the proportion of pixels whose
-    confidence exceeds a threshold; DAFormer (Hoyer et al., CVPR 2022, Sec. 3.5 and its supplementary) uses
+    DACS (Tranheden et al., WACV 2021, Sec. 3) weights the target loss by the proportion of pixels whose
+    confidence exceeds a threshold; DAFormer (Hoyer et al., CVPR 2022, Sec. 3.1, self-training with the quality estimate ``q_T``; Sec. 4.1) uses
     ``tau = 0.968`` and zeroes the weight on the top 15 and bottom 120 rows of Cityscapes crops (rectification
     artefacts and the ego car). Reference: lhoyer/DAFormer ``mmseg/models/uda/dacs.py`` (``forward_train``).
 
@@ -61,7 +61,7 @@ def pseudo_label_weights(
 def weighted_ce(logits: Tensor, labels: Tensor, weight: Tensor, ignore_index: int = 255) -> Tensor:
     """Pixel-weighted cross-entropy averaged over all pixels, ignored and zero-weight ones included.
 
-    DAFormer (Hoyer et al., CVPR 2022, Eq. 3-4: ``q_T`` times the target cross-entropy); reference:
+    DAFormer (Hoyer et al., CVPR 2022, Sec. 3.1: ``q_T`` times the target cross-entropy); reference:
     lhoyer/DAFormer ``mmseg/models/losses/cross_entropy_loss.py`` and ``mmseg/models/losses/utils.py``
     (``weight_reduce_loss``): the per-pixel loss (0 at ``ignore_index``) is multiplied by ``seg_weight`` and,
     with ``reduction='mean'`` and ``avg_factor=None``, divided by the number of all ``B * H * W`` elements.

@@ -94,7 +94,7 @@ def color_jitter(
 ) -> Tensor:
     """DACS colour jitter with kornia 0.5's ``ColorJitter(s, s, s, s)`` semantics, batched.
 
-    DACS (Tranheden et al., WACV 2021, Sec. 4.1: colour jittering and Gaussian blurring of the mixed images);
+    DACS (Tranheden et al., WACV 2021, implementation details: colour jittering and Gaussian blurring of the mixed images);
     DAFormer (Hoyer et al., CVPR 2022, Sec. 4.1: strength 0.2). Reference: lhoyer/DAFormer
     ``mmseg/models/utils/dacs_transforms.py`` (``color_jitter``); its config's ``color_jitter_probability: 0.2``
     is a threshold (``u > 0.2`` applies the jitter), i.e. the jitter is applied with probability 0.8 = ``p``.
@@ -174,7 +174,7 @@ def gaussian_blur(
 ) -> Tensor:
     """DACS Gaussian blur with a random sigma per image, as one grouped separable convolution.
 
-    DACS (Tranheden et al., WACV 2021, Sec. 4.1); reference: lhoyer/DAFormer
+    DACS (Tranheden et al., WACV 2021, implementation details); reference: lhoyer/DAFormer
     ``mmseg/models/utils/dacs_transforms.py`` (``gaussian_blur``: applied when ``u > 0.5``, i.e. ``p = 0.5``,
     ``sigma ~ U(0.15, 1.15)``, kornia ``GaussianBlur2d`` with reflect borders). The kernel is ``ky x kx`` with
     ``ky = blur_kernel_size(H)`` and ``kx = blur_kernel_size(W)`` as in the reference (both axes use the same
