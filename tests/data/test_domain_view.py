@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from wsss_lightning.data import DatasetSource, DomainView, LoaderOptions, TransformOptions, WSSSDataModule
@@ -134,7 +135,11 @@ def test_rare_class_sampling_is_keyed_and_resumable(roots: tuple[Path, Path]) ->
     assert other._train_sets is not None
     for key in keys:  # two datasets, the same keys: the same samples
         a, b = src[key], other._train_sets["source"][key]
-        assert a["name"] == b["name"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+        assert (
+            a["name"] == b["name"]
+            and torch.equal(a["image"], b["image"])
+            and torch.equal(a["mask"], b["mask"])
+        )
     names = {src[key]["name"] for key in keys}
     pooled = {stats.ids[row] for pool in sampler.pools for row in pool}
     assert names <= pooled and len(names) > 1
@@ -150,7 +155,7 @@ def test_rare_class_sampling_is_keyed_and_resumable(roots: tuple[Path, Path]) ->
 def test_rare_class_sampling_with_an_explicit_stats_file(roots: tuple[Path, Path], tmp_path: Path) -> None:
     gta, city = roots
     dm = _rcs_dm(gta, city, stats_file=str(tmp_path / "nowhere.npz"))
-    with pytest.raises(FileNotFoundError, match="nowhere.npz does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.npz does not exist"):
         dm.prepare_data()
     with pytest.raises(ValueError, match=r"min_pixels=100000"):
         make_dm(gta, city, rare_class_sampling=RareClassSampling(min_pixels=100000)).setup("fit")
@@ -183,7 +188,9 @@ def test_wrong_layout_names_the_root_and_layout(roots: tuple[Path, Path], tmp_pa
         Image.new("RGB", (8, 8)).save(image)
         dm = make_dm(gta, broken, keep_target_masks=True)
         name = "gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png"
-    with pytest.raises(DataError, match=rf"listed by .* under {broken} (is|are) missing:\n  {broken}/{name}") as err:
+    with pytest.raises(
+        DataError, match=rf"listed by .* under {broken} (is|are) missing:\n  {broken}/{name}"
+    ) as err:
         dm.setup("fit")
     assert f"expected layout:\n{expected_layout(side)}" in str(err.value)
 
@@ -199,3 +206,26 @@ def test_gta5_label_of_another_size_is_named(tmp_path: Path) -> None:
     message = rf"image {image} is {HW[0]}x{HW[1]} \(HxW\) but mask {label} is {HW[0] + 2}x{HW[1] + 6}"
     with pytest.raises(DataError, match=message):
         source.read_sample(source.ids[0])
+
+
+def test_options_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """``wsss fit`` parses the new options into the view (dataclass group, (width, height) lists)."""
+    from wsss_lightning.cli import run_cli
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "supervised" / "synthetic_voc.yaml"
+    args = [
+        "--data.source.name=gta5",
+        "--data.source.val_split=null",
+        "--data.view=wsss_lightning.data.DomainView",
+        "--data.view.target.name=cityscapes",
+        "--data.view.target.root=/cityscapes",
+        "--data.view.source_resize=[1280, 720]",
+        "--data.view.rare_class_sampling.temperature=0.02",
+    ]
+    with pytest.raises(SystemExit) as exc:
+        run_cli(["fit", "--config", str(config), *args, "--print_config"])
+    assert exc.value.code == 0
+    view = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["view"]["init_args"]
+    assert view["source_resize"] == [1280, 720] and view["target_resize"] is None
+    assert view["rare_class_sampling"]["temperature"] == 0.02
+    assert view["rare_class_sampling"]["min_pixels"] == 3000

@@ -63,12 +63,20 @@ def test_draws_are_keyed_and_follow_p() -> None:
     chi2 = float(((observed - expected) ** 2 / expected).sum())
     assert chi2 < 13.8  # 2 degrees of freedom, p = 0.001
     rows_of_class0 = np.array([row for c, row in draws if c == 0])
-    assert np.bincount(rows_of_class0, minlength=3).min() > len(rows_of_class0) / 3 * 0.8  # uniform over the pool
+    assert (
+        np.bincount(rows_of_class0, minlength=3).min() > len(rows_of_class0) / 3 * 0.8
+    )  # uniform over the pool
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("temperature", 0), ("min_pixels", -1), ("min_pixels", 1.5), ("min_crop_ratio", -0.1), ("max_redraws", -2)],
+    [
+        ("temperature", 0),
+        ("min_pixels", -1),
+        ("min_pixels", 1.5),
+        ("min_crop_ratio", -0.1),
+        ("max_redraws", -2),
+    ],
 )
 def test_options_are_validated(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=rf"RareClassSampling\.{field}: expected"):
@@ -188,7 +196,7 @@ def test_explicit_stats_file_must_match(gta: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="wsss-data class-stats"):
         resolve_class_stats(source, tmp_path / "missing.npz", tmp_path)
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="broken.npz cannot be read"):
+    with pytest.raises(ValueError, match=r"broken\.npz cannot be read"):
         resolve_class_stats(source, tmp_path / "broken.npz", tmp_path)
     shutil.rmtree(tmp_path / "gta5" / "labels")
     with pytest.raises(Exception, match="mask file"):
