@@ -240,6 +240,9 @@ def test_hyperparameters_are_plain_values(tmp_path: Path) -> None:
                        "test_split": None, "predict_split": None, "predict_images": None},
             "unlabeled_batch_size": None,
             "keep_target_masks": True,
+            "source_resize": None,
+            "target_resize": None,
+            "rare_class_sampling": None,
         },
     }  # fmt: skip
     torch.save(dict(dm.hparams), tmp_path / "hparams.pt")

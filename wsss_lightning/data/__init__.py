@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from wsss_lightning.data.datamodule import WSSSDataModule
     from wsss_lightning.data.datasets import SOURCES, DataError, SegmentationSource, build_source
     from wsss_lightning.data.options import LoaderOptions, TransformOptions
+    from wsss_lightning.data.rare_classes import RareClassSampling
     from wsss_lightning.data.source import DEFAULT_SPLITS, DatasetSource
     from wsss_lightning.data.views import ClickView, DomainView, FullView, SemiView, SupervisionView, TagsView
 
@@ -29,6 +30,7 @@ _LAZY = {
     "build_source": "datasets",
     "LoaderOptions": "options",
     "TransformOptions": "options",
+    "RareClassSampling": "rare_classes",
     "DEFAULT_SPLITS": "source",
     "DatasetSource": "source",
     "ClickView": "views",
@@ -50,6 +52,7 @@ __all__ = [
     "DomainView",
     "FullView",
     "LoaderOptions",
+    "RareClassSampling",
     "SegmentationSource",
     "SemiView",
     "SupervisionView",

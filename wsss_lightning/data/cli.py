@@ -12,6 +12,7 @@ Examples::
     wsss-data clicks-from-json --dataset voc --root data/VOC2012 --split train_aug \
         --clicks voc_whats_the_point.json voc_whats_the_point_bg_from_scribbles.json \
         --out data/VOC2012/SegmentationClicksWTP
+    wsss-data class-stats --dataset gta5 --root data/gta5 --split train
     wsss-data check --dataset voc --root data/VOC2012 --split val
 
 Every error prints one clear message to stderr and exits with status 2.
@@ -29,6 +30,7 @@ from pathlib import Path
 from wsss_lightning.data import prepare
 from wsss_lightning.data.datasets import SOURCES, build_source
 from wsss_lightning.data.datasets.base import DataError
+from wsss_lightning.data.rare_classes import compute_class_stats, default_stats_path, save_class_stats
 from wsss_lightning.data.source import DEFAULT_SPLITS
 from wsss_lightning.data.supervision import read_id_list
 from wsss_lightning.data.synthetic import LAYOUTS, generate
@@ -151,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="count ids without an image in the dataset instead of failing",
     )
 
+    p = sub.add_parser(
+        "class-stats",
+        help="per-image class pixel counts of a split, for rare-class sampling",
+        description=(
+            "Count the pixels of every class in every label map of a split (as stored, before any resize) and "
+            "write <root>/class_stats_<split>.npz (ids, counts (N, C), num_classes, version, newest label "
+            "time), the file DomainView's rare_class_sampling reads."
+        ),
+    )
+    _add_source_args(p)
+    p.add_argument(
+        "--out", type=Path, default=None, help="output file (default: <root>/class_stats_<split>.npz)"
+    )
+    p.add_argument("--workers", type=int, default=0, help="threads reading label maps (default: 0)")
+
     p = sub.add_parser("check", help="read every sample of a split and report errors")
     _add_source_args(p)
     p.add_argument("--max-errors", type=int, default=20, help="errors printed in full")
@@ -237,6 +254,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {n} click files to {args.out}")
     elif command == "clicks-from-json":
         _clicks_from_json(args)
+    elif command == "class-stats":
+        stats = compute_class_stats(build_source(args.dataset, args.root, args.split), args.workers)
+        path = save_class_stats(args.out or default_stats_path(args.root, args.split), stats)
+        present = int((stats.counts.sum(axis=0) > 0).sum())
+        print(f"wrote class statistics of {len(stats.ids)} images ({present} classes present) to {path}")
     elif command == "check":
         return _check(args)
     return 0

@@ -84,6 +84,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from wsss_lightning.data.classes import DatasetInfo, get_dataset_info, train_id_to_label_id
@@ -92,6 +93,7 @@ from wsss_lightning.data.datasets.base import SegmentationSource, parse_list_lin
 from wsss_lightning.data.datasets.image_folder import ImageFolderSource
 from wsss_lightning.data.datasets.mask_folder import MaskFolderSource
 from wsss_lightning.data.options import LoaderOptions, TransformOptions
+from wsss_lightning.data.rare_classes import ClassStats, RareClassSampler, resolve_class_stats
 from wsss_lightning.data.source import DEFAULT_SPLITS, DatasetName, DatasetSource
 from wsss_lightning.data.supervision import build_tags, load_tags, make_semi_split, write_id_list
 from wsss_lightning.data.torch_datasets import (
@@ -404,6 +406,8 @@ class WSSSDataModule(L.LightningDataModule):
             self._cached_tags(self._train_source())
         if isinstance(view, SemiView) and view.labeled_fraction is not None:
             self._partition(self._train_source(), write=True)
+        if isinstance(view, DomainView) and view.rare_class_sampling is not None:
+            self._class_stats(self._train_source())
 
     def setup(self, stage: str | None = None) -> None:
         """Build the torch datasets needed for ``stage`` (None: all)."""
@@ -528,8 +532,18 @@ class WSSSDataModule(L.LightningDataModule):
         assert self.target is not None and self.target.train_split is not None
         target_source = build_source(self.target.name, self.eval_root, self.target.train_split)
         target_source.check_files(masks=view.keep_target_masks)
-        src = TrainSegDataset(source, tf, with_mask=True, tags=self._tags_for(source))
-        tgt = TrainSegDataset(target_source, tf, with_mask=view.keep_target_masks)
+        rare = None
+        if view.rare_class_sampling is not None:
+            rare = RareClassSampler(self._class_stats(source).counts, view.rare_class_sampling)
+        src = TrainSegDataset(
+            source,
+            tf,
+            with_mask=True,
+            tags=self._tags_for(source),
+            resize=view.source_resize,
+            rare_classes=rare,
+        )
+        tgt = TrainSegDataset(target_source, tf, with_mask=view.keep_target_masks, resize=view.target_resize)
         self._check_size("source", src, self.batch_size)
         self._check_size("target", tgt, self.unlabeled_batch_size)
         return {"source": src, "target": tgt}
@@ -579,6 +593,18 @@ class WSSSDataModule(L.LightningDataModule):
 
         _atomic_write_bytes(path, save)
         return tags
+
+    def _class_stats(self, source: SegmentationSource) -> ClassStats:
+        """Per-image class pixel counts of the source training split, for rare-class sampling."""
+        assert isinstance(self.view, DomainView) and self.view.rare_class_sampling is not None
+        stats_file = self.view.rare_class_sampling.stats_file
+        return resolve_class_stats(
+            source,
+            None if stats_file is None else self._resolve(stats_file),
+            self.cache_path,
+            num_workers=min(self.loader.num_workers, os.cpu_count() or 1),
+            log=rank_zero_info,
+        )
 
     def _partition(self, source: SegmentationSource, write: bool) -> tuple[list[str], list[str]]:
         """Labeled / unlabeled ids of the semi view (validated list files, or a generated partition)."""

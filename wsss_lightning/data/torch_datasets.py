@@ -25,8 +25,9 @@ from wsss_lightning.data.datasets.base import (
     check_label_values,
     read_index_png,
 )
+from wsss_lightning.data.rare_classes import RareClassSampler
 from wsss_lightning.data.supervision import clicks_from_mask, tags_from_mask
-from wsss_lightning.data.transforms import EvalTransform, TrainTransform
+from wsss_lightning.data.transforms import EvalTransform, TrainTransform, resize_sample
 
 _SEED_HIGH = 2**31 - 1
 
@@ -200,6 +201,12 @@ class TrainSegDataset(Dataset[dict[str, Any]]):
         tags: ``"mask"`` = compute the image's tags from its full mask, an ``(N, C)`` array aligned with
             ``source.ids`` = look them up, None = no ``"tags"``.
         clicks: include ``"clicks"`` from this configuration (None = no clicks).
+        resize: ``(width, height)``: resize every image (bilinear) and mask (nearest) to exactly this size
+            before the transform (DAFormer's per-dataset ``img_scale``); None keeps the stored size. Tags are
+            taken from the stored mask.
+        rare_classes: draw each sample by rare-class sampling instead of by index: the sample's seed picks a
+            class and an image of ``source.ids`` (the index only keys the seed), and the crop is re-drawn until
+            it holds enough of the class (see :mod:`wsss_lightning.data.rare_classes`). Needs masks.
 
     Each item: ``image`` (3, h, w) float32, ``valid_box`` (4,) int64, ``name`` str, and as configured ``mask`` /
     ``clicks`` (h, w) int64 and ``tags`` (C,) float32.
@@ -214,15 +221,24 @@ class TrainSegDataset(Dataset[dict[str, Any]]):
         with_mask: bool = True,
         tags: Literal["mask"] | np.ndarray | None = None,
         clicks: ClickConfig | None = None,
+        resize: tuple[int, int] | None = None,
+        rare_classes: RareClassSampler | None = None,
     ) -> None:
+        if resize is not None and clicks is not None:
+            raise ValueError("resize: click maps are not resized; use resize without clicks")
         self.source = source
+        self.resize = resize
+        self.rare_classes = rare_classes
         self.transform = transform
         self.indices = list(range(len(source.ids))) if indices is None else list(indices)
         self.with_mask = with_mask
         self.tags = tags
         self.clicks = clicks
         self._needs_mask = (
-            with_mask or isinstance(tags, str) or (clicks is not None and clicks.clicks_dir is None)
+            with_mask
+            or isinstance(tags, str)
+            or (clicks is not None and clicks.clicks_dir is None)
+            or rare_classes is not None
         )
         if self._needs_mask and not source.has_masks:
             raise ValueError(f"{source!r} has no masks, but this supervision view needs them")
@@ -242,6 +258,17 @@ class TrainSegDataset(Dataset[dict[str, Any]]):
         else:
             index, seed = key[2], key_seed(key)
         position = self.indices[index]
+        required: dict[str, Any] = {}
+        if self.rare_classes is not None:
+            # the drawn class and image are a function of the sample's seed alone: a resumed run draws them again
+            required_class, position = self.rare_classes.draw(seed)
+            options = self.rare_classes.options
+            if options.min_crop_pixels > 0:  # DAFormer skips the re-draw when min_crop_ratio is 0
+                required = {
+                    "required_class": required_class,
+                    "min_class_pixels": options.min_crop_pixels,
+                    "max_redraws": options.max_redraws,
+                }
         sample_id = self.source.ids[position]
         if self._needs_mask:
             image, mask = self.source.read_sample(sample_id)
@@ -254,13 +281,19 @@ class TrainSegDataset(Dataset[dict[str, Any]]):
             if clicks is None:
                 assert mask is not None
                 clicks = self.clicks.simulate(sample_id, mask)
-        out = self.transform(image, mask if self.with_mask else None, clicks, seed=seed)
+        tags_mask = mask
+        if self.resize is not None:
+            image, mask = resize_sample(image, mask, self.resize)
+        crop_mask = mask if self.with_mask or required else None
+        out = self.transform(image, crop_mask, clicks, seed=seed, **required)
+        if not self.with_mask:
+            out.pop("mask", None)
         out["name"] = sample_id
         if isinstance(self.tags, np.ndarray):
             out["tags"] = torch.from_numpy(np.asarray(self.tags[position], dtype=np.float32))
         elif self.tags == "mask":
-            assert mask is not None
-            out["tags"] = torch.from_numpy(image_tags(mask, self.source.info))
+            assert tags_mask is not None
+            out["tags"] = torch.from_numpy(image_tags(tags_mask, self.source.info))
         return out
 
 

@@ -184,6 +184,39 @@ def warp_points(
     return rc, keep
 
 
+def resize_sample(
+    image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resize a whole image (bilinear) and its label map (nearest neighbour) to exactly ``size``.
+
+    DAFormer resizes GTA5 to 1280x720 and Cityscapes to 1024x512 before cropping (its ``Resize`` step in
+    lhoyer/DAFormer ``configs/_base_/datasets/uda_gta_to_cityscapes_512x512.py``, bilinear through mmcv, i.e.
+    ``cv2.INTER_LINEAR``); the same interpolation is used here so that training images match the reference.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        mask: Optional ``(H, W)`` uint8 label map.
+        size: ``(width, height)`` of the output, as DAFormer's ``img_scale``.
+
+    Returns:
+        ``(image, mask)`` of ``height x width``; the inputs themselves when they already have that size.
+    """
+    import cv2  # on first use only, as the augmentation libraries
+
+    width, height = size
+    if image.shape[:2] == (height, width):
+        return image, mask
+    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    if mask is not None:
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+def _redraw_seed(seed: int, redraw: int) -> int:
+    """Seed of the ``redraw``-th re-draw of a sample whose first draw used ``seed``."""
+    return int(np.random.SeedSequence([seed, redraw]).generate_state(1)[0]) % (2**31 - 1)
+
+
 def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     if isinstance(size, int):
         pair = (size, size)
@@ -352,6 +385,10 @@ class TrainTransform:
         mask: np.ndarray | None = None,
         clicks: np.ndarray | None = None,
         seed: int | None = None,
+        *,
+        required_class: int | None = None,
+        min_class_pixels: float = 0,
+        max_redraws: int = 0,
     ) -> dict[str, Any]:
         """Augment one sample.
 
@@ -360,6 +397,14 @@ class TrainTransform:
             mask: Optional ``(H, W)`` uint8 train-id map (255 = ignore).
             clicks: Optional ``(H, W)`` uint8 click map (class id at clicks, 255 elsewhere).
             seed: If given, reseed the pipeline first (makes the call reproducible).
+            required_class: If given (needs ``mask``), re-draw the augmentation while the crop holds at most
+                ``min_class_pixels`` pixels of this class, at most ``max_redraws`` times; the last draw is kept
+                unchecked. This is the crop re-draw of DAFormer's rare-class sampling (lhoyer/DAFormer
+                ``mmseg/datasets/uda_dataset.py``, ``get_rare_class_sample``), which re-runs the whole source
+                pipeline, so scale, crop, flip and colour are all drawn anew. Re-draw k is seeded from
+                ``(seed, k)``, so the result stays a function of ``seed``.
+            min_class_pixels: Pixels of ``required_class`` a crop must exceed to be kept.
+            max_redraws: Re-draws at most.
 
         Returns:
             ``{"image": (3, h, w) float32, "valid_box": (4,) int64}`` plus ``"mask"`` / ``"clicks"`` ((h, w) int64)
@@ -379,6 +424,16 @@ class TrainTransform:
         if clicks is not None and self.click_mode == "mask":
             targets["clicks"] = clicks
         out = self.pipeline(**targets)
+        if required_class is not None:
+            if mask is None:
+                raise ValueError("required_class: the crop re-draw needs the mask")
+            for redraw in range(1, max_redraws + 1):
+                # counted before the label padding value is written, so padding never counts as a class
+                if np.count_nonzero(out["mask"] == required_class) > min_class_pixels:
+                    break
+                if seed is not None:
+                    self.reseed(_redraw_seed(seed, redraw))
+                out = self.pipeline(**targets)
         valid_out = out["valid"] == 1
         result: dict[str, Any] = {
             "image": normalize_to_tensor(out["image"], self.mean, self.std),

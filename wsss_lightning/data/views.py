@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from typing import Any, ClassVar, Literal
 
+from wsss_lightning.data.rare_classes import RareClassSampling
 from wsss_lightning.data.source import DatasetSource
 
 ClickPlacement = Literal["center", "random"]
@@ -45,6 +46,18 @@ def _optional_positive(owner: str, field: str, value: Any) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
         raise ValueError(f"{owner}.{field}: expected a positive int or None, got {value!r}")
     return value
+
+
+def _optional_size(owner: str, field: str, value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, list | tuple) and len(value) == 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    if not ok:
+        raise ValueError(
+            f"{owner}.{field}: expected (width, height), two positive ints, or None, got {value!r}"
+        )
+    return (int(value[0]), int(value[1]))
 
 
 def _check_choice(owner: str, field: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -246,10 +259,21 @@ class DomainView(SupervisionView):
             ``predict_split`` are evaluated.
         unlabeled_batch_size: Batch size of the target loader (None: the loader's ``batch_size``).
         keep_target_masks: Keep ``mask`` in target batches, for diagnostics only.
+        source_resize: ``(width, height)``: every source training image is resized (bilinear; its mask nearest
+            neighbour) to exactly this size before the training transform (scale, crop, flip). DAFormer: GTA5
+            1280x720 (``img_scale`` in lhoyer/DAFormer ``configs/_base_/datasets/uda_gta_to_cityscapes_512x512.py``).
+            None: the stored size.
+        target_resize: The same for the target training images (DAFormer: Cityscapes 1024x512). Evaluation is
+            not affected (see ``transform.eval_short_side``).
+        rare_class_sampling: Draw source samples by DAFormer's rare-class sampling
+            (:class:`~wsss_lightning.data.rare_classes.RareClassSampling`); None (the default): in order, as
+            every other view. Its class statistics are read from (or written to)
+            ``<source root>/class_stats_<train split>.npz``.
 
     Raises:
-        TypeError: ``target`` is not a :class:`DatasetSource`.
-        ValueError: a non-positive batch size.
+        TypeError: ``target`` is not a :class:`DatasetSource`, or ``rare_class_sampling`` is not a
+            :class:`RareClassSampling`.
+        ValueError: a non-positive batch size or resize size.
     """
 
     name: ClassVar[str] = "domain"
@@ -259,7 +283,17 @@ class DomainView(SupervisionView):
         target: DatasetSource,
         unlabeled_batch_size: int | None = None,
         keep_target_masks: bool = False,
+        source_resize: tuple[int, int] | None = None,
+        target_resize: tuple[int, int] | None = None,
+        rare_class_sampling: RareClassSampling | None = None,
     ) -> None:
+        if isinstance(rare_class_sampling, Mapping):  # plain values from a checkpoint (as_config)
+            rare_class_sampling = RareClassSampling(**rare_class_sampling)
+        if rare_class_sampling is not None and not isinstance(rare_class_sampling, RareClassSampling):
+            raise TypeError(
+                "DomainView.rare_class_sampling: expected RareClassSampling(...) or None, got "
+                f"{type(rare_class_sampling).__name__}"
+            )
         if not isinstance(target, DatasetSource):
             raise TypeError(
                 f"DomainView.target: expected a DatasetSource(root=..., name=...), got {type(target).__name__}"
@@ -269,6 +303,9 @@ class DomainView(SupervisionView):
             "DomainView", "unlabeled_batch_size", unlabeled_batch_size
         )
         self.keep_target_masks = bool(keep_target_masks)
+        self.source_resize = _optional_size("DomainView", "source_resize", source_resize)
+        self.target_resize = _optional_size("DomainView", "target_resize", target_resize)
+        self.rare_class_sampling = rare_class_sampling
 
 
 #: view name (``WSSSDataModule.supervision``) -> view class
