@@ -20,14 +20,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import shutil
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from learning_runs import wsss_fit
 
 REPO = Path(__file__).resolve().parents[1]
 AFA = REPO / "configs" / "afa" / "synthetic_voc.yaml"
@@ -50,37 +48,11 @@ ROWS = {
 }
 
 
-def final_metrics(folder: Path) -> dict[str, float]:
-    """The last logged value of every validation metric of a run."""
-    values: dict[str, float] = {}
-    for path in sorted(folder.rglob("metrics.csv")):
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                values.update({k: float(v) for k, v in row.items() if k.startswith("val/") and v})
-    if "val/miou" not in values:
-        raise RuntimeError(f"{folder}: no val/miou logged")
-    return values
-
-
 def fit(run: str, seed: int, root: Path, out: Path, steps: int) -> tuple[dict[str, float], float]:
     """One run with one seed; returns (final validation metrics, seconds)."""
     config, extra = RUNS[run]
-    folder = out / f"{run}_seed{seed}"
-    shutil.rmtree(folder, ignore_errors=True)
-    wsss = shutil.which("wsss", path=str(Path(sys.executable).parent)) or "wsss"
-    args = [
-        wsss, "fit", "-c", str(config), "--data.init_args.source.root", str(root), *extra,
-        f"--seed_everything={seed}", f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
-        f"--trainer.default_root_dir={folder}", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        "--data.init_args.loader.num_workers=0", "--data.init_args.loader.persistent_workers=false",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    start = time.perf_counter()
-    result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{run}, seed {seed}: wsss fit failed:\n{result.stderr[-3000:]}")
-    return final_metrics(folder), time.perf_counter() - start
+    extra = ("--data.init_args.source.root", str(root), *extra)
+    return wsss_fit(run, [config], extra, out / f"{run}_seed{seed}", seed, steps)
 
 
 def run_table(root: Path, out: Path, seeds: list[int], steps: int, parallel: int) -> dict[str, list[float]]:
