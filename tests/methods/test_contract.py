@@ -28,6 +28,7 @@ from PIL import Image
 
 from tests.methods import tiny
 from wsss_lightning import methods
+from wsss_lightning.data.classes import train_id_to_label_id
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -50,6 +51,7 @@ class MethodCase:
         after: name of the case whose fitted checkpoint this one starts from (a later stage of a multi-stage
             method), handed over with ``--model.init_args.<stage_argument>``.
         stage_argument: the model argument that receives that checkpoint.
+        target_layout: synthetic layout of the unlabelled target domain (domain-adaptive methods).
     """
 
     name: str
@@ -62,6 +64,7 @@ class MethodCase:
     replicated: tuple[str, ...] = ()
     after: str | None = None
     stage_argument: str = ""
+    target_layout: str | None = None
 
 
 COMMON = (
@@ -143,6 +146,28 @@ METHODS = [
         after="seminar_ancillary",
         stage_argument="ancillary_checkpoint",
     ),
+    MethodCase(
+        name="daformer",
+        method=methods.DAFormerModule,
+        configs=("daformer/synthetic_gta5_to_cityscapes.yaml",),
+        layout="gta5",
+        target_layout="cityscapes",
+        tiny=(*tiny.DAFORMER, "--trainer.val_check_interval=4"),
+        steps=4,
+        interrupt_at=3,  # with a moved teacher and a mid-epoch rare-class sampler
+        replicated=("teacher.",),
+    ),
+    MethodCase(
+        name="u2pl_da",
+        method=methods.U2PLDomainModule,
+        configs=("u2pl/synthetic_gta5_to_cityscapes.yaml",),
+        layout="gta5",
+        target_layout="cityscapes",
+        tiny=(*tiny.U2PL_DA, "--trainer.val_check_interval=4"),
+        steps=4,
+        interrupt_at=3,  # with keys in the memory bank and moved prototypes
+        replicated=("teacher.", "contrastive.memory_bank.", "contrastive.prototype_bank."),
+    ),
 ]
 CASES = {case.name: case for case in METHODS}
 _STAGES: dict[str, Path] = {}
@@ -172,6 +197,13 @@ def _earlier_stage(case: MethodCase, root: Path, tmp_path_factory: pytest.TempPa
         _wsss(_fit_args(earlier, root, "dump", steps=2), folder)
         _STAGES[case.after] = folder / "ckpts" / "last.ckpt"
     return [f"--model.init_args.{case.stage_argument}={_STAGES[case.after]}"]
+
+
+def _target_root(case: MethodCase, synthetic) -> list[str]:  # type: ignore[no-untyped-def]
+    """``--data.init_args.view.init_args.target.root=<synthetic target>`` of a domain-adaptive case."""
+    if case.target_layout is None:
+        return []
+    return [f"--data.init_args.view.init_args.target.root={synthetic(case.target_layout)}"]
 
 
 def _run_args(case: MethodCase, root: Path, logs: str) -> list[str]:
@@ -220,7 +252,7 @@ def test_fit_validate_test_predict_and_exact_resume(
     case: MethodCase, synthetic, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     root = synthetic(case.layout)
-    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory)
+    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory) + _target_root(case, synthetic)
     straight = tmp_path / "straight"
     _wsss(_fit_args(case, root, "dump"), straight)
     ckpt = straight / "ckpts" / "last.ckpt"
@@ -247,7 +279,10 @@ def test_fit_validate_test_predict_and_exact_resume(
     assert written, "predict wrote no PNG"
     masks = [np.asarray(Image.open(p)) for p in written]
     num_classes = torch.load(ckpt, weights_only=False)["hyper_parameters"]["num_classes"]
-    assert all(m.ndim == 2 and m.max() < num_classes for m in masks)
+    # street layouts are written as Cityscapes label ids (what their benchmark server reads)
+    to_label_id = train_id_to_label_id(case.target_layout or case.layout)
+    allowed = set(range(num_classes)) if to_label_id is None else set(to_label_id[:num_classes].tolist())
+    assert all(m.ndim == 2 and set(np.unique(m).tolist()) <= allowed for m in masks)
 
     # the same fit, killed mid-run and continued from last.ckpt, ends with the same state
     resumed = tmp_path / "resumed"
@@ -268,7 +303,7 @@ def test_fit_with_ddp_on_two_cpu_processes(
     case: MethodCase, synthetic, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     root = synthetic(case.layout)
-    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory)
+    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory) + _target_root(case, synthetic)
     _wsss([
         *_fit_args(case, root, "dump"), "-c", str(CONFIGS / "trainer" / "ddp_cpu.yaml"),
         "--trainer.limit_val_batches=0",
@@ -301,7 +336,7 @@ def test_diverging_fit_stops_naming_step_and_term(
     case: MethodCase, synthetic, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     root = synthetic(case.layout)
-    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory)
+    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory) + _target_root(case, synthetic)
     # an absurd learning rate: the loss is NaN within a few steps; a checkpoint is attempted at every step
     died = _wsss(
         [*_fit_args(case, root, "dump", steps=8), "--model.init_args.optim.lr=1e6"], tmp_path, expect_ok=False
@@ -325,7 +360,7 @@ def test_fit_under_bf16_mixed_precision_on_cpu(
     case: MethodCase, synthetic, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     root = synthetic(case.layout)
-    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory)
+    case_stage[case.name] = _earlier_stage(case, root, tmp_path_factory) + _target_root(case, synthetic)
     _wsss([*_fit_args(case, root, "dump"), "--trainer.precision=bf16-mixed"], tmp_path)
     losses = _logged(tmp_path / "logs", "train/loss")
     assert losses and all(np.isfinite(losses)), losses

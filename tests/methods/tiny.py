@@ -97,3 +97,31 @@ U2PL_WEAK = (
     "--model.init_args.contrastive.num_negatives=4",
     "--model.init_args.contrastive.max_keys_per_step=64",
 )
+
+#: DAFormer: a 1-block-per-stage MiT from scratch with a 16-wide decoder on 64-px crops; the synthetic street
+#: layouts' 64x64 images, 2 source + 2 target images per step, rare-class sampling at the tiny images' scale
+DAFORMER = (
+    (
+        '--model.init_args.encoder_kwargs={"embed_dims": [8, 16, 16, 32], "depths": [1, 1, 1, 1], '
+        '"num_heads": [1, 1, 2, 2]}'
+    ),
+    "--model.init_args.embed_dim=16",
+    "--model.init_args.self_training.ignore_top=2",
+    "--model.init_args.self_training.ignore_bottom=8",
+    "--model.init_args.optim.warmup_steps=2",
+    "--data.init_args.view.init_args.unlabeled_batch_size=2",
+    "--data.init_args.view.init_args.rare_class_sampling.min_pixels=20",
+    *SMALL_BATCHES,
+)
+
+#: U2PL+ DA: DAFormer's tiny run, a 16-d representation head and small queues
+U2PL_DA = (
+    *DAFORMER,
+    "--model.init_args.rep_channels=16",
+    "--model.init_args.contrastive.capacity=64",
+    "--model.init_args.contrastive.background_capacity=128",
+    "--model.init_args.contrastive.num_anchors=8",
+    "--model.init_args.contrastive.num_negatives=4",
+    "--model.init_args.contrastive.max_keys_per_step=64",
+    "--model.init_args.contrastive.min_valid_classes=1",
+)

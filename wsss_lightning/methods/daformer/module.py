@@ -150,6 +150,17 @@ class DAFormerModule(SegmentationMethod):
         ]
 
     @override
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        supervision = getattr(getattr(self._trainer, "datamodule", None), "supervision", None)
+        if supervision is not None and supervision not in ("domain", "full"):
+            raise ValueError(
+                f"{type(self).__name__} adapts a labelled source to an unlabelled target: set data.view to "
+                f"DomainView (data.init_args.view; FullView trains the supervised oracle), got the {supervision!r} view"
+            )
+
+    @override
     def param_groups(self) -> dict[str, tuple[list[nn.Parameter], float]]:
         groups = self.student.param_groups()
         return {"encoder": (groups["encoder"], 1.0), "decoder": (groups["decoder"], 10.0)}
@@ -193,6 +204,8 @@ class DAFormerModule(SegmentationMethod):
                     yield self.teacher
             else:
                 yield self.teacher
+        # its BN running statistics follow each rank's own target images: keep the ranks' teachers identical
+        self.teacher.sync_buffers()
 
     def mixed_batch(self, source: dict[str, Tensor], target: dict[str, Tensor]) -> MixedBatch:
         """Teacher pseudo-labels of the target, ClassMix with the source, strong augmentation (Sec. 3.1)."""
