@@ -1,4 +1,4 @@
-"""Shared pieces of the training-step benchmarks of the tag-supervised methods (``dupl_step.py``, ``afa_step.py``).
+"""Shared pieces of the training-step benchmarks (``dupl_step.py``, ``afa_step.py``, ``daformer_step.py``).
 
 Functions are timed by wrapping them (:func:`timed`); only the steps after the warm-up count (:class:`StepTimer`);
 :class:`RandomTags` feeds random crops with image-level tags.
@@ -73,10 +73,11 @@ class StepTimer(L.Callback):
             TIMES["step"] += time.perf_counter() - self.start
 
 
-def fit_timed(model: L.LightningModule, args: Any, skip: int) -> float:
+def fit_timed(model: L.LightningModule, args: Any, skip: int, dataset: Dataset | None = None) -> float:
     """Fit ``model`` on random tagged crops for ``skip`` untimed then ``args.steps`` timed steps.
 
-    ``args`` carries ``device``, ``size``, ``batch`` and ``steps``. Splits the optimizer closure's time into
+    ``args`` carries ``device``, ``size``, ``batch`` and ``steps``; ``dataset`` (at least
+    ``args.batch * (skip + args.steps)`` items) replaces the tagged crops. Splits the optimizer closure's time into
     the training step, backward (both timed by the caller's wrappers, ``training_step`` / ``backward`` /
     ``optimizer_step``) and ``optimizer update + hooks``; returns the mean seconds of a whole step.
     """
@@ -90,7 +91,9 @@ def fit_timed(model: L.LightningModule, args: Any, skip: int) -> float:
         enable_model_summary=False,
         callbacks=[StepTimer(skip)],
     )
-    data = DataLoader(RandomTags(args.size, 21, args.batch * (skip + args.steps)), batch_size=args.batch)
+    if dataset is None:
+        dataset = RandomTags(args.size, 21, args.batch * (skip + args.steps))
+    data = DataLoader(dataset, batch_size=args.batch)
     trainer.fit(model, data)
     # Lightning runs training_step and backward inside optimizer_step's closure
     closure = TIMES.pop("optimizer_step")
