@@ -73,11 +73,11 @@ def run_table(
     target = ("--data.init_args.view.init_args.target.root", str(TARGET))
     with ThreadPoolExecutor(parallel) as pool:
         jobs = {}
-        for row in rows:
-            oracle = "oracle" in row
-            extra = ("--data.init_args.source.root", str(TARGET)) if oracle else (*roots, *target)
-            slug = row.split(" (")[0].replace(" ", "_").replace("+", "p")
-            for seed in seeds:
+        for seed in seeds:  # one seed's rows first, in the order given
+            for row in rows:
+                oracle = "oracle" in row
+                extra = ("--data.init_args.source.root", str(TARGET)) if oracle else (*roots, *target)
+                slug = row.split(" (")[0].replace(" ", "_").replace("+", "p")
                 folder = out / f"{slug}_seed{seed}"
                 jobs[row, seed] = pool.submit(wsss_fit, row, [ROWS[row]], extra, folder, seed, steps)
         results = {key: job.result() for key, job in jobs.items()}

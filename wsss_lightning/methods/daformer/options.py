@@ -76,8 +76,9 @@ class SelfTrainingConfig:
 
 @dataclass
 class FeatureDistanceConfig:
-    """ImageNet feature distance (DAFormer Sec. 3.4): keep the bottleneck features of thing classes close to
-    those of the frozen ImageNet encoder.
+    """ImageNet feature distance (DAFormer Sec. 3.4) of the thing classes' bottleneck features.
+
+    The student's last encoder stage is kept close to that of a frozen copy of the initial (ImageNet) encoder.
 
     Args:
         enabled: ``null`` (default): on exactly when ``encoder_weights`` is given (without ImageNet weights the
