@@ -65,18 +65,35 @@ def bars(mean: dict[str, float]) -> dict[str, bool]:
     )
 
 
+def make_data(source: Path = SOURCE, target: Path = TARGET) -> None:
+    """Write the two synthetic street datasets the configs name, where missing."""
+    for layout, root, num_val in (("gta5", source, "30"), ("cityscapes", target, "100")):
+        if not root.is_dir():
+            subprocess.run(
+                [sys.executable, "-m", "wsss_lightning.data.cli", "synthetic", "--layout", layout,
+                 "--out", str(root), "--num-train", "600", "--num-val", num_val, "--size", "128", "256"],
+                check=True,
+            )  # fmt: skip
+
+
 def run_table(
-    out: Path, seeds: list[int], steps: int, parallel: int, rows: list[str]
+    out: Path,
+    seeds: list[int],
+    steps: int,
+    parallel: int,
+    rows: list[str],
+    source: Path = SOURCE,
+    target_root: Path = TARGET,
 ) -> dict[str, list[float]]:
     """Per row, the final val mIoU of every seed; prints the table and the bars."""
-    roots = ("--data.init_args.source.root", str(SOURCE))
-    target = ("--data.init_args.view.init_args.target.root", str(TARGET))
+    roots = ("--data.init_args.source.root", str(source))
+    target = ("--data.init_args.view.init_args.target.root", str(target_root))
     with ThreadPoolExecutor(parallel) as pool:
         jobs = {}
         for seed in seeds:  # one seed's rows first, in the order given
             for row in rows:
                 oracle = "oracle" in row
-                extra = ("--data.init_args.source.root", str(TARGET)) if oracle else (*roots, *target)
+                extra = ("--data.init_args.source.root", str(target_root)) if oracle else (*roots, *target)
                 slug = row.split(" (")[0].replace(" ", "_").replace("+", "p")
                 folder = out / f"{slug}_seed{seed}"
                 jobs[row, seed] = pool.submit(wsss_fit, row, [ROWS[row]], extra, folder, seed, steps)
@@ -107,14 +124,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     args = parser.parse_args()
-    for layout, root in (("gta5", SOURCE), ("cityscapes", TARGET)):
-        if not root.is_dir():
-            num_val = "30" if layout == "gta5" else "100"
-            subprocess.run(
-                [sys.executable, "-m", "wsss_lightning.data.cli", "synthetic", "--layout", layout,
-                 "--out", str(root), "--num-train", "600", "--num-val", num_val, "--size", "128", "256"],
-                check=True,
-            )  # fmt: skip
+    make_data()
     run_table(args.out, args.seeds, args.steps, args.parallel, args.rows)
 
 

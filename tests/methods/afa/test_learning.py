@@ -23,7 +23,8 @@ TABLE = Path(__file__).resolve().parents[3] / "benchmarks" / "afa_table.py"
     "one, AFA reaches 0.33 of the ceiling and U2PL+ WS trails it by 0.05 (benchmarks/README.md, 'AFA and "
     "U2PL+ WS vs the ceiling'); an XPASS means the bars are reached",
 )
-def test_propagation_helps_afa_reaches_the_ceiling_share_and_u2pl_weak_keeps_up(tmp_path):
+def test_propagation_helps_afa_reaches_the_ceiling_share_and_u2pl_weak_keeps_up(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TABLE.parent))  # the table's shared helpers (learning_runs)
     spec = importlib.util.spec_from_file_location("afa_table", TABLE)
     assert spec is not None and spec.loader is not None
     table = importlib.util.module_from_spec(spec)
