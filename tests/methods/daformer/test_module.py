@@ -185,6 +185,14 @@ def test_bad_configuration_fails_at_start_naming_the_field() -> None:
         module.setup("fit")
 
 
+def test_start_up_says_why_the_feature_distance_is_off(caplog) -> None:
+    module = DAFormerModule(**SMALL)
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(supervision="domain"))  # type: ignore[assignment]
+    with caplog.at_level("INFO"):
+        module.setup("fit")
+    assert "ImageNet feature distance off (no model.init_args.encoder_weights" in caplog.text
+
+
 def test_fit_from_the_cli_logs_the_target_metrics(synthetic, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     cli = run_cli([

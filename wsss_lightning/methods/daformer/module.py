@@ -29,6 +29,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -159,6 +160,14 @@ class DAFormerModule(SegmentationMethod):
                 f"{type(self).__name__} adapts a labelled source to an unlabelled target: set data.view to "
                 f"DomainView (data.init_args.view; FullView trains the supervised oracle), got the {supervision!r} view"
             )
+        if not self.uses_feature_distance:
+            reason = (
+                "feature_distance.enabled=false"
+                if self.options.feature_distance.enabled is False
+                else "no model.init_args.encoder_weights: the frozen copy of a randomly initialised encoder "
+                "is no ImageNet reference"
+            )
+            rank_zero_info(f"{type(self).__name__}: ImageNet feature distance off ({reason})")
 
     @override
     def param_groups(self) -> dict[str, tuple[list[nn.Parameter], float]]:
