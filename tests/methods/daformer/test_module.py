@@ -166,6 +166,10 @@ def test_u2pl_domain_adds_the_contrastive_term_with_target_negatives_only() -> N
         loss = quiet(module, logged).training_step(batch(), 0)
         loss.backward()
         assert "train/loss_contrastive" in logged and torch.isfinite(logged["train/loss_contrastive"])
+        # lambda_c weighs the term once; the unweighted value is a diagnostic
+        terms = ("train/loss_source", "train/loss_target")
+        expected = sum(logged[k] for k in terms) + 0.1 * logged["train/loss_contrastive"]
+        assert torch.isclose(loss, expected) and torch.isclose(logged["train/loss"], expected)
         assert module.contrastive is not None
         pushed[source_negatives] = int(module.contrastive.memory_bank.count.sum())
     # the source adds negatives by the rank rule only when asked

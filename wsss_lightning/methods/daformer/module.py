@@ -254,7 +254,10 @@ class DAFormerModule(SegmentationMethod):
         out_mixed: dict[str, Tensor],
         logs: dict[str, Tensor],
     ) -> Tensor | None:
-        """A loss added to DAFormer's (None: none); U2PL+ DA adds its contrastive term here."""
+        """A weighted loss term added to DAFormer's (None: none); U2PL+ DA adds its contrastive term here.
+
+        ``logs`` receives diagnostics (logged, not added to the loss).
+        """
         return None
 
     # ------------------------------------------------------------------ training
@@ -262,40 +265,43 @@ class DAFormerModule(SegmentationMethod):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if "source" not in batch:  # a plain labelled batch: the supervised oracle of the same network
             out = self.student(batch["image"], with_rep=False)
-            logs = self._source_loss(out, batch["image"], batch["mask"])
-            return self._finish(logs, batch["image"].shape[0], out)
+            terms = self._source_loss(out, batch["image"], batch["mask"])
+            return self._finish(terms, {}, batch["image"].shape[0], out)
         source, target = batch["source"], batch["target"]
         out_source = self.student(source["image"])
-        logs = self._source_loss(out_source, source["image"], source["mask"])
+        terms = self._source_loss(out_source, source["image"], source["mask"])
         if not self.options.self_training.enabled:  # source only
-            return self._finish(logs, source["image"].shape[0], out_source)
+            return self._finish(terms, {}, source["image"].shape[0], out_source)
         mixed = self.mixed_batch(source, target)
         out_mixed = self.student(mixed.images)
         logits = resize(out_mixed["pred"], mixed.labels.shape[-2:])
-        logs["train/loss_target"] = self.options.self_training.weight * weighted_ce(
+        terms["train/loss_target"] = self.options.self_training.weight * weighted_ce(
             logits, mixed.labels, mixed.weights, self.ignore_index
         )
-        extra = self.extra_loss(source, out_source, mixed, out_mixed, logs)
-        if extra is not None:
-            logs["train/loss_extra"] = extra
         # diagnostics (never trained on): quality weight and, with DomainView(keep_target_masks=True), the
         # pixel accuracy of the clean target's pseudo-labels
+        logs: dict[str, Tensor] = {}
+        extra = self.extra_loss(source, out_source, mixed, out_mixed, logs)
+        if extra is not None:
+            terms["train/loss_extra"] = extra
         from_target = (~mixed.pasted).float()
         logs["train/pseudo_weight"] = (mixed.weights * from_target).sum() / from_target.sum().clamp_min(1.0)
         if "mask" in target:
             labels_t = mixed.target_prob.argmax(1)
             logs["train/pseudo_accuracy"] = pseudo_label_accuracy(labels_t, target["mask"], self.ignore_index)
-        return self._finish(logs, source["image"].shape[0], out_source, out_mixed)
+        return self._finish(terms, logs, source["image"].shape[0], out_source, out_mixed)
 
-    def _finish(self, logs: dict[str, Tensor], batch_size: int, *outs: dict[str, Tensor]) -> Tensor:
-        loss_keys = [k for k in logs if k.startswith("train/loss_")]
-        loss: Tensor = torch.stack([logs[k] for k in loss_keys]).sum()
+    def _finish(
+        self, terms: dict[str, Tensor], logs: dict[str, Tensor], batch_size: int, *outs: dict[str, Tensor]
+    ) -> Tensor:
+        """The step's loss: the sum of ``terms`` (weighted as trained); ``logs`` are diagnostics only."""
+        loss: Tensor = torch.stack(list(terms.values())).sum()
         # every parameter stays in the graph (the representation head is unused without the contrastive
         # term), so DDP needs no find_unused_parameters
         for out in outs:
             if "rep" in out:
                 loss = loss + 0.0 * out["rep"].sum()
-        self.log_dict(logs, batch_size=batch_size)
+        self.log_dict({**terms, **logs}, batch_size=batch_size)
         self.log("train/loss", loss, batch_size=batch_size)
-        self.log_progress_loss(loss, batch_size, {k: logs[k] for k in loss_keys})
+        self.log_progress_loss(loss, batch_size, terms)
         return loss
