@@ -25,7 +25,7 @@ from wsss_lightning.data.rare_classes import (
     save_class_stats,
 )
 from wsss_lightning.data.synthetic import generate
-from wsss_lightning.data.transforms import TrainTransform, _redraw_seed
+from wsss_lightning.data.transforms import TrainTransform, derived_seed
 
 COUNTS = np.array(
     [
@@ -111,7 +111,7 @@ def test_last_redraw_is_kept_unchecked() -> None:
     mask = np.zeros((32, 32), np.uint8)
     tf = _transform()
     out = tf(image, mask, seed=3, required_class=5, min_class_pixels=0, max_redraws=4)
-    last = tf(image, mask, seed=_redraw_seed(3, 4))  # the 4th re-draw, whatever it holds
+    last = tf(image, mask, seed=derived_seed(3, 4))  # the 4th re-draw, whatever it holds
     assert np.array_equal(out["valid_box"], last["valid_box"]) and np.array_equal(out["image"], last["image"])
     with pytest.raises(ValueError, match="needs the mask"):
         tf(image, None, seed=1, required_class=5, max_redraws=1)

@@ -93,7 +93,13 @@ from wsss_lightning.data.datasets.base import SegmentationSource, parse_list_lin
 from wsss_lightning.data.datasets.image_folder import ImageFolderSource
 from wsss_lightning.data.datasets.mask_folder import MaskFolderSource
 from wsss_lightning.data.options import LoaderOptions, TransformOptions
-from wsss_lightning.data.rare_classes import ClassStats, RareClassSampler, resolve_class_stats
+from wsss_lightning.data.rare_classes import (
+    ClassStats,
+    RareClassSampler,
+    newest_label_mtime,
+    resolve_class_stats,
+    split_label,
+)
 from wsss_lightning.data.source import DEFAULT_SPLITS, DatasetName, DatasetSource
 from wsss_lightning.data.supervision import build_tags, load_tags, make_semi_split, write_id_list
 from wsss_lightning.data.torch_datasets import (
@@ -125,12 +131,6 @@ __all__ = ["DEFAULT_SPLITS", "DatasetName", "Stage", "Supervision", "WSSSDataMod
 _CACHE_VERSION = 1
 
 
-def _split_label(split: str) -> str:
-    """File-name-safe label of a split (a split may be a list-file path)."""
-    label = Path(split).stem if split.endswith(".txt") or "/" in split else split
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-
-
 def _ids_digest(ids: Sequence[str], extra: str = "") -> str:
     digest = hashlib.sha1(extra.encode())
     digest.update("\n".join(ids).encode())
@@ -143,15 +143,6 @@ def _atomic_write_bytes(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)
     os.replace(tmp, path)
-
-
-def _newest_mask_mtime(source: SegmentationSource) -> float:
-    newest = 0.0
-    for sample_id in source.ids:
-        path = source.mask_path(sample_id)
-        if path is not None and path.exists():
-            newest = max(newest, path.stat().st_mtime)
-    return newest
 
 
 def _read_partition(path: Path, source: SegmentationSource) -> list[str]:
@@ -559,9 +550,9 @@ class WSSSDataModule(L.LightningDataModule):
     def _cached_tags(self, source: SegmentationSource) -> np.ndarray:
         """(N, C) tags of ``source`` derived from its masks, from the cache if it is up to date."""
         extra = str(source.root.resolve()) if self._cache_is_external() else ""
-        name = f"tags_{source.info.name}_{_split_label(source.split)}_{_ids_digest(source.ids, extra)}.npz"
+        name = f"tags_{source.info.name}_{split_label(source.split)}_{_ids_digest(source.ids, extra)}.npz"
         path = self.cache_path / name
-        newest = _newest_mask_mtime(source)
+        newest = newest_label_mtime(source)
         if path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as cached:
@@ -654,7 +645,7 @@ class WSSSDataModule(L.LightningDataModule):
         return (
             self.cache_path
             / "partitions"
-            / f"{self.source.name}_{_split_label(split)}_{view.labeled_fraction:g}_seed{view.split_seed}"
+            / f"{self.source.name}_{split_label(split)}_{view.labeled_fraction:g}_seed{view.split_seed}"
         )
 
     # ---- loaders -----------------------------------------------------------------------------------------

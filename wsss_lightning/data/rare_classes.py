@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from wsss_lightning.data.supervision import map_masks
 
 if TYPE_CHECKING:
     from wsss_lightning.data.datasets.base import SegmentationSource
@@ -132,15 +133,7 @@ def count_split(source: SegmentationSource, num_workers: int = 0) -> np.ndarray:
         ``(N, C)`` int64, rows in ``source.ids`` order.
     """
     num_classes = source.info.num_classes
-
-    def one(sample_id: str) -> np.ndarray:
-        return class_pixel_counts(source.read_mask(sample_id), num_classes)
-
-    if num_workers > 0:
-        with ThreadPoolExecutor(num_workers) as pool:
-            rows = list(pool.map(one, source.ids))
-    else:
-        rows = [one(sample_id) for sample_id in source.ids]
+    rows = map_masks(source, lambda mask: class_pixel_counts(mask, num_classes), num_workers)
     return np.stack(rows) if rows else np.zeros((0, num_classes), dtype=np.int64)
 
 

@@ -6,7 +6,7 @@ Pure NumPy (no torch): these functions run in data-preparation scripts and datal
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -59,16 +59,28 @@ def build_tags(source: SegmentationSource, num_workers: int = 0) -> dict[str, np
         ``{sample id: (C,) float32 multi-hot}`` in the source's id order.
     """
     num_classes, ignore = source.info.num_classes, source.info.ignore_index
+    rows = map_masks(source, lambda mask: tags_from_mask(mask, num_classes, ignore), num_workers)
+    return dict(zip(source.ids, rows, strict=True))
+
+
+def map_masks(
+    source: SegmentationSource, fn: Callable[[np.ndarray], np.ndarray], num_workers: int = 0
+) -> list[np.ndarray]:
+    """``fn`` of every mask of a split, in ``source.ids`` order.
+
+    Args:
+        source: a dataset split with masks.
+        fn: maps one ``(H, W)`` train-id mask to a row.
+        num_workers: threads reading the masks (0 = in this thread); PNG decoding releases the GIL.
+    """
 
     def one(sample_id: str) -> np.ndarray:
-        return tags_from_mask(source.read_mask(sample_id), num_classes, ignore)
+        return fn(source.read_mask(sample_id))
 
     if num_workers > 0:
         with ThreadPoolExecutor(num_workers) as pool:
-            rows = list(pool.map(one, source.ids))
-    else:
-        rows = [one(sample_id) for sample_id in source.ids]
-    return dict(zip(source.ids, rows, strict=True))
+            return list(pool.map(one, source.ids))
+    return [one(sample_id) for sample_id in source.ids]
 
 
 def save_tags(path: str | Path, tags: Mapping[str, np.ndarray]) -> None:

@@ -27,7 +27,7 @@ from wsss_lightning.data.datasets.base import (
 )
 from wsss_lightning.data.rare_classes import RareClassSampler
 from wsss_lightning.data.supervision import clicks_from_mask, tags_from_mask
-from wsss_lightning.data.transforms import EvalTransform, TrainTransform, resize_sample
+from wsss_lightning.data.transforms import EvalTransform, TrainTransform, derived_seed, resize_sample
 
 _SEED_HIGH = 2**31 - 1
 
@@ -91,7 +91,7 @@ class ResumableLoader(DataLoader):  # type: ignore[type-arg]
 
 def key_seed(key: SampleKey) -> int:
     """The augmentation seed of a training key."""
-    return int(np.random.SeedSequence(list(key)).generate_state(1)[0]) % _SEED_HIGH
+    return derived_seed(*key)
 
 
 def seed_worker(worker_id: int) -> None:

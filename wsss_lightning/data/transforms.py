@@ -212,9 +212,9 @@ def resize_sample(
     return image, mask
 
 
-def _redraw_seed(seed: int, redraw: int) -> int:
-    """Seed of the ``redraw``-th re-draw of a sample whose first draw used ``seed``."""
-    return int(np.random.SeedSequence([seed, redraw]).generate_state(1)[0]) % (2**31 - 1)
+def derived_seed(*parts: int) -> int:
+    """A seed in ``[0, 2**31 - 1)`` that is a function of ``parts`` alone (a sample's key, a re-draw's index)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0]) % (2**31 - 1)
 
 
 def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -432,7 +432,7 @@ class TrainTransform:
                 if np.count_nonzero(out["mask"] == required_class) > min_class_pixels:
                     break
                 if seed is not None:
-                    self.reseed(_redraw_seed(seed, redraw))
+                    self.reseed(derived_seed(seed, redraw))
                 out = self.pipeline(**targets)
         valid_out = out["valid"] == 1
         result: dict[str, Any] = {

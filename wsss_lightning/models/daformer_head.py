@@ -24,28 +24,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from wsss_lightning.models.layers import conv_bn_relu
 from wsss_lightning.models.segformer_head import embed_at_first_stage, stage_embeddings
 
 #: DAFormer's ASPP rates (``dilations=(1, 6, 12, 18)``, ``pool=False``).
 DAFORMER_DILATIONS = (1, 6, 12, 18)
-
-
-def _conv_bn_relu(
-    in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, groups: int = 1
-) -> list[nn.Module]:
-    return [
-        nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            padding=dilation * (kernel_size // 2),
-            dilation=dilation,
-            groups=groups,
-            bias=False,  # BN follows
-        ),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
 
 
 def aspp_branch(in_channels: int, out_channels: int, dilation: int) -> nn.Sequential:
@@ -61,10 +44,10 @@ def aspp_branch(in_channels: int, out_channels: int, dilation: int) -> nn.Sequen
         The branch; it keeps the spatial size.
     """
     if dilation == 1:
-        return nn.Sequential(*_conv_bn_relu(in_channels, out_channels, 1))
+        return nn.Sequential(*conv_bn_relu(in_channels, out_channels, 1))
     return nn.Sequential(
-        *_conv_bn_relu(in_channels, in_channels, 3, dilation=dilation, groups=in_channels),
-        *_conv_bn_relu(in_channels, out_channels, 1),
+        *conv_bn_relu(in_channels, in_channels, 3, dilation=dilation, groups=in_channels),
+        *conv_bn_relu(in_channels, out_channels, 1),
     )
 
 
@@ -110,7 +93,7 @@ class DAFormerHead(nn.Module):
         self.projections = stage_embeddings(in_channels, embed_dim)
         fused_channels = len(in_channels) * embed_dim
         self.aspp = nn.ModuleList(aspp_branch(fused_channels, embed_dim, d) for d in self.dilations)
-        self.bottleneck = nn.Sequential(*_conv_bn_relu(len(self.dilations) * embed_dim, embed_dim, 3))
+        self.bottleneck = nn.Sequential(*conv_bn_relu(len(self.dilations) * embed_dim, embed_dim, 3))
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(embed_dim, num_classes, kernel_size=1)
         self._init_weights()

@@ -35,38 +35,13 @@ import torch.nn.functional as F
 from timm.models import FeatureInfo
 from torch import Tensor, nn
 
+from wsss_lightning.models.layers import conv_bn_relu
 from wsss_lightning.models.weights import load_encoder_weights
 
 #: timm name of the deep-stem ResNet-101 the reference was trained with (see the module docstring).
 REFERENCE_ENCODER = "resnet101s"
 
 _INNER = 256  # channel width of every decoder branch, as in the reference
-
-
-def _conv_bn_relu(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    *,
-    dilation: int = 1,
-    bias: bool,
-    dropout: bool,
-) -> list[nn.Module]:
-    layers: list[nn.Module] = [
-        nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            padding=dilation * (kernel_size // 2),
-            dilation=dilation,
-            bias=bias,
-        ),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
-    if dropout:
-        layers.append(nn.Dropout2d(0.1))
-    return layers
 
 
 def representation_head(in_channels: int, out_channels: int, channels: int = _INNER) -> nn.Sequential:
@@ -76,8 +51,8 @@ def representation_head(in_channels: int, out_channels: int, channels: int = _IN
     U2PL+ puts the same head on AFA's fused decoder features.
     """
     return nn.Sequential(
-        *_conv_bn_relu(in_channels, channels, 3, bias=True, dropout=True),
-        *_conv_bn_relu(channels, channels, 3, bias=True, dropout=True),
+        *conv_bn_relu(in_channels, channels, 3, bias=True, dropout=True),
+        *conv_bn_relu(channels, channels, 3, bias=True, dropout=True),
         nn.Conv2d(channels, out_channels, 1),
     )
 
@@ -97,7 +72,7 @@ class ASPP(nn.Module):
 
         def branch(kernel_size: int, dilation: int = 1) -> nn.Sequential:
             # no bias: every branch is followed by BN
-            layers = _conv_bn_relu(
+            layers = conv_bn_relu(
                 in_channels, channels, kernel_size, dilation=dilation, bias=False, dropout=False
             )
             return nn.Sequential(*layers)
@@ -137,13 +112,13 @@ class DeepLabV3PlusDecoder(nn.Module):
         rep_channels: int = 256,
     ) -> None:
         super().__init__()
-        self.low_conv = nn.Sequential(*_conv_bn_relu(low_channels, _INNER, 1, bias=True, dropout=False))
+        self.low_conv = nn.Sequential(*conv_bn_relu(low_channels, _INNER, 1, bias=True, dropout=False))
         self.aspp = ASPP(deep_channels, dilations)
-        self.head = nn.Sequential(*_conv_bn_relu(self.aspp.out_channels, _INNER, 3, bias=False, dropout=True))
+        self.head = nn.Sequential(*conv_bn_relu(self.aspp.out_channels, _INNER, 3, bias=False, dropout=True))
         fused = 2 * _INNER
         self.classifier = nn.Sequential(
-            *_conv_bn_relu(fused, _INNER, 3, bias=True, dropout=True),
-            *_conv_bn_relu(_INNER, _INNER, 3, bias=True, dropout=True),
+            *conv_bn_relu(fused, _INNER, 3, bias=True, dropout=True),
+            *conv_bn_relu(_INNER, _INNER, 3, bias=True, dropout=True),
             nn.Conv2d(_INNER, num_classes, 1),
         )
         self.representation = representation_head(fused, rep_channels)
@@ -181,7 +156,7 @@ class AuxHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.aux = nn.Sequential(
-            *_conv_bn_relu(in_channels, _INNER, 3, bias=True, dropout=True),
+            *conv_bn_relu(in_channels, _INNER, 3, bias=True, dropout=True),
             nn.Conv2d(_INNER, num_classes, 1),
         )
 

@@ -26,18 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss_lightning.models.deeplab import ASPP, build_dilated_encoder, feature_info, multi_grid_dilations
+from wsss_lightning.models.layers import conv_bn_relu
 from wsss_lightning.models.weights import load_encoder_weights
 
 _WIDTH = 256  # ASPP branch and decoder width
 _LOW = 48  # low-level projection width
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
 
 
 def _first_dilations(stage: nn.Sequential) -> list[int]:
@@ -110,12 +103,12 @@ class DeepLabV3Plus(nn.Module):
         self._low_index = reductions.index(4)
         width = channels
         self.aspp = ASPP(encoder_channels[-1], tuple(aspp_dilations), width)
-        self.aspp_project = nn.Sequential(*_conv_bn_relu(self.aspp.out_channels, width, 1), nn.Dropout(0.5))
-        self.low_project = nn.Sequential(*_conv_bn_relu(encoder_channels[self._low_index], _LOW, 1))
+        self.aspp_project = nn.Sequential(*conv_bn_relu(self.aspp.out_channels, width, 1), nn.Dropout(0.5))
+        self.low_project = nn.Sequential(*conv_bn_relu(encoder_channels[self._low_index], _LOW, 1))
         self.classifier = nn.Sequential(
-            *_conv_bn_relu(width + _LOW, width, 3),
+            *conv_bn_relu(width + _LOW, width, 3),
             nn.Dropout(0.5),
-            *_conv_bn_relu(width, width, 3),
+            *conv_bn_relu(width, width, 3),
             nn.Dropout(0.1),
             nn.Conv2d(width, num_classes, 1),
         )
