@@ -53,3 +53,22 @@ def test_option_groups_given_as_dicts_are_validated_like_the_dataclasses() -> No
     assert model.optim.name == "adamw"
     with pytest.raises(ValueError, match=r"optim\.lr"):
         SupervisedModule(encoder="resnet18", num_classes=3, optim={"lr": -1.0})  # type: ignore[arg-type]
+
+
+def test_test_time_crf_backends_agree_on_a_padded_batch() -> None:
+    """``inference.crf.backend: device`` refines like pydensecrf2, per image, cropped to each image's size."""
+    torch.manual_seed(0)
+    model = SupervisedModule(encoder="resnet18", num_classes=4).eval()
+    images = torch.randn(2, 3, 64, 80)
+    images[1, :, 48:], images[1, :, :, 60:] = 0.0, 0.0
+    sizes = torch.tensor([[64, 80], [48, 60]])
+    masks = {}
+    for backend in ("pydensecrf", "device"):
+        model.inference.crf = CRFConfig(enabled=True, backend=backend, workers=0)  # type: ignore[arg-type]
+        with torch.no_grad():
+            masks[backend] = model.predict_masks(images, sizes)
+    for reference, device in zip(masks["pydensecrf"], masks["device"], strict=True):
+        assert device.shape == reference.shape and device.dtype == torch.long
+        assert (device == reference).float().mean() >= 0.98
+    with pytest.raises(ValueError, match=r"inference\.crf\.backend"):
+        CRFConfig(backend="gpu")  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Test-time inference helpers: multi-scale + flip, sliding window, dense CRF post-processing.
+"""Test-time inference helpers: multi-scale + flip, sliding window, dense CRF post-processing (CPU or device).
 
 The torch-based helpers are imported on first access, so that CRF pool workers (which import this
 package to reach :mod:`wsss_lightning.inference.crf`) start without loading torch.
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from wsss_lightning.inference.crf import CRFParams, CRFPostProcessor, crf_labels, dense_crf
 
 if TYPE_CHECKING:
+    from wsss_lightning.inference.device_crf import mean_field_crf, mean_field_labels
     from wsss_lightning.inference.multiscale import Forward, multiscale_flip_logits
     from wsss_lightning.inference.sliding_window import (
         sliding_window_forward,
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
+    "mean_field_crf": "device_crf",
+    "mean_field_labels": "device_crf",
     "Forward": "multiscale",
     "multiscale_flip_logits": "multiscale",
     "sliding_window_forward": "sliding_window",
@@ -33,6 +36,8 @@ __all__ = [
     "Forward",
     "crf_labels",
     "dense_crf",
+    "mean_field_crf",
+    "mean_field_labels",
     "multiscale_flip_logits",
     "sliding_window_forward",
     "sliding_window_logits",

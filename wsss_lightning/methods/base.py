@@ -34,6 +34,7 @@ from wsss_lightning.callbacks.step_logging import is_logging_step
 from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_lightning.inference import (
     CRFPostProcessor,
+    mean_field_labels,
     multiscale_flip_logits,
     sliding_window_logits,
 )
@@ -380,6 +381,10 @@ class SegmentationMethod(L.LightningModule, ABC):
         sizes_list = sizes.tolist()
         if not (test_time and self.inference.crf.enabled):
             labels = channel_argmax(logits)
+            return [labels[i, :h, :w] for i, (h, w) in enumerate(sizes_list)]
+        if self.inference.crf.backend == "device":
+            pixels = self.denormalize(images) * 255
+            labels = mean_field_labels(pixels, logits.float().softmax(1), self.inference.crf.params, sizes)
             return [labels[i, :h, :w] for i, (h, w) in enumerate(sizes_list)]
         probs = logits.float().softmax(1).cpu().numpy()
         rgb = self.to_uint8(images)

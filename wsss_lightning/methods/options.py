@@ -50,21 +50,28 @@ class OptimizerConfig:
 
 @dataclass
 class CRFConfig:
-    """Dense CRF post-processing (pydensecrf2) at test / predict time.
+    """Dense CRF post-processing at test / predict time.
 
     Attributes:
         enabled: refine test / predict outputs with the CRF.
-        workers: processes refining images in parallel (0 runs in the main process).
+        backend: ``pydensecrf``: pydensecrf2 on the CPU, one image per process of a pool (the reference);
+            ``device``: batched mean-field on the model's device (:func:`~wsss_lightning.inference.device_crf.
+            mean_field_crf`), the same CRF over the same lattice approximation (label agreement with
+            pydensecrf2 in ``tests/inference/test_device_crf.py``).
+        workers: processes refining images in parallel with ``pydensecrf`` (0 runs in the main process).
         params: the CRF's kernels and iterations; the defaults are DuPL's official evaluation values.
     """
 
     enabled: bool = False
+    backend: Literal["pydensecrf", "device"] = "pydensecrf"
     workers: int = 2
     params: CRFParams = field(default_factory=CRFParams)
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"inference.crf.workers must be >= 0, got {self.workers}")
+        if self.backend not in ("pydensecrf", "device"):
+            raise ValueError(f"inference.crf.backend must be 'pydensecrf' or 'device', got {self.backend!r}")
 
 
 @dataclass
