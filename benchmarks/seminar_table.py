@@ -11,9 +11,14 @@ Rows (all the same network, data pipeline and schedule: ``configs/seminar/synthe
 Each row is a ``wsss fit`` (validation mIoU of the student at the end), repeated for every seed; prints a
 markdown table with the per-seed values and their mean.
 
+``--pretrained`` starts every row (the ceiling included) from the ResNet-18 of ``wsss-data pretrain-encoder``
+(default arguments, trained once and cached under ``outputs/pretrained``) with the backbone at 0.1x the head's
+learning rate, the ratio of the paper's ImageNet-initialised schedule (0.007 / 0.07).
+
 Usage::
 
     python benchmarks/seminar_table.py --root outputs/synthetic_voc [--seeds 1 2] [--steps 400] [--parallel 2]
+        [--pretrained]
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from wsss_lightning.data.pretrain_task import PretrainConfig
+from wsss_lightning.models.pretrain import pretrain_encoder
 from wsss_lightning.runs import last_checkpoint, newest_last
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,11 +79,24 @@ def final_miou(folder: Path) -> float:
     return values[-1]
 
 
+def pretrained_args(out_dir: Path = REPO / "outputs" / "pretrained") -> tuple[str, ...]:
+    """Arguments that start a row from the cached pretrained ResNet-18 (trained first when missing)."""
+    weights = pretrain_encoder(PretrainConfig(encoder="resnet18"), out_dir)
+    return (f"--model.init_args.encoder_weights={weights}", "--model.init_args.optim.lr_mult.backbone=0.1")
+
+
 def fit(
-    row: str, seed: int, root: Path, out: Path, steps: int, ancillary: Path | None
+    row: str,
+    seed: int,
+    root: Path,
+    out: Path,
+    steps: int,
+    ancillary: Path | None,
+    start: tuple[str, ...] = (),
 ) -> tuple[float, float]:
-    """Run one row with one seed; returns (val mIoU, seconds)."""
+    """Run one row with one seed (``start``: extra arguments of every row); returns (val mIoU, seconds)."""
     config, extra = ROWS[row]
+    extra = (*extra, *start)
     folder = out / f"{slug(row)}_seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     wsss = shutil.which("wsss", path=str(Path(sys.executable).parent)) or "wsss"
@@ -90,17 +110,24 @@ def fit(
     if ancillary is not None:
         args.append(f"--model.init_args.ancillary_checkpoint={ancillary}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    start = time.perf_counter()
+    began = time.perf_counter()
     result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{row}, seed {seed}: wsss fit failed:\n{result.stderr[-3000:]}")
-    return final_miou(folder), time.perf_counter() - start
+    return final_miou(folder), time.perf_counter() - began
 
 
 def run_table(
-    root: Path, out: Path, seeds: list[int], steps: int, parallel: int, rows: list[str] | None = None
+    root: Path,
+    out: Path,
+    seeds: list[int],
+    steps: int,
+    parallel: int,
+    rows: list[str] | None = None,
+    start: tuple[str, ...] = (),
 ) -> dict[str, list[float]]:
-    """Val mIoU per row and seed (the primary rows wait for their seed's ancillary)."""
+    """Val mIoU per row and seed (the primary rows wait for their seed's ancillary); ``start``: extra
+    arguments of every row (:func:`pretrained_args`)."""
     rows = rows or list(ROWS)
     results: dict[str, dict[int, float]] = {row: {} for row in rows}
     seconds: dict[str, list[float]] = {row: [] for row in rows}
@@ -109,7 +136,7 @@ def run_table(
         (r for r in rows if ROWS[r][0] != PRIMARY), key=lambda r: (r != ANCILLARY, r != "partial CE")
     )
     with ThreadPoolExecutor(parallel) as pool:
-        jobs = {(r, s): pool.submit(fit, r, s, root, out, steps, None) for r in first for s in seeds}
+        jobs = {(r, s): pool.submit(fit, r, s, root, out, steps, None, start) for r in first for s in seeds}
         for (r, s), job in jobs.items():
             results[r][s], sec = job.result()
             seconds[r].append(sec)
@@ -126,6 +153,7 @@ def run_table(
                     out,
                     steps,
                     last_checkpoint(newest_last(out / f"{slug(ANCILLARY)}_seed{s}") or out),
+                    start,
                 )
                 for r in later
                 for s in seeds
@@ -153,6 +181,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=None)
+    parser.add_argument("--pretrained", action="store_true", help="start from the pretrained ResNet-18")
     args = parser.parse_args()
     if not (args.root / "SegmentationClicks").is_dir():
         subprocess.run(
@@ -168,7 +197,8 @@ def main() -> None:
             ],
             check=True,
         )
-    run_table(args.root, args.out, args.seeds, args.steps, args.parallel, args.rows)
+    start = pretrained_args() if args.pretrained else ()
+    run_table(args.root, args.out, args.seeds, args.steps, args.parallel, args.rows, start)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Examples::
         --out data/VOC2012/SegmentationClicksWTP
     wsss-data class-stats --dataset gta5 --root data/gta5 --split train
     wsss-data check --dataset voc --root data/VOC2012 --split val
+    wsss-data pretrain-encoder --encoder resnet18 --out outputs/pretrained
 
 Every error prints one clear message to stderr and exits with status 2.
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 from wsss_lightning.data import prepare
 from wsss_lightning.data.datasets import SOURCES, build_source
 from wsss_lightning.data.datasets.base import DataError
+from wsss_lightning.data.pretrain_task import PretrainConfig
 from wsss_lightning.data.rare_classes import compute_class_stats, default_stats_path, save_class_stats
 from wsss_lightning.data.source import DEFAULT_SPLITS
 from wsss_lightning.data.supervision import read_id_list
@@ -168,6 +170,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=0, help="threads reading label maps (default: 0)")
 
+    p = sub.add_parser(
+        "pretrain-encoder",
+        help="pretrain an encoder on a generated classification task (cached by its arguments)",
+        description=(
+            "Train a timm CNN encoder on a generated multi-label classification set of object scenes (the 20 "
+            "VOC object classes, images disjoint from the synthetic benchmark sets) and write its weights, "
+            "for the encoder_weights argument of the methods: a CPU stand-in for ImageNet weights. A file "
+            "with the same arguments is reused."
+        ),
+    )
+    defaults = PretrainConfig()
+    p.add_argument("--encoder", default=defaults.encoder, help="timm model name (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, default=Path("outputs/pretrained"), help="folder (default: %(default)s)"
+    )
+    for name, text in (
+        ("seed", "seed of the generated images and of the training"),
+        ("num_images", "generated training images"),
+        ("image_size", "side of the generated images"),
+        ("crop", "side of the random training crops"),
+        ("steps", "optimizer steps"),
+        ("batch_size", "images per step"),
+    ):
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=int, default=getattr(defaults, name), help=f"{text} (default: %(default)s)")
+    p.add_argument(
+        "--lr", type=float, default=defaults.lr, help="peak AdamW learning rate (default: %(default)s)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+
     p = sub.add_parser("check", help="read every sample of a split and report errors")
     _add_source_args(p)
     p.add_argument("--max-errors", type=int, default=20, help="errors printed in full")
@@ -209,6 +241,18 @@ def _clicks_from_json(args: argparse.Namespace) -> None:
         f"{summary.dropped} clicks dropped in total; {summary.skipped} ids outside split {split!r} skipped"
         + (f"; {summary.unknown} unknown ids skipped" if args.allow_unknown_ids else "")
     )
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    import torch  # only this command needs torch and timm
+
+    from wsss_lightning.models.pretrain import pretrain_encoder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = ("encoder", "seed", "num_images", "image_size", "crop", "steps", "batch_size", "lr")
+    config = PretrainConfig(**{name: getattr(args, name) for name in fields})
+    pretrain_encoder(config, args.out)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -259,6 +303,8 @@ def _run(args: argparse.Namespace) -> int:
         path = save_class_stats(args.out or default_stats_path(args.root, args.split), stats)
         present = int((stats.counts.sum(axis=0) > 0).sum())
         print(f"wrote class statistics of {len(stats.ids)} images ({present} classes present) to {path}")
+    elif command == "pretrain-encoder":
+        _pretrain(args)
     elif command == "check":
         return _check(args)
     return 0

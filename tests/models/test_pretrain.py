@@ -1,0 +1,57 @@
+"""The pretrained starting point: a generated classification task whose encoder loads into the methods."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from wsss_lightning.data.cli import main as wsss_data
+from wsss_lightning.data.pretrain_task import PretrainConfig
+from wsss_lightning.models.deeplabv3plus import DeepLabV3Plus
+from wsss_lightning.models.pretrain import _augment, _normalise, pretrain_encoder, pretrained_path
+from wsss_lightning.models.weights import load_weights_file
+
+TINY = PretrainConfig(num_images=24, image_size=32, crop=24, steps=3, batch_size=4)
+
+
+def test_weights_load_into_the_dilated_segmentation_encoder_and_are_reused(tmp_path) -> None:
+    path = pretrain_encoder(TINY, tmp_path, verbose=False)
+    assert path == pretrained_path(TINY, tmp_path) and path.is_file()
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["steps"] == 3 and 0.0 <= info["held_out_tag_f1"] <= 1.0
+    # every encoder tensor is in the file: the stride-32 classifier's weights fit the stride-16 DeepLabV3+
+    network = DeepLabV3Plus(21, encoder="resnet18", output_stride=16, multi_grid=(1, 2))
+    assert load_weights_file(network.encoder, path) == []
+    saved = torch.load(path, weights_only=True)
+    torch.testing.assert_close(network.encoder.state_dict()["conv1.weight"], saved["conv1.weight"])
+    # a second call with the same arguments reuses the file
+    mtime = path.stat().st_mtime_ns
+    assert pretrain_encoder(TINY, tmp_path, verbose=False) == path and path.stat().st_mtime_ns == mtime
+
+
+def test_the_cli_writes_the_same_file(tmp_path, capsys) -> None:
+    args = ["pretrain-encoder", "--out", str(tmp_path), "--num-images", "24", "--image-size", "32"]
+    args += ["--crop", "24", "--steps", "3", "--batch-size", "4", "--threads", "1"]
+    assert wsss_data(args) == 0
+    assert pretrained_path(TINY, tmp_path).is_file()
+    assert "pretrained resnet18" in capsys.readouterr().out
+
+
+def test_crops_are_windows_of_the_images_and_flips_mirror_them() -> None:
+    images = torch.randint(0, 256, (16, 3, 20, 20), dtype=torch.uint8)
+    crops = _augment(images, 12, torch.Generator().manual_seed(0))
+    assert crops.shape == (16, 3, 12, 12)
+    for crop, image in zip(crops, _normalise(images), strict=True):
+        windows = image.unfold(1, 12, 1).unfold(2, 12, 1).permute(1, 2, 0, 3, 4).reshape(-1, 3, 12, 12)
+        found = [(w - c).abs().amax() < 1e-6 for w in windows for c in (crop, crop.flip(2))]
+        assert any(found)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("steps", 0), ("num_images", 0), ("crop", 200), ("lr", 0.0), ("batch_size", 0)]
+)
+def test_bad_arguments_name_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"pretrain {field}"):
+        PretrainConfig(**{field: value})  # type: ignore[arg-type]
