@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from wsss_lightning.models.resnet38 import ResNet38, ResNet38Features, load_resnet38_weights
+from wsss_lightning.models.weights import load_weights_file
 
 # Measured once from the layout (PSA's resnet38d); a change means the architecture changed.
 NUM_PARAMETERS = 105_070_912
@@ -138,6 +139,9 @@ def test_weights_round_trip(model, tmp_path):
     for name, tensor in model.state_dict().items():
         if not name.endswith("num_batches_tracked"):
             assert torch.equal(tensor, saved[f"module.{name}"]), name
+    # The package's generic loader reads the same file with nothing missing but BN's batch counters.
+    missing = load_weights_file(model, path)
+    assert missing and all(n.endswith("num_batches_tracked") for n in missing)
 
 
 def test_wrong_names_fail_naming_the_file(model, tmp_path):
