@@ -53,7 +53,9 @@ class PWWaveCallback(Callback):
         if first not in ("class", "seg"):
             raise ValueError(f"pw.first must be 'class' or 'seg', got {first!r}")
         if mode not in TEACHING_MODES:
-            raise ValueError(f"teaching.mode must be one of {', '.join(map(repr, TEACHING_MODES))}, got {mode!r}")
+            raise ValueError(
+                f"teaching.mode must be one of {', '.join(map(repr, TEACHING_MODES))}, got {mode!r}"
+            )
         self.period = period
         self.tau = float(tau)
         self.first: Literal["class", "seg"] = first
@@ -72,7 +74,7 @@ class PWWaveCallback(Callback):
     ) -> None:
         step = trainer.global_step
         teacher = self.teacher_at(step)
-        pl_module.active_teacher = teacher
+        pl_module.active_teacher = teacher  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors
         self.last_step = step
         if is_logging_step(trainer):
             value = 1.0 if teacher == "class" else 0.0

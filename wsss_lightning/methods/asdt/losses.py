@@ -37,7 +37,9 @@ def bg_fg_ce(logits: Tensor, labels: Tensor, ignore_index: int = 255) -> Tensor:
     return balanced_seg_ce(logits, labels, ignore_index=ignore_index, scale=1.0)
 
 
-def structure_gate(probs: Tensor, labels: Tensor, roi: Tensor | None = None, ignore_index: int = 255) -> Tensor:
+def structure_gate(
+    probs: Tensor, labels: Tensor, roi: Tensor | None = None, ignore_index: int = 255
+) -> Tensor:
     """Per-pixel gate ``G`` of RRM's gated dense-CRF energy (``DenseEnergyLoss.py``), for ``L_str``.
 
     ``G = ROI − max_k S_k`` on labelled pixels (the energy acts on them in proportion to the prediction's

@@ -166,5 +166,7 @@ class ReliableLabelConfig:
         _in_range("labels.crf_sure", self.crf_sure, 0.0, 1.0, "[]")
         scales = _floats("labels.cam_scales", self.cam_scales)
         if not scales or not all(math.isfinite(s) and s > 0 for s in scales) or 1.0 not in scales:
-            _fail("labels.cam_scales", "positive scales including 1.0 (the training forward)", self.cam_scales)
+            _fail(
+                "labels.cam_scales", "positive scales including 1.0 (the training forward)", self.cam_scales
+            )
         self.cam_scales = scales
