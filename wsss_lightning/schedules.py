@@ -7,6 +7,7 @@ in the trainer's checkpoint, so a resumed run evaluates the same values at the s
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 
 def warmup_poly(
@@ -70,3 +71,62 @@ def ema_decay_ramp(step_since_start: int, max_decay: float = 0.99) -> float:
     if step_since_start < 0:
         raise ValueError(f"step_since_start must be >= 0, got {step_since_start}")
     return min(1.0 - 1.0 / (step_since_start + 1), max_decay)
+
+
+def pw_duty(period: int = 150, tau: float = 5.0) -> int:
+    """High-level length ``T_h`` of ASDT's pulse-width wave: ``round(T / τ)``, kept in ``[1, T − 1]``.
+
+    ASDT (Zhang et al., IEEE TIP, §3.3, Eq. 4) defines the period ``T = T_h + T_l`` and the duty ratio
+    ``τ = T / T_h``; its implementation details give ``T = 150, τ = 5`` (``T_h = 30``), its τ ablation (Fig. 5)
+    is best at ``τ = 6`` (25 with ``T = 150``). The paper does not say how ``T / τ`` is rounded when τ does not
+    divide ``T``: halves round up (``T = 150, τ = 4`` → 38), and both levels keep at least one step.
+
+    Args:
+        period: ``T`` in optimizer steps (>= 2).
+        tau: ``τ`` (> 1).
+
+    Returns:
+        ``T_h``.
+
+    Raises:
+        ValueError: naming ``pw.period`` or ``pw.tau``.
+    """
+    if isinstance(period, bool) or not isinstance(period, int) or period < 2:
+        raise ValueError(f"pw.period must be an integer >= 2 (both teachers in every period), got {period!r}")
+    if not math.isfinite(tau) or tau <= 1.0:
+        raise ValueError(f"pw.tau must be a finite number > 1 (T_h = T / tau < T), got {tau!r}")
+    return min(max(math.floor(period / tau + 0.5), 1), period - 1)
+
+
+def pw_phase(
+    step: int, period: int = 150, tau: float = 5.0, first: Literal["class", "seg"] = "class"
+) -> Literal["class", "seg"]:
+    """Which teacher ASDT's pulse-width controller ``Λ_t`` selects at optimizer step ``step`` (Eq. 4).
+
+    With ``T_h = pw_duty(period, tau)`` and ``φ = step mod T``: ``first="class"`` gives the class-teacher
+    (``L_d^{ct→s}``, Eq. 5, the wave's high level) while ``φ < T_h`` and the seg-teacher (``L_d^{st→s}``,
+    Eq. 6) for the other ``T − T_h`` steps; ``first="seg"`` starts with the ``T − T_h`` seg-teacher steps.
+    The paper draws the wave (Fig. 2) without stating its phase; class-teacher first means the student's
+    first updates come from the class-teacher while the seg-teacher is still untrained.
+
+    Args:
+        step: optimizer steps taken so far (``trainer.global_step``, >= 0).
+        period: ``T`` (>= 2).
+        tau: ``τ`` (> 1).
+        first: level the wave starts with, ``"class"`` or ``"seg"``.
+
+    Returns:
+        ``"class"`` or ``"seg"``.
+
+    Raises:
+        ValueError: naming ``pw.period``, ``pw.tau`` or ``pw.first``, or for a negative ``step``.
+    """
+    high = pw_duty(period, tau)
+    if first not in ("class", "seg"):
+        raise ValueError(f"pw.first must be 'class' or 'seg', got {first!r}")
+    if step < 0:
+        raise ValueError(f"pw_phase: step must be >= 0, got {step}")
+    phi = step % period
+    if first == "class":
+        return "class" if phi < high else "seg"
+    return "seg" if phi < period - high else "class"

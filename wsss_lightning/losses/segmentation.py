@@ -151,14 +151,15 @@ def classification_loss(logits: Tensor, tags: Tensor) -> Tensor:
 
 
 def balanced_seg_ce(
-    logits: Tensor, labels: Tensor, ignore_index: int = 255, log_probs: bool = False
+    logits: Tensor, labels: Tensor, ignore_index: int = 255, log_probs: bool = False, scale: float = 0.5
 ) -> Tensor:
     """ToCo's background/foreground-balanced cross-entropy (DuPL's ``L_seg`` for one sub-net).
 
-        L = 0.5 * [sum_{y=0} CE / (n_bg + 1e-6) + sum_{y not in {0, ignore}} CE / (n_fg + 1e-6)],
+        L = scale * [sum_{y=0} CE / (n_bg + 1e-6) + sum_{y not in {0, ignore}} CE / (n_fg + 1e-6)],
 
-    with the sums and counts over the whole batch, so background and foreground pixels weigh half each
-    whatever their proportions. A side without pixels contributes 0.
+    with the sums and counts over the whole batch, so background and foreground pixels weigh the same
+    whatever their proportions. A side without pixels contributes 0. ToCo's ``get_seg_loss`` halves the sum
+    (``scale=0.5``); RRM's (``tool/myTool.py``) does not (``scale=1``).
 
     Args:
         logits: ``(B, K, H, W)`` segmentation logits, already at the label size (K = C + 1, 0 = background).
@@ -166,6 +167,7 @@ def balanced_seg_ce(
         ignore_index: label of unsupervised pixels.
         log_probs: ``logits`` are already log-probabilities (``log_softmax`` over dim 1), e.g. shared with
             another loss of the same logits; the result is the same as from the logits.
+        scale: factor of the sum of the two means.
 
     Returns:
         0-d tensor.
@@ -179,4 +181,4 @@ def balanced_seg_ce(
     fg = (labels != 0) & (labels != ignore_index)
     bg_loss = torch.where(bg, ce, 0.0).sum() / (bg.sum() + 1e-6)
     fg_loss = torch.where(fg, ce, 0.0).sum() / (fg.sum() + 1e-6)
-    return 0.5 * (bg_loss + fg_loss)
+    return scale * (bg_loss + fg_loss)
