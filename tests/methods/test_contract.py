@@ -168,6 +168,15 @@ METHODS = [
         interrupt_at=3,  # with keys in the memory bank and moved prototypes
         replicated=("teacher.", "contrastive.memory_bank.", "contrastive.prototype_bank."),
     ),
+    MethodCase(
+        name="asdt",
+        method=methods.ASDTModule,
+        configs=("asdt/synthetic_voc.yaml",),
+        layout="voc",
+        tiny=(*tiny.ASDT, "--trainer.val_check_interval=4"),
+        steps=4,
+        interrupt_at=3,  # in the seg-teacher phase of the wave; it resumes into a class-teacher step
+    ),
 ]
 CASES = {case.name: case for case in METHODS}
 _STAGES: dict[str, Path] = {}

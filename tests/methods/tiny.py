@@ -125,3 +125,15 @@ U2PL_DA = (
     "--model.init_args.contrastive.max_keys_per_step=64",
     "--model.init_args.contrastive.min_valid_classes=1",
 )
+
+#: ASDT: ResNet-18 at output stride 8 with 16-wide seg heads on 64-px crops, CAMs at two scales; the classifier
+#: warm-up is step 0, the PW wave has period 4 (one class-teacher step, then three seg-teacher steps)
+ASDT = (
+    "--model.init_args.encoder=resnet18",
+    "--model.init_args.seg_width=16",
+    "--model.init_args.warmup_steps=1",
+    "--model.init_args.pw.period=4",
+    "--model.init_args.pw.tau=4.0",
+    "--model.init_args.labels.cam_scales=[1.0,0.5]",
+    *SMALL_BATCHES,
+)

@@ -435,16 +435,24 @@ class WSSSDataModule(L.LightningDataModule):
                 self._eval_sets[kind] = EvalSegDataset(source, self.eval_tf)
 
     def _predict_set(self) -> EvalSegDataset:
-        """The prediction images: own images (``predict_images``) or the predict split; masks are never read."""
+        """The prediction images: own images (``predict_images``) or the predict split; masks are never read.
+
+        With the ``TagsView``, a predict split of the dataset carries the image tags as the training split gets
+        them (the tag file, else the split's masks): methods make their pseudo masks from them (ASDT).
+        """
         evaluated = self.eval_source
         images = self.predict_images
+        tags = None
         if images is not None:
             source: SegmentationSource = ImageFolderSource(images, self.target_info or self.info)
         else:
             assert evaluated.predict_split is not None  # resolved
             source = build_source(evaluated.name, self.eval_root, evaluated.predict_split)
+            if isinstance(self.view, TagsView) and (self.view.tags_file is not None or source.has_masks):
+                found = self._tags_for(source)
+                tags = None if isinstance(found, str) else found
         source.check_files(masks=False)
-        return EvalSegDataset(source, self.predict_tf, with_mask=False, image_size=True)
+        return EvalSegDataset(source, self.predict_tf, with_mask=False, image_size=True, tags=tags)
 
     # ---- training datasets -------------------------------------------------------------------------------
     def _click_config(self, view: ClickView) -> ClickConfig:

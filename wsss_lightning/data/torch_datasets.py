@@ -306,9 +306,12 @@ class EvalSegDataset(Dataset[dict[str, Any]]):
         with_mask: include ``"mask"`` and mask-derived ``"tags"`` (requires the split to have masks).
         image_size: include ``"image_size"``, the image's (H, W) as stored, before the transform's resize
             (predictions are written at that size).
+        tags: ``(N, C)`` image-level tags of the split's ids, in order (e.g. the training view's tag file, for
+            pseudo masks made at prediction time); ``None``: tags only from the masks.
 
     Each item: ``image`` (3, H, W) float32, ``size`` (2,) int64 = (H, W), ``name`` str, with masks
-    ``mask`` (H, W) int64 and ``tags`` (C,) float32, and as configured ``image_size`` (2,) int64.
+    ``mask`` (H, W) int64 and ``tags`` (C,) float32 (from ``tags`` when given), and as configured
+    ``image_size`` (2,) int64.
     """
 
     def __init__(
@@ -317,13 +320,17 @@ class EvalSegDataset(Dataset[dict[str, Any]]):
         transform: EvalTransform,
         with_mask: bool = True,
         image_size: bool = False,
+        tags: np.ndarray | None = None,
     ) -> None:
         if with_mask and not source.has_masks:
             raise ValueError(f"{source!r} has no masks, but evaluation needs them")
+        if tags is not None and len(tags) != len(source.ids):
+            raise ValueError(f"{source!r}: {len(tags)} tag rows for {len(source.ids)} images")
         self.source = source
         self.transform = transform
         self.with_mask = with_mask
         self.image_size = image_size
+        self.tags = tags
 
     def __len__(self) -> int:
         return len(self.source.ids)
@@ -339,7 +346,9 @@ class EvalSegDataset(Dataset[dict[str, Any]]):
         if self.image_size:
             out["image_size"] = torch.tensor(image.shape[:2], dtype=torch.int64)
         out["name"] = sample_id
-        if mask is not None:
+        if self.tags is not None:
+            out["tags"] = torch.from_numpy(np.asarray(self.tags[index], dtype=np.float32))
+        elif mask is not None:
             out["tags"] = torch.from_numpy(image_tags(mask, self.source.info))
         return out
 

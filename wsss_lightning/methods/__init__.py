@@ -15,6 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from wsss_lightning.methods.afa import AFALabelConfig, AFALossWeights, AFAModule, AFAPhaseConfig
+    from wsss_lightning.methods.asdt import (
+        ASDTModule,
+        PWWaveConfig,
+        ReliableLabelConfig,
+        StructureLossConfig,
+        TeachingConfig,
+    )
     from wsss_lightning.methods.base import SegmentationMethod
     from wsss_lightning.methods.daformer import DAFormerModule, FeatureDistanceConfig, SelfTrainingConfig
     from wsss_lightning.methods.dupl import (
@@ -54,6 +61,11 @@ _LAZY = {
     "AFALossWeights": "wsss_lightning.methods.afa",
     "AFAModule": "wsss_lightning.methods.afa",
     "AFAPhaseConfig": "wsss_lightning.methods.afa",
+    "ASDTModule": "wsss_lightning.methods.asdt",
+    "PWWaveConfig": "wsss_lightning.methods.asdt",
+    "ReliableLabelConfig": "wsss_lightning.methods.asdt",
+    "StructureLossConfig": "wsss_lightning.methods.asdt",
+    "TeachingConfig": "wsss_lightning.methods.asdt",
     "SegmentationMethod": "wsss_lightning.methods.base",
     "DAFormerModule": "wsss_lightning.methods.daformer",
     "FeatureDistanceConfig": "wsss_lightning.methods.daformer",
@@ -93,6 +105,7 @@ __all__ = [
     "AFALossWeights",
     "AFAModule",
     "AFAPhaseConfig",
+    "ASDTModule",
     "CAMConfig",
     "CRFConfig",
     "ConsistencyConfig",
@@ -109,16 +122,20 @@ __all__ = [
     "NonFiniteLossError",
     "NonFiniteWeightsError",
     "OptimizerConfig",
+    "PWWaveConfig",
     "PartialCEConfig",
     "PhaseConfig",
     "PseudoLabelConfig",
+    "ReliableLabelConfig",
     "SegmentationMethod",
     "SelfTrainingConfig",
     "SeminarModule",
     "StrongViewConfig",
+    "StructureLossConfig",
     "SupervisedLossConfig",
     "SupervisedModule",
     "TeacherConfig",
+    "TeachingConfig",
     "ThresholdConfig",
     "U2PLDomainModule",
     "U2PLModule",

@@ -456,15 +456,23 @@ class SegmentationMethod(L.LightningModule, ABC):
             return int(trainer.max_steps)
         return int(trainer.estimated_stepping_batches)
 
+    def no_weight_decay_groups(self) -> frozenset[str]:
+        """Parameter groups trained without weight decay (e.g. RRM's biases); none by default."""
+        return frozenset()
+
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer over ``param_groups`` with the configured learning-rate multipliers."""
         cfg = self.optim
         groups = []
+        no_decay = self.no_weight_decay_groups()
         for name, (params, default_mult) in self.param_groups().items():
             trainable = [p for p in params if p.requires_grad]
             if trainable:
                 mult = cfg.lr_mult.get(name, default_mult)
-                groups.append({"params": trainable, "name": name, "lr": cfg.lr * mult, "lr_mult": mult})
+                group = {"params": trainable, "name": name, "lr": cfg.lr * mult, "lr_mult": mult}
+                if name in no_decay:
+                    group["weight_decay"] = 0.0
+                groups.append(group)
         unknown = set(cfg.lr_mult) - set(self.param_groups())
         if unknown:
             raise ValueError(

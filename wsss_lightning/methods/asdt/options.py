@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NoReturn
 
 from wsss_lightning.callbacks.pw_wave import TEACHING_MODES
+from wsss_lightning.inference.crf import CRFParams
+from wsss_lightning.methods.asdt.labels import RRM_TRAIN_CRF
 from wsss_lightning.schedules import pw_duty
 
 
@@ -146,6 +148,8 @@ class ReliableLabelConfig:
             (RRM 0.8).
         cam_scales: input scales whose CAMs are averaged, all > 0 and 1.0 among them (the training forward;
             the others run without gradient) (RRM and ASDT §4: 1, 0.5, 1.5, 2).
+        crf: the dense CRF of the reliable label, also used for the seg-teacher's label ``B^st`` (RRM's
+            training-time CRF, ``tool/imutils.py``: Gaussian 3 / 3, bilateral 80 / 13 / 10, 10 iterations).
     """
 
     alphas: tuple[float, float] = (4.0, 32.0)
@@ -154,6 +158,7 @@ class ReliableLabelConfig:
     background_sure: float = 0.8
     crf_sure: float = 0.8
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    crf: CRFParams = field(default_factory=lambda: RRM_TRAIN_CRF)
 
     def __post_init__(self) -> None:
         alphas = _floats("labels.alphas", self.alphas)

@@ -1,0 +1,325 @@
+"""ASDT: alternate self-dual teaching from image-level tags.
+
+Zhang et al., "Weakly Supervised Semantic Segmentation via Alternate Self-Dual Teaching" (IEEE TIP), on the
+training code of its baseline RRM (Zhang et al., "Reliability Does Matter", AAAI 2020; github.com/zbf1991/RRM,
+``train_from_cls_weight.py``). One network (:class:`~wsss_lightning.methods.asdt.network.ASDTNetwork`) with a
+class-teacher, a seg-teacher and a student; each step:
+
+1. the class-teacher classifies the crop (multi-label soft margin, Eq. 2) and gives multi-scale CAMs;
+2. RRM's reliable label B^ct / R^ct from the CAMs and two dense CRFs of different background strength (Sec. 3.2),
+   computed batched on the training device (:func:`~wsss_lightning.methods.asdt.labels.class_teacher_labels`);
+3. the seg-teacher learns from B^ct every step (Eq. 3: the bg/fg cross-entropy + the gated dense-CRF energy L_str);
+4. the student learns from one teacher per step, chosen by the pulse-width wave (Eq. 4): from B^ct (Eq. 5) in the
+   high phase, from B^st, the CRF of the seg-teacher's own prediction (Eq. 6), in the low phase
+   (:class:`~wsss_lightning.callbacks.pw_wave.PWWaveCallback` sets :attr:`ASDTModule.active_teacher`);
+5. loss ``L_ce + L_d^{ct→st} + L_ad`` with unit weights (RRM sums its terms the same way).
+
+The ablation rows of Table 4 are ``teaching.mode``: ``class`` (row I: the student learns from the class-teacher
+only, i.e. RRM), ``seg`` (row II), ``max`` / ``mean`` (rows III / IV: one CRF label of the fused class-teacher and
+seg-teacher maps) and ``alternate`` (row V, the method).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, cast
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from typing_extensions import override
+
+from wsss_lightning.callbacks.pw_wave import PWWaveCallback
+from wsss_lightning.callbacks.schedule import fit_to_run, run_length
+from wsss_lightning.losses.dense_crf import DenseCRFLoss
+from wsss_lightning.losses.segmentation import classification_loss
+from wsss_lightning.methods.asdt.labels import (
+    class_teacher_labels,
+    dual_teacher_labels,
+    normalise_by_max,
+    pseudo_masks,
+    seg_teacher_labels,
+)
+from wsss_lightning.methods.asdt.losses import bg_fg_ce, structure_gate
+from wsss_lightning.methods.asdt.network import ASDTNetwork, ASDTOutput
+from wsss_lightning.methods.asdt.options import (
+    PWWaveConfig,
+    ReliableLabelConfig,
+    StructureLossConfig,
+    TeachingConfig,
+)
+from wsss_lightning.methods.base import SegmentationMethod
+from wsss_lightning.methods.tags import ImageTagsMixin
+from wsss_lightning.metrics import SegmentationIoU, pseudo_label_accuracy
+from wsss_lightning.models.resize import resize
+from wsss_lightning.pseudo_labels.cam import box_mask
+
+Output = Literal["student", "seg_teacher", "max"]
+
+
+class ASDTModule(ImageTagsMixin, SegmentationMethod):
+    """ASDT for the ``image`` supervision view (image-level tags).
+
+    Args:
+        encoder: ``resnet38`` (RRM's wide ResNet-38, the paper's best row) or a timm CNN (``resnet101``: the R101 row),
+            run at output stride 8 with BatchNorm frozen.
+        encoder_weights: local weights file of the backbone (PSA's VOC-classification ``res38_cls.pth`` for ResNet-38,
+            from which RRM starts; ImageNet weights for timm CNNs).
+        seg_width: width of the seg-heads' first convolution (512).
+        dilation: dilation of the seg-heads' convolutions (12).
+        dropout: Dropout2d before the class-teacher's pooling (0.5).
+        pw: the pulse-width wave (period T = 150, τ = 5: T_h = 30 class-teacher steps first).
+        teaching: which teacher the student learns from (``alternate``, or a Table 4 ablation row) and how B^st treats
+            absent classes.
+        labels: RRM's reliable-label rules and CAM scales.
+        structure: the gated dense-CRF energy L_str (σ_rgb 15, σ_xy 100, weight 1e-7, half resolution).
+        evaluate: the output that validation and test use: the ``student`` (P^s), the ``seg_teacher`` (P^st) or
+            their element-wise ``max`` (P̄ of Eq. 1).
+        predict: what ``wsss predict`` writes: ``psm``, the pseudo segmentation masks of Eq. 1 for the second stage
+            (CRF of P̄ with the classes absent from the image's tags suppressed; the predict split's tags come
+            from the TagsView), or ``evaluate``, the evaluated output as in test.
+        warmup_steps: steps that train the class-teacher alone before any distillation (0: the paper, which starts
+            from RRM's classification-trained weights; a stand-in for them when the backbone starts elsewhere).
+        **kwargs: the arguments of :class:`SegmentationMethod` (``num_classes`` with background; ``optim`` groups
+            ``backbone`` (×1), ``backbone_bias`` (×2), ``head`` (×10), ``head_bias`` (×20); biases without weight
+            decay, as RRM).
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet38",
+        encoder_weights: str | None = None,
+        seg_width: int = 512,
+        dilation: int = 12,
+        dropout: float = 0.5,
+        pw: PWWaveConfig | None = None,
+        teaching: TeachingConfig | None = None,
+        labels: ReliableLabelConfig | None = None,
+        structure: StructureLossConfig | None = None,
+        evaluate: Output = "student",
+        predict: Literal["psm", "evaluate"] = "psm",
+        warmup_steps: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if warmup_steps < 0:
+            raise ValueError(f"{type(self).__name__}: warmup_steps must be >= 0, got {warmup_steps}")
+        #: classification-only steps, as configured or scaled into a shorter run (see setup)
+        self.warmup_steps = warmup_steps
+        #: the teacher of the student's loss in the current step ("class", "seg", "max" or "mean"), set by the
+        #: PWWaveCallback before every training batch
+        self.active_teacher: str = "class"
+
+    # ------------------------------------------------------------------ construction
+    @override
+    def configure_models(self) -> None:
+        hp = self.options
+        self.check_choices(evaluate=("student", "seg_teacher", "max"), predict=("psm", "evaluate"))
+        try:
+            self.net = ASDTNetwork(
+                self.num_classes,
+                encoder=hp.encoder,
+                encoder_weights=hp.encoder_weights,
+                seg_width=hp.seg_width,
+                dilation=hp.dilation,
+                dropout=hp.dropout,
+            )
+        except (ValueError, FileNotFoundError) as err:  # name the module's options
+            raise type(err)(
+                f"{type(self).__name__}: model.init_args.encoder / encoder_weights: {err}"
+            ) from err
+        s = hp.structure
+        self.structure_loss = DenseCRFLoss(s.weight, s.sigma_rgb, s.sigma_xy, s.scale, s.kernel)
+
+    @override
+    def configure_metrics(self) -> None:
+        super().configure_metrics()
+        # P^st, P^s and P̄ of Table 4, and the class-teacher's reliable label B^ct (over the pixels it keeps)
+        self.val_outputs = nn.ModuleDict(
+            {
+                kind: SegmentationIoU(self.num_classes, self.ignore_index)
+                for kind in ("seg_teacher", "student", "max", "ct_label")
+            }
+        )
+
+    @override
+    def param_groups(self) -> dict[str, tuple[list[nn.Parameter], float]]:
+        groups = self.net.param_groups()
+        mults = {"backbone": 1.0, "backbone_bias": 2.0, "head": 10.0, "head_bias": 20.0}
+        return {name: (params, mults[name]) for name, params in groups.items()}
+
+    @override
+    def no_weight_decay_groups(self) -> frozenset[str]:
+        return frozenset({"backbone_bias", "head_bias"})
+
+    @override
+    def method_callbacks(self) -> list[L.Callback]:
+        pw, mode = self.options.pw, self.options.teaching.mode
+        return [PWWaveCallback(pw.period, pw.tau, pw.first, mode)]
+
+    @override
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        steps = run_length(self.trainer)
+        if steps is not None and self.options.warmup_steps > 0:
+            # a warm-up longer than the run (--trainer.max_steps 10) is scaled into it, said in one line
+            self.warmup_steps = fit_to_run(
+                type(self).__name__, "step", steps, {"warmup_steps": self.options.warmup_steps}
+            )["warmup_steps"]
+
+    # ------------------------------------------------------------------ inference
+    def _probs(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """P^st and P^s (B, C, H, W) at the input size."""
+        out = self.net(images)
+        size = images.shape[-2:]
+        return resize(out.seg_teacher, size).float().softmax(1), resize(out.student, size).float().softmax(1)
+
+    @override
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits of the evaluated output (log of P̄ for ``evaluate: max``), at the backbone's resolution."""
+        out: ASDTOutput = self.net(images)
+        if self.options.evaluate == "student":
+            return out.student
+        if self.options.evaluate == "seg_teacher":
+            return out.seg_teacher
+        return torch.maximum(out.seg_teacher.float().softmax(1), out.student.float().softmax(1)).log()
+
+    # ------------------------------------------------------------------ labels
+    @torch.no_grad()
+    def class_teacher_cams(self, images: Tensor, cams: Tensor, tags: Tensor) -> Tensor:
+        """RRM's multi-scale CAM M (B, C−1, H, W) (``network/RRM.py``).
+
+        The scales' CAMs are averaged on the training grid, absent classes zeroed, the mean bilinearly upsampled
+        to the crop and each map normalised by its maximum.
+        """
+        grid = cams.shape[-2:]
+        total = cams.float()
+        scales = [s for s in self.options.labels.cam_scales if s != 1.0]
+        for s in scales:
+            x = resize(images, (int(images.shape[-2] * s), int(images.shape[-1] * s)))
+            total = total + resize(self.net.cams(x), grid).float()
+        mean = total / (len(scales) + 1) * tags[:, :, None, None]
+        return normalise_by_max(resize(mean, images.shape[-2:]))
+
+    def student_target(
+        self, rgb: Tensor, cams: Tensor, tags: Tensor, ct_label: Tensor, p_st: Tensor
+    ) -> Tensor:
+        """The label the student learns from in this step: B^ct, B^st or the fused dual-teacher label."""
+        crf = self.options.labels.crf
+        if self.active_teacher == "class":
+            return ct_label
+        if self.active_teacher == "seg":
+            return seg_teacher_labels(
+                rgb, p_st, tags, crf=crf, absent=self.options.teaching.seg_teacher_absent
+            )
+        mode = cast(Literal["max", "mean"], self.active_teacher)
+        return dual_teacher_labels(rgb, cams, tags, p_st, mode, crf=crf)
+
+    # ------------------------------------------------------------------ training
+    def distillation(self, rgb: Tensor, logits: Tensor, labels: Tensor, roi: Tensor) -> tuple[Tensor, Tensor]:
+        """(bg/fg cross-entropy, gated dense-CRF energy L_str) of one head against one label (Eqs. 3, 5, 6)."""
+        probs = logits.float().softmax(1)
+        ce = bg_fg_ce(logits, labels, self.ignore_index)
+        energy = self.structure_loss(rgb, probs, roi, structure_gate(probs, labels, roi, self.ignore_index))
+        return ce, energy
+
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        images = batch["image"]
+        size = (images.shape[-2], images.shape[-1])
+        tags = self._fg_tags(batch)
+        out: ASDTOutput = self.net(images)
+        if self.global_step < self.warmup_steps:
+            loss_cls = classification_loss(out.class_logits, tags)
+            # the seg heads stay in the graph (0 ×), so DDP needs no find_unused_parameters
+            loss = loss_cls + 0.0 * (out.seg_teacher.sum() + out.student.sum())
+            self.log_dict({"train/loss_cls": loss_cls, "train/loss": loss}, batch_size=images.shape[0])
+            self.log_progress_loss(loss, images.shape[0], {"train/loss_cls": loss_cls})
+            return loss
+        roi = box_mask(type(self).__name__, batch["valid_box"], size)
+        rgb = self.denormalize(images) * 255.0
+        seg_teacher, student = resize(out.seg_teacher, size), resize(out.student, size)
+        cfg = self.options.labels
+        with torch.no_grad():
+            cams = self.class_teacher_cams(images, out.cams.detach(), tags)
+            ct_label = class_teacher_labels(
+                rgb, cams, tags, crf=cfg.crf, alphas=cfg.alphas, cam_floor=cfg.cam_floor,
+                cam_quantile=cfg.cam_quantile, background_sure=cfg.background_sure, crf_sure=cfg.crf_sure, roi=roi,
+            )  # fmt: skip
+            target = self.student_target(rgb, cams, tags, ct_label, seg_teacher.detach().float().softmax(1))
+        loss_cls = classification_loss(out.class_logits, tags)
+        ce_st, str_st = self.distillation(rgb, seg_teacher, ct_label, roi)
+        ce_s, str_s = self.distillation(rgb, student, target, roi)
+        loss = loss_cls + ce_st + str_st + ce_s + str_s
+        logs = {
+            "train/loss_cls": loss_cls, "train/loss_ct_st": ce_st, "train/loss_str_st": str_st,
+            "train/loss_ad": ce_s, "train/loss_str_s": str_s, "train/loss": loss,
+            "train/reliable_fraction": (ct_label != self.ignore_index).float().mean(),
+        }  # fmt: skip
+        if "mask" in batch:  # diagnostics of the TagsView's masks (diagnostic_masks: true)
+            logs["train/ct_label_accuracy"] = pseudo_label_accuracy(
+                ct_label, batch["mask"], self.ignore_index
+            )
+        self.log_dict(logs, batch_size=images.shape[0])
+        self.log_progress_loss(loss, images.shape[0], logs)
+        return loss
+
+    # ------------------------------------------------------------------ validation
+    def _val_metric(self, kind: str) -> SegmentationIoU:
+        return cast(SegmentationIoU, self.val_outputs[kind])
+
+    @override
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        images, masks = batch["image"], batch["mask"].long()
+        p_st, p_s = self._probs(images)
+        self._val_metric("seg_teacher").update(p_st.argmax(1), masks)
+        self._val_metric("student").update(p_s.argmax(1), masks)
+        self._val_metric("max").update(torch.maximum(p_st, p_s).argmax(1), masks)
+        if "tags" in batch:  # the class-teacher's reliable label on the pixels it keeps
+            tags, cfg = self._fg_tags(batch), self.options.labels
+            cams = self.class_teacher_cams(images, self.net.cams(images), tags)
+            label = class_teacher_labels(
+                self.denormalize(images) * 255.0, cams, tags, crf=cfg.crf, alphas=cfg.alphas,
+                cam_floor=cfg.cam_floor, cam_quantile=cfg.cam_quantile, background_sure=cfg.background_sure,
+                crf_sure=cfg.crf_sure,
+            )  # fmt: skip
+            kept = label != self.ignore_index
+            self._val_metric("ct_label").update(
+                torch.where(kept, label, 0), torch.where(kept, masks, self.ignore_index)
+            )
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        for kind, metric in self.val_outputs.items():
+            self._log_iou("val", cast(SegmentationIoU, metric), kind)
+
+    # ------------------------------------------------------------------ pseudo masks
+    def pseudo_segmentation_masks(self, images: Tensor, tags: Tensor, sizes: Tensor | None = None) -> Tensor:
+        """Eq. 1's PSM: CRF of max(P^st, P^s) with absent classes suppressed, (B, H, W) labels."""
+        p_st, p_s = self._probs(images)
+        return pseudo_masks(self.denormalize(images) * 255.0, p_st, p_s, tags, sizes=sizes)
+
+    @override
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        if self.options.predict == "evaluate":
+            return super().predict_step(batch, batch_idx, dataloader_idx)
+        if "tags" not in batch:
+            raise KeyError(
+                f"{type(self).__name__}: predict: psm suppresses the classes absent from each image's tags, but the "
+                "prediction batches hold none: predict a split of the dataset (data.source.predict_split) with the "
+                "TagsView and a tags_file or masks, or set model.init_args.predict: evaluate"
+            )
+        labels = self.pseudo_segmentation_masks(batch["image"], self._fg_tags(batch), batch["size"])
+        sizes = batch["size"].tolist()
+        out = {
+            "name": list(batch["name"]),
+            "masks": [labels[i, :h, :w].to(torch.uint8).cpu().numpy() for i, (h, w) in enumerate(sizes)],
+        }
+        if "image_size" in batch:
+            out["image_size"] = batch["image_size"].tolist()
+        return out
+
+
+__all__ = ["ASDTModule"]
