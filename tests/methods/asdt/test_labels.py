@@ -106,9 +106,14 @@ def rgb(images: torch.Tensor) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- B^ct
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 3])
 def test_class_teacher_labels_agree_with_rrm(seed: int) -> None:
-    """≥ 98 % of the pixels get RRM's label (measured: 100.0 % for seeds 0 and 1)."""
+    """≥ 98 % of the pixels get RRM's label (measured: 100.0 % for seeds 0-3).
+
+    The bound asserted is tighter, 99.5 %, so that a wrong rule shows: swapping the order of the 255 / 0 writes
+    gives 61-82 %, the 50th instead of the 60th percentile 94-97 %, a background-sure threshold of 0.7 instead
+    of 0.8 98.2-98.4 %, sure regions for classes missing from L_la 99.3 % (seed 3).
+    """
     images, cams, tags = scene(seed)
     labels = class_teacher_labels(images, cams, tags)
     assert labels.shape == (2, 48, 64) and labels.dtype == torch.int64
@@ -116,7 +121,7 @@ def test_class_teacher_labels_agree_with_rrm(seed: int) -> None:
         [rrm_reference(im, cams[i].numpy(), tags[i].numpy()) for i, im in enumerate(rgb(images))]
     )
     agreement = (labels.numpy() == expected).mean()
-    assert agreement >= 0.98, agreement
+    assert agreement >= 0.995, agreement
     # every kind of label occurs, so the agreement says something
     values = set(np.unique(labels.numpy()).tolist())
     assert {0, 255, 3, 8, 12}.issubset(values) and 15 not in values, values
@@ -130,6 +135,13 @@ def test_image_without_tags_is_background_only() -> None:
     assert (labels[1] == 0).float().mean() > 0.9
     # the other image is unaffected
     torch.testing.assert_close(labels[0], class_teacher_labels(images[:1], cams[:1], tags[:1])[0])
+
+
+def test_class_without_values_above_the_floor_has_no_sure_region() -> None:
+    """With the floor at 1 (max-normalised CAMs stay below it) no class has a threshold, so no foreground pixel is sure."""
+    images, cams, tags = scene(0)
+    labels = class_teacher_labels(images, cams, tags, cam_floor=1.0)
+    assert set(np.unique(labels.numpy()).tolist()) == {0, 255}
 
 
 def test_roi_ignores_the_padding_only() -> None:
