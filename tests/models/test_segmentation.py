@@ -49,3 +49,18 @@ def test_weights_file_of_other_architecture_is_rejected(tmp_path):
 def test_any_input_size_is_padded_and_cropped_back():
     net = build_segmentation_network("deeplabv3plus", "resnet18", num_classes=4, output_stride=8).eval()
     assert net(torch.randn(1, 3, 77, 45)).shape == (1, 4, 77, 45)
+
+
+def test_deeplabv2_sums_four_atrous_branches_at_stride_8() -> None:
+    """DeepLab-v2 (the second stage of ASDT / RRM): ASPP-L, rates 6/12/18/24 summed, logits at the input size."""
+    net = build_segmentation_network("deeplabv2", "resnet18", 5, output_stride=8)
+    inner = net.net
+    assert [b.dilation for b in inner.branches] == [(6, 6), (12, 12), (18, 18), (24, 24)]
+    x = torch.randn(2, 3, 64, 48)
+    assert net(x).shape == (2, 5, 64, 48)
+    features = inner.encoder(x)[-1]
+    assert features.shape[-2:] == (8, 6)  # output stride 8
+    expected = sum(branch(features) for branch in inner.branches)
+    torch.testing.assert_close(
+        inner(x), torch.nn.functional.interpolate(expected, size=(64, 48), mode="bilinear", align_corners=False)
+    )

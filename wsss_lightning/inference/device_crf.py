@@ -69,6 +69,10 @@ def mean_field_crf(
         )
     if sizes is not None and tuple(sizes.shape) != (images.shape[0], 2):
         raise ValueError(f"mean_field_crf: sizes must be (B, 2); got {tuple(sizes.shape)}")
+    if torch.is_autocast_enabled(probs.device.type):
+        # the Gaussian sums lose too many digits in bfloat16 / float16: float32 with autocast off
+        with torch.autocast(probs.device.type, enabled=False):
+            return mean_field_crf(images.float(), probs.float(), params, sizes)
     b, c, h, w = probs.shape
     n = b * h * w
     device = probs.device

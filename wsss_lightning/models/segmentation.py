@@ -8,10 +8,12 @@ from typing import cast
 import segmentation_models_pytorch as smp
 from torch import Tensor, nn
 
+from wsss_lightning.models.deeplabv2 import DeepLabV2
 from wsss_lightning.models.resize import padded_forward
 from wsss_lightning.models.weights import load_weights_file
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "deeplabv2": DeepLabV2,
     "deeplabv3plus": smp.DeepLabV3Plus,
     "deeplabv3": smp.DeepLabV3,
     "unet": smp.Unet,
@@ -63,7 +65,7 @@ def build_segmentation_network(
     """Build an smp architecture by name.
 
     Args:
-        arch: one of ``ARCHITECTURES`` (``deeplabv3plus``, ``deeplabv3``, ``unet``, ``fpn``).
+        arch: one of ``ARCHITECTURES`` (``deeplabv2``, ``deeplabv3plus``, ``deeplabv3``, ``unet``, ``fpn``).
         encoder: an smp encoder name (``resnet101``, ``resnet18``, ...) or any timm model as ``tu-<name>``.
         num_classes: output channels.
         encoder_weights: optional local weights file for the encoder (ImageNet weights); ``None`` starts

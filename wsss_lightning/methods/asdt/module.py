@@ -160,6 +160,12 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
     def setup(self, stage: str) -> None:
         if stage != "fit":
             return
+        supervision = getattr(getattr(self._trainer, "datamodule", None), "supervision", None)
+        if supervision is not None and supervision != "image":
+            raise ValueError(
+                f"{type(self).__name__} trains on image-level tags: set data.view to TagsView "
+                f"(data.init_args.view), got the {supervision!r} view"
+            )
         steps = run_length(self.trainer)
         if steps is not None and self.options.warmup_steps > 0:
             # a warm-up longer than the run (--trainer.max_steps 10) is scaled into it, said in one line

@@ -1,0 +1,190 @@
+"""ASDTModule: the network's heads and groups, the step's losses and teachers, pseudo masks, bad configuration.
+
+Exact resume (with the PW phase), DDP and bf16 are checked for every method by ``tests/methods/test_contract.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.methods import tiny
+from wsss_lightning.cli import run_cli
+from wsss_lightning.methods import ASDTModule, PWWaveConfig, ReliableLabelConfig, TeachingConfig
+from wsss_lightning.methods.asdt import labels as asdt_labels
+from wsss_lightning.methods.asdt.network import ASDTNetwork
+from wsss_lightning.models.resnet38 import ResNet38
+
+REPO = Path(__file__).resolve().parents[3]
+SYNTHETIC = REPO / "configs" / "asdt" / "synthetic_voc.yaml"
+TINY = [*tiny.CPU, *tiny.ASDT, "--trainer.limit_val_batches=1", "--trainer.val_check_interval=4"]
+
+
+def small(**kwargs: Any) -> ASDTModule:
+    model = ASDTModule(
+        encoder="resnet18", seg_width=8, num_classes=5, labels=ReliableLabelConfig(cam_scales=(1.0, 0.5)), **kwargs
+    )
+    model.configure_models()
+    return model
+
+
+def batch(b: int = 2, size: int = 32, seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    tags = torch.zeros(b, 5)
+    tags[:, 0] = 1
+    tags[0, 1] = tags[1, 3] = 1
+    return {
+        "image": torch.randn(b, 3, size, size, generator=g),
+        "tags": tags,
+        "valid_box": torch.tensor([[0, 0, size, size], [0, 0, size - 8, size]]),
+        "size": torch.tensor([[size, size], [size - 8, size]]),
+        "name": [f"img{i}" for i in range(b)],
+    }
+
+
+def test_network_heads_shapes_and_frozen_batchnorm() -> None:
+    net = ASDTNetwork(5, encoder="resnet18", seg_width=8).train()
+    out = net(torch.randn(2, 3, 64, 64))
+    assert out.class_logits.shape == (2, 4) and out.cams.shape == (2, 4, 8, 8)  # output stride 8
+    assert out.seg_teacher.shape == out.student.shape == (2, 5, 8, 8)
+    assert (out.cams >= 0).all()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(not m.training for m in norms)
+    assert all(not p.requires_grad for m in norms for p in m.parameters())
+    # seg-teacher and student: same architecture, separate weights; class-teacher without bias
+    assert net.seg_teacher[0].weight.data_ptr() != net.student[0].weight.data_ptr()
+    assert net.classifier.bias is None and net.seg_teacher[0].dilation == (12, 12)
+
+
+def test_rrm_parameter_groups_and_biases_without_weight_decay() -> None:
+    model = small(optim={"name": "sgd", "lr": 0.001, "weight_decay": 1e-5})  # type: ignore[arg-type]
+    groups = {g["name"]: g for g in model.build_optimizer().param_groups}
+    assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(
+        {"backbone": 0.001, "head": 0.01, "head_bias": 0.02}  # timm ResNet convs have no bias: group empty
+    )
+    assert groups["head_bias"]["weight_decay"] == 0.0 and groups["head"]["weight_decay"] == 1e-5
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for g in groups.values() for p in g["params"]}
+
+
+def test_resnet38_backbone_and_its_classifier_from_the_weights_file(tmp_path) -> None:
+    backbone = ResNet38()
+    fc8 = torch.randn(20, 4096, 1, 1)
+    path = tmp_path / "res38_cls.pth"
+    torch.save({**backbone.state_dict(), "fc8.weight": fc8}, path)
+    net = ASDTNetwork(21, encoder="resnet38", encoder_weights=str(path), seg_width=8)
+    torch.testing.assert_close(net.classifier.weight, fc8)  # RRM's class-teacher starts pretrained
+    torch.testing.assert_close(net.backbone.state_dict()["conv1a.weight"], backbone.state_dict()["conv1a.weight"])
+    with pytest.raises(ValueError, match="fc8.weight"):
+        ASDTNetwork(6, encoder="resnet38", encoder_weights=str(path), seg_width=8)
+
+
+def test_student_target_follows_the_active_teacher() -> None:
+    model = small()
+    rgb = torch.rand(2, 3, 32, 32) * 255
+    cams = torch.rand(2, 4, 32, 32)
+    tags = batch()["tags"][:, 1:]
+    ct_label = torch.randint(0, 5, (2, 32, 32))
+    p_st = torch.rand(2, 5, 32, 32).softmax(1)
+    model.active_teacher = "class"
+    assert model.student_target(rgb, cams, tags, ct_label, p_st) is ct_label
+    model.active_teacher = "seg"
+    expected = asdt_labels.seg_teacher_labels(rgb, p_st, tags, crf=asdt_labels.RRM_TRAIN_CRF)
+    torch.testing.assert_close(model.student_target(rgb, cams, tags, ct_label, p_st), expected)
+    for mode in ("max", "mean"):
+        model.active_teacher = mode
+        expected = asdt_labels.dual_teacher_labels(rgb, cams, tags, p_st, mode)  # type: ignore[arg-type]
+        torch.testing.assert_close(model.student_target(rgb, cams, tags, ct_label, p_st), expected)
+
+
+def test_training_step_sums_the_three_losses(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = small()
+    logged: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(model, "log_dict", lambda values, **_: logged.update(values))
+    monkeypatch.setattr(model, "log_progress_loss", lambda *a, **k: None)
+    model.active_teacher = "seg"
+    loss = model.training_step(batch(), 0)
+    parts = ("train/loss_cls", "train/loss_ct_st", "train/loss_str_st", "train/loss_ad", "train/loss_str_s")
+    torch.testing.assert_close(loss, sum(logged[k] for k in parts))
+    assert loss.requires_grad and 0.0 <= float(logged["train/reliable_fraction"]) <= 1.0
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert model.net.student[2].weight.grad is not None and model.net.classifier.weight.grad is not None
+
+
+def test_warmup_trains_the_class_teacher_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = small(warmup_steps=5)
+    logged: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(model, "log_dict", lambda values, **_: logged.update(values))
+    monkeypatch.setattr(model, "log_progress_loss", lambda *a, **k: None)
+    loss = model.training_step(batch(), 0)
+    torch.testing.assert_close(loss, logged["train/loss_cls"])
+    assert set(logged) == {"train/loss_cls", "train/loss"}
+
+
+def test_predict_writes_pseudo_masks_of_the_tags() -> None:
+    model = small().eval()
+    data = batch()
+    with torch.no_grad():
+        out = model.predict_step(data, 0)
+        p_st, p_s = model._probs(data["image"])
+        expected = asdt_labels.pseudo_masks(model.denormalize(data["image"]) * 255, p_st, p_s, data["tags"][:, 1:])
+    assert out["name"] == data["name"]
+    assert out["masks"][1].shape == (24, 32)
+    torch.testing.assert_close(torch.as_tensor(out["masks"][0]).long(), expected[0])
+    present = {0, 1}  # image 0: background and class 1 only
+    assert set(out["masks"][0].ravel().tolist()) <= present
+    del data["tags"]
+    with pytest.raises(KeyError, match="predict: evaluate"):
+        model.predict_step(data, 0)
+
+
+def test_fit_logs_every_output_and_predict_writes_train_set_psms(synthetic, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = synthetic("voc")
+    cli = run_cli(["fit", "--config", str(SYNTHETIC), "--data.source.root", str(root), *TINY, "--trainer.max_steps=4"])
+    metrics = cli.trainer.callback_metrics
+    for key in ("train/loss_ad", "train/ct_label_accuracy", "schedule/pw_class_teacher", "val/miou"):
+        assert key in metrics, key
+    for output in ("seg_teacher", "student", "max", "ct_label"):
+        assert 0.0 <= float(metrics[f"val/{output}/miou"]) <= 1.0, output
+    ckpt = next(Path("outputs").rglob("last.ckpt"))
+    out = tmp_path / "psm"
+    run_cli([
+        "predict", "--config", str(SYNTHETIC), "--data.source.root", str(root), *TINY, f"--ckpt_path={ckpt}",
+        "--trainer.limit_predict_batches=1", "--trainer.callbacks+=wsss_lightning.callbacks.PredictionWriter",
+        f"--trainer.callbacks.output_dir={out}",
+    ])  # fmt: skip
+    assert sorted(out.rglob("*.png")), "no pseudo mask written"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model.init_args.encoder=not_a_net"], "model.init_args.encoder"),
+        (["--model.init_args.encoder_weights=missing.pth"], "encoder_weights"),
+        (["--model.init_args.pw.tau=1.0"], "pw.tau"),
+        (["--model.init_args.teaching.mode=both"], "teaching.mode"),
+        (["--model.init_args.labels.cam_quantile=1.5"], "labels.cam_quantile"),
+        (["--model.init_args.evaluate=teacher"], "evaluate"),
+        (["--model.init_args.warmup_steps=-1"], "warmup_steps"),
+        (["--data.init_args.view=wsss_lightning.data.FullView"], "TagsView"),
+    ],
+)
+def test_bad_configuration_fails_naming_the_field(
+    extra: list[str], message: str, synthetic, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = synthetic("voc")
+    with pytest.raises((ValueError, KeyError, FileNotFoundError, SystemExit)) as err:
+        run_cli(["fit", "--config", str(SYNTHETIC), "--data.source.root", str(root), *TINY, "--trainer.max_steps=1", *extra])
+    assert message in str(err.value) or err.type is SystemExit, str(err.value)
+
+
+def test_option_groups_are_the_exported_dataclasses() -> None:
+    model = small(pw=PWWaveConfig(period=10, tau=2.0), teaching=TeachingConfig(mode="seg"))
+    assert model.options.pw.period == 10 and model.options.teaching.mode == "seg"
+    callback = model.method_callbacks()[0]
+    assert (callback.period, callback.tau, callback.mode) == (10, 2.0, "seg")  # type: ignore[attr-defined]
