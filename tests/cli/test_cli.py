@@ -71,13 +71,15 @@ def test_fit_validate_test_predict(layout, synthetic, tmp_path, monkeypatch):
 
 def _stacks() -> list[tuple[str, ...]]:
     """Every configuration the README names: each base config alone, each U2PL split on its base with and
-    without the SupOnly fragment, Seminar's evaluation fragment on both stages, and the trainer / logger
-    fragments stacked on a base."""
+    without the SupOnly fragment, Seminar's evaluation fragment on both stages, ASDT's ResNet-101 fragment, and
+    the trainer / logger fragments stacked on a base."""
     fragments = ("trainer", "logger", "splits")
     bases = sorted(
         p.relative_to(CONFIGS).as_posix()
         for p in CONFIGS.rglob("*.yaml")
-        if p.parent.name not in fragments and not p.stem.endswith("suponly") and p.stem != "eval_center_crop"
+        if p.parent.name not in fragments
+        and not p.stem.endswith("suponly")
+        and p.stem not in ("eval_center_crop", "r101")
     )
     stacks: list[tuple[str, ...]] = [(b,) for b in bases]
     for split in sorted((CONFIGS / "u2pl" / "splits").glob("*.yaml")):
@@ -95,6 +97,7 @@ def _stacks() -> list[tuple[str, ...]]:
         (f"seminar/{stage}.yaml", "seminar/eval_center_crop.yaml")
         for stage in ("voc_ancillary", "voc_primary")
     ]
+    stacks += [("asdt/voc.yaml", "asdt/r101.yaml")]
     return stacks
 
 

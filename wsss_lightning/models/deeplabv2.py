@@ -42,15 +42,14 @@ class DeepLabV2(nn.Module):
             encoder_name, weights=encoder_weights, output_stride=encoder_output_stride
         )
         channels = self.encoder.out_channels[-1]
-        self.branches = nn.ModuleList(
-            nn.Conv2d(channels, classes, 3, padding=rate, dilation=rate) for rate in rates
-        )
-        for conv in self.branches:  # DeepLab-v2: N(0, 0.01) weights, zero biases
+        convs = [nn.Conv2d(channels, classes, 3, padding=rate, dilation=rate) for rate in rates]
+        for conv in convs:  # DeepLab-v2: N(0, 0.01) weights, zero biases
             nn.init.normal_(conv.weight, std=0.01)
-            nn.init.zeros_(conv.bias)
+            nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
+        self.branches = nn.ModuleList(convs)
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits (B, classes, H, W): the sum of the four branches, upsampled to the input size."""
         features = self.encoder(images)[-1]
-        logits: Tensor = sum(branch(features) for branch in self.branches)  # type: ignore[assignment]
+        logits: Tensor = sum(branch(features) for branch in self.branches)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)

@@ -294,6 +294,12 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
             self._val_metric("ct_label").update(
                 torch.where(kept, label, 0), torch.where(kept, masks, self.ignore_index)
             )
+            # precision of the kept pixels and the share kept, weighted by the batch's pixels
+            valid = masks != self.ignore_index
+            self.log("val/ct_label_precision", pseudo_label_accuracy(label, masks, self.ignore_index),
+                     batch_size=max(int((kept & valid).sum()), 1))  # fmt: skip
+            self.log("val/ct_label_kept", (kept & valid).sum() / valid.sum().clamp(min=1),
+                     batch_size=max(int(valid.sum()), 1))  # fmt: skip
 
     @override
     def on_validation_epoch_end(self) -> None:
