@@ -62,5 +62,6 @@ def test_deeplabv2_sums_four_atrous_branches_at_stride_8() -> None:
     assert features.shape[-2:] == (8, 6)  # output stride 8
     expected = sum(branch(features) for branch in inner.branches)
     torch.testing.assert_close(
-        inner(x), torch.nn.functional.interpolate(expected, size=(64, 48), mode="bilinear", align_corners=False)
+        inner(x),
+        torch.nn.functional.interpolate(expected, size=(64, 48), mode="bilinear", align_corners=False),
     )

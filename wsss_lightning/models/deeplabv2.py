@@ -1,6 +1,7 @@
-"""DeepLab-v2's head (Chen et al., "DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous
-Convolution, and Fully Connected CRFs", TPAMI 2018, Sec. 3.1 "ASPP-L"): four parallel 3×3 atrous convolutions
-(rates 6 / 12 / 18 / 24) from the last encoder feature straight to the classes, their logits summed.
+"""DeepLab-v2: four parallel 3×3 atrous convolutions from the last encoder feature to the classes, summed.
+
+Chen et al., "DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous Convolution, and Fully
+Connected CRFs" (TPAMI 2018), Sec. 3.1, "ASPP-L": rates 6 / 12 / 18 / 24, the branches' logits summed.
 
 The second stage of the tag-supervised methods (ASDT, RRM) retrains this network on the pseudo masks (the layout of
 github.com/kazuto1011/deeplab-pytorch, ``libs/models/deeplabv2.py``: ResNet-101 at output stride 8). Built on an smp
