@@ -24,13 +24,8 @@ TINY = [*tiny.CPU, *tiny.ASDT, "--trainer.limit_val_batches=1", "--trainer.val_c
 
 
 def small(**kwargs: Any) -> ASDTModule:
-    model = ASDTModule(
-        encoder="resnet18",
-        seg_width=8,
-        num_classes=5,
-        labels=ReliableLabelConfig(cam_scales=(1.0, 0.5)),
-        **kwargs,
-    )
+    kwargs.setdefault("labels", ReliableLabelConfig(cam_scales=(1.0, 0.5)))
+    model = ASDTModule(encoder="resnet18", seg_width=8, num_classes=5, **kwargs)
     model.configure_models()
     return model
 
@@ -153,12 +148,13 @@ def test_fit_logs_every_output_and_predict_writes_train_set_psms(synthetic, tmp_
     monkeypatch.chdir(tmp_path)
     root = synthetic("voc")
     cli = run_cli(
-        ["fit", "--config", str(SYNTHETIC), "--data.source.root", str(root), *TINY, "--trainer.max_steps=4"]
-    )
+        ["fit", "--config", str(SYNTHETIC), "--data.source.root", str(root), *TINY, "--trainer.max_steps=4",
+         "--model.init_args.validate_psm=true"]
+    )  # fmt: skip
     metrics = cli.trainer.callback_metrics
     for key in ("train/loss_ad", "train/ct_label_accuracy", "schedule/pw_class_teacher", "val/miou"):
         assert key in metrics, key
-    for output in ("seg_teacher", "student", "max", "ct_label"):
+    for output in ("seg_teacher", "student", "max", "ct_label", "psm"):
         assert 0.0 <= float(metrics[f"val/{output}/miou"]) <= 1.0, output
     ckpt = next(Path("outputs").rglob("last.ckpt"))
     out = tmp_path / "psm"
@@ -209,3 +205,22 @@ def test_option_groups_are_the_exported_dataclasses() -> None:
     assert model.options.pw.period == 10 and model.options.teaching.mode == "seg"
     callback = model.method_callbacks()[0]
     assert (callback.period, callback.tau, callback.mode) == (10, 2.0, "seg")  # type: ignore[attr-defined]
+
+
+def test_class_teacher_cams_average_the_scales_and_flips() -> None:
+    """RRM: the scales' CAMs averaged on the training grid, absent classes zeroed, upsampled, max-normalised."""
+    from wsss_lightning.models.resize import resize
+
+    for flip in (False, True):
+        model = small(labels=ReliableLabelConfig(cam_scales=(1.0, 0.5), cam_flip=flip)).eval()
+        images = torch.randn(2, 3, 32, 32)
+        tags = batch()["tags"][:, 1:]
+        with torch.no_grad():
+            base = model.net.cams(images)
+            passes = [base, resize(model.net.cams(resize(images, (16, 16))), (4, 4))]
+            if flip:
+                passes += [model.net.cams(images.flip(-1)).flip(-1)]
+                passes += [resize(model.net.cams(resize(images, (16, 16)).flip(-1)).flip(-1), (4, 4))]
+            mean = torch.stack(passes).mean(0) * tags[:, :, None, None]
+            expected = asdt_labels.normalise_by_max(resize(mean, (32, 32)))
+            torch.testing.assert_close(model.class_teacher_cams(images, base, tags), expected)

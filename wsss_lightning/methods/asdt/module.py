@@ -77,6 +77,9 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         predict: what ``wsss predict`` writes: ``psm``, the pseudo segmentation masks of Eq. 1 for the second stage
             (CRF of P̄ with the classes absent from the image's tags suppressed; the predict split's tags come
             from the TagsView), or ``evaluate``, the evaluated output as in test.
+        validate_psm: validation also scores the pseudo masks of Eq. 1 (``val/psm/miou``: CRF of P̄ with the
+            classes absent from the mask-derived tags suppressed, as ``wsss predict`` writes them), one device CRF
+            per image: run ``wsss validate`` with the training split as ``val_split`` for the paper's PSM mIoU.
         warmup_steps: steps that train the class-teacher alone before any distillation (0: the paper, which starts
             from RRM's classification-trained weights; a stand-in for them when the backbone starts elsewhere).
         **kwargs: the arguments of :class:`SegmentationMethod` (``num_classes`` with background; ``optim`` groups
@@ -98,6 +101,7 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         evaluate: Output = "student",
         predict: Literal["psm", "evaluate"] = "psm",
         warmup_steps: int = 0,
+        validate_psm: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -138,6 +142,7 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
             {
                 kind: SegmentationIoU(self.num_classes, self.ignore_index)
                 for kind in ("seg_teacher", "student", "max", "ct_label")
+                + (("psm",) if self.options.validate_psm else ())
             }
         )
 
@@ -195,16 +200,21 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
     def class_teacher_cams(self, images: Tensor, cams: Tensor, tags: Tensor) -> Tensor:
         """RRM's multi-scale CAM M (B, C−1, H, W) (``network/RRM.py``).
 
-        The scales' CAMs are averaged on the training grid, absent classes zeroed, the mean bilinearly upsampled
-        to the crop and each map normalised by its maximum.
+        The scales' CAMs (``cams``: the training forward's, scale 1) are averaged on the training grid (with
+        ``labels.cam_flip`` the flipped images' too), absent classes zeroed, the mean bilinearly upsampled to the
+        crop and each map normalised by its maximum.
         """
         grid = cams.shape[-2:]
-        total = cams.float()
-        scales = [s for s in self.options.labels.cam_scales if s != 1.0]
-        for s in scales:
-            x = resize(images, (int(images.shape[-2] * s), int(images.shape[-1] * s)))
-            total = total + resize(self.net.cams(x), grid).float()
-        mean = total / (len(scales) + 1) * tags[:, :, None, None]
+        total, count = cams.float(), 1
+        cfg = self.options.labels
+        for s in cfg.cam_scales:
+            x = images if s == 1.0 else resize(images, (int(images.shape[-2] * s), int(images.shape[-1] * s)))
+            if s != 1.0:
+                total, count = total + resize(self.net.cams(x), grid).float(), count + 1
+            if cfg.cam_flip:
+                flipped = self.net.cams(x.flip(-1)).flip(-1)
+                total, count = total + resize(flipped, grid).float(), count + 1
+        mean = total / count * tags[:, :, None, None]
         return normalise_by_max(resize(mean, images.shape[-2:]))
 
     def student_target(
@@ -282,6 +292,10 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         self._val_metric("seg_teacher").update(p_st.argmax(1), masks)
         self._val_metric("student").update(p_s.argmax(1), masks)
         self._val_metric("max").update(torch.maximum(p_st, p_s).argmax(1), masks)
+        if self.options.validate_psm:
+            rgb = self.denormalize(images) * 255.0
+            psm = pseudo_masks(rgb, p_st, p_s, self._fg_tags(batch), sizes=batch["size"])
+            self._val_metric("psm").update(psm, masks)
         if "tags" in batch:  # the class-teacher's reliable label on the pixels it keeps
             tags, cfg = self._fg_tags(batch), self.options.labels
             cams = self.class_teacher_cams(images, self.net.cams(images), tags)

@@ -148,6 +148,8 @@ class ReliableLabelConfig:
             (RRM 0.8).
         cam_scales: input scales whose CAMs are averaged, all > 0 and 1.0 among them (the training forward;
             the others run without gradient) (RRM and ASDT §4: 1, 0.5, 1.5, 2).
+        cam_flip: add the horizontally flipped images' CAMs at every scale (flipped back, averaged with the others);
+            RRM's CAMs (``network/RRM.py``) have no flip, hence off.
         crf: the dense CRF of the reliable label, also used for the seg-teacher's label ``B^st`` (RRM's
             training-time CRF, ``tool/imutils.py``: Gaussian 3 / 3, bilateral 80 / 13 / 10, 10 iterations).
     """
@@ -158,6 +160,7 @@ class ReliableLabelConfig:
     background_sure: float = 0.8
     crf_sure: float = 0.8
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    cam_flip: bool = False
     crf: CRFParams = field(default_factory=lambda: RRM_TRAIN_CRF)
 
     def __post_init__(self) -> None:
