@@ -160,3 +160,10 @@ def test_mismatching_resume_names_the_option(tmp_path: Path, changed: dict[str, 
 def test_invalid_settings_name_the_option(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PWWaveCallback(**kwargs)
+
+
+def test_the_wave_starts_after_the_modules_warmup() -> None:
+    """With a classification warm-up the first distillation steps are the first level's (class-teacher)."""
+    callback = PWWaveCallback(period=10, tau=5.0)
+    assert [callback.teacher_at(s, start=7) for s in range(7, 17)] == ["class"] * 2 + ["seg"] * 8
+    assert [callback.teacher_at(s) for s in range(10)] == ["class"] * 2 + ["seg"] * 8

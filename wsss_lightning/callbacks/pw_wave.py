@@ -30,7 +30,9 @@ class PWWaveCallback(Callback):
     ``schedule/pw_class_teacher`` is logged on logging steps: 1.0 when the class-teacher alone is active, else
     0.0 (a Python float: no read from the device).
 
-    The wave is a function of the global step, which the checkpoint restores; the callback's state keeps the
+    The wave starts at the module's ``warmup_steps`` (an attribute; 0 when it has none), so its first ``T_h``
+    distillation steps are the first level's whatever the warm-up's length. The wave is a function of the global
+    step, which the checkpoint restores; the callback's state keeps the
     settings and the last step it set, and a resumed fit whose ``period`` / ``tau`` / ``first`` / ``mode``
     differ from the checkpoint's fails at the restore (the wave would jump) with an error naming the option.
 
@@ -62,10 +64,10 @@ class PWWaveCallback(Callback):
         self.mode: TeachingMode = mode
         self.last_step: int | None = None  # global step of the last batch the teacher was set for
 
-    def teacher_at(self, step: int) -> str:
-        """The teacher active at optimizer step ``step``."""
+    def teacher_at(self, step: int, start: int = 0) -> str:
+        """The teacher active at optimizer step ``step`` of a wave that starts at step ``start``."""
         if self.mode == "alternate":
-            return pw_phase(step, self.period, self.tau, self.first)
+            return pw_phase(max(step - start, 0), self.period, self.tau, self.first)
         return self.mode
 
     @override
@@ -73,7 +75,8 @@ class PWWaveCallback(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        teacher = self.teacher_at(step)
+        # the wave starts when the distillation does: after the module's classification warm-up, if any
+        teacher = self.teacher_at(step, int(getattr(pl_module, "warmup_steps", 0)))
         pl_module.active_teacher = teacher  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors
         self.last_step = step
         if is_logging_step(trainer):

@@ -89,7 +89,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsss_lightning.data.classes import DatasetInfo, get_dataset_info, train_id_to_label_id
 from wsss_lightning.data.datasets import build_source
-from wsss_lightning.data.datasets.base import SegmentationSource, parse_list_lines
+from wsss_lightning.data.datasets.base import DataError, SegmentationSource, parse_list_lines
 from wsss_lightning.data.datasets.image_folder import ImageFolderSource
 from wsss_lightning.data.datasets.mask_folder import MaskFolderSource
 from wsss_lightning.data.options import LoaderOptions, TransformOptions
@@ -449,8 +449,11 @@ class WSSSDataModule(L.LightningDataModule):
             assert evaluated.predict_split is not None  # resolved
             source = build_source(evaluated.name, self.eval_root, evaluated.predict_split)
             if isinstance(self.view, TagsView) and (self.view.tags_file is not None or source.has_masks):
-                found = self._tags_for(source)
-                tags = None if isinstance(found, str) else found
+                try:
+                    found = self._tags_for(source)
+                    tags = None if isinstance(found, str) else found
+                except DataError:  # e.g. a tag file of the training split only: no tags, as before
+                    tags = None
         source.check_files(masks=False)
         return EvalSegDataset(source, self.predict_tf, with_mask=False, image_size=True, tags=tags)
 

@@ -108,8 +108,17 @@ def test_training_step_sums_the_three_losses(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(model, "log_progress_loss", lambda *a, **k: None)
     model.active_teacher = "seg"
     loss = model.training_step(batch(), 0)
-    parts = ("train/loss_cls", "train/loss_ct_st", "train/loss_str_st", "train/loss_ad", "train/loss_str_s")
+    parts = ("train/loss_cls", "train/loss_ce_st", "train/loss_str_st", "train/loss_ce_s", "train/loss_str_s")
     torch.testing.assert_close(loss, sum(logged[k] for k in parts))
+    # row I (RRM): the seg-teacher's terms are off
+    rrm = small(teaching=TeachingConfig(mode="class"))
+    rrm.load_state_dict(model.state_dict())
+    monkeypatch.setattr(rrm, "log_dict", lambda values, **_: logged.update(values))
+    monkeypatch.setattr(rrm, "log_progress_loss", lambda *a, **k: None)
+    rrm.active_teacher = "class"
+    loss_one = rrm.training_step(batch(), 0)
+    student_only = ("train/loss_cls", "train/loss_ce_s", "train/loss_str_s")
+    torch.testing.assert_close(loss_one, sum(logged[k] for k in student_only))
     assert loss.requires_grad and 0.0 <= float(logged["train/reliable_fraction"]) <= 1.0
     loss.backward()  # type: ignore[no-untyped-call]
     assert model.net.student[2].weight.grad is not None and model.net.classifier.weight.grad is not None
@@ -152,7 +161,7 @@ def test_fit_logs_every_output_and_predict_writes_train_set_psms(synthetic, tmp_
          "--model.init_args.validate_psm=true"]
     )  # fmt: skip
     metrics = cli.trainer.callback_metrics
-    for key in ("train/loss_ad", "train/ct_label_accuracy", "schedule/pw_class_teacher", "val/miou"):
+    for key in ("train/loss_ce_s", "train/ct_label_accuracy", "schedule/pw_class_teacher", "val/miou"):
         assert key in metrics, key
     for output in ("seg_teacher", "student", "max", "ct_label", "psm"):
         assert 0.0 <= float(metrics[f"val/{output}/miou"]) <= 1.0, output

@@ -221,13 +221,12 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         self, rgb: Tensor, cams: Tensor, tags: Tensor, ct_label: Tensor, p_st: Tensor
     ) -> Tensor:
         """The label the student learns from in this step: B^ct, B^st or the fused dual-teacher label."""
-        crf = self.options.labels.crf
+        teaching = self.options.teaching
+        crf = teaching.seg_teacher_crf
         if self.active_teacher == "class":
             return ct_label
         if self.active_teacher == "seg":
-            return seg_teacher_labels(
-                rgb, p_st, tags, crf=crf, absent=self.options.teaching.seg_teacher_absent
-            )
+            return seg_teacher_labels(rgb, p_st, tags, crf=crf, absent=teaching.seg_teacher_absent)
         mode = cast(Literal["max", "mean"], self.active_teacher)
         return dual_teacher_labels(rgb, cams, tags, p_st, mode, crf=crf)
 
@@ -252,7 +251,9 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
             self.log_dict({"train/loss_cls": loss_cls, "train/loss": loss}, batch_size=images.shape[0])
             self.log_progress_loss(loss, images.shape[0], {"train/loss_cls": loss_cls})
             return loss
-        roi = box_mask(type(self).__name__, batch["valid_box"], size)
+        energy_roi = box_mask(type(self).__name__, batch["valid_box"], size)
+        # RRM does not mask the padded border in B^ct (it is usually background or 255); labels.mask_padding does
+        roi = energy_roi if self.options.labels.mask_padding else None
         rgb = self.denormalize(images) * 255.0
         seg_teacher, student = resize(out.seg_teacher, size), resize(out.student, size)
         cfg = self.options.labels
@@ -264,12 +265,15 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
             )  # fmt: skip
             target = self.student_target(rgb, cams, tags, ct_label, seg_teacher.detach().float().softmax(1))
         loss_cls = classification_loss(out.class_logits, tags)
-        ce_st, str_st = self.distillation(rgb, seg_teacher, ct_label, roi)
-        ce_s, str_s = self.distillation(rgb, student, target, roi)
-        loss = loss_cls + ce_st + str_st + ce_s + str_s
+        ce_st, str_st = self.distillation(rgb, seg_teacher, ct_label, energy_roi)
+        ce_s, str_s = self.distillation(rgb, student, target, energy_roi)
+        # Table 4 row I is RRM: one seg branch (the student) trained from the class-teacher; the seg-teacher's
+        # terms stay in the graph at 0 (DDP needs every parameter used)
+        teacher_weight = 0.0 if self.options.teaching.mode == "class" else 1.0
+        loss = loss_cls + teacher_weight * (ce_st + str_st) + ce_s + str_s
         logs = {
-            "train/loss_cls": loss_cls, "train/loss_ct_st": ce_st, "train/loss_str_st": str_st,
-            "train/loss_ad": ce_s, "train/loss_str_s": str_s, "train/loss": loss,
+            "train/loss_cls": loss_cls, "train/loss_ce_st": ce_st, "train/loss_str_st": str_st,
+            "train/loss_ce_s": ce_s, "train/loss_str_s": str_s, "train/loss": loss,
             "train/reliable_fraction": (ct_label != self.ignore_index).float().mean(),
         }  # fmt: skip
         if "mask" in batch:  # diagnostics of the TagsView's masks (diagnostic_masks: true)
@@ -294,7 +298,9 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         self._val_metric("max").update(torch.maximum(p_st, p_s).argmax(1), masks)
         if self.options.validate_psm:
             rgb = self.denormalize(images) * 255.0
-            psm = pseudo_masks(rgb, p_st, p_s, self._fg_tags(batch), sizes=batch["size"])
+            psm = pseudo_masks(
+                rgb, p_st, p_s, self._fg_tags(batch), crf=self.inference.crf.params, sizes=batch["size"]
+            )
             self._val_metric("psm").update(psm, masks)
         if "tags" in batch:  # the class-teacher's reliable label on the pixels it keeps
             tags, cfg = self._fg_tags(batch), self.options.labels
@@ -325,7 +331,8 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
     def pseudo_segmentation_masks(self, images: Tensor, tags: Tensor, sizes: Tensor | None = None) -> Tensor:
         """Eq. 1's PSM: CRF of max(P^st, P^s) with absent classes suppressed, (B, H, W) labels."""
         p_st, p_s = self._probs(images)
-        return pseudo_masks(self.denormalize(images) * 255.0, p_st, p_s, tags, sizes=sizes)
+        rgb = self.denormalize(images) * 255.0
+        return pseudo_masks(rgb, p_st, p_s, tags, crf=self.inference.crf.params, sizes=sizes)
 
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:

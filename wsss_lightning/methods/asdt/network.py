@@ -53,10 +53,8 @@ def _seg_head(channels: int, num_classes: int, width: int, dilation: int) -> nn.
         nn.Conv2d(width, num_classes, 3, padding=dilation, dilation=dilation),
     )
     for m in head:
-        if isinstance(m, nn.Conv2d):  # RRM: xavier-uniform weights
+        if isinstance(m, nn.Conv2d):  # RRM: xavier-uniform weights, PyTorch's default biases
             nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
     return head
 
 

@@ -70,17 +70,21 @@ class TeachingConfig:
 
     Attributes:
         mode: ``"alternate"`` (row V, ASDT: the PW wave switches between ``L_d^{ct→s}`` and ``L_d^{st→s}``);
-            ``"class"`` (row I, class-teacher only: RRM with a second segmentation branch); ``"seg"`` (row II,
+            ``"class"`` (row I, class-teacher only: RRM, the student trained from ``B^ct`` alone, the
+            seg-teacher's loss off); ``"seg"`` (row II,
             seg-teacher only); ``"max"`` / ``"mean"`` (rows III / IV, naive dual teacher: the student learns
             from a CRF of the element-wise max / mean of the two teachers' maps).
         seg_teacher_absent: the seg-teacher label ``B^st`` for pixels whose CRF argmax is a class absent from
             the image tags. ``"zero"``: the absent classes' channels of ``P^st`` are zeroed before the CRF, so
             every pixel gets a present class; ``"ignore"``: such pixels get 255 (Eq. 6 read literally: it sums
             over present classes only). The paper does not say; ``"zero"`` keeps every pixel supervised.
+        seg_teacher_crf: the dense CRF of ``B^st`` and of the dual-teacher labels (the paper gives none; RRM's
+            training-time CRF, the reliable label's, by default; RRM's inference CRF is the other candidate).
     """
 
     mode: Literal["alternate", "class", "seg", "max", "mean"] = "alternate"
     seg_teacher_absent: Literal["zero", "ignore"] = "zero"
+    seg_teacher_crf: CRFParams = field(default_factory=lambda: RRM_TRAIN_CRF)
 
     def __post_init__(self) -> None:
         if self.mode not in TEACHING_MODES:
@@ -150,6 +154,8 @@ class ReliableLabelConfig:
             the others run without gradient) (RRM and ASDT §4: 1, 0.5, 1.5, 2).
         cam_flip: add the horizontally flipped images' CAMs at every scale (flipped back, averaged with the others);
             RRM's CAMs (``network/RRM.py``) have no flip, hence off.
+        mask_padding: set the padded border of the crop to 255 in ``B^ct`` (off: RRM does not mask it; the
+            padding is always outside the dense-CRF energy's ROI).
         crf: the dense CRF of the reliable label, also used for the seg-teacher's label ``B^st`` (RRM's
             training-time CRF, ``tool/imutils.py``: Gaussian 3 / 3, bilateral 80 / 13 / 10, 10 iterations).
     """
@@ -161,6 +167,7 @@ class ReliableLabelConfig:
     crf_sure: float = 0.8
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     cam_flip: bool = False
+    mask_padding: bool = False
     crf: CRFParams = field(default_factory=lambda: RRM_TRAIN_CRF)
 
     def __post_init__(self) -> None:
