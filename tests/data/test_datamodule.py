@@ -305,6 +305,29 @@ def test_tags_file_is_used(voc: Path) -> None:
     assert not (voc / ".wsss_cache").exists()
 
 
+def test_predict_batches_carry_the_tags_views_tags(voc: Path) -> None:
+    """With the TagsView a predict split of the dataset carries its tags (the tag file, else its masks), for the
+    pseudo masks methods make at prediction time; a tag file without the predict split's ids gives none."""
+    ids = build_source("voc", voc, "train_aug").ids
+    save_tags(voc / "tags.txt", {i: np.eye(21, dtype=np.float32)[3] for i in ids})
+    dm = make_dm(voc, TagsView(tags_file="tags.txt"), source={"predict_split": "train_aug"})
+    dm.setup("predict")
+    pred = first_batch(dm.predict_dataloader())
+    expected = torch.zeros(21)
+    expected[[0, 3]] = 1.0
+    assert "mask" not in pred and (pred["tags"] == expected).all()
+    from_masks = make_dm(voc, TagsView(), source={"predict_split": "train_aug"})
+    from_masks.setup("predict")
+    batch = first_batch(from_masks.predict_dataloader())
+    assert batch["tags"].shape == (1, 21) and batch["tags"][:, 0].eq(1).all()
+    other = make_dm(voc, TagsView(tags_file="tags.txt"), source={"predict_split": "val"})
+    other.setup("predict")
+    assert "tags" not in first_batch(other.predict_dataloader())
+    full = make_dm(voc, FullView(), source={"predict_split": "train_aug"})
+    full.setup("predict")
+    assert "tags" not in first_batch(full.predict_dataloader())
+
+
 def test_eval_collate_pads_to_batch_max() -> None:
     samples = [
         {
