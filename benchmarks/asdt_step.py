@@ -30,7 +30,7 @@ from step_timing import TIMES, fit_timed, print_parts, timed
 from wsss_lightning.data import DATASET_INFO
 from wsss_lightning.inference.crf import CRFPostProcessor, dense_crf
 from wsss_lightning.losses.dense_crf import DenseCRFLoss
-from wsss_lightning.methods import ASDTModule, PWWaveConfig
+from wsss_lightning.methods import ASDTModule, PWWaveConfig, ReliableLabelConfig
 from wsss_lightning.methods.asdt import labels as asdt_labels
 from wsss_lightning.methods.asdt import module as asdt_module
 from wsss_lightning.methods.asdt.network import ASDTNetwork
@@ -87,13 +87,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--crf-backend", choices=["device", "pydensecrf"], default="device", help="labels.crf_backend"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     for name, label in (
-        ("class_teacher_labels", "B^ct / R^ct: 2 device CRFs + RRM's rules"),
-        ("seg_teacher_labels", "B^st: 1 device CRF (seg-teacher steps)"),
+        ("class_teacher_labels", "B^ct / R^ct: 2 CRFs + RRM's rules"),
+        ("seg_teacher_labels", "B^st: 1 CRF (seg-teacher steps)"),
     ):
         setattr(asdt_module, name, timed(label, getattr(asdt_module, name)))
     ASDTNetwork.forward = timed("training forward (backbone + 3 heads)", ASDTNetwork.forward)  # type: ignore[method-assign]
@@ -106,7 +109,7 @@ def main() -> None:
     skip = 2  # step 0: classification warm-up; step 1 untimed
     model = ASDTModule(
         encoder=args.encoder, class_names=DATASET_INFO["voc"].class_names, warmup_steps=1,
-        pw=PWWaveConfig(period=2, tau=2.0),
+        pw=PWWaveConfig(period=2, tau=2.0), labels=ReliableLabelConfig(crf_backend=args.crf_backend),
     )  # fmt: skip
     kwargs: dict[str, Any] = {}
     step = fit_timed(model, args, skip, **kwargs)

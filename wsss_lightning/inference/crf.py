@@ -278,6 +278,28 @@ class CRFPostProcessor:
             )
         )
 
+    def marginals(
+        self,
+        images: Sequence[np.ndarray] | np.ndarray,
+        probs: Sequence[np.ndarray] | np.ndarray,
+        params: CRFParams | None = None,
+    ) -> list[np.ndarray]:
+        """Posterior marginals of a batch: B (C, H_i, W_i) float32 (:func:`dense_crf` of each image).
+
+        The marginals come back whole (pickled), so this costs more transfer than :meth:`__call__`'s labels; for
+        callers that need the CRF's confidence (RRM's reliable labels). ``params`` overrides the instance's.
+        """
+        params = params or self.params
+        image_list = _as_list(images, "images")
+        prob_list = [np.ascontiguousarray(p, dtype=np.float32) for p in _as_list(probs, "probs")]
+        if len(image_list) != len(prob_list):
+            raise ValueError(f"got {len(image_list)} images but {len(prob_list)} probability maps")
+        if self.num_workers == 0 or len(image_list) <= 1:
+            return [dense_crf(img, p, params) for img, p in zip(image_list, prob_list, strict=True)]
+        self.start()
+        assert self._executor is not None
+        return list(self._executor.map(dense_crf, image_list, prob_list, repeat(params)))
+
     def _stage(self, prob_list: list[np.ndarray], total: int) -> str:
         """Copy the batch into the arena (grown with head-room, so varying image sizes rarely re-create it)."""
         if self._arena is None or self._arena.size < total:

@@ -233,3 +233,35 @@ def test_class_teacher_cams_average_the_scales_and_flips() -> None:
             mean = torch.stack(passes).mean(0) * tags[:, :, None, None]
             expected = asdt_labels.normalise_by_max(resize(mean, (32, 32)))
             torch.testing.assert_close(model.class_teacher_cams(images, base, tags), expected)
+
+
+def test_pydensecrf_backend_gives_the_device_crfs_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``labels.crf_backend: pydensecrf`` (the reference, pool of processes) labels as the device CRF does."""
+    from wsss_lightning.inference.crf import CRFPostProcessor
+
+    g = torch.Generator().manual_seed(3)
+    rgb = torch.rand(2, 3, 1, 1, generator=g).expand(2, 3, 40, 48).clone() * 255
+    rgb[:, :, 10:30, 12:36] = torch.tensor([200.0, 40.0, 40.0])[:, None, None]
+    rgb = (rgb + torch.randn(2, 3, 40, 48, generator=g) * 3).clamp(0, 255).round()
+    cams = torch.zeros(2, 4, 40, 48)
+    cams[:, 0, 8:32, 10:38] = torch.rand(2, 24, 28, generator=g)
+    cams = asdt_labels.normalise_by_max(cams)
+    tags = torch.zeros(2, 4)
+    tags[:, 0] = 1
+    pool = asdt_labels.PoolCRF(CRFPostProcessor(num_workers=0))
+    device = asdt_labels.class_teacher_labels(rgb, cams, tags)
+    host = asdt_labels.class_teacher_labels(rgb, cams, tags, crf_fn=pool)
+    assert (device == host).float().mean() >= 0.98
+    p = torch.rand(2, 5, 40, 48, generator=g).softmax(1)
+    sizes = torch.tensor([[40, 48], [30, 40]])
+    a = asdt_labels.pseudo_masks(rgb, p, p, tags, sizes=sizes)
+    b = asdt_labels.pseudo_masks(rgb, p, p, tags, sizes=sizes, crf_fn=pool)
+    assert (a == b).float().mean() >= 0.98
+    model = small(labels=ReliableLabelConfig(cam_scales=(1.0, 0.5), crf_backend="pydensecrf", crf_workers=0))
+    assert isinstance(model.label_crf, asdt_labels.PoolCRF)
+    monkeypatch.setattr(model, "log_dict", lambda *a, **k: None)
+    monkeypatch.setattr(model, "log_progress_loss", lambda *a, **k: None)
+    model.active_teacher = "seg"
+    assert torch.isfinite(model.training_step(batch(), 0))
+    with pytest.raises(ValueError, match=r"labels\.crf_backend"):
+        ReliableLabelConfig(crf_backend="gpu")  # type: ignore[arg-type]

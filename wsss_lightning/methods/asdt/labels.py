@@ -21,17 +21,21 @@ classes and 255 for ignored pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from wsss_lightning.inference.crf import CRFParams
+from wsss_lightning.inference.crf import CRFParams, CRFPostProcessor
 from wsss_lightning.inference.device_crf import mean_field_crf
 
 __all__ = [
     "RRM_INFER_CRF",
     "RRM_TRAIN_CRF",
+    "CRFFunction",
+    "PoolCRF",
     "class_teacher_labels",
     "class_teacher_probs",
     "dual_teacher_labels",
@@ -55,6 +59,39 @@ IGNORE = 255
 
 
 # ---------------------------------------------------------------------------------------------- checks
+#: a dense CRF of a batch: (images (B, 3, H, W) 0..255, probs (B, C, H, W), params, sizes or None) -> marginals
+CRFFunction = Callable[[Tensor, Tensor, CRFParams, Tensor | None], Tensor]
+
+
+class PoolCRF:
+    """pydensecrf2 in a process pool as a :data:`CRFFunction` (the reference; the CPU's faster path).
+
+    Copies the batch to the host, runs one CRF per image in ``pool`` (cropped to ``sizes``) and returns the
+    marginals on the probabilities' device; padding gets zeros.
+    """
+
+    def __init__(self, pool: CRFPostProcessor) -> None:
+        self.pool = pool
+
+    def __call__(
+        self, images: Tensor, probs: Tensor, params: CRFParams, sizes: Tensor | None = None
+    ) -> Tensor:
+        """Marginals (B, C, H, W) of ``probs`` on ``images`` (0..255), each image cropped to its ``sizes``."""
+        b, c, h, w = probs.shape
+        rgb = images.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        maps = probs.float().cpu().numpy()
+        extents = [(h, w)] * b if sizes is None else [(int(y), int(x)) for y, x in sizes.tolist()]
+        marginals = self.pool.marginals(
+            [np.ascontiguousarray(rgb[i, :y, :x]) for i, (y, x) in enumerate(extents)],
+            [maps[i, :, :y, :x] for i, (y, x) in enumerate(extents)],
+            params,
+        )
+        out = torch.zeros(b, c, h, w, dtype=torch.float32)
+        for i, (y, x) in enumerate(extents):
+            out[i, :, :y, :x] = torch.from_numpy(marginals[i])
+        return out.to(probs.device)
+
+
 def _check_images(fn: str, images: Tensor) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"{fn}: images must be (B, 3, H, W) RGB in 0..255; got {tuple(images.shape)}")
@@ -161,6 +198,7 @@ def class_teacher_labels(
     tags: Tensor,
     *,
     crf: CRFParams = RRM_TRAIN_CRF,
+    crf_fn: CRFFunction = mean_field_crf,
     alphas: tuple[float, float] = (4.0, 32.0),
     cam_floor: float = 0.1,
     cam_quantile: float = 0.6,
@@ -191,6 +229,7 @@ def class_teacher_labels(
         cams: ``(B, C, H, W)`` non-negative max-normalised CAMs ``M`` (:func:`normalise_by_max`).
         tags: ``(B, C)`` multi-hot image-level foreground tags; absent classes' CAMs are zeroed.
         crf: dense CRF parameters (RRM's training CRF).
+        crf_fn: the CRF that runs it (:data:`CRFFunction`): the device CRF, or :class:`PoolCRF`.
         alphas: background exponents (strong background, weak background), RRM's (4, 32).
         cam_floor: CAM values at or below it do not enter a class's threshold.
         cam_quantile: order statistic of the class threshold (RRM: index ``int(0.6 n)``).
@@ -215,7 +254,7 @@ def class_teacher_labels(
     m = cams.float() * keep[:, 1:, None, None]
     peak = m.amax(1, keepdim=True)
     scores = torch.cat([torch.cat([_background(peak, alpha), m], 1) for alpha in alphas])
-    q = mean_field_crf(images.float().repeat(2, 1, 1, 1), scores, crf)
+    q = crf_fn(images.float().repeat(2, 1, 1, 1), scores, crf, None)
     q = q * keep.repeat(2, 1)[:, :, None, None]
     q_strong, q_weak = q[:b], q[b:]
     strong, weak = q_strong.argmax(1), q_weak.argmax(1)
@@ -252,6 +291,7 @@ def seg_teacher_labels(
     *,
     crf: CRFParams = RRM_TRAIN_CRF,
     absent: Literal["zero", "ignore"] = "zero",
+    crf_fn: CRFFunction = mean_field_crf,
 ) -> Tensor:
     """The seg-teacher's hard label ``B^st`` for the student (ASDT Eq. 6): CRF of ``P^st``, argmax.
 
@@ -264,6 +304,7 @@ def seg_teacher_labels(
         probs: ``(B, C+1, H, W)`` the seg-teacher's softmax (background first), detached.
         tags: ``(B, C)`` multi-hot foreground tags.
         crf: dense CRF parameters (ASDT gives none; RRM's training CRF by default).
+        crf_fn: the CRF that runs it (:data:`CRFFunction`): the device CRF, or :class:`PoolCRF`.
         absent: ``"zero"`` or ``"ignore"``, see above.
 
     Returns:
@@ -275,10 +316,10 @@ def seg_teacher_labels(
     _check_tags(fn, tags, probs.shape[0], probs.shape[1] - 1)
     keep = _with_background(tags)
     if absent == "zero":
-        marginals = mean_field_crf(images, probs * keep[:, :, None, None], crf)
+        marginals = crf_fn(images, probs * keep[:, :, None, None], crf, None)
         return _labels(marginals, keep)
     if absent == "ignore":
-        labels = mean_field_crf(images, probs, crf).argmax(1)
+        labels = crf_fn(images, probs, crf, None).argmax(1)
         is_present = keep.gather(1, labels.reshape(labels.shape[0], -1)).reshape(labels.shape)
         return torch.where(is_present, labels, IGNORE)
     raise ValueError(f"{fn}: absent must be 'zero' or 'ignore'; got {absent!r}")
@@ -293,6 +334,7 @@ def pseudo_masks(
     crf: CRFParams = RRM_INFER_CRF,
     suppress_absent: bool = True,
     sizes: Tensor | None = None,
+    crf_fn: CRFFunction = mean_field_crf,
 ) -> Tensor:
     """ASDT's pseudo segmentation masks (Eq. 1): CRF of ``P̄ = max(P^st, P^s)`` (not renormalised), argmax.
 
@@ -305,6 +347,7 @@ def pseudo_masks(
         probs_s: ``(B, C+1, H, W)`` the student's softmax at image size.
         tags: ``(B, C)`` multi-hot foreground tags (used with ``suppress_absent``).
         crf: dense CRF parameters.
+        crf_fn: the CRF that runs it (:data:`CRFFunction`): the device CRF, or :class:`PoolCRF`.
         suppress_absent: zero the absent classes of ``P̄`` so that no pixel takes one.
         sizes: ``(B, 2)`` valid (height, width) of each image of a padded batch (top-left); padding gets 255.
 
@@ -325,7 +368,7 @@ def pseudo_masks(
         _with_background(tags) if suppress_absent else torch.ones(b, k, dtype=torch.bool, device=tags.device)
     )
     fused = torch.maximum(probs_st, probs_s) * keep[:, :, None, None]
-    labels = _labels(mean_field_crf(images, fused, crf, sizes), keep)
+    labels = _labels(crf_fn(images, fused, crf, sizes), keep)
     if sizes is None:
         return labels
     sizes = sizes.to(labels.device)
@@ -389,6 +432,7 @@ def dual_teacher_labels(
     *,
     crf: CRFParams = RRM_TRAIN_CRF,
     alpha: float = 32.0,
+    crf_fn: CRFFunction = mean_field_crf,
 ) -> Tensor:
     """The student's label of ASDT's naive dual teacher (Table 4, rows III/IV): CRF of the fused map, argmax.
 
@@ -402,6 +446,7 @@ def dual_teacher_labels(
         probs_st: ``(B, C+1, H, W)`` the seg-teacher's softmax, detached.
         mode: ``"max"`` or ``"mean"`` fusion.
         crf: dense CRF parameters.
+        crf_fn: the CRF that runs it (:data:`CRFFunction`): the device CRF, or :class:`PoolCRF`.
         alpha: background exponent of ``P^ct``.
 
     Returns:
@@ -418,4 +463,4 @@ def dual_teacher_labels(
         )
     keep = _with_background(tags)
     fused = dual_teacher_probs(class_teacher_probs(cams, tags, alpha=alpha), probs_st.float(), mode)
-    return _labels(mean_field_crf(images, fused * keep[:, :, None, None], crf), keep)
+    return _labels(crf_fn(images, fused * keep[:, :, None, None], crf, None), keep)

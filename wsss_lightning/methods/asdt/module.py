@@ -30,9 +30,13 @@ from typing_extensions import override
 
 from wsss_lightning.callbacks.pw_wave import PWWaveCallback
 from wsss_lightning.callbacks.schedule import fit_to_run, run_length
+from wsss_lightning.inference.crf import CRFPostProcessor
+from wsss_lightning.inference.device_crf import mean_field_crf
 from wsss_lightning.losses.dense_crf import DenseCRFLoss
 from wsss_lightning.losses.segmentation import classification_loss
 from wsss_lightning.methods.asdt.labels import (
+    CRFFunction,
+    PoolCRF,
     class_teacher_labels,
     dual_teacher_labels,
     normalise_by_max,
@@ -133,6 +137,13 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
             ) from err
         s = hp.structure
         self.structure_loss = DenseCRFLoss(s.weight, s.sigma_rgb, s.sigma_xy, s.scale, s.kernel)
+        labels = hp.labels
+        #: the dense CRF of the labels and pseudo masks: on the device, or pydensecrf2 in a pool
+        self.label_crf: CRFFunction = (
+            PoolCRF(CRFPostProcessor(labels.crf, num_workers=labels.crf_workers))
+            if labels.crf_backend == "pydensecrf"
+            else mean_field_crf
+        )
 
     @override
     def configure_metrics(self) -> None:
@@ -226,9 +237,11 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         if self.active_teacher == "class":
             return ct_label
         if self.active_teacher == "seg":
-            return seg_teacher_labels(rgb, p_st, tags, crf=crf, absent=teaching.seg_teacher_absent)
+            return seg_teacher_labels(
+                rgb, p_st, tags, crf=crf, absent=teaching.seg_teacher_absent, crf_fn=self.label_crf
+            )
         mode = cast(Literal["max", "mean"], self.active_teacher)
-        return dual_teacher_labels(rgb, cams, tags, p_st, mode, crf=crf)
+        return dual_teacher_labels(rgb, cams, tags, p_st, mode, crf=crf, crf_fn=self.label_crf)
 
     # ------------------------------------------------------------------ training
     def distillation(self, rgb: Tensor, logits: Tensor, labels: Tensor, roi: Tensor) -> tuple[Tensor, Tensor]:
@@ -260,7 +273,7 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         with torch.no_grad():
             cams = self.class_teacher_cams(images, out.cams.detach(), tags)
             ct_label = class_teacher_labels(
-                rgb, cams, tags, crf=cfg.crf, alphas=cfg.alphas, cam_floor=cfg.cam_floor,
+                rgb, cams, tags, crf=cfg.crf, crf_fn=self.label_crf, alphas=cfg.alphas, cam_floor=cfg.cam_floor,
                 cam_quantile=cfg.cam_quantile, background_sure=cfg.background_sure, crf_sure=cfg.crf_sure, roi=roi,
             )  # fmt: skip
             target = self.student_target(rgb, cams, tags, ct_label, seg_teacher.detach().float().softmax(1))
@@ -299,14 +312,20 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         if self.options.validate_psm:
             rgb = self.denormalize(images) * 255.0
             psm = pseudo_masks(
-                rgb, p_st, p_s, self._fg_tags(batch), crf=self.inference.crf.params, sizes=batch["size"]
+                rgb,
+                p_st,
+                p_s,
+                self._fg_tags(batch),
+                crf=self.inference.crf.params,
+                crf_fn=self.label_crf,
+                sizes=batch["size"],
             )
             self._val_metric("psm").update(psm, masks)
         if "tags" in batch:  # the class-teacher's reliable label on the pixels it keeps
             tags, cfg = self._fg_tags(batch), self.options.labels
             cams = self.class_teacher_cams(images, self.net.cams(images), tags)
             label = class_teacher_labels(
-                self.denormalize(images) * 255.0, cams, tags, crf=cfg.crf, alphas=cfg.alphas,
+                self.denormalize(images) * 255.0, cams, tags, crf=cfg.crf, crf_fn=self.label_crf, alphas=cfg.alphas,
                 cam_floor=cfg.cam_floor, cam_quantile=cfg.cam_quantile, background_sure=cfg.background_sure,
                 crf_sure=cfg.crf_sure,
             )  # fmt: skip
@@ -332,7 +351,9 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         """Eq. 1's PSM: CRF of max(P^st, P^s) with absent classes suppressed, (B, H, W) labels."""
         p_st, p_s = self._probs(images)
         rgb = self.denormalize(images) * 255.0
-        return pseudo_masks(rgb, p_st, p_s, tags, crf=self.inference.crf.params, sizes=sizes)
+        return pseudo_masks(
+            rgb, p_st, p_s, tags, crf=self.inference.crf.params, crf_fn=self.label_crf, sizes=sizes
+        )
 
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
@@ -353,6 +374,12 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         if "image_size" in batch:
             out["image_size"] = batch["image_size"].tolist()
         return out
+
+    @override
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        if isinstance(self.label_crf, PoolCRF):
+            self.label_crf.pool.close()
 
 
 __all__ = ["ASDTModule"]

@@ -156,6 +156,10 @@ class ReliableLabelConfig:
             RRM's CAMs (``network/RRM.py``) have no flip, hence off.
         mask_padding: set the padded border of the crop to 255 in ``B^ct`` (off: RRM does not mask it; the
             padding is always outside the dense-CRF energy's ROI).
+        crf_backend: where the training labels' and the pseudo masks' CRFs run: ``device`` (batched mean-field on
+            the training device, no host copy) or ``pydensecrf`` (pydensecrf2, one image per process of a pool of
+            ``crf_workers``: the reference, and faster on the CPU; it copies each batch to the host).
+        crf_workers: processes of that pool (0: in the training process).
         crf: the dense CRF of the reliable label, also used for the seg-teacher's label ``B^st`` (RRM's
             training-time CRF, ``tool/imutils.py``: Gaussian 3 / 3, bilateral 80 / 13 / 10, 10 iterations).
     """
@@ -168,6 +172,8 @@ class ReliableLabelConfig:
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     cam_flip: bool = False
     mask_padding: bool = False
+    crf_backend: Literal["device", "pydensecrf"] = "device"
+    crf_workers: int = 2
     crf: CRFParams = field(default_factory=lambda: RRM_TRAIN_CRF)
 
     def __post_init__(self) -> None:
@@ -185,3 +191,7 @@ class ReliableLabelConfig:
                 "labels.cam_scales", "positive scales including 1.0 (the training forward)", self.cam_scales
             )
         self.cam_scales = scales
+        if self.crf_backend not in ("device", "pydensecrf"):
+            _fail("labels.crf_backend", "'device' or 'pydensecrf'", self.crf_backend)
+        if self.crf_workers < 0:
+            _fail("labels.crf_workers", ">= 0", self.crf_workers)
