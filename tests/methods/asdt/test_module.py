@@ -139,7 +139,7 @@ def test_predict_writes_pseudo_masks_of_the_tags() -> None:
     data = batch()
     with torch.no_grad():
         out = model.predict_step(data, 0)
-        p_st, p_s = model._probs(data["image"])
+        p_st, p_s = model._probs(model.net(data["image"]), (32, 32))
         expected = asdt_labels.pseudo_masks(
             model.denormalize(data["image"]) * 255, p_st, p_s, data["tags"][:, 1:]
         )

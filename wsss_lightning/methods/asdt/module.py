@@ -26,6 +26,7 @@ from typing import Any, Literal, cast
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from wsss_lightning.callbacks.pw_wave import PWWaveCallback
@@ -148,6 +149,8 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
     @override
     def configure_metrics(self) -> None:
         super().configure_metrics()
+        # the reliable label's precision on its kept pixels and the share it keeps, pixel-weighted means
+        self.ct_label_precision, self.ct_label_kept = MeanMetric(), MeanMetric()
         # P^st, P^s and P̄ of Table 4, and the class-teacher's reliable label B^ct (over the pixels it keeps)
         self.val_outputs = nn.ModuleDict(
             {
@@ -190,10 +193,8 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
             )["warmup_steps"]
 
     # ------------------------------------------------------------------ inference
-    def _probs(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """P^st and P^s (B, C, H, W) at the input size."""
-        out = self.net(images)
-        size = images.shape[-2:]
+    def _probs(self, out: ASDTOutput, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """P^st and P^s (B, C, H, W) of a forward's output, at ``size``."""
         return resize(out.seg_teacher, size).float().softmax(1), resize(out.student, size).float().softmax(1)
 
     @override
@@ -227,6 +228,14 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
                 total, count = total + resize(flipped, grid).float(), count + 1
         mean = total / count * tags[:, :, None, None]
         return normalise_by_max(resize(mean, images.shape[-2:]))
+
+    def reliable_labels(self, rgb: Tensor, cams: Tensor, tags: Tensor, roi: Tensor | None = None) -> Tensor:
+        """B^ct with R^ct applied (255 where unreliable), with the ``labels`` options."""
+        cfg = self.options.labels
+        return class_teacher_labels(
+            rgb, cams, tags, crf=cfg.crf, crf_fn=self.label_crf, alphas=cfg.alphas, cam_floor=cfg.cam_floor,
+            cam_quantile=cfg.cam_quantile, background_sure=cfg.background_sure, crf_sure=cfg.crf_sure, roi=roi,
+        )  # fmt: skip
 
     def student_target(
         self, rgb: Tensor, cams: Tensor, tags: Tensor, ct_label: Tensor, p_st: Tensor
@@ -269,13 +278,9 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         roi = energy_roi if self.options.labels.mask_padding else None
         rgb = self.denormalize(images) * 255.0
         seg_teacher, student = resize(out.seg_teacher, size), resize(out.student, size)
-        cfg = self.options.labels
         with torch.no_grad():
             cams = self.class_teacher_cams(images, out.cams.detach(), tags)
-            ct_label = class_teacher_labels(
-                rgb, cams, tags, crf=cfg.crf, crf_fn=self.label_crf, alphas=cfg.alphas, cam_floor=cfg.cam_floor,
-                cam_quantile=cfg.cam_quantile, background_sure=cfg.background_sure, crf_sure=cfg.crf_sure, roi=roi,
-            )  # fmt: skip
+            ct_label = self.reliable_labels(rgb, cams, tags, roi)
             target = self.student_target(rgb, cams, tags, ct_label, seg_teacher.detach().float().softmax(1))
         loss_cls = classification_loss(out.class_logits, tags)
         ce_st, str_st = self.distillation(rgb, seg_teacher, ct_label, energy_roi)
@@ -305,51 +310,48 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
         images, masks = batch["image"], batch["mask"].long()
-        p_st, p_s = self._probs(images)
+        out: ASDTOutput = self.net(images)
+        p_st, p_s = self._probs(out, (images.shape[-2], images.shape[-1]))
         self._val_metric("seg_teacher").update(p_st.argmax(1), masks)
         self._val_metric("student").update(p_s.argmax(1), masks)
         self._val_metric("max").update(torch.maximum(p_st, p_s).argmax(1), masks)
+        rgb = self.denormalize(images) * 255.0
         if self.options.validate_psm:
-            rgb = self.denormalize(images) * 255.0
             psm = pseudo_masks(
-                rgb,
-                p_st,
-                p_s,
-                self._fg_tags(batch),
-                crf=self.inference.crf.params,
-                crf_fn=self.label_crf,
+                rgb, p_st, p_s, self._fg_tags(batch), crf=self.inference.crf.params, crf_fn=self.label_crf,
                 sizes=batch["size"],
-            )
+            )  # fmt: skip
             self._val_metric("psm").update(psm, masks)
         if "tags" in batch:  # the class-teacher's reliable label on the pixels it keeps
-            tags, cfg = self._fg_tags(batch), self.options.labels
-            cams = self.class_teacher_cams(images, self.net.cams(images), tags)
-            label = class_teacher_labels(
-                self.denormalize(images) * 255.0, cams, tags, crf=cfg.crf, crf_fn=self.label_crf, alphas=cfg.alphas,
-                cam_floor=cfg.cam_floor, cam_quantile=cfg.cam_quantile, background_sure=cfg.background_sure,
-                crf_sure=cfg.crf_sure,
-            )  # fmt: skip
+            tags = self._fg_tags(batch)
+            label = self.reliable_labels(rgb, self.class_teacher_cams(images, out.cams, tags), tags)
             kept = label != self.ignore_index
             self._val_metric("ct_label").update(
                 torch.where(kept, label, 0), torch.where(kept, masks, self.ignore_index)
             )
             # precision of the kept pixels and the share kept, weighted by the batch's pixels
             valid = masks != self.ignore_index
-            self.log("val/ct_label_precision", pseudo_label_accuracy(label, masks, self.ignore_index),
-                     batch_size=max(int((kept & valid).sum()), 1))  # fmt: skip
-            self.log("val/ct_label_kept", (kept & valid).sum() / valid.sum().clamp(min=1),
-                     batch_size=max(int(valid.sum()), 1))  # fmt: skip
+            self.ct_label_precision.update(
+                pseudo_label_accuracy(label, masks, self.ignore_index), (kept & valid).sum().clamp(min=1)
+            )
+            self.ct_label_kept.update(
+                (kept & valid).sum() / valid.sum().clamp(min=1), valid.sum().clamp(min=1)
+            )
 
     @override
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
+        for name, rate in (("precision", self.ct_label_precision), ("kept", self.ct_label_kept)):
+            if rate.update_called:
+                self.log(f"val/ct_label_{name}", rate.compute())
+            rate.reset()
         for kind, metric in self.val_outputs.items():
             self._log_iou("val", cast(SegmentationIoU, metric), kind)
 
     # ------------------------------------------------------------------ pseudo masks
     def pseudo_segmentation_masks(self, images: Tensor, tags: Tensor, sizes: Tensor | None = None) -> Tensor:
         """Eq. 1's PSM: CRF of max(P^st, P^s) with absent classes suppressed, (B, H, W) labels."""
-        p_st, p_s = self._probs(images)
+        p_st, p_s = self._probs(self.net(images), (images.shape[-2], images.shape[-1]))
         rgb = self.denormalize(images) * 255.0
         return pseudo_masks(
             rgb, p_st, p_s, tags, crf=self.inference.crf.params, crf_fn=self.label_crf, sizes=sizes
