@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from wsss_lightning.data.cli import main as wsss_data
 from wsss_lightning.data.pretrain_task import PretrainConfig
 from wsss_lightning.models.deeplabv3plus import DeepLabV3Plus
+from wsss_lightning.models.mit import MiTEncoder
 from wsss_lightning.models.pretrain import _augment, _normalise, pretrain_encoder, pretrained_path
 from wsss_lightning.models.weights import load_weights_file
 
@@ -37,6 +39,38 @@ def test_the_cli_writes_the_same_file(tmp_path, capsys) -> None:
     assert wsss_data(args) == 0
     assert pretrained_path(TINY, tmp_path).is_file()
     assert "pretrained resnet18" in capsys.readouterr().out
+
+
+SMALL_MIT = '{"embed_dims": [8, 16, 16, 32], "depths": [1, 1, 1, 2], "num_heads": [1, 1, 2, 2]}'
+
+
+def test_a_mit_loads_into_afa_s_encoder_with_the_last_stage_at_one_sixteenth(tmp_path) -> None:
+    config = PretrainConfig(
+        encoder="mit_b0", architecture=SMALL_MIT, num_images=24, image_size=32, crop=32, steps=2, batch_size=4
+    )
+    path = pretrain_encoder(config, tmp_path, verbose=False)
+    assert path.name.startswith("mit_b0_arch") and path.is_file()
+    saved = torch.load(path, weights_only=True)
+    assert "patch_embed1.proj.weight" in saved and "block4.1.attn.kv.weight" in saved  # the release's names
+    assert not any(key.startswith(("backbone.", "head.")) for key in saved)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a tensor missing from the file would warn
+        encoder = MiTEncoder(
+            "mit_b0", weights=path, strides=(4, 2, 2, 1), attention_blocks=2,
+            model_kwargs=json.loads(SMALL_MIT),
+        )  # fmt: skip
+    torch.testing.assert_close(encoder.backbone.block4[1].attn.kv.weight, saved["block4.1.attn.kv.weight"])
+    # another architecture is another file
+    other = PretrainConfig(
+        **{**config.__dict__, "architecture": SMALL_MIT.replace("[1, 1, 1, 2]", "[1, 1, 2, 2]")}
+    )
+    assert pretrained_path(other, tmp_path) != path
+
+
+@pytest.mark.parametrize("architecture", ["[1, 2]", "{embed_dims: 3}"])
+def test_a_malformed_architecture_names_the_field(architecture: str) -> None:
+    with pytest.raises(ValueError, match="pretrain architecture"):
+        PretrainConfig(encoder="mit_b0", architecture=architecture)
 
 
 def test_crops_are_windows_of_the_images_and_flips_mirror_them() -> None:

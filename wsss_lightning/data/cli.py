@@ -174,14 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain-encoder",
         help="pretrain an encoder on a generated classification task (cached by its arguments)",
         description=(
-            "Train a timm CNN encoder on a generated multi-label classification set of object scenes (the 20 "
+            "Train a timm CNN or MiT encoder on a generated multi-label classification set of object scenes (the 20 "
             "VOC object classes, images disjoint from the synthetic benchmark sets) and write its weights, "
             "for the encoder_weights argument of the methods: a CPU stand-in for ImageNet weights. A file "
             "with the same arguments is reused."
         ),
     )
     defaults = PretrainConfig()
-    p.add_argument("--encoder", default=defaults.encoder, help="timm model name (default: %(default)s)")
+    p.add_argument(
+        "--encoder",
+        default=defaults.encoder,
+        help="timm model name or mit_b0 … mit_b5 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--architecture",
+        default=defaults.architecture,
+        help='JSON object of architecture overrides, e.g. \'{"embed_dims": [32, 64, 128, 192], "depths": '
+        '[1, 2, 2, 2], "num_heads": [1, 2, 4, 4]}\' for a small MiT (default: none)',
+    )
     p.add_argument(
         "--out", type=Path, default=Path("outputs/pretrained"), help="folder (default: %(default)s)"
     )
@@ -250,7 +260,17 @@ def _pretrain(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    fields = ("encoder", "seed", "num_images", "image_size", "crop", "steps", "batch_size", "lr")
+    fields = (
+        "encoder",
+        "architecture",
+        "seed",
+        "num_images",
+        "image_size",
+        "crop",
+        "steps",
+        "batch_size",
+        "lr",
+    )
     config = PretrainConfig(**{name: getattr(args, name) for name in fields})
     pretrain_encoder(config, args.out)
 

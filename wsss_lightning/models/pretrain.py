@@ -7,7 +7,10 @@ the benchmark sets' so no benchmark image is seen), trains the encoder with a gl
 classifier and binary cross-entropy, and writes the encoder's weights where every method's ``encoder_weights``
 argument reads them (timm parameter names, the layout :func:`~wsss_lightning.models.weights.load_encoder_weights`
 loads; dilation does not change the parameters, so the stride-32 encoder trained here loads into the dilated
-encoders of DeepLab / DeepLabV3+). The file name carries every argument, so a second call with the same arguments
+encoders of DeepLab / DeepLabV3+). A MiT (``mit_b0`` …, with the config's architecture overrides) is trained the
+same way and saved with the SegFormer release's parameter names, the layout
+:class:`~wsss_lightning.models.mit.MiTEncoder`'s ``weights`` reads; patch-embedding strides do not change the
+parameters either, so it loads into AFA's encoder with the last stage at 1/16. The file name carries every argument, so a second call with the same arguments
 reuses the file (``wsss-data pretrain-encoder``).
 """
 
@@ -18,6 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -31,6 +35,7 @@ from wsss_lightning.data.supervision import load_tags
 from wsss_lightning.data.synthetic import generate
 from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_lightning.models.deeplab import feature_info
+from wsss_lightning.models.mit import MiTEncoder, MiTOutput
 
 __all__ = ["PretrainConfig", "pretrain_encoder", "pretrained_path"]
 
@@ -70,15 +75,30 @@ def _normalise(images: Tensor) -> Tensor:
 
 
 class _Classifier(nn.Module):
-    def __init__(self, encoder: str) -> None:
+    """The encoder's last stage, global-average-pooled, into a linear multi-label classifier."""
+
+    def __init__(self, encoder: str, overrides: dict[str, Any]) -> None:
         super().__init__()
-        self.encoder = timm.create_model(encoder, features_only=True, pretrained=False)
-        self.head = nn.Linear(feature_info(self.encoder).channels()[-1], NUM_OBJECT_CLASSES)
+        self.encoder: nn.Module
+        if encoder.startswith("mit_"):
+            # no stochastic depth: a few thousand steps of a small network from scratch need no extra regulariser
+            self.encoder = MiTEncoder(encoder, drop_path_rate=0.0, model_kwargs=overrides)
+            channels = self.encoder.out_channels[-1]
+        else:
+            self.encoder = timm.create_model(encoder, features_only=True, pretrained=False, **overrides)
+            channels = feature_info(self.encoder).channels()[-1]
+        self.head = nn.Linear(channels, NUM_OBJECT_CLASSES)
 
     def forward(self, x: Tensor) -> Tensor:
-        features: list[Tensor] = self.encoder(x)
+        output = self.encoder(x)
+        features: list[Tensor] = output.features if isinstance(output, MiTOutput) else output
         logits: Tensor = self.head(features[-1].mean((2, 3)))
         return logits
+
+    def encoder_state(self) -> dict[str, Tensor]:
+        """The encoder's weights under the names its loaders expect (a MiT without its wrapper prefix)."""
+        module = self.encoder.backbone if isinstance(self.encoder, MiTEncoder) else self.encoder
+        return dict(module.state_dict())
 
 
 def _f1(logits: Tensor, labels: Tensor) -> float:
@@ -110,7 +130,7 @@ def pretrain_encoder(config: PretrainConfig, out_dir: str | Path, verbose: bool 
         images, labels = _load_set(root, config.image_size)
     held_out = max(1, len(images) // 10)
     train_x, train_y = images[held_out:], labels[held_out:]
-    model = _Classifier(config.encoder)
+    model = _Classifier(config.encoder, config.overrides())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / config.steps)
     model.train()
@@ -128,7 +148,7 @@ def pretrain_encoder(config: PretrainConfig, out_dir: str | Path, verbose: bool 
     with torch.no_grad():
         f1 = _f1(model(_normalise(images[:held_out])), labels[:held_out])
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.encoder.state_dict(), path)
+    torch.save(model.encoder_state(), path)
     minutes = (time.perf_counter() - start) / 60
     info = {**asdict(config), "held_out_tag_f1": round(f1, 4), "minutes": round(minutes, 2)}
     path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
