@@ -28,7 +28,7 @@ demo: $(STAMP)
 # --dist load: tests are spread one by one, so the long end-to-end tests of one file (the method contract)
 # run on both workers.
 test: $(STAMP)
-	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -n 2 --dist load
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" -n 2 --dist load --durations=25
 
 test-slow: $(STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow
