@@ -28,6 +28,7 @@ UNACTIONABLE = (
     "not resumable",
     "will override existing callbacks",
     "/-2",
+    "`weights_only` was not set",
 )
 
 

@@ -193,7 +193,9 @@ class LastCheckpoint(Checkpoint):
         partial = target.with_name(target.name + ".partial")
         if trainer.is_global_zero:
             target.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes
+        # a full checkpoint (optimizer, loops, callbacks): what `fit --ckpt_path last` continues from; saying so
+        # also keeps Lightning from logging its default at every write
+        trainer.save_checkpoint(partial, weights_only=False)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
             os.replace(partial, target)
         trainer.strategy.barrier("last_checkpoint")
