@@ -2,20 +2,23 @@
 
 Object layouts: half of the classes share their colour and texture with one other class and differ from it
 only in shape (classes ``2g`` and ``2g + 1``, counted from 0, for even ``g``); every class shares its shape
-with others of a different colour and texture (classes ``k`` and ``k + 8``). Shapes include thin limbs, handles and thin bars. Class frequency
-is long-tailed (Zipf over a fixed class order), each class has its own typical size (16 % to 42 % of the image
-side, instances vary around it), some frequent classes pull a partner class next to them (co-occurrence,
-touching or overlapping it), objects may overlap and be cut by the image border. Backgrounds hold smooth
-multi-scale colour noise and distractor blobs and bands (class 0) that often take a class's colour.
-Every image then gets its own illumination (gain, gamma, tint, a light gradient), noise and sometimes blur.
+with others of a different colour and texture (classes ``k`` and ``k + 8``). Shapes include thin limbs,
+handles and thin bars. Class frequency is long-tailed (Zipf over a fixed class order), each class has its own
+typical size (16 % to 42 % of the image side, instances vary around it), some frequent classes pull a partner
+class next to them (co-occurrence, touching or overlapping it), objects may overlap and be cut by the image
+border. Backgrounds hold smooth multi-scale colour noise and distractor blobs and bands (class 0) that often
+take a class's colour. Every image then gets its own illumination (gain, gamma, tint, a light gradient), noise
+and sometimes blur.
 
 Street layouts: stronger Cityscapes / GTA5 styles, a Cityscapes palette shifted per class away from the
 GTA5 colours, per-image lighting and cast shadows that ignore the labels.
 
 Every class appears in the val split of an object layout: class ``c`` is forced into val image
-``(c - 1) % num_val``, drawn above the other objects and redrawn until visible (the last try draws it at
-least 15 % of the image side), which holds whenever ``4 * num_val >= number of object classes`` (VOC: 5 val
-images, COCO: 20).
+``(c - 1) % num_val`` and drawn above the other objects; an image is redrawn (up to 20 tries, the last one
+drawing its forced objects at least 15 % of the image side) until each of its planned classes keeps enough
+pixels. With ``4 * num_val >= number of object classes`` (VOC: 5, COCO: 20; the defaults hold 40) an image
+holds at most four forced objects and they stay visible (the tests check VOC with 5 val images and COCO
+with 20).
 """
 
 from __future__ import annotations
