@@ -41,6 +41,10 @@ from wsss_lightning.data.synthetic import (
 HARD_SHAPES = ("ellipse", "rectangle", "triangle", "diamond", "thin_cross", "handle", "legged", "bar")
 #: Zipf exponent of the class frequencies: with 20 classes the rarest is drawn 1/11 as often as the first.
 _ZIPF = 0.8
+#: Hue step between the two classes of a colour-shared pair: close enough that lighting and colour jitter
+#: blur them, far enough that many examples separate them.
+_PAIR_HUE_OFFSET = 0.08
+_MIN_SIZE, _MAX_SIZE = 0.2, 0.42  # typical half-extents of the smallest and largest class
 _PARTNER_PROB = 0.6  # chance that a class with a partner brings it along
 _MAX_ATTEMPTS = 20
 
@@ -79,7 +83,7 @@ def hard_class_styles(num_object_classes: int) -> list[HardClass]:
         group = k // 2
         shared = group % 2 == 0  # every other pair shares colour and texture
         index = 2 * group if shared else k
-        hue = (index * 0.618034) % 1.0
+        hue = (index * 0.618034 + (_PAIR_HUE_OFFSET * (k % 2) if shared else 0.0)) % 1.0
         r, g, b = colorsys.hsv_to_rgb(hue, 0.6 + 0.3 * ((index // 5) % 2), 0.9 - 0.2 * ((index // 2) % 2))
         # Frequent classes (the first fifth) bring a mid-frequency class along.
         partner = int(by_rank[rank[k] + k_all // 2]) + 1 if rank[k] < max(1, k_all // 5) else None
@@ -89,7 +93,7 @@ def hard_class_styles(num_object_classes: int) -> list[HardClass]:
                 texture=TEXTURES[(group + (0 if shared else 3 * (k % 2))) % len(TEXTURES)],
                 shape=HARD_SHAPES[k % len(HARD_SHAPES)],
                 period=(0.06, 0.09, 0.12)[group % 3],
-                size=float(0.16 * (0.42 / 0.16) ** (((k * 7) % k_all) / max(1, k_all - 1))),
+                size=float(_MIN_SIZE * (_MAX_SIZE / _MIN_SIZE) ** (((k * 7) % k_all) / max(1, k_all - 1))),
                 weight=float((rank[k] + 1.0) ** -_ZIPF),
                 partner=partner,
             )
@@ -175,7 +179,7 @@ def hard_background(
     for c in range(3):
         image[..., c] += rng.uniform(6, 18) * smooth_noise(rng, h, w, int(rng.integers(2, 6)))
     image += (rng.uniform(8, 20) * smooth_noise(rng, h, w, max(4, side // 8)))[..., None]
-    for _ in range(int(rng.integers(0, 4))):
+    for _ in range(int(rng.integers(0, 3))):
         if rng.random() < 0.4:
             style = styles[int(rng.integers(len(styles)))]
             colour = np.asarray(style.colour, dtype=np.float32) * rng.uniform(0.8, 1.15)
@@ -234,11 +238,11 @@ def lighting(rng: np.random.Generator, image: np.ndarray, yy: np.ndarray, xx: np
         (H, W, 3) uint8.
     """
     h, w = yy.shape
-    unit = np.clip(image / 255.0, 0.0, 1.0) ** rng.uniform(0.75, 1.35)
-    tint = rng.uniform(0.88, 1.12, size=3).astype(np.float32)
+    unit = np.clip(image / 255.0, 0.0, 1.0) ** rng.uniform(0.85, 1.2)
+    tint = rng.uniform(0.92, 1.08, size=3).astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = ((yy / h - 0.5) * np.sin(angle) + (xx / w - 0.5) * np.cos(angle)) * rng.uniform(0.0, 0.4)
-    out = 255.0 * rng.uniform(0.7, 1.2) * unit * tint * (1.0 + ramp)[..., None]
+    ramp = ((yy / h - 0.5) * np.sin(angle) + (xx / w - 0.5) * np.cos(angle)) * rng.uniform(0.0, 0.3)
+    out = 255.0 * rng.uniform(0.75, 1.15) * unit * tint * (1.0 + ramp)[..., None]
     out += rng.normal(0, rng.uniform(2, 6), size=out.shape).astype(np.float32)
     if rng.random() < 0.3:
         out = ndimage.gaussian_filter(out, sigma=(rng.uniform(0.5, 1.2),) * 2 + (0.0,))
@@ -284,7 +288,7 @@ def hard_object_scene(
         region = hard_shape_mask(style.shape, u, v)
         period = style.period * min(h, w) * rng.uniform(0.8, 1.25)
         pattern = texture_pattern(style.texture, yy, xx, period)
-        colour = np.asarray(style.colour, dtype=np.float32) * rng.uniform(0.8, 1.15, size=3)
+        colour = np.asarray(style.colour, dtype=np.float32) * rng.uniform(0.88, 1.1, size=3)
         shading = 1.0 + 0.15 * smooth_noise(rng, h, w, 2)
         pixels = colour * (1.0 - rng.uniform(0.4, 0.6) * pattern[..., None]) * shading[..., None]
         image[region] = pixels[region]
