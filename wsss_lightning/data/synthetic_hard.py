@@ -83,7 +83,9 @@ def hard_class_styles(num_object_classes: int) -> list[HardClass]:
         group = k // 2
         shared = group % 2 == 0  # every other pair shares colour and texture
         index = 2 * group if shared else k
-        hue = (index * 0.618034 + (_PAIR_HUE_OFFSET * (k % 2) if shared else 0.0)) % 1.0
+        # Golden-ratio hues repeat within 0.06 every 8 steps, the shape period: a third of a turn per block of
+        # 8 classes keeps the classes that share a shape apart in colour.
+        hue = (index * 0.618034 + (k // 8) / 3 + (_PAIR_HUE_OFFSET * (k % 2) if shared else 0.0)) % 1.0
         r, g, b = colorsys.hsv_to_rgb(hue, 0.6 + 0.3 * ((index // 5) % 2), 0.9 - 0.2 * ((index // 2) % 2))
         # Frequent classes (the first fifth) bring a mid-frequency class along.
         partner = int(by_rank[rank[k] + k_all // 2]) + 1 if rank[k] < max(1, k_all // 5) else None
