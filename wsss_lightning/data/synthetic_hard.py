@@ -1,10 +1,10 @@
 """Hard mode of the synthetic datasets (``difficulty="hard"``): scenes where colour alone does not segment.
 
-Object layouts: half of the classes share their colour and texture with one other class and differ from it
-only in shape (classes ``2g`` and ``2g + 1``, counted from 0, for even ``g``); every class shares its shape
-with others of a different colour and texture (classes ``k`` and ``k + 8``). Shapes include thin limbs,
-handles and thin bars. Class frequency is long-tailed (Zipf over a fixed class order), each class has its own
-typical size (16 % to 42 % of the image side, instances vary around it), some frequent classes pull a partner
+Object layouts: half of the classes share their texture and nearly their colour (hues 0.08 of a turn apart)
+with one other class and differ from it mainly in shape (classes ``2g`` and ``2g + 1``, counted from 0, for
+even ``g``); every class shares its shape with others of a clearly different colour and another texture
+(classes ``k`` and ``k + 8``). Shapes include thin limbs, handles and thin bars. Class frequency is
+long-tailed (Zipf over a fixed class order), each class has its own typical size (20 % to 42 % of the image side, instances vary around it), some frequent classes pull a partner
 class next to them (co-occurrence, touching or overlapping it), objects may overlap and be cut by the image
 border. Backgrounds hold smooth multi-scale colour noise and distractor blobs and bands (class 0) that often
 take a class's colour. Every image then gets its own illumination (gain, gamma, tint, a light gradient), noise
@@ -54,7 +54,7 @@ class HardClass:
     """Appearance and statistics of one object class in hard mode.
 
     Attributes:
-        colour: RGB colour (0..255), shared with the class's colour partner.
+        colour: RGB colour (0..255), a small hue step from the class's colour partner's.
         texture: texture name; ``pattern`` is its contrast.
         shape: one of :data:`HARD_SHAPES`.
         period: texture period in units of the image side.
