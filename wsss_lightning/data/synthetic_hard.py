@@ -4,11 +4,11 @@ Object layouts: half of the classes share their texture and nearly their colour 
 with one other class and differ from it mainly in shape (classes ``2g`` and ``2g + 1``, counted from 0, for
 even ``g``); every class shares its shape with others of a clearly different colour and another texture
 (classes ``k`` and ``k + 8``). Shapes include thin limbs, handles and thin bars. Class frequency is
-long-tailed (Zipf over a fixed class order), each class has its own typical size (20 % to 42 % of the image side, instances vary around it), some frequent classes pull a partner
-class next to them (co-occurrence, touching or overlapping it), objects may overlap and be cut by the image
-border. Backgrounds hold smooth multi-scale colour noise and distractor blobs and bands (class 0) that often
-take a class's colour. Every image then gets its own illumination (gain, gamma, tint, a light gradient), noise
-and sometimes blur.
+long-tailed (Zipf over a fixed class order), each class has its own typical size (20 % to 42 % of the image
+side, instances vary around it), some frequent classes pull a partner class next to them (co-occurrence,
+touching or overlapping it), objects may overlap and be cut by the image border. Backgrounds hold smooth
+multi-scale colour noise and distractor blobs and bands (class 0) that often take a class's colour. Every
+image then gets its own illumination (gain, gamma, tint, a light gradient), noise and sometimes blur.
 
 Street layouts: stronger Cityscapes / GTA5 styles, a Cityscapes palette shifted per class away from the
 GTA5 colours, per-image lighting and cast shadows that ignore the labels.
