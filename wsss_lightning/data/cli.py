@@ -35,7 +35,7 @@ from wsss_lightning.data.pretrain_task import PretrainConfig
 from wsss_lightning.data.rare_classes import compute_class_stats, default_stats_path, save_class_stats
 from wsss_lightning.data.source import DEFAULT_SPLITS
 from wsss_lightning.data.supervision import read_id_list
-from wsss_lightning.data.synthetic import LAYOUTS, generate
+from wsss_lightning.data.synthetic import DIFFICULTIES, LAYOUTS, generate
 
 
 def _fraction(text: str) -> float:
@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         default=None,
         help="image height and width (default: 128 128 for object layouts, 96 192 for street scenes)",
+    )
+    p.add_argument(
+        "--difficulty",
+        choices=DIFFICULTIES,
+        default="easy",
+        help="easy: one colour, texture and shape per class; hard: shared colours, thin parts, clutter, "
+        "long-tailed classes, per-image lighting, for comparing label-efficient methods (default: easy)",
     )
 
     p = sub.add_parser("tags", help="image-level tag file (.npy or .txt) from a split's masks")
@@ -280,8 +287,9 @@ def _run(args: argparse.Namespace) -> int:
     if command == "synthetic":
         start = time.perf_counter()
         size = (args.size[0], args.size[1]) if args.size else None
-        root = generate(args.layout, args.out, args.seed, args.num_train, args.num_val, image_size=size)
-        print(f"wrote synthetic {args.layout} dataset to {root} in {time.perf_counter() - start:.1f} s")
+        root = generate(args.layout, args.out, args.seed, args.num_train, args.num_val, size, args.difficulty)
+        elapsed = time.perf_counter() - start
+        print(f"wrote synthetic {args.layout} ({args.difficulty}) dataset to {root} in {elapsed:.1f} s")
     elif command == "tags":
         path = prepare.write_tags(args.dataset, args.root, args.split, args.out, num_workers=args.workers)
         print(f"wrote tags to {path}")

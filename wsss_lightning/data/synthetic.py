@@ -9,6 +9,9 @@ and cool vs saturated, warm and blotchy), which gives a real domain gap.
 Everything is vectorised NumPy and deterministic given the seed: every image draws from its own generator
 seeded by ``(seed, split, index)``.
 
+``difficulty="hard"`` (:mod:`wsss_lightning.data.synthetic_hard`) makes the task realistic for comparing
+label-efficient methods: shared colours, thin parts, clutter, long-tailed classes, per-image lighting.
+
 :func:`write_whats_the_point_json` writes click files of a VOC tree in the "What's the Point" JSON format
 (Seminar / Gated-CRF), for testing ``wsss-data clicks-from-json``.
 """
@@ -41,6 +44,8 @@ from wsss_lightning.data.supervision import clicks_from_mask, save_tags, tags_fr
 
 Layout = Literal["voc", "coco", "coco_stuff", "cityscapes", "gta5"]
 LAYOUTS: tuple[Layout, ...] = ("voc", "coco", "coco_stuff", "cityscapes", "gta5")
+Difficulty = Literal["easy", "hard"]
+DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "hard")
 _OBJECT_LAYOUTS = ("voc", "coco", "coco_stuff")
 # (num_train, num_val) and (H, W) defaults: a few seconds to write on a laptop CPU, enough to learn from.
 _DEFAULT_COUNTS = {name: (200, 40) if name in _OBJECT_LAYOUTS else (120, 30) for name in LAYOUTS}
@@ -55,6 +60,7 @@ def generate(
     num_train: int | None = None,
     num_val: int | None = None,
     image_size: tuple[int, int] | None = None,
+    difficulty: Difficulty = "easy",
 ) -> Path:
     """Write a synthetic dataset in the real layout of ``layout`` under ``out``.
 
@@ -69,12 +75,16 @@ def generate(
         num_train: number of training images.
         num_val: number of validation images (``test`` list for coco_stuff).
         image_size: (H, W) of every image.
+        difficulty: ``"easy"`` (each class has its own colour, texture and shape; a small CNN nearly solves
+            it) or ``"hard"`` (see :mod:`wsss_lightning.data.synthetic_hard`).
 
     Returns:
         The dataset root ``out``.
     """
     if layout not in LAYOUTS:
         raise KeyError(f"unknown synthetic layout {layout!r}; valid layouts: {list(LAYOUTS)}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"unknown difficulty {difficulty!r}; valid difficulties: {list(DIFFICULTIES)}")
     default_train, default_val = _DEFAULT_COUNTS[layout]
     n_train = default_train if num_train is None else num_train
     n_val = default_val if num_val is None else num_val
@@ -85,7 +95,7 @@ def generate(
         )
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    _WRITERS[layout](root, seed, n_train, n_val, size)
+    _WRITERS[layout](root, seed, n_train, n_val, size, difficulty)
     return root
 
 
@@ -277,9 +287,21 @@ def plan_classes(rng: np.random.Generator, num_images: int, num_object_classes: 
 
 
 def object_split(
-    seed: int, split_index: int, num_images: int, size: tuple[int, int], info: DatasetInfo, boundaries: bool
+    seed: int,
+    split_index: int,
+    num_images: int,
+    size: tuple[int, int],
+    info: DatasetInfo,
+    boundaries: bool,
+    difficulty: Difficulty = "easy",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Images and masks of one split of an object layout."""
+    if difficulty == "hard":
+        # Imported here: the hard module builds on this module's primitives.
+        from wsss_lightning.data.synthetic_hard import hard_object_split
+
+        hard = hard_object_split(seed, split_index, num_images, size, info.num_classes - 1)
+        return [(image, ignore_boundaries(mask) if boundaries else mask) for image, mask in hard]
     styles = object_class_styles(info.num_classes - 1)
     plans = plan_classes(np.random.default_rng([seed, split_index, 10**6]), num_images, info.num_classes - 1)
     min_pixels = max(12, min(size) ** 2 // 150)
@@ -300,14 +322,16 @@ def _save_jpeg(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, quality=92)
 
 
-def _write_voc(root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int]) -> None:
+def _write_voc(
+    root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int], difficulty: Difficulty
+) -> None:
     info = DATASET_INFO["voc"]
     train_ids = [f"2007_{i:06d}" for i in range(n_train)]
     val_ids = [f"2008_{i:06d}" for i in range(n_val)]
     lists = root / "ImageSets" / "Segmentation"
     tags = {}
     for split_index, ids in enumerate((train_ids, val_ids)):
-        samples = object_split(seed, split_index, len(ids), size, info, True)
+        samples = object_split(seed, split_index, len(ids), size, info, True, difficulty)
         for sample_id, (image, mask) in zip(ids, samples, strict=True):
             _save_jpeg(root / "JPEGImages" / f"{sample_id}.jpg", image)
             write_index_png(root / "SegmentationClassAug" / f"{sample_id}.png", mask, info.palette_bytes())
@@ -333,6 +357,7 @@ def _write_object_splits(
     seed: int,
     counts: tuple[int, int],
     size: tuple[int, int],
+    difficulty: Difficulty,
 ) -> None:
     """Write the two splits of an object layout: JPEG images, palette masks and one list file per split.
 
@@ -342,24 +367,28 @@ def _write_object_splits(
     image_dir, mask_dir, list_dir = folders
     for split_index, (split, n) in enumerate(zip(splits, counts, strict=True)):
         ids = [sample_id(split, split_index, i) for i in range(n)]
-        samples = object_split(seed, split_index, n, size, info, False)
+        samples = object_split(seed, split_index, n, size, info, False, difficulty)
         for name, (image, mask) in zip(ids, samples, strict=True):
             _save_jpeg(root / image_dir / f"{name}.jpg", image)
             write_index_png(root / mask_dir / f"{name}.png", mask, info.palette_bytes())
         write_id_list(root / list_dir / f"{split}.txt", ids)
 
 
-def _write_coco(root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int]) -> None:
+def _write_coco(
+    root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int], difficulty: Difficulty
+) -> None:
     _write_object_splits(
         root, "coco", ("train", "val"), lambda split, _, i: f"COCO_{split}2014_{i + 1:012d}",
-        ("JPEGImages", "SegmentationClass", "ImageSets"), seed, (n_train, n_val), size,
+        ("JPEGImages", "SegmentationClass", "ImageSets"), seed, (n_train, n_val), size, difficulty,
     )  # fmt: skip
 
 
-def _write_coco_stuff(root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int]) -> None:
+def _write_coco_stuff(
+    root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int], difficulty: Difficulty
+) -> None:
     _write_object_splits(
         root, "coco_stuff", ("train", "test"), lambda _, k, i: f"COCO_train2014_{k * 10**6 + i + 1:012d}",
-        ("images", "annotations", "imageLists"), seed, (n_train, n_val), size,
+        ("images", "annotations", "imageLists"), seed, (n_train, n_val), size, difficulty,
     )  # fmt: skip
 
 
@@ -679,8 +708,13 @@ def _class_texture(label: int, yy: np.ndarray, xx: np.ndarray, rng: np.random.Ge
     return np.zeros_like(yy)
 
 
-def render_street(rng: np.random.Generator, labels: np.ndarray, style: StreetStyle) -> np.ndarray:
-    """Render Cityscapes label ids as an image in the given style.
+def render_street(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    style: StreetStyle,
+    colours: dict[int, tuple[int, int, int]] | None = None,
+) -> np.ndarray:
+    """Render Cityscapes label ids as an image in the given style (``colours``: base colour per label id).
 
     Returns:
         (H, W, 3) uint8 RGB.
@@ -690,7 +724,8 @@ def render_street(rng: np.random.Generator, labels: np.ndarray, style: StreetSty
     image = np.zeros((h, w, 3), dtype=np.float32)
     for label in np.unique(labels).tolist():
         region = labels == label
-        colour = np.asarray(_BASE_COLOURS.get(label, (90, 90, 90)), dtype=np.float32) * rng.uniform(0.9, 1.1)
+        base = (_BASE_COLOURS if colours is None else colours).get(label, (90, 90, 90))
+        colour = np.asarray(base, dtype=np.float32) * rng.uniform(0.9, 1.1)
         texture = _class_texture(label, yy, xx, rng)
         image[region] = colour + texture[region][:, None]
     # Style: saturation, tint, contrast, then the domain's noise statistics.
@@ -707,7 +742,7 @@ def render_street(rng: np.random.Generator, labels: np.ndarray, style: StreetSty
 
 
 def street_split(
-    seed: int, split_index: int, num_images: int, size: tuple[int, int], style: StreetStyle
+    seed: int, split_index: int, num_images: int, size: tuple[int, int], domain: str, difficulty: Difficulty
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Images and label-id maps of one split of a street layout (every rare class cycled through in order)."""
     min_pixels = 3
@@ -724,7 +759,12 @@ def street_split(
             counts = np.bincount(labels.reshape(-1), minlength=256)
             if all(counts[e] >= min_pixels for e in extras):
                 break
-        samples.append((render_street(rng, labels, style), labels))
+        if difficulty == "hard":
+            from wsss_lightning.data.synthetic_hard import render_street_hard  # builds on this module
+
+            samples.append((render_street_hard(rng, labels, domain), labels))
+        else:
+            samples.append((render_street(rng, labels, STYLES[domain]), labels))
     return samples
 
 
@@ -733,11 +773,13 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, compress_level=1)
 
 
-def _write_cityscapes(root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int]) -> None:
+def _write_cityscapes(
+    root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int], difficulty: Difficulty
+) -> None:
     cities = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau")}
     for split_index, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         for index, (image, labels) in enumerate(
-            street_split(seed, split_index, n, size, STYLES["cityscapes"])
+            street_split(seed, split_index, n, size, "cityscapes", difficulty)
         ):
             city = cities[split][index % len(cities[split])]
             stem = f"{city}_{index:06d}_{19:06d}"
@@ -747,12 +789,14 @@ def _write_cityscapes(root: Path, seed: int, n_train: int, n_val: int, size: tup
             write_index_png(gt / f"{stem}_gtFine_labelTrainIds.png", CITYSCAPES_ID_TO_TRAINID[labels])
 
 
-def _write_gta5(root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int]) -> None:
+def _write_gta5(
+    root: Path, seed: int, n_train: int, n_val: int, size: tuple[int, int], difficulty: Difficulty
+) -> None:
     palette = flat_palette(CITYSCAPES_LABELID_PALETTE, (0, 0, 0))
     offset = 1
     for split_index, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         names = [f"{offset + i:05d}" for i in range(n)]
-        samples = street_split(seed, split_index, n, size, STYLES["gta5"])
+        samples = street_split(seed, split_index, n, size, "gta5", difficulty)
         for name, (image, labels) in zip(names, samples, strict=True):
             _save_png(root / "images" / f"{name}.png", image)
             write_index_png(root / "labels" / f"{name}.png", labels, palette)
@@ -760,7 +804,7 @@ def _write_gta5(root: Path, seed: int, n_train: int, n_val: int, size: tuple[int
         offset += n
 
 
-_WRITERS: dict[str, Callable[[Path, int, int, int, tuple[int, int]], None]] = {
+_WRITERS: dict[str, Callable[[Path, int, int, int, tuple[int, int], Difficulty], None]] = {
     "voc": _write_voc,
     "coco": _write_coco,
     "coco_stuff": _write_coco_stuff,
