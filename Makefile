@@ -9,7 +9,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench table table-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow
+
+# The method table (benchmarks/method_table.md and .png): every method, its baseline and its ceiling on the hard
+# synthetic sets, 2 seeds (table-quick: 1 seed). Finished runs are cached in outputs/method_table.
+table: $(STAMP)
+	$(BIN)/python benchmarks/method_table.py
+
+table-quick: $(STAMP)
+	$(BIN)/python benchmarks/method_table.py --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check wsss_lightning tests benchmarks

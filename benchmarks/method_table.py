@@ -1,0 +1,481 @@
+"""The method table: every method against its own baseline and a full-mask ceiling on the hard synthetic sets.
+
+One command trains, for each method of the package, the rows of its section on the same data, network and
+schedule, for every seed, and writes ``benchmarks/method_table.md`` (mean ± half the range over the seeds, the
+per-seed values, the ratio to the section's ceiling, steps and minutes per run, and the bars) and
+``benchmarks/method_table.png`` (one bar group per section):
+
+* ``u2pl``: SupOnly (the 1/8 labelled images alone) and U2PL at 1/8 labels, from the pretrained ResNet-18 of
+  ``wsss-data pretrain-encoder`` and from scratch; ceiling: the same network on all masks. Bar (#14): U2PL >
+  SupOnly on the mean of the seeds.
+* ``dupl``: CAM -> pseudo-label -> segmentation without the GMM noise filtering, and DuPL; the ViT of the
+  quickstart from scratch. Ceiling: the supervised DeepLabV3+ ResNet-18 on all masks (``ceiling`` section; DuPL
+  has no mask-supervised mode of its own network). Bar (#14): DuPL >= 0.85 of the ceiling.
+* ``asdt``: the class-teacher-only row (Table 4, I) and ASDT (V), from the pretrained ResNet-18. Ceiling: the
+  ``ceiling`` section.
+* ``seminar``: partial CE on clicks, the ancillary and the primary model; ceiling: the same network on all
+  masks. Bar: primary > partial CE.
+* ``weak``: AFA and U2PL+ WS from tags (small MiT from scratch); ceiling: the same network on all masks. Bar:
+  U2PL+ WS >= AFA - 0.02.
+* ``da``: source only, DAFormer and U2PL+ DA (GTA5-style -> Cityscapes-style, small MiT from scratch); ceiling:
+  the target oracle. Bar: DAFormer > source only.
+
+The object-layout sections train on the hard VOC set (``wsss-data synthetic --difficulty hard``, 800 train /
+100 val images of 128², seed 0), the street section on hard GTA5 / Cityscapes sets (600 train images of
+128×256 each; 100 Cityscapes val images). Every finished run is cached in ``<out>/results.json`` (by section,
+row and seed) and skipped when asked again, so sections can be run one at a time and the table is rewritten
+from everything measured so far; a row not measured yet reads "not run".
+
+Usage::
+
+    python benchmarks/method_table.py [--sections u2pl dupl ...] [--rows NAME ...] [--seeds 0 1] [--quick]
+        [--parallel 2] [--table-only]
+
+``--quick`` (``make table-quick``): one seed (0), written to ``method_table_quick.md`` / ``.png``. ``make table``
+runs every section with two seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from learning_runs import wsss_fit
+
+from wsss_lightning.runs import last_checkpoint, newest_last
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+UNLABELED_FULL = "--data.init_args.view.init_args.labeled_list=ImageSets/Segmentation/train_aug.txt"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One trained row of a section.
+
+    Attributes:
+        name: the row's name in the table.
+        role: ``ceiling``, ``baseline`` or ``method``.
+        configs: stacked config files (relative to ``configs/``).
+        extra: further command-line arguments; ``{voc}``, ``{gta5}``, ``{cityscapes}`` (data roots),
+            ``{resnet18}`` (the pretrained ResNet-18) and ``{ancillary}`` (the same seed's checkpoint of the
+            row named by ``after``) are filled in.
+        steps: optimizer steps.
+        metric: the logged validation metric of the row.
+        after: a row of the same section whose run this one needs (its last checkpoint is ``{ancillary}``).
+        seed_offset: added to the seed (Seminar's primary starts from another seed than its ancillary).
+    """
+
+    name: str
+    role: str
+    configs: tuple[str, ...]
+    extra: tuple[str, ...] = ()
+    steps: int = 600
+    metric: str = "val/miou"
+    after: str | None = None
+    seed_offset: int = 0
+
+
+@dataclass(frozen=True)
+class Section:
+    """A method's rows, the ceiling they are compared with and the bar the table checks."""
+
+    key: str
+    title: str
+    rows: tuple[Row, ...]
+    ceiling: str  # "<section>/<row>"
+    bar: str
+    check: Callable[[dict[str, float], float], bool] = field(repr=False)
+
+
+VOC = ("--data.init_args.source.root={voc}",)
+BY_STEPS = ("--trainer.check_val_every_n_epoch=null",)  # epoch-scheduled configs validated at the last step
+PRETRAINED_R18 = ("--model.init_args.encoder_weights={resnet18}",)
+U2PL = ("u2pl/synthetic_voc800_1_8.yaml",)
+SUPONLY = (*U2PL, "u2pl/suponly.yaml", "u2pl/synthetic_voc800_1_8_suponly.yaml")
+U2PL_STEPS = 525  # 3 epochs over the 700 unlabelled images, 4 per step (the config's schedule)
+SEMINAR = ("seminar/synthetic_voc_ancillary.yaml",)
+SEMINAR_NO_EXTRAS = ("--model.init_args.consistency.weight=0", "--model.init_args.crf_loss.enabled=false")
+AFA = ("afa/synthetic_voc.yaml",)
+STREETS = ("--data.init_args.source.root={gta5}", "--data.init_args.view.init_args.target.root={cityscapes}")
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "ceiling",
+        "Full masks (supervised DeepLabV3+ ResNet-18 from scratch)",
+        (Row("full masks", "ceiling", ("supervised/synthetic_voc.yaml",), VOC),),
+        "ceiling/full masks",
+        "",
+        lambda mean, ceiling: True,
+    ),
+    Section(
+        "u2pl",
+        "U2PL, semi-supervised at 1/8 labels (100 of 800)",
+        (
+            Row("full masks, pretrained", "ceiling", SUPONLY, (*VOC, *BY_STEPS, *PRETRAINED_R18, UNLABELED_FULL), U2PL_STEPS),
+            Row("SupOnly, pretrained", "baseline", SUPONLY, (*VOC, *BY_STEPS, *PRETRAINED_R18), U2PL_STEPS),
+            Row("U2PL, pretrained", "method", U2PL, (*VOC, *BY_STEPS, *PRETRAINED_R18), U2PL_STEPS),
+            Row("SupOnly, scratch", "baseline", SUPONLY, (*VOC, *BY_STEPS), U2PL_STEPS),
+            Row("U2PL, scratch", "method", U2PL, (*VOC, *BY_STEPS), U2PL_STEPS),
+        ),
+        "u2pl/full masks, pretrained",
+        "U2PL, pretrained > SupOnly, pretrained",
+        lambda mean, ceiling: mean["U2PL, pretrained"] > mean["SupOnly, pretrained"],
+    ),
+    Section(
+        "dupl",
+        "DuPL, image tags (ViT from scratch, the quickstart's network)",
+        (
+            Row(
+                "CAM -> pseudo-labels -> seg, no noise filtering",
+                "baseline",
+                ("quickstart.yaml",),
+                (*VOC, "--model.init_args.noise_filter.enabled=false"),
+            ),
+            Row("DuPL", "method", ("quickstart.yaml",), VOC),
+        ),
+        "ceiling/full masks",
+        "DuPL >= 0.85 of the ceiling",
+        lambda mean, ceiling: mean["DuPL"] >= 0.85 * ceiling,
+    ),
+    Section(
+        "asdt",
+        "ASDT, image tags (ResNet-18 at stride 8, pretrained)",
+        (
+            Row(
+                "I: class-teacher only",
+                "baseline",
+                ("asdt/synthetic_voc.yaml",),
+                (*VOC, *PRETRAINED_R18, "--model.init_args.teaching.mode=class"),
+                metric="val/max/miou",
+            ),
+            Row(
+                "V: ASDT (alternate)",
+                "method",
+                ("asdt/synthetic_voc.yaml",),
+                (*VOC, *PRETRAINED_R18, "--model.init_args.teaching.mode=alternate"),
+                metric="val/max/miou",
+            ),
+        ),
+        "ceiling/full masks",
+        "ASDT > class-teacher only",
+        lambda mean, ceiling: mean["V: ASDT (alternate)"] > mean["I: class-teacher only"],
+    ),
+    Section(
+        "seminar",
+        "Seminar Learning, clicks (DeepLabV3+ ResNet-18 from scratch)",
+        (
+            Row(
+                "full masks",
+                "ceiling",
+                SEMINAR,
+                (
+                    *VOC,
+                    "--data.init_args.view.init_args.clicks_dir=SegmentationClassAug",
+                    "--model.init_args.partial_ce.batch_average=false",
+                    *SEMINAR_NO_EXTRAS,
+                ),
+                400,
+            ),
+            Row("partial CE", "baseline", SEMINAR, (*VOC, *SEMINAR_NO_EXTRAS), 400),
+            Row("ancillary", "method", SEMINAR, VOC, 400),
+            Row(
+                "primary",
+                "method",
+                ("seminar/synthetic_voc_primary.yaml",),
+                (*VOC, "--model.init_args.ancillary_checkpoint={ancillary}"),
+                400,
+                after="ancillary",
+                seed_offset=100,
+            ),
+        ),
+        "seminar/full masks",
+        "primary > partial CE",
+        lambda mean, ceiling: mean["primary"] > mean["partial CE"],
+    ),
+    Section(
+        "weak",
+        "AFA and U2PL+ WS, image tags (small MiT from scratch)",
+        (
+            Row(
+                "full masks",
+                "ceiling",
+                AFA,
+                (*VOC, "--model.init_args.labels.target=mask", "--model.init_args.phases.seg_start=0"),
+                1200,
+            ),
+            Row("AFA", "baseline", AFA, VOC, 1200),
+            Row("U2PL+ WS", "method", ("u2pl/synthetic_voc_weak.yaml",), VOC, 1200),
+        ),
+        "weak/full masks",
+        "U2PL+ WS >= AFA - 0.02",
+        lambda mean, ceiling: mean["U2PL+ WS"] >= mean["AFA"] - 0.02,
+    ),
+    Section(
+        "da",
+        "Domain adaptation GTA5-style -> Cityscapes-style (small MiT from scratch)",
+        (
+            Row(
+                "target oracle",
+                "ceiling",
+                ("daformer/synthetic_cityscapes_oracle.yaml",),
+                ("--data.init_args.source.root={cityscapes}",),
+                1500,
+            ),
+            Row("source only", "baseline", ("daformer/synthetic_gta5_to_cityscapes_source_only.yaml",), STREETS, 1500),
+            Row("DAFormer", "method", ("daformer/synthetic_gta5_to_cityscapes.yaml",), STREETS, 1500),
+            Row("U2PL+ DA", "method", ("u2pl/synthetic_gta5_to_cityscapes.yaml",), STREETS, 1500),
+        ),
+        "da/target oracle",
+        "DAFormer > source only",
+        lambda mean, ceiling: mean["DAFormer"] > mean["source only"],
+    ),
+)  # fmt: skip
+SECTION_KEYS = tuple(s.key for s in SECTIONS)
+
+
+def make_data(data: Path, sections: list[str]) -> dict[str, str]:
+    """Generate the hard sets the ``sections`` need (where missing); returns the placeholder values."""
+    from wsss_lightning.data.synthetic import generate  # torch-free, but only when data is needed
+
+    roots = {"voc": data / "voc_hard", "gta5": data / "gta5_hard", "cityscapes": data / "cityscapes_hard"}
+    wanted = {"voc"} if set(sections) - {"da"} else set()
+    wanted |= {"gta5", "cityscapes"} if "da" in sections else set()
+    sizes = {"voc": (800, 100, None), "gta5": (600, 30, (128, 256)), "cityscapes": (600, 100, (128, 256))}
+    for name in sorted(wanted):
+        if not roots[name].is_dir():
+            num_train, num_val, size = sizes[name]
+            generate(name, roots[name], 0, num_train, num_val, size, difficulty="hard")  # type: ignore[arg-type]
+    return {name: str(root) for name, root in roots.items()}
+
+
+def pretrained_resnet18(out: Path) -> str:
+    """The cached ResNet-18 of ``wsss-data pretrain-encoder`` (default arguments), trained when missing."""
+    from wsss_lightning.data.pretrain_task import PretrainConfig
+    from wsss_lightning.models.pretrain import pretrain_encoder
+
+    return str(pretrain_encoder(PretrainConfig(encoder="resnet18"), out))
+
+
+def fill(args: tuple[str, ...], values: dict[str, str]) -> list[str]:
+    """``args`` with their ``{placeholders}`` replaced."""
+    return [a.format(**values) for a in args]
+
+
+def run_sections(
+    sections: list[str],
+    seeds: list[int],
+    out: Path,
+    parallel: int,
+    values: dict[str, str],
+    rows: set[str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Train every row of ``sections`` (or only the ``rows`` named) for every seed not in the cache; returns
+    the whole cache."""
+    cache_file = out / "results.json"
+    cache: dict[str, dict[str, float]] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    lock = threading.Lock()
+    jobs: dict[str, Future[None]] = {}
+
+    def run(section: Section, row: Row, seed: int) -> None:
+        key = f"{section.key}/{row.name}/{seed}"
+        folder = out / "runs" / section.key / f"{slug(row.name)}_seed{seed}"
+        row_values = dict(values)
+        if row.after is not None:
+            jobs[f"{section.key}/{row.after}/{seed}"].result()
+            first = out / "runs" / section.key / f"{slug(row.after)}_seed{seed}"
+            row_values["ancillary"] = str(last_checkpoint(newest_last(first) or first))
+        configs = [CONFIGS / c for c in row.configs]
+        metrics, seconds = wsss_fit(
+            key, configs, fill(row.extra, row_values), folder, seed + row.seed_offset, row.steps
+        )
+        if row.metric not in metrics:
+            raise RuntimeError(f"{key}: {row.metric} not logged (logged: {sorted(metrics)})")
+        with lock:
+            cache[key] = {"miou": metrics[row.metric], "seconds": seconds, "steps": row.steps}
+            cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        print(f"{key}: {metrics[row.metric]:.3f} in {seconds / 60:.1f} min", flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [s for s in SECTIONS if s.key in sections]
+    # rows without a dependency first, so that a waiting row never holds a worker its dependency needs
+    ordered = sorted(
+        ((s, r, seed) for seed in seeds for s in chosen for r in s.rows if rows is None or r.name in rows),
+        key=lambda item: item[1].after is not None,
+    )
+    with ThreadPoolExecutor(parallel) as pool:
+        for section, row, seed in ordered:
+            key = f"{section.key}/{row.name}/{seed}"
+            if key in cache:
+                done: Future[None] = Future()
+                done.set_result(None)
+                jobs[key] = done
+            else:
+                jobs[key] = pool.submit(run, section, row, seed)
+        for future in jobs.values():
+            future.result()
+    return cache
+
+
+def slug(name: str) -> str:
+    """A folder name for a row."""
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def summarise(cache: dict[str, dict[str, float]], seeds: list[int]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per section and row: mean, half-range, per-seed values, minutes and steps of the cached runs."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for section in SECTIONS:
+        table[section.key] = {}
+        for row in section.rows:
+            runs = [cache[k] for k in (f"{section.key}/{row.name}/{s}" for s in seeds) if k in cache]
+            if not runs:
+                continue
+            values = [r["miou"] for r in runs]
+            table[section.key][row.name] = {
+                "mean": sum(values) / len(values),
+                "spread": (max(values) - min(values)) / 2,
+                "n": len(values),
+                "minutes": sum(r["seconds"] for r in runs) / len(runs) / 60,
+                "steps": runs[0]["steps"],
+                **{f"seed{s}": cache[f"{section.key}/{row.name}/{s}"]["miou"]
+                   for s in seeds if f"{section.key}/{row.name}/{s}" in cache},
+            }  # fmt: skip
+    return table
+
+
+def ceiling_of(section: Section, table: dict[str, dict[str, dict[str, float]]]) -> float | None:
+    """The mean of the section's ceiling row, when measured."""
+    key, row = section.ceiling.split("/", 1)
+    entry = table.get(key, {}).get(row)
+    return None if entry is None else entry["mean"]
+
+
+def bar_status(section: Section, table: dict[str, dict[str, dict[str, float]]], seeds: list[int]) -> str:
+    """``met``, ``NOT met`` or why it cannot be judged yet."""
+    rows = table[section.key]
+    ceiling = ceiling_of(section, table)
+    complete = all(rows.get(r.name, {}).get("n") == len(seeds) for r in section.rows if r.role != "ceiling")
+    if not complete or ceiling is None:
+        return "not judged: rows missing"
+    return "met" if section.check({k: v["mean"] for k, v in rows.items()}, ceiling) else "**NOT met**"
+
+
+def markdown(table: dict[str, dict[str, dict[str, float]]], seeds: list[int]) -> str:
+    """The table as markdown: one block per section."""
+    lines = [
+        "# Method table (hard synthetic sets)",
+        "",
+        "Written by `benchmarks/method_table.py` (`make table`); do not edit by hand. val mIoU at the end of",
+        f"training, mean ± half the range over seeds {', '.join(map(str, seeds))}, one CPU thread per run.",
+        "",
+    ]
+    total = 0.0
+    for section in SECTIONS:
+        ceiling = ceiling_of(section, table)
+        lines += [f"## {section.title}", ""]
+        lines += [
+            "| row | role | mIoU | per seed | / ceiling | steps | min / run |",
+            "|---|---|---:|---|---:|---:|---:|",
+        ]
+        for row in section.rows:
+            entry = table[section.key].get(row.name)
+            if entry is None:
+                lines.append(f"| {row.name} | {row.role} | not run | | | {row.steps} | |")
+                continue
+            total += entry["minutes"] * entry["n"]
+            per_seed = ", ".join(f"{entry[f'seed{s}']:.3f}" for s in seeds if f"seed{s}" in entry)
+            ratio = "" if ceiling is None else f"{entry['mean'] / ceiling:.2f}"
+            lines.append(
+                f"| {row.name} | {row.role} | {entry['mean']:.3f} ± {entry['spread']:.3f} | {per_seed} | {ratio} "
+                f"| {int(entry['steps'])} | {entry['minutes']:.1f} |"
+            )
+        lines.append("")
+        if section.ceiling.split("/")[0] != section.key:
+            lines += [f"Ceiling: {section.ceiling.replace('/', ': ')}.", ""]
+        if section.bar:
+            lines += [f"Bar: {section.bar}: {bar_status(section, table, seeds)}.", ""]
+    lines += [f"Total training time of the runs listed: {total:.0f} min of one thread each.", ""]
+    return "\n".join(lines)
+
+
+def plot(table: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    """A bar chart: one group per section, a bar per measured row, the spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"ceiling": "#9e9e9e", "baseline": "#4c72b0", "method": "#dd8452"}
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    x = 0.0
+    ticks, labels = [], []
+    for section in SECTIONS:
+        rows = [(r, table[section.key][r.name]) for r in section.rows if r.name in table[section.key]]
+        if not rows:
+            continue
+        start = x
+        for row, entry in rows:
+            ax.bar(x, entry["mean"], yerr=entry["spread"], color=colours[row.role], width=0.8, capsize=2)
+            ax.text(x, 0.02, row.name, rotation=90, ha="center", va="bottom", fontsize=7)
+            x += 1
+        ticks.append((start + x - 1) / 2)
+        labels.append(section.key)
+        x += 1
+    ax.set_xticks(ticks, labels)
+    ax.set_ylabel("val mIoU")
+    ax.set_ylim(0, 1)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles, list(colours), loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sections", nargs="+", choices=SECTION_KEYS, default=list(SECTION_KEYS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--rows", nargs="+", default=None, help="only these rows (by name) of the sections")
+    parser.add_argument("--quick", action="store_true", help="one seed (0)")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "method_table")
+    parser.add_argument("--write", type=Path, default=REPO / "benchmarks", help="folder of the .md and .png")
+    parser.add_argument(
+        "--table-only", action="store_true", help="rewrite the table from the cache, train nothing"
+    )
+    args = parser.parse_args()
+    seeds = [0] if args.quick else args.seeds
+    sections = list(args.sections)
+    shared_ceiling = any(s.ceiling.startswith("ceiling/") for s in SECTIONS if s.key in sections)
+    if "ceiling" not in sections and shared_ceiling and args.rows is None:
+        sections.append("ceiling")
+    cache_file = args.out / "results.json"
+    if args.table_only:
+        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        values = make_data(args.out / "data", sections)
+        if any("{resnet18}" in a for s in SECTIONS if s.key in sections for r in s.rows for a in r.extra):
+            values["resnet18"] = pretrained_resnet18(REPO / "outputs" / "pretrained")
+        rows = None if args.rows is None else set(args.rows)
+        cache = run_sections(sections, seeds, args.out, args.parallel, values, rows)
+    table = summarise(cache, seeds)
+    args.write.mkdir(parents=True, exist_ok=True)
+    name = "method_table_quick" if args.quick else "method_table"  # a quick run keeps the 2-seed table
+    (args.write / f"{name}.md").write_text(markdown(table, seeds))
+    plot(table, args.write / f"{name}.png")
+    print(markdown(table, seeds))
+
+
+if __name__ == "__main__":
+    main()

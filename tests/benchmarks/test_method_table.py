@@ -1,0 +1,158 @@
+"""The method table (``benchmarks/method_table.py``): its rows, its summary, markdown and plot, and (``slow``) the
+two bars it must show: U2PL above SupOnly at 1/8 labels, DuPL at >= 0.85 of the full-mask ceiling.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from wsss_lightning import methods
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "method_table.py"
+
+
+@pytest.fixture(scope="module")
+def table() -> ModuleType:
+    sys.path.insert(0, str(SCRIPT.parent))  # the script's shared helpers (learning_runs)
+    try:
+        spec = importlib.util.spec_from_file_location("method_table", SCRIPT)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["method_table"] = module  # the dataclasses look their module up
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+def fake_cache(
+    table: ModuleType, seeds: list[int], skip: set[str] = frozenset()
+) -> dict[str, dict[str, float]]:
+    """A result per row and seed: ceilings 0.8, baselines 0.5, methods 0.6 (+0.01 per seed)."""
+    level = {"ceiling": 0.8, "baseline": 0.5, "method": 0.6}
+    return {
+        f"{s.key}/{r.name}/{seed}": {"miou": level[r.role] + 0.01 * seed, "seconds": 60.0 * (seed + 1), "steps": r.steps}
+        for s in table.SECTIONS
+        for r in s.rows
+        for seed in seeds
+        if r.name not in skip
+    }  # fmt: skip
+
+
+def test_every_row_names_existing_configs_and_every_method_has_a_section(table):
+    classes = set()
+    for section in table.SECTIONS:
+        assert section.ceiling.split("/")[0] in table.SECTION_KEYS
+        assert any(f"{s.key}/{r.name}" == section.ceiling for s in table.SECTIONS for r in s.rows)
+        for row in section.rows:
+            assert row.role in {"ceiling", "baseline", "method"}
+            assert row.after is None or row.after in {r.name for r in section.rows}
+            for config in row.configs:
+                path = table.CONFIGS / config
+                assert path.is_file(), path
+                model = (yaml.safe_load(path.read_text()) or {}).get("model", {})
+                if "class_path" in model:
+                    classes.add(model["class_path"].rsplit(".", 1)[-1])
+    modules = {name for name in methods.__all__ if name.endswith("Module") and name != "WSSSModule"}
+    assert modules <= classes, f"methods without a row: {sorted(modules - classes)}"
+
+
+def test_placeholders_are_filled(table):
+    args = table.fill(
+        ("--a={voc}", "--b={ancillary}", "--c=1"), {"voc": "/d/voc", "ancillary": "/r/last.ckpt"}
+    )
+    assert args == ["--a=/d/voc", "--b=/r/last.ckpt", "--c=1"]
+
+
+def test_summary_mean_spread_and_minutes(table):
+    summary = table.summarise(fake_cache(table, [0, 1]), [0, 1])
+    entry = summary["u2pl"]["U2PL, pretrained"]
+    assert entry["mean"] == pytest.approx(0.605)
+    assert entry["spread"] == pytest.approx(0.005)
+    assert entry["minutes"] == pytest.approx(1.5)
+    assert (entry["seed0"], entry["seed1"], entry["n"]) == (pytest.approx(0.6), pytest.approx(0.61), 2)
+
+
+def test_markdown_ratios_bars_and_missing_rows(table):
+    seeds = [0, 1]
+    cache = fake_cache(table, seeds, skip={"DAFormer"})
+    cache["dupl/DuPL/0"]["miou"] = 0.66  # 0.665 mean: 0.83 of the 0.805 ceiling
+    text = table.markdown(table.summarise(cache, seeds), seeds)
+    section = text.split("## DuPL")[1].split("## ")[0]
+    assert "| DuPL | method | 0.635 ± 0.025 | 0.660, 0.610 | 0.79 |" in section
+    assert "Bar: DuPL >= 0.85 of the ceiling: **NOT met**." in section
+    assert "Ceiling: ceiling: full masks." in section
+    assert "Bar: U2PL, pretrained > SupOnly, pretrained: met." in text
+    da = text.split("## Domain adaptation")[1]
+    assert "| DAFormer | method | not run |" in da
+    assert "Bar: DAFormer > source only: not judged: rows missing." in da
+
+
+def test_one_seed_of_two_is_not_a_judged_bar(table):
+    cache = fake_cache(table, [0, 1])
+    del cache["u2pl/U2PL, pretrained/1"]
+    text = table.markdown(table.summarise(cache, [0, 1]), [0, 1])
+    assert "Bar: U2PL, pretrained > SupOnly, pretrained: not judged: rows missing." in text
+
+
+def test_plot_writes_a_png(table, tmp_path):
+    path = tmp_path / "table.png"
+    table.plot(table.summarise(fake_cache(table, [0]), [0]), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
+    seeds = [0]
+    cache = {k: v for k, v in fake_cache(table, seeds).items() if k.startswith(("ceiling/", "dupl/"))}
+    (tmp_path / "results.json").write_text(json.dumps(cache))
+    monkeypatch.setattr(table, "wsss_fit", lambda *a, **k: pytest.fail(f"trained {a[0]}"))
+    assert table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, {}) == cache
+
+
+def test_a_row_waits_for_its_dependency_and_gets_its_checkpoint(table, tmp_path, monkeypatch):
+    calls: list[tuple[str, list[str]]] = []
+
+    def fit(key, configs, extra, folder, seed, steps):
+        calls.append((key, extra))
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+        return {"val/miou": 0.5}, 1.0
+
+    monkeypatch.setattr(table, "wsss_fit", fit)
+    monkeypatch.setattr(table, "last_checkpoint", lambda folder: folder / "last.ckpt", raising=False)
+    table.run_sections(["seminar"], [3], tmp_path, 2, {"voc": "/voc"})
+    keys = [key for key, _ in calls]
+    assert keys.index("seminar/primary/3") > keys.index("seminar/ancillary/3")
+    primary = dict(calls)["seminar/primary/3"]
+    assert any(
+        a.startswith("--model.init_args.ancillary_checkpoint=") and "ancillary_seed3" in a for a in primary
+    )
+
+
+@pytest.mark.slow
+def test_u2pl_beats_suponly_at_one_eighth_of_the_labels(table, tmp_path):
+    """About 30 minutes on 2 cores (4 runs of 525 steps, plus the pretraining once)."""
+    values = table.make_data(tmp_path / "data", ["u2pl"])
+    values["resnet18"] = table.pretrained_resnet18(REPO / "outputs" / "pretrained")
+    rows = {"SupOnly, pretrained", "U2PL, pretrained"}
+    cache = table.run_sections(["u2pl"], [0, 1], tmp_path / "runs", 2, values, rows)
+    mean = {row: entry["mean"] for row, entry in table.summarise(cache, [0, 1])["u2pl"].items()}
+    assert mean["U2PL, pretrained"] > mean["SupOnly, pretrained"], mean
+
+
+@pytest.mark.slow
+def test_dupl_reaches_85_percent_of_the_ceiling(table, tmp_path):
+    """About 30 minutes on 2 cores (6 runs of 600 steps)."""
+    values = table.make_data(tmp_path / "data", ["dupl"])
+    cache = table.run_sections(["dupl", "ceiling"], [0, 1], tmp_path / "runs", 2, values)
+    summary = table.summarise(cache, [0, 1])
+    ceiling = summary["ceiling"]["full masks"]["mean"]
+    assert summary["dupl"]["DuPL"]["mean"] >= 0.85 * ceiling, (summary["dupl"], ceiling)
