@@ -50,6 +50,7 @@ def fake_cache(
 def test_every_row_names_existing_configs_and_every_method_has_a_section(table):
     classes = set()
     for section in table.SECTIONS:
+        assert set(section.bar_rows) <= {r.name for r in section.rows}
         assert section.ceiling.split("/")[0] in table.SECTION_KEYS
         assert any(f"{s.key}/{r.name}" == section.ceiling for s in table.SECTIONS for r in s.rows)
         for row in section.rows:
@@ -93,14 +94,20 @@ def test_markdown_ratios_bars_and_missing_rows(table):
     assert "Bar: U2PL, pretrained > SupOnly, pretrained: met." in text
     da = text.split("## Domain adaptation")[1]
     assert "| DAFormer | method | not run |" in da
-    assert "Bar: DAFormer > source only: not judged: rows missing." in da
+    assert "Bar: DAFormer > source only: not judged: DAFormer not run for every seed." in da
 
 
 def test_one_seed_of_two_is_not_a_judged_bar(table):
     cache = fake_cache(table, [0, 1])
     del cache["u2pl/U2PL, pretrained/1"]
     text = table.markdown(table.summarise(cache, [0, 1]), [0, 1])
-    assert "Bar: U2PL, pretrained > SupOnly, pretrained: not judged: rows missing." in text
+    assert (
+        "Bar: U2PL, pretrained > SupOnly, pretrained: not judged: U2PL, pretrained not run for every seed."
+        in text
+    )
+    del cache["ceiling/full masks/0"], cache["ceiling/full masks/1"]
+    text = table.markdown(table.summarise(cache, [0, 1]), [0, 1])
+    assert "Bar: DuPL >= 0.85 of the ceiling: not judged: ceiling: full masks not run for every seed." in text
 
 
 def test_plot_writes_a_png(table, tmp_path):
