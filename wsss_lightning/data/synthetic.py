@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import colorsys
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -712,7 +712,7 @@ def render_street(
     rng: np.random.Generator,
     labels: np.ndarray,
     style: StreetStyle,
-    colours: dict[int, tuple[int, int, int]] | None = None,
+    colours: Mapping[int, tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """Render Cityscapes label ids as an image in the given style (``colours``: base colour per label id).
 

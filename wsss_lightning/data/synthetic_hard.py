@@ -24,6 +24,8 @@ with 20).
 from __future__ import annotations
 
 import colorsys
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,11 +156,11 @@ def plan_hard_classes(
     for i in range(num_images):
         drawn = draws[bounds[i] : bounds[i + 1]].tolist()
         partners = [
-            styles[c - 1].partner
+            partner
             for c, b in zip(drawn, bring[bounds[i] : bounds[i + 1]].tolist(), strict=True)
-            if b and styles[c - 1].partner is not None
+            if b and (partner := styles[c - 1].partner) is not None
         ]
-        plans.append(drawn + [p for p in partners if p is not None])
+        plans.append(drawn + partners)
     if force_all:
         for c in range(1, k_all + 1):
             plans[(c - 1) % num_images].append(c)
@@ -313,8 +315,8 @@ def hard_object_split(
     min_pixels = max(12, min(size) ** 2 // 300)
     samples = []
     for index, classes in enumerate(plans):
-        num_forced = sum(1 for c in range(1, num_object_classes + 1) if (c - 1) % num_images == index)
-        num_forced = num_forced if force else 0
+        # plan_hard_classes put the classes c with (c - 1) % num_images == index last in this image
+        num_forced = len(range(index, num_object_classes, num_images)) if force else 0
         for attempt in range(_MAX_ATTEMPTS):
             last = attempt == _MAX_ATTEMPTS - 1
             image, mask = hard_object_scene(
@@ -340,14 +342,15 @@ HARD_STREET_STYLES: dict[str, StreetStyle] = {
 }
 
 
-def hard_street_colours(domain: str) -> dict[int, tuple[int, int, int]]:
+@functools.cache  # one palette per domain, read by every image
+def hard_street_colours(domain: str) -> Mapping[int, tuple[int, int, int]]:
     """Base colour of each Cityscapes label id in ``domain`` (``"cityscapes"`` or ``"gta5"``).
 
     GTA5 keeps the easy colours; Cityscapes shifts each class's hue and brightness by a fixed amount of its
     own, so the gap is a different palette per class, not one global colour cast.
     """
     if domain == "gta5":
-        return dict(_BASE_COLOURS)
+        return _BASE_COLOURS
     rng = np.random.default_rng(1234)  # fixed: the palette belongs to the domain, not to the seed
     colours = {}
     for label, rgb in sorted(_BASE_COLOURS.items()):
