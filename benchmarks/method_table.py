@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -272,6 +271,16 @@ def pretrained_resnet18(out: Path) -> str:
     return str(pretrain_encoder(PretrainConfig(encoder="resnet18"), out))
 
 
+def run_key(section: str, row: str, seed: int) -> str:
+    """The cache key of one run."""
+    return f"{section}/{row}/{seed}"
+
+
+def run_folder(out: Path, section: str, row: str, seed: int) -> Path:
+    """The folder of one run."""
+    return out / "runs" / section / f"{slug(row)}_seed{seed}"
+
+
 def fill(args: tuple[str, ...], values: dict[str, str]) -> list[str]:
     """``args`` with their ``{placeholders}`` replaced."""
     return [a.format(**values) for a in args]
@@ -293,12 +302,12 @@ def run_sections(
     jobs: dict[str, Future[None]] = {}
 
     def run(section: Section, row: Row, seed: int) -> None:
-        key = f"{section.key}/{row.name}/{seed}"
-        folder = out / "runs" / section.key / f"{slug(row.name)}_seed{seed}"
+        key = run_key(section.key, row.name, seed)
+        folder = run_folder(out, section.key, row.name, seed)
         row_values = dict(values)
         if row.after is not None:
-            jobs[f"{section.key}/{row.after}/{seed}"].result()
-            first = out / "runs" / section.key / f"{slug(row.after)}_seed{seed}"
+            jobs[run_key(section.key, row.after, seed)].result()
+            first = run_folder(out, section.key, row.after, seed)
             row_values["ancillary"] = str(last_checkpoint(newest_last(first) or first))
         configs = [CONFIGS / c for c in row.configs]
         metrics, seconds = wsss_fit(
@@ -320,7 +329,7 @@ def run_sections(
     )
     with ThreadPoolExecutor(parallel) as pool:
         for section, row, seed in ordered:
-            key = f"{section.key}/{row.name}/{seed}"
+            key = run_key(section.key, row.name, seed)
             if key in cache:
                 done: Future[None] = Future()
                 done.set_result(None)
@@ -343,19 +352,18 @@ def summarise(cache: dict[str, dict[str, float]], seeds: list[int]) -> dict[str,
     for section in SECTIONS:
         table[section.key] = {}
         for row in section.rows:
-            runs = [cache[k] for k in (f"{section.key}/{row.name}/{s}" for s in seeds) if k in cache]
+            runs = {s: cache[k] for s in seeds if (k := run_key(section.key, row.name, s)) in cache}
             if not runs:
                 continue
-            values = [r["miou"] for r in runs]
+            values = [r["miou"] for r in runs.values()]
             table[section.key][row.name] = {
                 "mean": sum(values) / len(values),
                 "spread": (max(values) - min(values)) / 2,
                 "n": len(values),
-                "minutes": sum(r["seconds"] for r in runs) / len(runs) / 60,
-                "steps": runs[0]["steps"],
-                **{f"seed{s}": cache[f"{section.key}/{row.name}/{s}"]["miou"]
-                   for s in seeds if f"{section.key}/{row.name}/{s}" in cache},
-            }  # fmt: skip
+                "minutes": sum(r["seconds"] for r in runs.values()) / len(runs) / 60,
+                "steps": next(iter(runs.values()))["steps"],
+                **{f"seed{s}": r["miou"] for s, r in runs.items()},
+            }
     return table
 
 
@@ -473,7 +481,6 @@ def main() -> None:
     if args.table_only:
         cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     else:
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
         values = make_data(args.out / "data", sections)
         if any("{resnet18}" in a for s in SECTIONS if s.key in sections for r in s.rows for a in r.extra):
             values["resnet18"] = pretrained_resnet18(REPO / "outputs" / "pretrained")
