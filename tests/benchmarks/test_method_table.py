@@ -1,5 +1,5 @@
 """The method table (``benchmarks/method_table.py``): its rows, its summary, markdown and plot, and (``slow``) the
-two bars it must show: U2PL above SupOnly at 1/8 labels, DuPL at >= 0.85 of the full-mask ceiling.
+two bars it must show: U2PL above SupOnly at 1/8 labels, DuPL at >= 0.85 of its network's full-mask ceiling.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def test_markdown_ratios_bars_and_missing_rows(table):
     section = text.split("## DuPL")[1].split("## ")[0]
     assert "| DuPL | method | 0.635 ± 0.025 | 0.660, 0.610 | 0.79 |" in section
     assert "Bar: DuPL >= 0.85 of the ceiling: **NOT met**." in section
-    assert "Ceiling: ceiling: full masks." in section
+    assert "Ceiling:" not in section  # its own row: the same network on the masks
+    assert "Ceiling: ceiling: full masks." in text.split("## ASDT")[1].split("## ")[0]
     assert "Bar: U2PL, pretrained > SupOnly, pretrained: met." in text
     da = text.split("## Domain adaptation")[1]
     assert "| DAFormer | method | not run |" in da
@@ -105,9 +106,12 @@ def test_one_seed_of_two_is_not_a_judged_bar(table):
         "Bar: U2PL, pretrained > SupOnly, pretrained: not judged: U2PL, pretrained not run for every seed."
         in text
     )
-    del cache["ceiling/full masks/0"], cache["ceiling/full masks/1"]
+    del cache["dupl/full masks (same network)/1"]
     text = table.markdown(table.summarise(cache, [0, 1]), [0, 1])
-    assert "Bar: DuPL >= 0.85 of the ceiling: not judged: ceiling: full masks not run for every seed." in text
+    assert (
+        "Bar: DuPL >= 0.85 of the ceiling: not judged: dupl: full masks (same network) not run for every seed."
+        in text
+    )
 
 
 def test_plot_writes_a_png(table, tmp_path):
@@ -124,7 +128,7 @@ def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
     assert table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, {}) == cache
 
 
-def test_a_row_waits_for_its_dependency_and_gets_its_checkpoint(table, tmp_path, monkeypatch):
+def test_a_row_brings_and_waits_for_its_dependency_and_gets_its_checkpoint(table, tmp_path, monkeypatch):
     calls: list[tuple[str, list[str]]] = []
 
     def fit(key, configs, extra, folder, seed, steps):
@@ -135,8 +139,9 @@ def test_a_row_waits_for_its_dependency_and_gets_its_checkpoint(table, tmp_path,
 
     monkeypatch.setattr(table, "wsss_fit", fit)
     monkeypatch.setattr(table, "last_checkpoint", lambda folder: folder / "last.ckpt", raising=False)
-    table.run_sections(["seminar"], [3], tmp_path, 2, {"voc": "/voc"})
+    table.run_sections(["seminar"], [3], tmp_path, 2, {"voc": "/voc"}, rows={"primary"})
     keys = [key for key, _ in calls]
+    assert sorted(keys) == ["seminar/ancillary/3", "seminar/primary/3"]  # the primary brought its ancillary
     assert keys.index("seminar/primary/3") > keys.index("seminar/ancillary/3")
     primary = dict(calls)["seminar/primary/3"]
     assert any(
@@ -157,9 +162,9 @@ def test_u2pl_beats_suponly_at_one_eighth_of_the_labels(table, tmp_path):
 
 @pytest.mark.slow
 def test_dupl_reaches_85_percent_of_the_ceiling(table, tmp_path):
-    """About 30 minutes on 2 cores (6 runs of 600 steps)."""
+    """About 45 minutes on 2 cores (6 runs of 1,200 steps); the ceiling is the same ViT trained on the masks."""
     values = table.make_data(tmp_path / "data", ["dupl"])
-    cache = table.run_sections(["dupl", "ceiling"], [0, 1], tmp_path / "runs", 2, values)
-    summary = table.summarise(cache, [0, 1])
-    ceiling = summary["ceiling"]["full masks"]["mean"]
-    assert summary["dupl"]["DuPL"]["mean"] >= 0.85 * ceiling, (summary["dupl"], ceiling)
+    cache = table.run_sections(["dupl"], [0, 1], tmp_path / "runs", 2, values)
+    summary = table.summarise(cache, [0, 1])["dupl"]
+    ceiling = summary["full masks (same network)"]["mean"]
+    assert summary["DuPL"]["mean"] >= 0.85 * ceiling, summary

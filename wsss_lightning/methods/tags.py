@@ -33,6 +33,16 @@ class ImageTagsMixin:
             return cast(Tensor, batch["classes"])
         return present_classes(self._fg_tags(batch))  # a batch that did not pass the transfer hook
 
+    def _mask_target(self, batch: dict[str, Any], option: str) -> Tensor:
+        """The batch's ground-truth masks as the segmentation target (a tags method's full-mask ceiling: the
+        same network and schedule trained on masks); ``option`` names the setting that asked for them."""
+        if "mask" not in batch:
+            raise KeyError(
+                f"{type(self).__name__}: {option} = 'mask' trains on the ground-truth masks, but the training "
+                "batches hold none: use TagsView with diagnostic_masks: true"
+            )
+        return cast(Tensor, batch["mask"]).long()
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Add ``batch["classes"]`` (read on the host, before the batch moves to the device)."""
         if isinstance(batch, dict) and "tags" in batch:

@@ -144,3 +144,29 @@ def test_reusing_the_training_pass_is_refused_for_stochastic_backbones():
 
     model = _tiny_dupl(backbone_kwargs=kwargs, cam=CAMConfig(reuse_training_pass=False))
     assert model.student(0).stochastic
+
+
+def test_mask_target_trains_both_segmentation_heads_on_the_ground_truth():
+    """``seg_target="mask"``: the segmentation loss is each sub-net's loss against the batch's masks (no
+    pseudo-labels are made), and a batch without masks fails naming the option."""
+    from wsss_lightning.losses.segmentation import balanced_seg_ce
+
+    torch.manual_seed(0)
+    model = _tiny_dupl(seg_target="mask", noise_filter={"enabled": False}).train()
+    images = torch.randn(2, 3, 64, 64)
+    masks = torch.randint(0, 21, (2, 64, 64))
+    masks[0, :4] = 255
+    seg_logits = [torch.randn(2, 21, 64, 64) for _ in range(2)]
+
+    def no_pseudo_labels(*_args, **_kwargs):
+        raise AssertionError("pseudo-labels made for a mask target")
+
+    model._pseudo_labels = no_pseudo_labels  # type: ignore[method-assign]
+    logs: dict[str, torch.Tensor] = {}
+    batch = {"image": images, "mask": masks}
+    model._segmentation(model.denormalize(images), [], seg_logits, None, None, None, batch, logs)
+    expected = sum(balanced_seg_ce(s, masks, 255) for s in seg_logits)
+    torch.testing.assert_close(logs["train/loss_seg"], expected)
+    assert not any(key.startswith("train/pseudo_accuracy") for key in logs)
+    with pytest.raises(KeyError, match="seg_target = 'mask'.*diagnostic_masks"):
+        model._segmentation(model.denormalize(images), [], seg_logits, None, None, None, {"image": images}, {})

@@ -282,7 +282,7 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
             labels, propagated = self.refined_labels(
                 images01, cams, classes, box, None if walk is None else (walk, grid)
             )
-            target = self._ground_truth(batch) if self.options.labels.target == "mask" else labels
+            target = self._mask_target(batch, "labels.target") if self.options.labels.target == "mask" else labels
             if propagated is not None:
                 target = propagated
             # affinity labels: the refined label, nearest-downsampled to the training pass's token grid
@@ -310,14 +310,6 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
         elif out.rep is not None:
             loss = loss + 0.0 * out.rep.sum()
         return loss
-
-    def _ground_truth(self, batch: dict[str, Any]) -> Tensor:
-        if "mask" not in batch:
-            raise KeyError(
-                f"{type(self).__name__}: labels.target = 'mask' trains on the ground-truth masks, but the "
-                "training batches hold none: use TagsView with diagnostic_masks: true"
-            )
-        return cast(Tensor, batch["mask"]).long()
 
     def extra_loss(
         self,

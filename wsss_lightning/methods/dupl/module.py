@@ -89,6 +89,10 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
         loss_weights: weights of the loss terms.
         discrepancy: ``cosine`` (released code: 1 + cos) or ``log`` (the paper's -log(1 - cos)).
         seg_loss: ``balanced`` (released code: mean of the background and foreground CEs) or ``ce`` (paper).
+        seg_target: what the segmentation heads learn from: ``pseudo`` (the method: each sub-net from the other's
+            PAR pseudo-labels) or ``mask``, the batch's ground-truth masks (both sub-nets; the full-mask ceiling
+            of the same network and schedule; needs the TagsView's diagnostic masks). The CAM branches train as
+            usual either way; with ``mask`` no pseudo-labels are made in training.
         evaluate: sub-net used by validate-free test / predict: ``best`` (the one with the better validation
             segmentation mIoU, recorded during fit; the reference picks it by ground truth after training),
             ``1`` or ``2``.
@@ -119,6 +123,7 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
         loss_weights: LossWeights | None = None,
         discrepancy: Literal["cosine", "log"] = "cosine",
         seg_loss: Literal["balanced", "ce"] = "balanced",
+        seg_target: Literal["pseudo", "mask"] = "pseudo",
         evaluate: Literal["best", "1", "2"] = "best",
         global_batch_size: int | None = None,
         **kwargs: Any,
@@ -140,8 +145,8 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
     def configure_models(self) -> None:
         hp = self.options
         self.check_choices(
-            discrepancy=("cosine", "log"), seg_loss=("balanced", "ce"), pooling=("gmp", "gap"),
-            evaluate=("best", "1", "2", 1, 2),
+            discrepancy=("cosine", "log"), seg_loss=("balanced", "ce"), seg_target=("pseudo", "mask"),
+            pooling=("gmp", "gap"), evaluate=("best", "1", "2", 1, 2),
         )  # fmt: skip
         if hp.global_batch_size is not None and hp.global_batch_size <= 0:
             raise ValueError(f"DuPLModule: global_batch_size = {hp.global_batch_size}; expected None or > 0")
@@ -365,7 +370,9 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
     ) -> Tensor:
         t, ph, w = self.global_step, self.phases, self.options.loss_weights
         with torch.no_grad():
-            if ph.aux_labels_until is not None and t <= ph.aux_labels_until:
+            if self.options.seg_target == "mask":
+                labels = [self._mask_target(batch, "seg_target")] * 2
+            elif ph.aux_labels_until is not None and t <= ph.aux_labels_until:
                 # COCO: labels from the auxiliary CAM with the fixed start threshold first
                 # (train_final_coco.py)
                 labels = self._pseudo_labels(
@@ -373,7 +380,7 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
                 )
             else:
                 labels = self._pseudo_labels(images01, [cam for cam, _ in cams], classes, high, box)
-            if "mask" in batch:  # ground truth of the image view: diagnostics only, never a training target
+            if "mask" in batch and self.options.seg_target == "pseudo":  # a diagnostic, not a target here
                 for k, lab in enumerate(labels):
                     logs[f"train/pseudo_accuracy{k + 1}"] = pseudo_label_accuracy(
                         lab, batch["mask"], self.ignore_index
