@@ -34,8 +34,11 @@ class ImageTagsMixin:
         return present_classes(self._fg_tags(batch))  # a batch that did not pass the transfer hook
 
     def _mask_target(self, batch: dict[str, Any], option: str) -> Tensor:
-        """The batch's ground-truth masks as the segmentation target (a tags method's full-mask ceiling: the
-        same network and schedule trained on masks); ``option`` names the setting that asked for them."""
+        """The batch's ground-truth masks as the segmentation target.
+
+        A tags method's full-mask ceiling: the same network and schedule trained on masks. ``option`` names the
+        setting that asked for them.
+        """
         if "mask" not in batch:
             raise KeyError(
                 f"{type(self).__name__}: {option} = 'mask' trains on the ground-truth masks, but the training "

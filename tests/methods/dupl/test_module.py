@@ -168,5 +168,7 @@ def test_mask_target_trains_both_segmentation_heads_on_the_ground_truth():
     expected = sum(balanced_seg_ce(s, masks, 255) for s in seg_logits)
     torch.testing.assert_close(logs["train/loss_seg"], expected)
     assert not any(key.startswith("train/pseudo_accuracy") for key in logs)
-    with pytest.raises(KeyError, match="seg_target = 'mask'.*diagnostic_masks"):
-        model._segmentation(model.denormalize(images), [], seg_logits, None, None, None, {"image": images}, {})
+    with pytest.raises(KeyError, match=r"seg_target = 'mask'.*diagnostic_masks"):
+        model._segmentation(
+            model.denormalize(images), [], seg_logits, None, None, None, {"image": images}, {}
+        )

@@ -282,7 +282,9 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
             labels, propagated = self.refined_labels(
                 images01, cams, classes, box, None if walk is None else (walk, grid)
             )
-            target = self._mask_target(batch, "labels.target") if self.options.labels.target == "mask" else labels
+            target = (
+                self._mask_target(batch, "labels.target") if self.options.labels.target == "mask" else labels
+            )
             if propagated is not None:
                 target = propagated
             # affinity labels: the refined label, nearest-downsampled to the training pass's token grid
