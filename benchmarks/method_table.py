@@ -348,7 +348,7 @@ def run_sections(
     with ThreadPoolExecutor(parallel) as pool:
         for section, row, seed in ordered:
             key = run_key(section.key, row.name, seed)
-            if key in cache:
+            if cache.get(key, {}).get("steps") == row.steps:  # a run of another length is trained again
                 done: Future[None] = Future()
                 done.set_result(None)
                 jobs[key] = done

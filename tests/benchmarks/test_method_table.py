@@ -126,6 +126,12 @@ def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
     (tmp_path / "results.json").write_text(json.dumps(cache))
     monkeypatch.setattr(table, "wsss_fit", lambda *a, **k: pytest.fail(f"trained {a[0]}"))
     assert table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, {}) == cache
+    # a cached run of another length is not this row's result: trained again
+    cache["dupl/DuPL/0"]["steps"] = 600
+    (tmp_path / "results.json").write_text(json.dumps(cache))
+    monkeypatch.setattr(table, "wsss_fit", lambda key, *a: ({"val/miou": 0.7}, 1.0))
+    rerun = table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, {"voc": "/voc"})
+    assert rerun["dupl/DuPL/0"] == {"miou": 0.7, "seconds": 1.0, "steps": table.DUPL_STEPS}
 
 
 def test_a_row_brings_and_waits_for_its_dependency_and_gets_its_checkpoint(table, tmp_path, monkeypatch):
