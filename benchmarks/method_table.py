@@ -102,7 +102,9 @@ SUPONLY = (*U2PL, "u2pl/suponly.yaml", "u2pl/synthetic_voc800_1_8_suponly.yaml")
 U2PL_STEPS = 525  # 3 epochs over the 700 unlabelled images, 4 per step (the config's schedule)
 # the quickstart's phases (segmentation from step 200, noise filtering from 400) over twice its 600 steps
 DUPL_STEPS = 1200
-# both sub-nets' segmentation heads on the masks from the first step (the CAM branches train as usual)
+# both sub-nets' segmentation heads on the masks from step 1 (no noise filtering of masks). The CAM branches
+# train as in the other rows except that the delta_h descent of the PTC labels starts with the segmentation
+# (step 0 here, 200 in the other rows).
 DUPL_MASKS = (
     "--model.init_args.seg_target=mask",
     "--model.init_args.phases.seg_start=0",
@@ -345,14 +347,18 @@ def run_sections(
         ((s, r, seed) for seed in seeds for s in chosen for r in s.rows if rows is None or r.name in rows),
         key=lambda item: item[1].after is not None,
     )
+    trained: set[str] = set()
     with ThreadPoolExecutor(parallel) as pool:
         for section, row, seed in ordered:
             key = run_key(section.key, row.name, seed)
-            if cache.get(key, {}).get("steps") == row.steps:  # a run of another length is trained again
+            # trained again: a run of another length, or one whose dependency is trained again
+            stale = row.after is not None and run_key(section.key, row.after, seed) in trained
+            if cache.get(key, {}).get("steps") == row.steps and not stale:
                 done: Future[None] = Future()
                 done.set_result(None)
                 jobs[key] = done
             else:
+                trained.add(key)
                 jobs[key] = pool.submit(run, section, row, seed)
         for future in jobs.values():
             future.result()
@@ -370,7 +376,12 @@ def summarise(cache: dict[str, dict[str, float]], seeds: list[int]) -> dict[str,
     for section in SECTIONS:
         table[section.key] = {}
         for row in section.rows:
-            runs = {s: cache[k] for s in seeds if (k := run_key(section.key, row.name, s)) in cache}
+            runs = {  # a cached run of another length than the row's is not its result
+                s: run
+                for s in seeds
+                if (run := cache.get(run_key(section.key, row.name, s))) is not None
+                and run["steps"] == row.steps
+            }
             if not runs:
                 continue
             values = [r["miou"] for r in runs.values()]

@@ -168,6 +168,8 @@ def test_mask_target_trains_both_segmentation_heads_on_the_ground_truth():
     expected = sum(balanced_seg_ce(s, masks, 255) for s in seg_logits)
     torch.testing.assert_close(logs["train/loss_seg"], expected)
     assert not any(key.startswith("train/pseudo_accuracy") for key in logs)
+    with pytest.raises(ValueError, match=r"seg_target = 'mask' with noise_filter.enabled"):
+        _tiny_dupl(seg_target="mask")  # the filter would drop ground-truth pixels
     with pytest.raises(KeyError, match=r"seg_target = 'mask'.*diagnostic_masks"):
         model._segmentation(
             model.denormalize(images), [], seg_logits, None, None, None, {"image": images}, {}

@@ -92,7 +92,8 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
         seg_target: what the segmentation heads learn from: ``pseudo`` (the method: each sub-net from the other's
             PAR pseudo-labels) or ``mask``, the batch's ground-truth masks (both sub-nets; the full-mask ceiling
             of the same network and schedule; needs the TagsView's diagnostic masks). The CAM branches train as
-            usual either way; with ``mask`` no pseudo-labels are made in training.
+            usual either way; with ``mask`` no pseudo-labels are made in training, and the noise filter must be
+            off (it would filter the masks).
         evaluate: sub-net used by validate-free test / predict: ``best`` (the one with the better validation
             segmentation mIoU, recorded during fit; the reference picks it by ground truth after training),
             ``1`` or ``2``.
@@ -148,6 +149,11 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
             discrepancy=("cosine", "log"), seg_loss=("balanced", "ce"), seg_target=("pseudo", "mask"),
             pooling=("gmp", "gap"), evaluate=("best", "1", "2", 1, 2),
         )  # fmt: skip
+        if hp.seg_target == "mask" and hp.noise_filter.enabled:
+            raise ValueError(
+                "DuPLModule: seg_target = 'mask' with noise_filter.enabled = true would filter the ground-truth "
+                "masks; set --model.init_args.noise_filter.enabled=false"
+            )
         if hp.global_batch_size is not None and hp.global_batch_size <= 0:
             raise ValueError(f"DuPLModule: global_batch_size = {hp.global_batch_size}; expected None or > 0")
         self.students = nn.ModuleList(
