@@ -462,9 +462,9 @@ def plot(table: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colours = {"ceiling": "#9e9e9e", "baseline": "#4c72b0", "method": "#dd8452"}
-    fig, ax = plt.subplots(figsize=(12, 4.5))
+    fig, ax = plt.subplots(figsize=(12, 6))
     x = 0.0
-    ticks, labels = [], []
+    ticks, names = [], []
     for section in SECTIONS:
         rows = [(r, table[section.key][r.name]) for r in section.rows if r.name in table[section.key]]
         if not rows:
@@ -472,16 +472,17 @@ def plot(table: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
         start = x
         for row, entry in rows:
             ax.bar(x, entry["mean"], yerr=entry["spread"], color=colours[row.role], width=0.8, capsize=2)
-            ax.text(x, 0.02, row.name, rotation=90, ha="center", va="bottom", fontsize=7)
+            ticks.append(x)
+            names.append(row.name)
             x += 1
-        ticks.append((start + x - 1) / 2)
-        labels.append(section.key)
+        ax.text((start + x - 1) / 2, 1.02, section.key, ha="center", va="bottom", fontsize=9, weight="bold")
         x += 1
-    ax.set_xticks(ticks, labels)
+    # row names under their bars, section names above their groups
+    ax.set_xticks(ticks, names, rotation=90, fontsize=7)
     ax.set_ylabel("val mIoU")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.1)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-    ax.legend(handles, list(colours), loc="upper right")
+    ax.legend(handles, list(colours), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
