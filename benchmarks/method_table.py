@@ -299,6 +299,14 @@ def run_folder(out: Path, section: str, row: str, seed: int) -> Path:
     return out / "runs" / section / f"{slug(row)}_seed{seed}"
 
 
+def cached_run(
+    cache: dict[str, dict[str, float]], section: str, row: Row, seed: int
+) -> dict[str, float] | None:
+    """The cached run of ``row``, unless there is none or it ran another number of steps than the row's."""
+    run = cache.get(run_key(section, row.name, seed))
+    return run if run is not None and run["steps"] == row.steps else None
+
+
 def fill(args: tuple[str, ...], values: dict[str, str]) -> list[str]:
     """``args`` with their ``{placeholders}`` replaced."""
     return [a.format(**values) for a in args]
@@ -353,7 +361,7 @@ def run_sections(
             key = run_key(section.key, row.name, seed)
             # trained again: a run of another length, or one whose dependency is trained again
             stale = row.after is not None and run_key(section.key, row.after, seed) in trained
-            if cache.get(key, {}).get("steps") == row.steps and not stale:
+            if cached_run(cache, section.key, row, seed) is not None and not stale:
                 done: Future[None] = Future()
                 done.set_result(None)
                 jobs[key] = done
@@ -376,12 +384,7 @@ def summarise(cache: dict[str, dict[str, float]], seeds: list[int]) -> dict[str,
     for section in SECTIONS:
         table[section.key] = {}
         for row in section.rows:
-            runs = {  # a cached run of another length than the row's is not its result
-                s: run
-                for s in seeds
-                if (run := cache.get(run_key(section.key, row.name, s))) is not None
-                and run["steps"] == row.steps
-            }
+            runs = {s: run for s in seeds if (run := cached_run(cache, section.key, row, s)) is not None}
             if not runs:
                 continue
             values = [r["miou"] for r in runs.values()]
@@ -390,17 +393,21 @@ def summarise(cache: dict[str, dict[str, float]], seeds: list[int]) -> dict[str,
                 "spread": (max(values) - min(values)) / 2,
                 "n": len(values),
                 "minutes": sum(r["seconds"] for r in runs.values()) / len(runs) / 60,
-                "steps": next(iter(runs.values()))["steps"],
+                "steps": row.steps,
                 **{f"seed{s}": r["miou"] for s, r in runs.items()},
             }
     return table
 
 
+def ceiling_entry(section: Section, table: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """The summary of the section's ceiling row (empty when not measured)."""
+    key, row = section.ceiling.split("/", 1)
+    return table.get(key, {}).get(row, {})
+
+
 def ceiling_of(section: Section, table: dict[str, dict[str, dict[str, float]]]) -> float | None:
     """The mean of the section's ceiling row, when measured."""
-    key, row = section.ceiling.split("/", 1)
-    entry = table.get(key, {}).get(row)
-    return None if entry is None else entry["mean"]
+    return ceiling_entry(section, table).get("mean")
 
 
 def bar_status(section: Section, table: dict[str, dict[str, dict[str, float]]], seeds: list[int]) -> str:
@@ -408,8 +415,7 @@ def bar_status(section: Section, table: dict[str, dict[str, dict[str, float]]], 
     rows = table[section.key]
     ceiling = ceiling_of(section, table)
     missing = [name for name in section.bar_rows if rows.get(name, {}).get("n") != len(seeds)]
-    key, row = section.ceiling.split("/", 1)
-    if "ceiling" in section.bar and table.get(key, {}).get(row, {}).get("n") != len(seeds):
+    if "ceiling" in section.bar and ceiling_entry(section, table).get("n") != len(seeds):
         missing.append(section.ceiling.replace("/", ": "))
     if missing:
         return f"not judged: {', '.join(missing)} not run for every seed"
