@@ -410,6 +410,10 @@ def ceiling_of(section: Section, table: dict[str, dict[str, dict[str, float]]]) 
     return ceiling_entry(section, table).get("mean")
 
 
+# a bar whose rows all stay below this fraction of their ceiling is met between runs that did not learn the task
+FAILED = 0.25
+
+
 def bar_status(section: Section, table: dict[str, dict[str, dict[str, float]]], seeds: list[int]) -> str:
     """``met``, ``NOT met`` or why it cannot be judged yet."""
     rows = table[section.key]
@@ -419,7 +423,11 @@ def bar_status(section: Section, table: dict[str, dict[str, dict[str, float]]], 
         missing.append(section.ceiling.replace("/", ": "))
     if missing:
         return f"not judged: {', '.join(missing)} not run for every seed"
-    return "met" if section.check({k: v["mean"] for k, v in rows.items()}, ceiling) else "**NOT met**"
+    if not section.check({k: v["mean"] for k, v in rows.items()}, ceiling):
+        return "**NOT met**"
+    if ceiling is not None and all(rows[name]["mean"] < FAILED * ceiling for name in section.bar_rows):
+        return f"met, but every row it compares is below {FAILED:.2f} of the ceiling: a comparison of failed runs"
+    return "met"
 
 
 def markdown(table: dict[str, dict[str, dict[str, float]]], seeds: list[int]) -> str:

@@ -100,6 +100,20 @@ def test_markdown_ratios_bars_and_missing_rows(table):
     assert "Bar: DAFormer > source only: not judged: DAFormer not run for every seed." in da
 
 
+def test_a_bar_met_between_failed_runs_says_so(table):
+    seeds = [0, 1]
+    cache = fake_cache(table, seeds)
+    for seed in seeds:  # ceiling 0.805: both rows below a quarter of it, the method above the baseline
+        cache[f"weak/AFA/{seed}"]["miou"] = 0.10
+        cache[f"weak/U2PL+ WS/{seed}"]["miou"] = 0.15
+    summary = table.summarise(cache, seeds)
+    weak = next(s for s in table.SECTIONS if s.key == "weak")
+    assert table.bar_status(weak, summary, seeds).startswith("met, but every row it compares is below 0.25")
+    # U2PL+ WS at (0.30 + 0.15) / 2, above a quarter of the ceiling: a plain "met"
+    cache["weak/U2PL+ WS/0"]["miou"] = 0.30
+    assert table.bar_status(weak, table.summarise(cache, seeds), seeds) == "met"
+
+
 def test_one_seed_of_two_is_not_a_judged_bar(table):
     cache = fake_cache(table, [0, 1])
     del cache["u2pl/U2PL, pretrained/1"]
