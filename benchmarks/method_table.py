@@ -31,6 +31,9 @@ Usage::
     python benchmarks/method_table.py [--sections u2pl dupl ...] [--rows NAME ...] [--seeds 0 1] [--quick]
         [--parallel 2] [--table-only]
 
+A bar that holds while every row it compares stays below a quarter of the ceiling is written as met "between
+failed runs" (``FAILED``): it does not show the method working.
+
 ``--quick`` (``make table-quick``): one seed (0), written to ``method_table_quick.md`` / ``.png``. ``make table``
 runs every section with two seeds.
 """
