@@ -71,14 +71,14 @@ def test_fit_validate_test_predict(layout, synthetic, tmp_path, monkeypatch):
 
 def _stacks() -> list[tuple[str, ...]]:
     """Every configuration the README names: each base config alone, each U2PL split on its base with and
-    without the SupOnly fragment, Seminar's evaluation fragment on both stages, ASDT's ResNet-101 fragment, and
+    without the SupOnly fragment, the 800-image SupOnly on every mask, Seminar's evaluation fragment on both stages, ASDT's ResNet-101 fragment, and
     the trainer / logger fragments stacked on a base."""
     fragments = ("trainer", "logger", "splits")
     bases = sorted(
         p.relative_to(CONFIGS).as_posix()
         for p in CONFIGS.rglob("*.yaml")
         if p.parent.name not in fragments
-        and not p.stem.endswith("suponly")
+        and not p.stem.endswith(("suponly", "all_labeled"))
         and p.stem not in ("eval_center_crop", "r101")
     )
     stacks: list[tuple[str, ...]] = [(b,) for b in bases]
@@ -90,6 +90,7 @@ def _stacks() -> list[tuple[str, ...]]:
         (f"u2pl/{name}.yaml", "u2pl/suponly.yaml", f"u2pl/{name}_suponly.yaml")
         for name in ("synthetic_voc_1_8", "synthetic_voc800_1_8")
     ]
+    stacks.append((*stacks[-1], "u2pl/synthetic_voc800_all_labeled.yaml"))  # its full-mask ceiling
     stacks += [("supervised/voc.yaml", f"{kind}/{f.name}") for kind in ("trainer", "logger")
                for f in sorted((CONFIGS / kind).glob("*.yaml"))]  # fmt: skip
     stacks += [("u2pl/voc.yaml", "u2pl/splits/voc_92.yaml", "trainer/ddp.yaml", "logger/wandb.yaml")]

@@ -155,6 +155,17 @@ def test_semi_list_files_oversampling_and_keep_masks(voc: Path) -> None:
     assert steps == 7
 
 
+def test_labeled_only_view_may_label_every_id(voc: Path) -> None:
+    ids = build_source("voc", voc, "train_aug").ids
+    write_id_list(voc / "all.txt", ids)
+    dm = make_dm(voc, SemiView(labeled_list="all.txt", labeled_only=True), loader={"batch_size": 1})
+    dm.setup("fit")
+    loader: Any = dm.train_dataloader()
+    assert sorted(loader.dataset.indices) == list(range(len(ids)))
+    with pytest.raises(ValueError, match="0 unlabeled ids.*labeled_only"):  # U2PL itself needs unlabeled images
+        make_dm(voc, SemiView(labeled_list="all.txt")).setup("fit")
+
+
 def test_click_files_match_simulated_clicks(synthetic: Callable[[str], Path]) -> None:
     root = synthetic("voc")  # its SegmentationClicks/ were simulated with seed 0, like click_seed=0 here
     geometry: dict[str, Any] = {"crop_size": 64, "scale_range": (1.0, 1.0), "hflip_p": 0.0}

@@ -636,10 +636,10 @@ class WSSSDataModule(L.LightningDataModule):
                     text = "".join(f"{i}\n" for i in ids)
                     if not path.is_file() or path.read_text() != text:
                         _atomic_write_bytes(path, lambda tmp, ids=ids: write_id_list(tmp, ids))
-        if not labeled or not unlabeled:
+        if not labeled or not (unlabeled or view.labeled_only):
             raise ValueError(
                 f"semi-supervised partition of {source!r} has {len(labeled)} labeled and {len(unlabeled)} "
-                "unlabeled ids; both must be non-empty"
+                "unlabeled ids; both must be non-empty (only a labeled_only view may label every id)"
             )
         return labeled, unlabeled
 

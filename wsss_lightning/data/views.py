@@ -204,7 +204,8 @@ class SemiView(SupervisionView):
         keep_target_masks: Keep ``mask`` in unlabeled batches, for diagnostics only.
         labeled_only: Train on the labeled part alone, as one plain loader (no unlabeled loader, no
             oversampling; one epoch = one pass over the labeled images): the supervised-only baseline of the
-            same partition (U2PL's SupOnly, ``configs/u2pl/suponly.yaml``).
+            same partition (U2PL's SupOnly, ``configs/u2pl/suponly.yaml``). Such a view may label every id
+            (``labeled_list`` = the whole split, no ``unlabeled_list``): the full-mask ceiling of the same module.
 
     Raises:
         ValueError: neither or both of ``labeled_list`` / ``labeled_fraction``, ``unlabeled_list`` without
