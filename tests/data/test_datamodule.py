@@ -162,7 +162,8 @@ def test_labeled_only_view_may_label_every_id(voc: Path) -> None:
     dm.setup("fit")
     loader: Any = dm.train_dataloader()
     assert sorted(loader.dataset.indices) == list(range(len(ids)))
-    with pytest.raises(ValueError, match="0 unlabeled ids.*labeled_only"):  # U2PL itself needs unlabeled images
+    # U2PL itself needs unlabeled images
+    with pytest.raises(ValueError, match=r"0 unlabeled ids.*labeled_only"):
         make_dm(voc, SemiView(labeled_list="all.txt")).setup("fit")
 
 
