@@ -164,6 +164,10 @@ def test_loader_options_validation(options: dict[str, Any], message: str) -> Non
         (lambda: FullView(mask_dir=""), r"FullView\.mask_dir: expected a path or None"),
         (lambda: TagsView(tags_file=""), r"TagsView\.tags_file: expected a path or None"),
         (
+            lambda: SemiView(labeled_list="l.txt", unlabeled_list="None"),
+            r"SemiView\.unlabeled_list: got the text 'None', not a path; .*YAML",
+        ),
+        (
             lambda: DomainView(target=DatasetSource(root="/c", name="cityscapes"), unlabeled_batch_size=-2),
             r"DomainView\.unlabeled_batch_size: expected a positive int or None, got -2",
         ),

@@ -39,6 +39,11 @@ def _optional_path(owner: str, field: str, value: Any) -> str | None:
         value = os.fspath(value)
     if not isinstance(value, str) or not value:
         raise ValueError(f"{owner}.{field}: expected a path or None, got {value!r}")
+    if value in ("None", "null"):  # a command-line `null` for an optional string arrives as text
+        raise ValueError(
+            f"{owner}.{field}: got the text {value!r}, not a path; to unset it write `{field}: null` in a YAML "
+            "config (on the command line the value reaches the view as a string)"
+        )
     return value
 
 
