@@ -112,6 +112,11 @@ def test_a_bar_met_between_failed_runs_says_so(table):
     # U2PL+ WS at (0.30 + 0.15) / 2, above a quarter of the ceiling: a plain "met"
     cache["weak/U2PL+ WS/0"]["miou"] = 0.30
     assert table.bar_status(weak, table.summarise(cache, seeds), seeds) == "met"
+    # without the ceiling the failed-runs check cannot be made: not judged, even where the bar does not read it
+    del cache["weak/full masks/1"]
+    assert table.bar_status(weak, table.summarise(cache, seeds), seeds) == (
+        "not judged: weak: full masks not run for every seed"
+    )
 
 
 def test_one_seed_of_two_is_not_a_judged_bar(table):
@@ -181,26 +186,42 @@ def test_a_row_brings_and_waits_for_its_dependency_and_gets_its_checkpoint(table
     assert sorted(key for key, _ in calls) == ["seminar/ancillary/3", "seminar/primary/3"]
 
 
-# the sections whose bar the slow test below keeps, with the minutes it takes on 2 cores (both seeds)
-BARS = {"u2pl": 30, "dupl": 40, "asdt": 20, "seminar": 15, "weak": 30, "da": 70}
+# the sections whose bar the slow test below keeps, with the minutes it takes on 2 cores (both seeds, with the
+# ceiling), and the bars benchmarks/method_table.md reports missed (strict: a bar that starts holding fails here
+# until the mark goes)
+BARS = {"u2pl": 40, "dupl": 40, "asdt": 25, "seminar": 20, "weak": 45, "da": 35}
+MISSED = {
+    "u2pl": "U2PL below SupOnly at 1/8 labels",
+    "dupl": "DuPL at 0.72 of its ceiling",
+    "asdt": "met between failed runs only",
+    "seminar": "primary below partial CE",
+    "weak": "met between failed runs only",
+}
 
 
 def test_every_bar_is_kept_by_a_slow_test(table):
     assert set(BARS) == {s.key for s in table.SECTIONS if s.bar}
+    assert set(MISSED) <= set(BARS)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", sorted(BARS))
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=MISSED[k])) if k in MISSED else k
+        for k in sorted(BARS)
+    ],
+)
 def test_the_bar_of_each_section_is_met(table, tmp_path, key):
-    """Trains the rows the section's bar compares (and its own ceiling when the bar reads it), 2 seeds; BARS
-    gives the minutes on 2 cores."""
+    """Trains the rows the section's bar compares and the section's ceiling, 2 seeds; BARS gives the minutes
+    on 2 cores."""
     section = next(s for s in table.SECTIONS if s.key == key)
-    values = table.make_data(tmp_path / "data", [key])
+    ceiling_section, ceiling_row = section.ceiling.split("/", 1)
+    sections = sorted({key, ceiling_section})
+    values = table.make_data(tmp_path / "data", sections)
     if any("{resnet18}" in a for r in section.rows for a in r.extra):
         values["resnet18"] = table.pretrained_resnet18(REPO / "outputs" / "pretrained")
-    rows = set(section.bar_rows)
-    if "ceiling" in section.bar:
-        rows.add(section.ceiling.split("/", 1)[1])
-    cache = table.run_sections([key], [0, 1], tmp_path / "runs", 2, values, rows)
+    rows = {*section.bar_rows, ceiling_row}
+    cache = table.run_sections(sections, [0, 1], tmp_path / "runs", 2, values, rows)
     summary = table.summarise(cache, [0, 1])
     assert table.bar_status(section, summary, [0, 1]) == "met", summary[key]
