@@ -80,8 +80,7 @@ def test_split_file_that_does_not_match_the_dataset_is_named(synthetic, tmp_path
     bad = tmp_path / "labeled.txt"
     bad.write_text("2099_999999\n")
     with pytest.raises(ValueError, match=r"labeled\.txt"):
-        run_cli(["fit", *args(synthetic("voc")), f"--data.init_args.view.init_args.labeled_list={bad}",
-                 "--data.init_args.view.init_args.unlabeled_list=null"])  # fmt: skip
+        run_cli(["fit", *args(synthetic("voc")), f"--data.init_args.view.init_args.labeled_list={bad}"])
 
 
 def test_evaluation_uses_the_configured_network_outside_fit():
