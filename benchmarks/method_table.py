@@ -293,6 +293,15 @@ def pretrained_resnet18(out: Path) -> str:
     return str(pretrain_encoder(PretrainConfig(encoder="resnet18"), out))
 
 
+def run_values(data: Path, sections: list[str]) -> dict[str, str]:
+    """The placeholder values the rows of ``sections`` need: the data roots (generated where missing) and, when a
+    row starts from it, the pretrained ResNet-18."""
+    values = make_data(data, sections)
+    if any("{resnet18}" in a for s in SECTIONS if s.key in sections for r in s.rows for a in r.extra):
+        values["resnet18"] = pretrained_resnet18(REPO / "outputs" / "pretrained")
+    return values
+
+
 def run_key(section: str, row: str, seed: int) -> str:
     """The cache key of one run."""
     return f"{section}/{row}/{seed}"
@@ -421,15 +430,16 @@ FAILED = 0.25
 def bar_status(section: Section, table: dict[str, dict[str, dict[str, float]]], seeds: list[int]) -> str:
     """``met``, ``NOT met`` or why it cannot be judged yet."""
     rows = table[section.key]
-    ceiling = ceiling_of(section, table)
+    entry = ceiling_entry(section, table)
     missing = [name for name in section.bar_rows if rows.get(name, {}).get("n") != len(seeds)]
-    if ceiling_entry(section, table).get("n") != len(seeds):  # every bar reads it: failed runs or the ratio
+    if entry.get("n") != len(seeds):  # every bar reads it: failed runs or the ratio
         missing.append(section.ceiling.replace("/", ": "))
     if missing:
         return f"not judged: {', '.join(missing)} not run for every seed"
+    ceiling = entry["mean"]
     if not section.check({k: v["mean"] for k, v in rows.items()}, ceiling):
         return "**NOT met**"
-    if ceiling is not None and all(rows[name]["mean"] < FAILED * ceiling for name in section.bar_rows):
+    if all(rows[name]["mean"] < FAILED * ceiling for name in section.bar_rows):
         return f"met, but every row it compares is below {FAILED:.2f} of the ceiling: a comparison of failed runs"
     return "met"
 
@@ -530,9 +540,7 @@ def main() -> None:
     if args.table_only:
         cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     else:
-        values = make_data(args.out / "data", sections)
-        if any("{resnet18}" in a for s in SECTIONS if s.key in sections for r in s.rows for a in r.extra):
-            values["resnet18"] = pretrained_resnet18(REPO / "outputs" / "pretrained")
+        values = run_values(args.out / "data", sections)
         rows = None if args.rows is None else set(args.rows)
         cache = run_sections(sections, seeds, args.out, args.parallel, values, rows)
     table = summarise(cache, seeds)

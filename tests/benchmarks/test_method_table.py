@@ -218,9 +218,7 @@ def test_the_bar_of_each_section_is_met(table, tmp_path, key):
     section = next(s for s in table.SECTIONS if s.key == key)
     ceiling_section, ceiling_row = section.ceiling.split("/", 1)
     sections = sorted({key, ceiling_section})
-    values = table.make_data(tmp_path / "data", sections)
-    if any("{resnet18}" in a for r in section.rows for a in r.extra):
-        values["resnet18"] = table.pretrained_resnet18(REPO / "outputs" / "pretrained")
+    values = table.run_values(tmp_path / "data", sections)
     rows = {*section.bar_rows, ceiling_row}
     cache = table.run_sections(sections, [0, 1], tmp_path / "runs", 2, values, rows)
     summary = table.summarise(cache, [0, 1])
