@@ -71,8 +71,8 @@ def test_fit_validate_test_predict(layout, synthetic, tmp_path, monkeypatch):
 
 def _stacks() -> list[tuple[str, ...]]:
     """Every configuration the README names: each base config alone, each U2PL split on its base with and
-    without the SupOnly fragment, the 800-image SupOnly on every mask, Seminar's evaluation fragment on both stages, ASDT's ResNet-101 fragment, and
-    the trainer / logger fragments stacked on a base."""
+    without the SupOnly fragment, the 800-image SupOnly on every mask, Seminar's evaluation fragment on both
+    stages, ASDT's ResNet-101 fragment, and the trainer / logger fragments stacked on a base."""
     fragments = ("trainer", "logger", "splits")
     bases = sorted(
         p.relative_to(CONFIGS).as_posix()
