@@ -138,7 +138,7 @@ SECTIONS: tuple[Section, ...] = (
     ),
     Section(
         "u2pl",
-        "U2PL, semi-supervised at 1/8 labels (100 of 800)",
+        "U2PL, semi-supervised at 1/8 labels (100 of 800), pretrained ResNet-18, 1,050 steps",
         (
             Row("full masks, pretrained", "ceiling", ALL_LABELED, (*VOC, *U2PL_LENGTH, *PRETRAINED_R18), U2PL_STEPS),
             Row("SupOnly, pretrained", "baseline", SUPONLY, (*VOC, *U2PL_LENGTH, *PRETRAINED_R18), U2PL_STEPS),
