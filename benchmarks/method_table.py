@@ -115,9 +115,10 @@ U2PL_STEPS = 1050
 U2PL_LENGTH = (*BY_STEPS, "--trainer.max_epochs=-1")  # the rows' steps, not the configs' epochs, end the runs
 U2PL_SCRATCH_STEPS = 525  # 3 epochs over the 700 unlabelled images (the config's schedule)
 # U2PL's labelled-only warm-up before the teacher pseudo-labels (the reference's sup_only_epoch: 1 for VOC, 0 for
-# Cityscapes; the paper gives none). After the config's one epoch (175 steps) the teacher is at 0.34 mIoU and the
-# student learns its mistakes (benchmarks/README.md, "Why U2PL loses here with one warm-up epoch"); after two
-# it is at 0.48. The bar is judged with two; the one-epoch row stays in the table
+# Cityscapes; the paper gives none). After the config's one epoch (175 steps) the teacher is at 0.33-0.34 mIoU,
+# and at 525 steps the student was measured learning its mistakes (benchmarks/README.md, "Why U2PL loses here
+# with one warm-up epoch"); after two it is at 0.48. The bar is judged with two; the one-epoch row stays in the
+# table
 U2PL_1 = "U2PL, pretrained, 1 warm-up epoch"
 U2PL_2 = "U2PL, pretrained, 2 warm-up epochs"
 U2PL_WARMUP_2 = "--model.init_args.warmup_epochs=2"
