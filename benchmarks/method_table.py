@@ -121,7 +121,7 @@ U2PL_SCRATCH_STEPS = 525  # 3 epochs over the 700 unlabelled images (the config'
 # table
 U2PL_1 = "U2PL, pretrained, 1 warm-up epoch"
 U2PL_2 = "U2PL, pretrained, 2 warm-up epochs"
-U2PL_WARMUP_2 = "--model.init_args.warmup_epochs=2"
+U2PL_RUN = (*VOC, *U2PL_LENGTH, *PRETRAINED_R18)  # every row of the pretrained section
 # the quickstart's phases (segmentation from step 200, noise filtering from 400) over twice its 600 steps
 DUPL_STEPS = 1200
 # both sub-nets' segmentation heads on the masks from step 1 (no noise filtering of masks). The CAM branches
@@ -137,7 +137,7 @@ DUPL_MASKS = (
 # class-teacher's reliable label on the hard set stayed at 0.21-0.29 mIoU and every row below a quarter of the
 # ceiling (benchmarks/README.md, the method table)
 ASDT_STEPS = 1200
-ASDT_WARMUP = ("--model.init_args.warmup_steps=300",)
+ASDT_RUN = (*VOC, *PRETRAINED_R18, "--model.init_args.warmup_steps=300")
 SEMINAR = ("seminar/synthetic_voc_ancillary.yaml",)
 SEMINAR_NO_EXTRAS = ("--model.init_args.consistency.weight=0", "--model.init_args.crf_loss.enabled=false")
 AFA = ("afa/synthetic_voc.yaml",)
@@ -155,10 +155,10 @@ SECTIONS: tuple[Section, ...] = (
         "u2pl",
         "U2PL, semi-supervised at 1/8 labels (100 of 800), pretrained ResNet-18, 1,050 steps",
         (
-            Row("full masks, pretrained", "ceiling", ALL_LABELED, (*VOC, *U2PL_LENGTH, *PRETRAINED_R18), U2PL_STEPS),
-            Row("SupOnly, pretrained", "baseline", SUPONLY, (*VOC, *U2PL_LENGTH, *PRETRAINED_R18), U2PL_STEPS),
-            Row(U2PL_1, "method", U2PL, (*VOC, *U2PL_LENGTH, *PRETRAINED_R18), U2PL_STEPS),
-            Row(U2PL_2, "method", U2PL, (*VOC, *U2PL_LENGTH, *PRETRAINED_R18, U2PL_WARMUP_2), U2PL_STEPS),
+            Row("full masks, pretrained", "ceiling", ALL_LABELED, U2PL_RUN, U2PL_STEPS),
+            Row("SupOnly, pretrained", "baseline", SUPONLY, U2PL_RUN, U2PL_STEPS),
+            Row(U2PL_1, "method", U2PL, U2PL_RUN, U2PL_STEPS),
+            Row(U2PL_2, "method", U2PL, (*U2PL_RUN, "--model.init_args.warmup_epochs=2"), U2PL_STEPS),
         ),
         "u2pl/full masks, pretrained",
         f"{U2PL_2} > SupOnly, pretrained",
@@ -207,7 +207,7 @@ SECTIONS: tuple[Section, ...] = (
                 "I: class-teacher only",
                 "baseline",
                 ("asdt/synthetic_voc.yaml",),
-                (*VOC, *PRETRAINED_R18, *ASDT_WARMUP, "--model.init_args.teaching.mode=class"),
+                (*ASDT_RUN, "--model.init_args.teaching.mode=class"),
                 ASDT_STEPS,
                 metric="val/max/miou",
             ),
@@ -215,7 +215,7 @@ SECTIONS: tuple[Section, ...] = (
                 "V: ASDT (alternate)",
                 "method",
                 ("asdt/synthetic_voc.yaml",),
-                (*VOC, *PRETRAINED_R18, *ASDT_WARMUP, "--model.init_args.teaching.mode=alternate"),
+                (*ASDT_RUN, "--model.init_args.teaching.mode=alternate"),
                 ASDT_STEPS,
                 metric="val/max/miou",
             ),

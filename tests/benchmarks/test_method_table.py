@@ -49,6 +49,11 @@ def fake_cache(
     }  # fmt: skip
 
 
+def section_of(table: ModuleType, key: str):
+    """The table's section named ``key``."""
+    return next(s for s in table.SECTIONS if s.key == key)
+
+
 def test_every_row_names_existing_configs_and_every_method_has_a_section(table):
     classes = set()
     for section in table.SECTIONS:
@@ -70,14 +75,14 @@ def test_every_row_names_existing_configs_and_every_method_has_a_section(table):
 
 def test_u2pl_rows_run_their_steps_not_the_configs_epochs(table):
     # the configs' max_epochs (3 for U2PL, 21 for SupOnly) would end a 1,050-step run at 525 steps
-    u2pl = next(s for s in table.SECTIONS if s.key == "u2pl")
+    u2pl = section_of(table, "u2pl")
     assert all(r.steps == table.U2PL_STEPS and "--trainer.max_epochs=-1" in r.extra for r in u2pl.rows)
-    scratch = next(s for s in table.SECTIONS if s.key == "u2pl_scratch")
+    scratch = section_of(table, "u2pl_scratch")
     assert all(r.steps == 525 and not any("max_epochs" in a for a in r.extra) for r in scratch.rows)
 
 
 def test_u2pl_bar_row_differs_from_the_config_row_only_in_its_warm_up(table):
-    u2pl = next(s for s in table.SECTIONS if s.key == "u2pl")
+    u2pl = section_of(table, "u2pl")
     rows = {r.name: r for r in u2pl.rows}
     one, two = rows[table.U2PL_1], rows[table.U2PL_2]
     assert one.configs == two.configs and two.extra == (*one.extra, "--model.init_args.warmup_epochs=2")
@@ -87,7 +92,7 @@ def test_u2pl_bar_row_differs_from_the_config_row_only_in_its_warm_up(table):
 
 
 def test_asdt_rows_train_the_class_teacher_alone_first_over_a_longer_run(table):
-    asdt = next(s for s in table.SECTIONS if s.key == "asdt")
+    asdt = section_of(table, "asdt")
     assert all(r.steps == 1200 and "--model.init_args.warmup_steps=300" in r.extra for r in asdt.rows)
     config = yaml.safe_load((table.CONFIGS / asdt.rows[0].configs[0]).read_text())
     assert (config["trainer"]["max_steps"], config["model"]["init_args"]["warmup_steps"]) == (600, 100)
@@ -134,7 +139,7 @@ def test_a_bar_met_between_failed_runs_says_so(table):
         cache[f"weak/AFA/{seed}"]["miou"] = 0.10
         cache[f"weak/U2PL+ WS/{seed}"]["miou"] = 0.15
     summary = table.summarise(cache, seeds)
-    weak = next(s for s in table.SECTIONS if s.key == "weak")
+    weak = section_of(table, "weak")
     assert table.bar_status(weak, summary, seeds).startswith("met, but every row it compares is below 0.25")
     # U2PL+ WS at (0.30 + 0.15) / 2, above a quarter of the ceiling: a plain "met"
     cache["weak/U2PL+ WS/0"]["miou"] = 0.30
@@ -241,7 +246,7 @@ def test_every_bar_is_kept_by_a_slow_test(table):
 def test_the_bar_of_each_section_is_met(table, tmp_path, key):
     """Trains the rows the section's bar compares and the section's ceiling, 2 seeds; BARS gives the minutes
     on 2 cores."""
-    section = next(s for s in table.SECTIONS if s.key == key)
+    section = section_of(table, key)
     ceiling_section, ceiling_row = section.ceiling.split("/", 1)
     sections = sorted({key, ceiling_section})
     values = table.run_values(tmp_path / "data", sections)
