@@ -16,15 +16,15 @@ per-seed values, the ratio to the section's ceiling, steps and minutes per run, 
   trained on the masks (``seg_target: mask``). Bar (#14): DuPL >= 0.85 of the ceiling.
 * ``asdt``: the class-teacher-only row (Table 4, I) and ASDT (V), from the pretrained ResNet-18, 1,200 steps of
   which 300 classification-only. Ceiling: the ``ceiling`` section. Bar: ASDT > class-teacher only.
-* ``seminar``: partial CE on clicks, the ancillary and the primary model; ceiling: the same network on all
-  masks. Bar: primary > partial CE.
+* ``seminar``: partial CE on clicks, the ancillary and the primary model, on the hard VOC set at 64 px (the
+  configs' crop covers the image); ceiling: the same network on all masks. Bar: primary > partial CE.
 * ``weak``: AFA and U2PL+ WS from tags (small MiT from scratch); ceiling: the same network on all masks. Bar:
   U2PL+ WS >= AFA - 0.02.
 * ``da``: source only, DAFormer and U2PL+ DA (GTA5-style -> Cityscapes-style, small MiT from scratch); ceiling:
   the target oracle. Bar: DAFormer > source only.
 
 The object-layout sections train on the hard VOC set (``wsss-data synthetic --difficulty hard``, 800 train /
-100 val images of 128², seed 0), the street section on hard GTA5 / Cityscapes sets (600 train images of
+100 val images of 128², seed 0; 64² for Seminar), the street section on hard GTA5 / Cityscapes sets (600 train images of
 128×256 each; 100 Cityscapes val images). Every finished run is cached in ``<out>/results.json`` (by section,
 row and seed) and skipped when asked again, so sections can be run one at a time and the table is rewritten
 from everything measured so far; a row not measured yet reads "not run".
@@ -68,9 +68,9 @@ class Row:
         name: the row's name in the table.
         role: ``ceiling``, ``baseline`` or ``method``.
         configs: stacked config files (relative to ``configs/``).
-        extra: further command-line arguments; ``{voc}``, ``{gta5}``, ``{cityscapes}`` (data roots),
-            ``{resnet18}`` (the pretrained ResNet-18) and ``{ancillary}`` (the same seed's checkpoint of the
-            row named by ``after``) are filled in.
+        extra: further command-line arguments; ``{voc}``, ``{voc64}``, ``{gta5}``, ``{cityscapes}`` (data
+            roots), ``{resnet18}`` (the pretrained ResNet-18) and ``{ancillary}`` (the same seed's checkpoint of
+            the row named by ``after``) are filled in.
         steps: optimizer steps.
         metric: the logged validation metric of the row.
         after: a row of the same section whose run this one needs (its last checkpoint is ``{ancillary}``).
@@ -103,6 +103,9 @@ class Section:
 
 
 VOC = ("--data.init_args.source.root={voc}",)
+# the hard VOC set at 64 px for Seminar: its configs' crop (64) then covers the image, as VOC's 513 crop does; on
+# the 128-px set a crop held a quarter of an image's clicks (configs/seminar/synthetic_voc_ancillary.yaml)
+VOC64 = ("--data.init_args.source.root={voc64}",)
 BY_STEPS = ("--trainer.check_val_every_n_epoch=null",)  # epoch-scheduled configs validated at the last step
 PRETRAINED_R18 = ("--model.init_args.encoder_weights={resnet18}",)
 U2PL = ("u2pl/synthetic_voc800_1_8.yaml",)
@@ -227,27 +230,27 @@ SECTIONS: tuple[Section, ...] = (
     ),
     Section(
         "seminar",
-        "Seminar Learning, clicks (DeepLabV3+ ResNet-18 from scratch)",
+        "Seminar Learning, clicks (DeepLabV3+ ResNet-18 from scratch, 64-px images)",
         (
             Row(
                 "full masks",
                 "ceiling",
                 SEMINAR,
                 (
-                    *VOC,
+                    *VOC64,
                     "--data.init_args.view.init_args.clicks_dir=SegmentationClassAug",
                     "--model.init_args.partial_ce.batch_average=false",
                     *SEMINAR_NO_EXTRAS,
                 ),
                 400,
             ),
-            Row("partial CE", "baseline", SEMINAR, (*VOC, *SEMINAR_NO_EXTRAS), 400),
-            Row("ancillary", "method", SEMINAR, VOC, 400),
+            Row("partial CE", "baseline", SEMINAR, (*VOC64, *SEMINAR_NO_EXTRAS), 400),
+            Row("ancillary", "method", SEMINAR, VOC64, 400),
             Row(
                 "primary",
                 "method",
                 ("seminar/synthetic_voc_primary.yaml",),
-                (*VOC, "--model.init_args.ancillary_checkpoint={ancillary}"),
+                (*VOC64, "--model.init_args.ancillary_checkpoint={ancillary}"),
                 400,
                 after="ancillary",
                 seed_offset=100,
@@ -305,14 +308,25 @@ def make_data(data: Path, sections: list[str]) -> dict[str, str]:
     """Generate the hard sets the ``sections`` need (where missing); returns the placeholder values."""
     from wsss_lightning.data.synthetic import generate  # torch-free, but only when data is needed
 
-    roots = {"voc": data / "voc_hard", "gta5": data / "gta5_hard", "cityscapes": data / "cityscapes_hard"}
-    wanted = {"voc"} if set(sections) - {"da"} else set()
+    roots = {
+        "voc": data / "voc_hard",
+        "voc64": data / "voc_hard64",
+        "gta5": data / "gta5_hard",
+        "cityscapes": data / "cityscapes_hard",
+    }
+    wanted = {"voc"} if set(sections) - {"da", "seminar"} else set()
+    wanted |= {"voc64"} if "seminar" in sections else set()
     wanted |= {"gta5", "cityscapes"} if "da" in sections else set()
-    sizes = {"voc": (800, 100, None), "gta5": (600, 30, (128, 256)), "cityscapes": (600, 100, (128, 256))}
+    sets = {  # layout, train images, val images, size
+        "voc": ("voc", 800, 100, None),
+        "voc64": ("voc", 800, 100, (64, 64)),
+        "gta5": ("gta5", 600, 30, (128, 256)),
+        "cityscapes": ("cityscapes", 600, 100, (128, 256)),
+    }
     for name in sorted(wanted):
         if not roots[name].is_dir():
-            num_train, num_val, size = sizes[name]
-            generate(name, roots[name], 0, num_train, num_val, size, difficulty="hard")  # type: ignore[arg-type]
+            layout, num_train, num_val, size = sets[name]
+            generate(layout, roots[name], 0, num_train, num_val, size, difficulty="hard")  # type: ignore[arg-type]
     return {name: str(root) for name, root in roots.items()}
 
 

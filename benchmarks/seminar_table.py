@@ -17,7 +17,7 @@ learning rate, the ratio of the paper's ImageNet-initialised schedule (0.007 / 0
 
 Usage::
 
-    python benchmarks/seminar_table.py --root outputs/synthetic_voc [--seeds 1 2] [--steps 400] [--parallel 2]
+    python benchmarks/seminar_table.py --root outputs/synthetic_voc64 [--seeds 1 2] [--steps 400] [--parallel 2]
         [--pretrained]
 """
 
@@ -40,6 +40,8 @@ from wsss_lightning.runs import last_checkpoint, newest_last
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "seminar" / "synthetic_voc_ancillary.yaml"
 PRIMARY = REPO / "configs" / "seminar" / "synthetic_voc_primary.yaml"
+#: side of the synthetic images: the configs' crop (64) covers the whole image, as VOC's 513 crop does
+IMAGE_SIZE = 64
 NO_CONSISTENCY = "--model.init_args.consistency.weight=0"
 NO_CRF = "--model.init_args.crf_loss.enabled=false"
 
@@ -175,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--root", type=Path, default=Path("outputs/synthetic_voc"))
+    parser.add_argument("--root", type=Path, default=Path("outputs/synthetic_voc64"))
     parser.add_argument("--out", type=Path, default=Path("outputs/seminar_table"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=400)
@@ -194,6 +196,9 @@ def main() -> None:
                 "voc",
                 "--out",
                 str(args.root),
+                "--size",
+                str(IMAGE_SIZE),
+                str(IMAGE_SIZE),
             ],
             check=True,
         )

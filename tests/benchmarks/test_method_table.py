@@ -190,6 +190,26 @@ def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
     assert trained == ["dupl/DuPL/0"]
 
 
+def test_each_section_gets_the_sets_its_rows_read(table, tmp_path, monkeypatch):
+    made: list[tuple] = []
+    monkeypatch.setattr(
+        "wsss_lightning.data.synthetic.generate", lambda *args, **kwargs: made.append((*args, kwargs))
+    )
+    values = table.make_data(tmp_path, ["seminar"])
+    # Seminar reads the 64-px hard set only: its crop covers the image
+    assert made == [("voc", tmp_path / "voc_hard64", 0, 800, 100, (64, 64), {"difficulty": "hard"})]
+    roots = {a.split("=")[1] for r in section_of(table, "seminar").rows for a in r.extra if "root" in a}
+    assert roots == {"{voc64}"}
+    made.clear()
+    table.make_data(tmp_path, ["u2pl", "da"])
+    assert [(m[0], m[1].name, m[5]) for m in made] == [
+        ("cityscapes", "cityscapes_hard", (128, 256)),
+        ("gta5", "gta5_hard", (128, 256)),
+        ("voc", "voc_hard", None),
+    ]
+    assert set(values) == {"voc", "voc64", "gta5", "cityscapes"}
+
+
 def test_a_row_brings_and_waits_for_its_dependency_and_gets_its_checkpoint(table, tmp_path, monkeypatch):
     calls: list[tuple[str, list[str]]] = []
 
@@ -201,7 +221,7 @@ def test_a_row_brings_and_waits_for_its_dependency_and_gets_its_checkpoint(table
 
     monkeypatch.setattr(table, "wsss_fit", fit)
     monkeypatch.setattr(table, "last_checkpoint", lambda folder: folder / "last.ckpt", raising=False)
-    table.run_sections(["seminar"], [3], tmp_path, 2, {"voc": "/voc"}, rows={"primary"})
+    table.run_sections(["seminar"], [3], tmp_path, 2, {"voc64": "/voc64"}, rows={"primary"})
     keys = [key for key, _ in calls]
     assert sorted(keys) == ["seminar/ancillary/3", "seminar/primary/3"]  # the primary brought its ancillary
     assert keys.index("seminar/primary/3") > keys.index("seminar/ancillary/3")
@@ -214,7 +234,7 @@ def test_a_row_brings_and_waits_for_its_dependency_and_gets_its_checkpoint(table
     cache["seminar/ancillary/3"]["steps"] = 1
     (tmp_path / "results.json").write_text(json.dumps(cache))
     calls.clear()
-    table.run_sections(["seminar"], [3], tmp_path, 2, {"voc": "/voc"}, rows={"primary"})
+    table.run_sections(["seminar"], [3], tmp_path, 2, {"voc64": "/voc64"}, rows={"primary"})
     assert sorted(key for key, _ in calls) == ["seminar/ancillary/3", "seminar/primary/3"]
 
 
