@@ -7,13 +7,13 @@ per-seed values, the ratio to the section's ceiling, steps and minutes per run, 
 
 * ``u2pl``: SupOnly (the 1/8 labelled images alone) and U2PL at 1/8 labels from the pretrained ResNet-18 of
   ``wsss-data pretrain-encoder``, 1,050 steps, U2PL with the config's one labelled-only warm-up epoch and with
-  two; ceiling: the same network and schedule on all masks. Bar (#14): U2PL (two warm-up epochs) > SupOnly on
+  two; ceiling: the same network and schedule on all masks. Bar: U2PL (two warm-up epochs) > SupOnly on
   the mean of the seeds.
 * ``u2pl_scratch``: the same two rows from scratch at the config's 525 steps (no bar: U2PL's collapse without a
   pretrained encoder). Ceiling: the ``ceiling`` section.
 * ``dupl``: CAM -> pseudo-label -> segmentation without the GMM noise filtering, and DuPL; the ViT of the
   quickstart from scratch, 1,200 steps. Ceiling: the same network and schedule with both segmentation heads
-  trained on the masks (``seg_target: mask``). Bar (#14): DuPL >= 0.85 of the ceiling.
+  trained on the masks (``seg_target: mask``). Bar: DuPL >= 0.85 of the ceiling.
 * ``asdt``: the class-teacher-only row (Table 4, I) and ASDT (V), from the pretrained ResNet-18, 1,200 steps of
   which 300 classification-only. Ceiling: the ``ceiling`` section. Bar: ASDT > class-teacher only.
 * ``seminar``: partial CE on clicks, the ancillary and the primary model, on the hard VOC set at 64 px (the
@@ -25,8 +25,8 @@ per-seed values, the ratio to the section's ceiling, steps and minutes per run, 
   the target oracle. Bar: DAFormer > source only.
 
 The object-layout sections train on the hard VOC set (``wsss-data synthetic --difficulty hard``, 800 train /
-100 val images of 128², seed 0; 64² for Seminar), the street section on hard GTA5 / Cityscapes sets (600 train images of
-128×256 each; 100 Cityscapes val images). Every finished run is cached in ``<out>/results.json`` (by section,
+100 val images of 128², seed 0; 64² for Seminar), the street section on hard GTA5 / Cityscapes sets (600 train
+images of 128×256 each; 100 Cityscapes val images). Every finished run is cached in ``<out>/results.json`` (by section,
 row and seed) and skipped when asked again, so sections can be run one at a time and the table is rewritten
 from everything measured so far; a row not measured yet reads "not run".
 
@@ -104,8 +104,8 @@ class Section:
 
 
 VOC = ("--data.init_args.source.root={voc}",)
-# the hard VOC set at 64 px for Seminar: its configs' crop (64) then covers the image, as VOC's 513 crop does; on
-# the 128-px set a crop held a quarter of an image's clicks (configs/seminar/synthetic_voc_ancillary.yaml)
+# the hard VOC set at 64 px for Seminar: its configs' crop (64) then holds about as many clicks as VOC's 513 crop;
+# on the 128-px set it held under a third of an image's clicks (configs/seminar/synthetic_voc_ancillary.yaml)
 VOC64 = ("--data.init_args.source.root={voc64}",)
 BY_STEPS = ("--trainer.check_val_every_n_epoch=null",)  # epoch-scheduled configs validated at the last step
 PRETRAINED_R18 = ("--model.init_args.encoder_weights={resnet18}",)
@@ -146,7 +146,7 @@ SEMINAR = ("seminar/synthetic_voc_ancillary.yaml",)
 # 12 epochs of the 800 images. At the configs' 400 steps (4 epochs) the full-mask row was below partial CE (0.437 vs
 # 0.463): with every pixel labelled, background and the frequent classes dominate the CE and the rare classes
 # stayed at 0 IoU. The configs' EMA decay and ramp are set for their 400-step run; here the same rules: the
-# teacher's memory 1.9 % of the run as VOC's (1,200 steps: 23, alpha 0.956) and the ramp over 2/3 of it (8 epochs)
+# teacher's memory 1.9 % of the run as VOC's (1,200 steps: 22.7, alpha 0.956) and the ramp over 2/3 of it (8 epochs)
 SEMINAR_STEPS = 1200
 SEMINAR_RUN = (
     *VOC64,

@@ -40,7 +40,7 @@ from wsss_lightning.runs import last_checkpoint, newest_last
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "seminar" / "synthetic_voc_ancillary.yaml"
 PRIMARY = REPO / "configs" / "seminar" / "synthetic_voc_primary.yaml"
-#: side of the synthetic images: the configs' crop (64) covers the whole image, as VOC's 513 crop does
+#: side of the synthetic images: the configs' crop (64) holds about as many clicks as VOC's 513 crop
 IMAGE_SIZE = 64
 NO_CONSISTENCY = "--model.init_args.consistency.weight=0"
 NO_CRF = "--model.init_args.crf_loss.enabled=false"
@@ -173,6 +173,22 @@ def run_table(
     return {r: [results[r][s] for s in seeds] for r in rows}
 
 
+def check_image_size(root: Path) -> None:
+    """Refuse a set whose images are not ``IMAGE_SIZE`` square (the configs' crop and CRF scale assume it)."""
+    from PIL import Image
+
+    image = next(iter(sorted((root / "JPEGImages").glob("*.jpg"))), None)
+    if image is None:
+        raise SystemExit(f"{root}/JPEGImages: no .jpg image; expected the synthetic VOC set")
+    with Image.open(image) as im:
+        size = im.size
+    if size != (IMAGE_SIZE, IMAGE_SIZE):
+        raise SystemExit(
+            f"{image}: {size[0]}x{size[1]} px; the Seminar synthetic configs expect {IMAGE_SIZE}x{IMAGE_SIZE} "
+            f"(wsss-data synthetic --layout voc --size {IMAGE_SIZE} {IMAGE_SIZE} --out <root>)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -202,6 +218,7 @@ def main() -> None:
             ],
             check=True,
         )
+    check_image_size(args.root)
     start = pretrained_args() if args.pretrained else ()
     run_table(args.root, args.out, args.seeds, args.steps, args.parallel, args.rows, start)
 

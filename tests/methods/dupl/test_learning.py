@@ -22,4 +22,4 @@ def test_dupl_quickstart_learns_cams_pseudo_labels_and_segmentation(tmp_path, mo
     for k in (1, 2):
         assert summary[f"val/cam{k}/miou"] >= 0.7
         assert summary[f"val/pseudo{k}/miou"] >= 0.8
-    assert summary["val/miou"] >= 0.6  # the target is 0.50
+    assert summary["val/miou"] >= 0.6  # the target is 0.50
