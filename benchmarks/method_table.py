@@ -52,6 +52,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Formatter
 
 from learning_runs import wsss_fit
 
@@ -315,28 +316,36 @@ SECTIONS: tuple[Section, ...] = (
 SECTION_KEYS = tuple(s.key for s in SECTIONS)
 
 
+#: the generated hard sets, by the placeholder the rows read them through: folder, layout, train and val images, size
+HARD_SETS = {
+    "voc": ("voc_hard", "voc", 800, 100, None),
+    "voc64": ("voc_hard64", "voc", 800, 100, (64, 64)),
+    "gta5": ("gta5_hard", "gta5", 600, 30, (128, 256)),
+    "cityscapes": ("cityscapes_hard", "cityscapes", 600, 100, (128, 256)),
+}
+
+
+def placeholders(sections: list[str]) -> set[str]:
+    """The ``{placeholders}`` the rows of ``sections`` read."""
+    fields = (
+        f
+        for s in SECTIONS
+        if s.key in sections
+        for r in s.rows
+        for a in r.extra
+        for _, f, _, _ in Formatter().parse(a)
+    )
+    return {f for f in fields if f}
+
+
 def make_data(data: Path, sections: list[str]) -> dict[str, str]:
-    """Generate the hard sets the ``sections`` need (where missing); returns the placeholder values."""
+    """Generate the hard sets the rows of ``sections`` read (where missing); returns the placeholder values."""
     from wsss_lightning.data.synthetic import generate  # torch-free, but only when data is needed
 
-    roots = {
-        "voc": data / "voc_hard",
-        "voc64": data / "voc_hard64",
-        "gta5": data / "gta5_hard",
-        "cityscapes": data / "cityscapes_hard",
-    }
-    wanted = {"voc"} if set(sections) - {"da", "seminar"} else set()
-    wanted |= {"voc64"} if "seminar" in sections else set()
-    wanted |= {"gta5", "cityscapes"} if "da" in sections else set()
-    sets = {  # layout, train images, val images, size
-        "voc": ("voc", 800, 100, None),
-        "voc64": ("voc", 800, 100, (64, 64)),
-        "gta5": ("gta5", 600, 30, (128, 256)),
-        "cityscapes": ("cityscapes", 600, 100, (128, 256)),
-    }
-    for name in sorted(wanted):
+    roots = {name: data / folder for name, (folder, *_) in HARD_SETS.items()}
+    for name in sorted(placeholders(sections) & HARD_SETS.keys()):
         if not roots[name].is_dir():
-            layout, num_train, num_val, size = sets[name]
+            _, layout, num_train, num_val, size = HARD_SETS[name]
             generate(layout, roots[name], 0, num_train, num_val, size, difficulty="hard")  # type: ignore[arg-type]
     return {name: str(root) for name, root in roots.items()}
 
@@ -353,7 +362,7 @@ def run_values(data: Path, sections: list[str]) -> dict[str, str]:
     """The placeholder values the rows of ``sections`` need: the data roots (generated where missing) and, when a
     row starts from it, the pretrained ResNet-18."""
     values = make_data(data, sections)
-    if any("{resnet18}" in a for s in SECTIONS if s.key in sections for r in s.rows for a in r.extra):
+    if "resnet18" in placeholders(sections):
         values["resnet18"] = pretrained_resnet18(REPO / "outputs" / "pretrained")
     return values
 
