@@ -6,33 +6,19 @@ CE, U2PL+ WS within 0.02 of AFA, DAFormer above source only).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import yaml
 
+from tests.helpers import load_benchmark
 from wsss_lightning import methods
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "method_table.py"
 
 
 @pytest.fixture(scope="module")
 def table() -> ModuleType:
-    sys.path.insert(0, str(SCRIPT.parent))  # the script's shared helpers (learning_runs)
-    try:
-        spec = importlib.util.spec_from_file_location("method_table", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["method_table"] = module  # the dataclasses look their module up
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+    return load_benchmark("method_table")
 
 
 def fake_cache(

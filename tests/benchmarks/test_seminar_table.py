@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tests.helpers import load_benchmark
 from wsss_lightning.data.synthetic import generate
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "seminar_table.py"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("seminar_table", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("seminar_table")
 
 
 def test_the_image_size_of_the_set_is_checked(tmp_path):

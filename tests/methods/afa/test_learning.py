@@ -6,14 +6,10 @@ Runs ``benchmarks/afa_table.py`` (AFA, U2PL+ WS and the full-mask ceiling, 2 see
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tests.helpers import load_benchmark
 from wsss_lightning.data.synthetic import generate
-
-TABLE = Path(__file__).resolve().parents[3] / "benchmarks" / "afa_table.py"
 
 
 @pytest.mark.slow
@@ -23,12 +19,8 @@ TABLE = Path(__file__).resolve().parents[3] / "benchmarks" / "afa_table.py"
     "one, AFA reaches 0.33 of the ceiling and U2PL+ WS trails it by 0.05 (benchmarks/README.md, 'AFA and "
     "U2PL+ WS vs the ceiling'); an XPASS means the bars are reached",
 )
-def test_propagation_helps_afa_reaches_the_ceiling_share_and_u2pl_weak_keeps_up(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(TABLE.parent))  # the table's shared helpers (learning_runs)
-    spec = importlib.util.spec_from_file_location("afa_table", TABLE)
-    assert spec is not None and spec.loader is not None
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+def test_propagation_helps_afa_reaches_the_ceiling_share_and_u2pl_weak_keeps_up(tmp_path):
+    table = load_benchmark("afa_table")
     root = generate("voc", tmp_path / "synthetic_voc800", seed=0, num_train=800)
     result = table.run_table(root, tmp_path / "runs", seeds=[0, 1], steps=1200, parallel=2)
     mean = {row: sum(values) / len(values) for row, values in result.items()}

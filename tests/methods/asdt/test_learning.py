@@ -7,28 +7,21 @@ ResNet-18 (about 25 minutes on 2 cores, plus the pretraining once when its file 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_benchmark
 from wsss_lightning.data.pretrain_task import PretrainConfig
 from wsss_lightning.data.synthetic import generate
 from wsss_lightning.models.pretrain import pretrain_encoder
 
 REPO = Path(__file__).resolve().parents[3]
-TABLE = REPO / "benchmarks" / "asdt_table.py"
 
 
 @pytest.mark.slow
-def test_alternate_teaching_beats_the_seg_teacher_row_and_keeps_up_with_the_class_teacher(
-    tmp_path, monkeypatch
-):
-    monkeypatch.syspath_prepend(str(TABLE.parent))  # the table's shared helpers (learning_runs)
-    spec = importlib.util.spec_from_file_location("asdt_table", TABLE)
-    assert spec is not None and spec.loader is not None
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+def test_alternate_teaching_beats_the_seg_teacher_row_and_keeps_up_with_the_class_teacher(tmp_path):
+    table = load_benchmark("asdt_table")
     root = generate("voc", tmp_path / "synthetic_voc", seed=0)
     weights = pretrain_encoder(PretrainConfig(), REPO / "outputs" / "pretrained")
     result = table.run_table(root, tmp_path / "runs", seeds=[0, 1], steps=600, parallel=2, weights=weights)

@@ -7,21 +7,14 @@ layouts (about an hour and a half on 2 cores). Run with ``make test-slow`` (``py
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+from tests.helpers import load_benchmark
 
 
 @pytest.mark.slow
-def test_daformer_closes_the_gap_and_u2pl_keeps_up(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("da_table", BENCHMARKS / "da_table.py")
-    assert spec is not None and spec.loader is not None
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+def test_daformer_closes_the_gap_and_u2pl_keeps_up(tmp_path):
+    table = load_benchmark("da_table")
     source, target = tmp_path / "gta5", tmp_path / "cityscapes"
     table.make_data(source, target)
     result = table.run_table(

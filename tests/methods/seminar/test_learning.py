@@ -7,24 +7,18 @@ set of 64-px images once (about 17 minutes on 2 cores), then checks each target.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tests.helpers import load_benchmark
 from wsss_lightning.data.synthetic import generate
 
-TABLE = Path(__file__).resolve().parents[3] / "benchmarks" / "seminar_table.py"
 #: the ancillary model must beat partial CE alone by this much (mean of the seeds)
 MIN_GAIN = 0.05
 
 
 @pytest.fixture(scope="module")
 def table_means(tmp_path_factory) -> dict[str, float]:
-    spec = importlib.util.spec_from_file_location("seminar_table", TABLE)
-    assert spec is not None and spec.loader is not None
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
+    table = load_benchmark("seminar_table")
     tmp_path = tmp_path_factory.mktemp("seminar_table")
     size = (table.IMAGE_SIZE, table.IMAGE_SIZE)
     root = generate("voc", tmp_path / "synthetic_voc64", seed=0, image_size=size)
