@@ -16,6 +16,7 @@ from tests.methods import tiny
 from wsss_lightning.cli import run_cli
 from wsss_lightning.host_reads import accelerator_paths
 from wsss_lightning.methods import SeminarModule
+from wsss_lightning.methods.seminar import ConsistencyConfig
 from wsss_lightning.teachers import FrozenNetwork
 
 REPO = Path(__file__).resolve().parents[3]
@@ -130,3 +131,24 @@ def test_training_step_does_not_synchronise(monkeypatch):
         loss = model.training_step(batch, 0)
         loss.backward()
     assert torch.isfinite(loss.detach())
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_teacher_has_bn_statistics_in_either_mode(mode):
+    """An eval-mode teacher never runs in train mode: it averages the student's BN statistics with its weights
+    (without them it would predict from the initial mean 0 / variance 1 and the consistency would pull the
+    student to that). A train-mode teacher keeps the statistics of its own forwards (mean teacher)."""
+    torch.manual_seed(0)
+    model = SeminarModule(
+        num_classes=3, encoder="resnet18", multi_grid=(1, 2), decoder_channels=16,
+        consistency=ConsistencyConfig(teacher_mode=mode),
+    )  # fmt: skip
+    model.student.train()
+    model.student(torch.randn(2, 3, 32, 32) * 3 + 2)  # the student's BN statistics move
+    model.teacher.update(model.student, decay=0.25)
+    student, teacher = model.student.state_dict(), model.teacher.module.state_dict()
+    key = next(k for k in student if k.endswith("running_mean"))
+    initial = torch.zeros_like(student[key])
+    expected = 0.25 * initial + 0.75 * student[key] if mode == "eval" else initial
+    torch.testing.assert_close(teacher[key], expected)
+    assert not torch.equal(student[key], initial)

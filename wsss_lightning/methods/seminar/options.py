@@ -44,7 +44,8 @@ class ConsistencyConfig:
         exclude_padding: average over real image pixels only (padding of small rescaled crops is left out).
         teacher_mode: ``"train"``: the teacher runs in train mode under no_grad (dropout on, batch statistics,
             its own BN buffers updated), the mean-teacher convention (MT ``main.py``) the paper follows;
-            ``"eval"``: deterministic teacher on its running statistics (the paper does not say).
+            ``"eval"``: deterministic teacher on running statistics averaged from the student's with the same
+            a_t as its parameters (it never runs in train mode, so it has none of its own; the paper does not say).
     """
 
     weight: float = 200.0
