@@ -152,3 +152,10 @@ def test_the_teacher_has_bn_statistics_in_either_mode(mode):
     expected = 0.25 * initial + 0.75 * student[key] if mode == "eval" else initial
     torch.testing.assert_close(teacher[key], expected)
     assert not torch.equal(student[key], initial)
+
+
+def test_evaluating_a_teacher_that_never_runs_is_refused():
+    with pytest.raises(ValueError, match="evaluate = 'teacher'.*consistency.weight = 0"):
+        SeminarModule(
+            num_classes=3, encoder="resnet18", consistency=ConsistencyConfig(weight=0.0), evaluate="teacher"
+        )

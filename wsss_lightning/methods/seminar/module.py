@@ -106,6 +106,11 @@ class SeminarModule(SegmentationMethod):
     @override
     def configure_models(self) -> None:
         self.check_choices(evaluate=("student", "teacher"))
+        if self.options.evaluate == "teacher" and self.options.consistency.weight == 0:
+            raise ValueError(
+                "SeminarModule: evaluate = 'teacher' needs the teacher, but consistency.weight = 0 never runs it "
+                "(its BN statistics would stay at their initial values); evaluate the student"
+            )
         self.student = self._network()
         # Eq. 1: teacher and student start identical. A train-mode teacher averages parameters only and keeps BN
         # statistics of its own train-mode forwards (mean-teacher convention, MT main.py); an eval-mode teacher
