@@ -155,7 +155,7 @@ def test_the_teacher_has_bn_statistics_in_either_mode(mode):
 
 
 def test_evaluating_a_teacher_that_never_runs_is_refused():
-    with pytest.raises(ValueError, match="evaluate = 'teacher'.*consistency.weight = 0"):
+    with pytest.raises(ValueError, match=r"evaluate = 'teacher'.*consistency\.weight = 0"):
         SeminarModule(
             num_classes=3, encoder="resnet18", consistency=ConsistencyConfig(weight=0.0), evaluate="teacher"
         )
