@@ -145,17 +145,30 @@ def test_the_teacher_has_bn_statistics_in_either_mode(mode):
     )  # fmt: skip
     model.student.train()
     model.student(torch.randn(2, 3, 32, 32) * 3 + 2)  # the student's BN statistics move
+    initial = {k: v.clone() for k, v in model.teacher.module.state_dict().items()}
     model.teacher.update(model.student, decay=0.25)
     student, teacher = model.student.state_dict(), model.teacher.module.state_dict()
-    key = next(k for k in student if k.endswith("running_mean"))
-    initial = torch.zeros_like(student[key])
-    expected = 0.25 * initial + 0.75 * student[key] if mode == "eval" else initial
-    torch.testing.assert_close(teacher[key], expected)
-    assert not torch.equal(student[key], initial)
+    buffers = [
+        k for k in student if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+    ]
+    assert buffers and all(not torch.equal(student[k], initial[k]) for k in buffers)  # the student's moved
+    for key in buffers:
+        if mode == "train":  # its own, untouched by the update
+            expected = initial[key]
+        elif key.endswith("num_batches_tracked"):  # copied
+            expected = student[key]
+        else:
+            expected = 0.25 * initial[key] + 0.75 * student[key]
+        torch.testing.assert_close(teacher[key], expected, msg=key)
 
 
 def test_evaluating_a_teacher_that_never_runs_is_refused():
-    with pytest.raises(ValueError, match=r"evaluate = 'teacher'.*consistency\.weight = 0"):
+    # an eval-mode teacher follows the student's BN statistics whatever the consistency weight
+    SeminarModule(
+        num_classes=3, encoder="resnet18", multi_grid=(1, 2), evaluate="teacher",
+        consistency=ConsistencyConfig(weight=0.0, teacher_mode="eval"),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"evaluate = 'teacher' with consistency\.weight = 0"):
         SeminarModule(
             num_classes=3, encoder="resnet18", consistency=ConsistencyConfig(weight=0.0), evaluate="teacher"
         )

@@ -106,10 +106,12 @@ class SeminarModule(SegmentationMethod):
     @override
     def configure_models(self) -> None:
         self.check_choices(evaluate=("student", "teacher"))
-        if self.options.evaluate == "teacher" and self.options.consistency.weight == 0:
+        cons = self.options.consistency
+        if self.options.evaluate == "teacher" and cons.weight == 0 and cons.teacher_mode == "train":
             raise ValueError(
-                "SeminarModule: evaluate = 'teacher' needs the teacher, but consistency.weight = 0 never runs it "
-                "(its BN statistics would stay at their initial values); evaluate the student"
+                "SeminarModule: evaluate = 'teacher' with consistency.weight = 0 and teacher_mode = 'train': that "
+                "teacher never runs in train mode, so its BN statistics stay at their initial values; evaluate "
+                "the student or set consistency.teacher_mode = 'eval' (BN statistics averaged from the student)"
             )
         self.student = self._network()
         # Eq. 1: teacher and student start identical. A train-mode teacher averages parameters only and keeps BN
