@@ -13,6 +13,7 @@ from wsss_lightning.metrics import (
     iou_from_confusion,
     iou_log_dict,
     miou_from_per_class,
+    removal_precision_recall,
 )
 
 NUM_CLASSES = 6
@@ -115,3 +116,31 @@ def test_ddp_sync_equals_reference_on_all_data(tmp_path) -> None:
         out = torch.load(f"{result}.{rank}")
         np.testing.assert_allclose(out["per_class"].numpy(), ref_iou, equal_nan=True)
         assert float(out["miou"]) == pytest.approx(ref_miou)
+
+
+def test_removal_precision_recall_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (3, 9, 11))
+    labels[rng.random(labels.shape) < 0.1] = 255
+    target = np.where(rng.random(labels.shape) < 0.7, labels, rng.integers(0, 4, labels.shape))
+    target[rng.random(labels.shape) < 0.1] = 255
+    removed = rng.random(labels.shape) < 0.3
+    candidates = labels != 0
+    valid = candidates & (target != 255) & (labels != 255)
+    wrong = valid & (labels != target)
+    expected = (
+        (removed & wrong).sum() / (removed & valid).sum(),
+        (removed & wrong).sum() / wrong.sum(),
+        wrong.sum() / valid.sum(),
+    )
+    got = removal_precision_recall(
+        torch.from_numpy(removed),
+        torch.from_numpy(labels),
+        torch.from_numpy(target),
+        torch.from_numpy(candidates),
+    )
+    np.testing.assert_allclose([float(v) for v in got], expected, rtol=1e-6)
+    # nothing removed, nothing wrong: zeros, not NaN
+    none = torch.zeros(2, 3, 3, dtype=torch.bool)
+    same = torch.ones(2, 3, 3, dtype=torch.long)
+    assert [float(v) for v in removal_precision_recall(none, same, same, ~none)] == [0.0, 0.0, 0.0]

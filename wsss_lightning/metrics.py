@@ -176,3 +176,24 @@ def pseudo_label_accuracy(pred: Tensor, target: Tensor, ignore_index: int = 255)
     """
     valid = (pred != ignore_index) & (target != ignore_index)
     return ((pred == target) & valid).sum() / valid.sum().clamp(min=1)
+
+
+def removal_precision_recall(
+    removed: Tensor, labels: Tensor, target: Tensor, candidates: Tensor, ignore_index: int = 255
+) -> tuple[Tensor, Tensor, Tensor]:
+    """How well a label filter removes the wrong pseudo-labels, against ground truth it never sees.
+
+    Among the ``candidates`` (the pixels the filter may remove) that the ground truth labels: precision =
+    share of the ``removed`` pixels whose pseudo-label was wrong, recall = share of the wrong pseudo-labels
+    that were removed, and the error rate of the candidates (the precision a filter removing at random
+    would have). All maps ``(N, H, W)``; 0-d tensors, no host sync (0 where nothing is counted).
+    """
+    valid = candidates & (target != ignore_index) & (labels != ignore_index)
+    wrong = valid & (labels != target)
+    removed = removed & valid
+    caught = (removed & wrong).sum()
+    return (
+        caught / removed.sum().clamp(min=1),
+        caught / wrong.sum().clamp(min=1),
+        wrong.sum() / valid.sum().clamp(min=1),
+    )

@@ -36,7 +36,8 @@ def test_fit_runs_every_phase_and_logs_cam_pseudo_and_seg_miou(synthetic, tmp_pa
     assert cli.trainer.global_step == 6
     for key in ("train/loss_cls", "train/loss_ptc", "train/loss_dis", "train/loss_seg", "train/loss_reg",
                 "train/noise_fraction", "train/pseudo_accuracy1", "train/threshold_high", "val/miou",
-                "val/best_subnet"):  # fmt: skip
+                "val/best_subnet", "train/noise_precision", "train/noise_recall",
+                "train/fg_label_error"):  # fmt: skip
         assert key in metrics, key
     for output in ("seg1", "seg2", "cam1", "cam2", "pseudo1", "pseudo2"):
         assert 0.0 <= float(metrics[f"val/{output}/miou"]) <= 1.0, output

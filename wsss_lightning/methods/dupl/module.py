@@ -49,7 +49,7 @@ from wsss_lightning.methods.dupl.options import (
     ThresholdConfig,
 )
 from wsss_lightning.methods.tags import ImageTagsMixin
-from wsss_lightning.metrics import SegmentationIoU, pseudo_label_accuracy
+from wsss_lightning.metrics import SegmentationIoU, pseudo_label_accuracy, removal_precision_recall
 from wsss_lightning.models.par import PAR
 from wsss_lightning.models.resize import padded_forward, resize
 from wsss_lightning.ops import channel_argmax
@@ -395,7 +395,7 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
         log_probs = [F.log_softmax(s, dim=1) for s in seg_logits]
         filtering = t >= ph.noise_filter_start
         if filtering and self.options.noise_filter.enabled:
-            labels = self._filter_noise(log_probs, labels, logs)
+            labels = self._filter_noise(log_probs, labels, logs, batch.get("mask"))
         seg_fn = balanced_seg_ce if self.options.seg_loss == "balanced" else _plain_ce
         # cross supervision: each sub-net learns from the other's pseudo-labels
         loss_seg = seg_fn(log_probs[0], labels[1], self.ignore_index, log_probs=True) + seg_fn(
@@ -410,7 +410,7 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
         return loss
 
     def _filter_noise(
-        self, log_probs: list[Tensor], labels: list[Tensor], logs: dict[str, Tensor]
+        self, log_probs: list[Tensor], labels: list[Tensor], logs: dict[str, Tensor], mask: Tensor | None
     ) -> list[Tensor]:
         # sub-net k's loss against its OWN pseudo-label decides which of its labels are noisy, as in
         # train_final_voc.py (paper Eq. 6-7 leave it open); log_probs: log-softmax of each sub-net's logits
@@ -422,9 +422,16 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
             filtered, noise = adaptive_noise_filter(
                 maps, torch.cat(labels), self.options.noise_filter, self.ignore_index
             )
-            fg = torch.cat(labels)
-            fg = (fg != 0) & (fg != self.ignore_index)
+            both = torch.cat(labels)
+            fg = (both != 0) & (both != self.ignore_index)
             logs["train/noise_fraction"] = noise.sum() / fg.sum().clamp(min=1)
+            if mask is not None and self.options.seg_target == "pseudo":  # diagnostic masks, never trained on
+                precision, recall, error = removal_precision_recall(
+                    noise, both, torch.cat([mask, mask]), fg, self.ignore_index
+                )
+                logs["train/noise_precision"] = precision  # removed foreground labels that were wrong
+                logs["train/noise_recall"] = recall  # wrong foreground labels that were removed
+                logs["train/fg_label_error"] = error  # a random removal's precision
         return list(filtered.chunk(2))
 
     def _consistency(
