@@ -8,12 +8,8 @@ from tests.helpers import load_benchmark
 from wsss_lightning.data.synthetic import generate
 
 
-def load():
-    return load_benchmark("seminar_table")
-
-
 def test_the_image_size_of_the_set_is_checked(tmp_path):
-    table = load()
+    table = load_benchmark("seminar_table")
     size = table.IMAGE_SIZE
     table.check_image_size(generate("voc", tmp_path / "ok", num_train=2, num_val=1, image_size=(size, size)))
     wrong = generate("voc", tmp_path / "wrong", num_train=2, num_val=1, image_size=(2 * size, 2 * size))

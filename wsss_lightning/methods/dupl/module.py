@@ -419,10 +419,8 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
                 [F.nll_loss(s, lab, ignore_index=self.ignore_index, reduction="none")
                  for s, lab in zip(log_probs, labels, strict=True)]
             )  # fmt: skip
-            filtered, noise = adaptive_noise_filter(
-                maps, torch.cat(labels), self.options.noise_filter, self.ignore_index
-            )
             both = torch.cat(labels)
+            filtered, noise = adaptive_noise_filter(maps, both, self.options.noise_filter, self.ignore_index)
             fg = (both != 0) & (both != self.ignore_index)
             logs["train/noise_fraction"] = noise.sum() / fg.sum().clamp(min=1)
             if mask is not None and self.options.seg_target == "pseudo":  # diagnostic masks, never trained on

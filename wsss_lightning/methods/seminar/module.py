@@ -117,7 +117,7 @@ class SeminarModule(SegmentationMethod):
         # Eq. 1: teacher and student start identical. A train-mode teacher averages parameters only and keeps BN
         # statistics of its own train-mode forwards (mean-teacher convention, MT main.py); an eval-mode teacher
         # never runs in train mode, so it averages the student's BN statistics with its parameters
-        self.teacher = EMATeacher(self.student, params_only=self.options.consistency.teacher_mode == "train")
+        self.teacher = EMATeacher(self.student, params_only=cons.teacher_mode == "train")
         self.ancillary: FrozenNetwork | None = None
         path = self.options.ancillary_checkpoint
         if path is not None:
