@@ -10,7 +10,9 @@ from torch import Tensor
 
 from tests.helpers import forbid_host_reads
 from tests.pseudo_labels.test_cam import FakePAR, np_resize, par_case
+from wsss_lightning.models.token_grid import TokenGrid
 from wsss_lightning.pseudo_labels.affinity import (
+    WalkGrid,
     propagate_stack,
     propagated_cam_labels,
     radius_mask,
@@ -24,12 +26,14 @@ from wsss_lightning.pseudo_labels.cam import par_pseudo_labels, present_classes
 
 
 def np_radius_mask(h: int, w: int, radius: int) -> np.ndarray:
+    # AFA's window around each token: rows max(0, y - r) .. min(h, y + r + 1) - 1, the same for columns
     n = h * w
     out = np.zeros((n, n), dtype=bool)
     for i in range(n):
-        for j in range(n):
-            (yi, xi), (yj, xj) = divmod(i, w), divmod(j, w)
-            out[i, j] = abs(yi - yj) < radius and abs(xi - xj) < radius
+        y, x = divmod(i, w)
+        for yy in range(max(0, y - radius), min(h, y + radius + 1)):
+            for xx in range(max(0, x - radius), min(w, x + radius + 1)):
+                out[i, yy * w + xx] = out[yy * w + xx, i] = True
     return out
 
 
@@ -105,13 +109,13 @@ def test_radius_mask_matches_numpy(h: int, w: int, radius: int) -> None:
         radius_mask(0, w, 2)
 
 
-def test_radius_mask_keeps_pairs_closer_than_the_radius() -> None:
+def test_radius_mask_keeps_pairs_up_to_the_radius() -> None:
     mask = radius_mask(20, 20, 8)  # AFA: 320-pixel crops, radius 8
     centre = 10 * 20 + 10
     kept = mask[centre].view(20, 20).nonzero()
-    assert kept[:, 0].min() == 3 and kept[:, 0].max() == 17  # |dy| <= 7
-    assert kept[:, 1].min() == 3 and kept[:, 1].max() == 17
-    assert mask[centre].sum() == 15 * 15
+    assert kept[:, 0].min() == 2 and kept[:, 0].max() == 18  # |dy| <= 8
+    assert kept[:, 1].min() == 2 and kept[:, 1].max() == 18
+    assert mask[centre].sum() == 17 * 17
 
 
 @pytest.mark.parametrize(
@@ -239,6 +243,39 @@ def test_propagate_stack_treats_neg_inf_channels_as_padding() -> None:
         propagate_stack(walk, (5, 5))
     with pytest.raises(ValueError, match="propagate_stack: stack_logits"):
         propagate_stack(walk, (4, 5))(stack[:2])
+
+
+def test_walk_grids_with_token_positions_sample_the_tokens_where_they_sit() -> None:
+    g = torch.Generator().manual_seed(8)
+    stack = torch.rand(2, 3, 64, 80, generator=g, dtype=torch.float64)
+    stack[1, 2] = -math.inf
+    walk = walk_matrix(*random_walk_case(7))[:2]
+    # no positions: the cell-centre resize of the (h', w') grid
+    torch.testing.assert_close(
+        propagate_stack(walk, WalkGrid((4, 5)))(stack), propagate_stack(walk, (4, 5))(stack)
+    )
+    # tokens of a stride-16 padded-convolution network run on these 64 x 80 images: token c at pixel 16 c
+    grid = WalkGrid((4, 5), (64, 80), TokenGrid(16.0))
+    identity = torch.eye(20, dtype=torch.float64).expand(2, -1, -1)
+    out = propagate_stack(identity, grid)(stack)
+    torch.testing.assert_close(out[..., ::16, ::16], stack[..., ::16, ::16].softmax(1))
+    walked = propagate_stack(walk, grid)(stack)
+    small = stack[..., ::16, ::16].softmax(1)
+    expected = (small.reshape(2, 3, 20) @ walk).reshape(2, 3, 4, 5)
+    torch.testing.assert_close(walked[..., ::16, ::16], expected)
+    # the same positions in the validation labels: on the token pixels they are the walked argmax
+    cams, classes = cams_case(4)
+    cams = F.interpolate(cams, size=(64, 80), mode="nearest")[:2]
+    labels = propagated_cam_labels(cams, classes[:2], walk, grid, background=0.35)
+    stacked = torch.cat([torch.full_like(cams[:, :1], 0.35), cams], 1)[..., ::16, ::16]
+    stacked = stacked.masked_fill(
+        torch.cat([classes[:2, :1] * 0 != 0, classes[:2] < 0], 1)[..., None, None], -math.inf
+    )
+    tokens = (stacked.softmax(1).reshape(2, -1, 20) @ walk).argmax(1).reshape(2, 4, 5)
+    ids = torch.cat([classes.new_zeros((2, 1)), classes[:2].clamp(min=0) + 1], 1)
+    assert torch.equal(labels[..., ::16, ::16], torch.gather(ids, 1, tokens.flatten(1)).view(2, 4, 5))
+    with pytest.raises(ValueError, match="WalkGrid: token positions need the input_size"):
+        WalkGrid((4, 5), None, TokenGrid(16.0))
 
 
 def test_par_pseudo_labels_with_an_identity_walk_equal_the_softmax_path() -> None:

@@ -505,7 +505,7 @@ def test_affinity_labels_with_radius_and_diagonal_match_numpy(radius: int | None
         for i in range(20):
             for j in range(20):
                 (yi, xi), (yj, xj) = divmod(i, 5), divmod(j, 5)
-                outside = radius is not None and (abs(yi - yj) >= radius or abs(xi - xj) >= radius)
+                outside = radius is not None and (abs(yi - yj) > radius or abs(xi - xj) > radius)
                 if flat[b, i] == 255 or flat[b, j] == 255 or outside or (i == j and diagonal == "ignore"):
                     ref[b, i, j] = 255
                 else:

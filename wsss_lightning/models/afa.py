@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from wsss_lightning.models.deeplab import representation_head
 from wsss_lightning.models.mit import MiTEncoder
 from wsss_lightning.models.segformer_head import SegFormerHead
+from wsss_lightning.models.token_grid import TokenGrid
 
 
 class AFAOutput(NamedTuple):
@@ -103,6 +104,14 @@ class AFANetwork(nn.Module):
     def stride(self) -> int:
         """Output stride of the last stage (16 with AFA's strides)."""
         return int(self.encoder.reductions[-1])
+
+    @property
+    def token_grid(self) -> TokenGrid:
+        """Where the last stage's tokens sit: on input pixel ``stride * c`` for token ``c``.
+
+        MiT's patch embeddings are padded convolutions (kernel ``k``, padding ``k // 2``).
+        """
+        return TokenGrid(float(self.stride), 0.0)
 
     def affinity(self, attentions: list[Tensor]) -> Tensor:
         """``(B, N, N)`` affinity logits from the captured attention logits (each ``(B, heads, N, N)``)."""

@@ -1,6 +1,7 @@
 """Pseudo-label maths shared by the methods: CAMs to labels, thresholds, PAR refinement, affinity walks."""
 
 from wsss_lightning.pseudo_labels.affinity import (
+    WalkGrid,
     propagate_stack,
     propagated_cam_labels,
     radius_mask,
@@ -18,6 +19,7 @@ from wsss_lightning.pseudo_labels.cam import (
 )
 
 __all__ = [
+    "WalkGrid",
     "affinity_labels",
     "cam_labels_eval",
     "image_thresholds",

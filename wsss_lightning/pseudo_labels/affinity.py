@@ -21,15 +21,23 @@ present classes ``classes`` (``(B, K)``, -1 for padding), 0 = background, ``1..C
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from wsss_lightning.models.resize import resize
+from wsss_lightning.models.token_grid import TokenGrid, pixels_to_tokens, tokens_to_pixels
 from wsss_lightning.ops import channel_argmax
 
-__all__ = ["propagate_stack", "propagated_cam_labels", "radius_mask", "random_walk", "walk_matrix"]
+__all__ = [
+    "WalkGrid",
+    "propagate_stack",
+    "propagated_cam_labels",
+    "radius_mask",
+    "random_walk",
+    "walk_matrix",
+]
 
 
 def radius_mask(h: int, w: int, radius: int, device: torch.device | str | None = None) -> Tensor:
@@ -38,7 +46,8 @@ def radius_mask(h: int, w: int, radius: int, device: torch.device | str | None =
     Args:
         h: grid rows.
         w: grid columns.
-        radius: pairs with ``|dy| < radius`` and ``|dx| < radius`` are kept (AFA: 8).
+        radius: pairs with ``|dy| <= radius`` and ``|dx| <= radius`` are kept (AFA: 8, a 17 x 17 window:
+            ``get_mask_by_radius`` spans ``_h - radius`` to ``_h + radius``).
         device: device of the result.
 
     Returns:
@@ -50,8 +59,8 @@ def radius_mask(h: int, w: int, radius: int, device: torch.device | str | None =
         raise ValueError(f"radius_mask: radius must be >= 1, got {radius}")
     rows = torch.arange(h, device=device).repeat_interleave(w)
     cols = torch.arange(w, device=device).repeat(h)
-    near_rows = (rows[:, None] - rows[None, :]).abs() < radius
-    near_cols = (cols[:, None] - cols[None, :]).abs() < radius
+    near_rows = (rows[:, None] - rows[None, :]).abs() <= radius
+    near_cols = (cols[:, None] - cols[None, :]).abs() <= radius
     return near_rows & near_cols
 
 
@@ -142,32 +151,68 @@ def random_walk(probs: Tensor, walk: Tensor) -> Tensor:
     return out.view(b, k, h, w)
 
 
-def _walk_logits(logits: Tensor, walk: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Softmax over channels of ``(B, M, H, W)`` logits resized to ``grid`` (``-inf`` kept), walked once."""
+@dataclass(frozen=True)
+class WalkGrid:
+    """The token grid of a walk's affinities on the images it walks.
+
+    Attributes:
+        size: ``(h', w')`` tokens, ``h' * w' = N``.
+        input_size: ``(H', W')`` the images' size in the forward pass that gave the affinities (None: the
+            cell-centre resize, which needs no positions).
+        tokens: where those tokens sit on that input (None: cell centres, the reference code's resize).
+    """
+
+    size: tuple[int, int]
+    input_size: tuple[int, int] | None = None
+    tokens: TokenGrid | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens is not None and self.input_size is None:
+            raise ValueError("WalkGrid: token positions need the input_size of the forward pass")
+
+    def down(self, maps: Tensor) -> Tensor:
+        """Pixel maps of the walked images at the tokens."""
+        return pixels_to_tokens(maps, self.size, self.input_size or self.size, self.tokens)
+
+    def up(self, maps: Tensor, size: Sequence[int]) -> Tensor:
+        """Token maps at ``size`` pixels of the walked images."""
+        return tokens_to_pixels(maps, size, self.input_size or self.size, self.tokens)
+
+
+def _walk_grid(name: str, grid: tuple[int, int] | WalkGrid, n: int) -> WalkGrid:
+    if isinstance(grid, WalkGrid):
+        _check_grid(name, grid.size, n)
+        return grid
+    return WalkGrid(_check_grid(name, grid, n))
+
+
+def _walk_logits(logits: Tensor, walk: Tensor, grid: WalkGrid) -> Tensor:
+    """Softmax over channels of ``(B, M, H, W)`` logits sampled at the ``grid`` (``-inf`` kept), walked once."""
     negative_inf = torch.isneginf(logits)
-    # bilinear weights of 0 would turn -inf into NaN: resize finite values and the -inf pattern apart
-    small = resize(logits.masked_fill(negative_inf, 0.0), grid)
-    small_negative_inf = resize(negative_inf.to(small.dtype), grid) > 0
+    # bilinear weights of 0 would turn -inf into NaN: resample finite values and the -inf pattern apart
+    small = grid.down(logits.masked_fill(negative_inf, 0.0))
+    small_negative_inf = grid.down(negative_inf.to(small.dtype)) > 0
     probs = small.masked_fill(small_negative_inf, -math.inf).softmax(dim=1)
     return random_walk(probs, walk)
 
 
-def propagate_stack(walk: Tensor, grid: tuple[int, int]) -> Callable[[Tensor], Tensor]:
+def propagate_stack(walk: Tensor, grid: tuple[int, int] | WalkGrid) -> Callable[[Tensor], Tensor]:
     """The ``propagate`` option of ``par_pseudo_labels`` that walks each stack on learned affinities.
 
-    The returned function takes a stack's logits ``(B, M, H, W)`` (``-inf`` channels = padding), resizes
-    them bilinearly to the affinity grid, takes the softmax over channels (``-inf`` -> 0), applies
-    ``random_walk`` and resizes the result bilinearly back to ``(H, W)``, in the stack's dtype.
+    The returned function takes a stack's logits ``(B, M, H, W)`` (``-inf`` channels = padding), samples
+    them bilinearly at the affinity grid's tokens, takes the softmax over channels (``-inf`` -> 0), applies
+    ``random_walk`` and samples the result bilinearly back to ``(H, W)``, in the stack's dtype.
 
     Args:
         walk: ``(B, N, N)`` walk matrices of the same images (``walk_matrix``).
-        grid: ``(h', w')`` token grid of the affinities, ``h' * w' = N``.
+        grid: ``(h', w')`` token grid of the affinities, ``h' * w' = N`` (resized as cell centres), or a
+            :class:`WalkGrid` with the tokens' positions.
 
     Returns:
         ``stack_logits (B, M, H, W) -> probabilities (B, M, H, W)``.
     """
     _check_walk("propagate_stack", walk)
-    size = _check_grid("propagate_stack", grid, walk.shape[1])
+    size = _walk_grid("propagate_stack", grid, walk.shape[1])
 
     def propagate(stack_logits: Tensor) -> Tensor:
         if stack_logits.ndim != 4 or stack_logits.shape[0] != walk.shape[0]:
@@ -176,19 +221,19 @@ def propagate_stack(walk: Tensor, grid: tuple[int, int]) -> Callable[[Tensor], T
                 f"got shape {tuple(stack_logits.shape)}"
             )
         walked = _walk_logits(stack_logits, walk, size)
-        return resize(walked, stack_logits.shape[-2:]).to(stack_logits.dtype)
+        return size.up(walked, stack_logits.shape[-2:]).to(stack_logits.dtype)
 
     return propagate
 
 
 def propagated_cam_labels(
-    cams: Tensor, classes: Tensor, walk: Tensor, grid: tuple[int, int], background: float
+    cams: Tensor, classes: Tensor, walk: Tensor, grid: tuple[int, int] | WalkGrid, background: float
 ) -> Tensor:
     """Labels from CAMs propagated by a random walk (AFA's "affinity CAM" validation labels).
 
-    The CAMs are resized bilinearly to the affinity grid and stacked behind a constant ``background``
-    plane; a softmax over the background and each image's present classes (padding excluded) gives
-    per-token probabilities, which ``random_walk`` propagates; the result is resized bilinearly to
+    The CAMs are stacked behind a constant ``background`` plane and sampled bilinearly at the affinity
+    grid's tokens; a softmax over the background and each image's present classes (padding excluded) gives
+    per-token probabilities, which ``random_walk`` propagates; the result is sampled bilinearly back to
     ``(H, W)`` and arg-maxed.
 
     Args:
@@ -196,7 +241,8 @@ def propagated_cam_labels(
         classes: ``(B, K)`` class indices into the C foreground classes, -1 for padding
             (``present_classes``).
         walk: ``(B, N, N)`` walk matrices (``walk_matrix``).
-        grid: ``(h', w')`` token grid of the affinities, ``h' * w' = N``.
+        grid: ``(h', w')`` token grid of the affinities, ``h' * w' = N`` (resized as cell centres), or a
+            :class:`WalkGrid` with the tokens' positions.
         background: score of the background plane.
 
     Returns:
@@ -211,13 +257,12 @@ def propagated_cam_labels(
             f"got shape {tuple(classes.shape)}"
         )
     _check_walk("propagated_cam_labels", walk, b)
-    size = _check_grid("propagated_cam_labels", grid, walk.shape[1])
+    size = _walk_grid("propagated_cam_labels", grid, walk.shape[1])
     with torch.no_grad():
         padding = torch.cat([classes.new_zeros((b, 1), dtype=torch.bool), classes < 0], dim=1)
-        small = resize(cams.detach(), size)
-        stack = torch.cat([torch.full_like(small[:, :1], background), small], dim=1)
+        stack = torch.cat([torch.full_like(cams[:, :1], background), cams.detach()], dim=1)
         stack = stack.masked_fill(padding[:, :, None, None], -math.inf)
-        walked = resize(_walk_logits(stack, walk, size), (h, w))
+        walked = size.up(_walk_logits(stack, walk, size), (h, w))
         # padding channels are 0 after the walk; -inf keeps them from winning a tie at 0
         walked = walked.masked_fill(padding[:, :, None, None], -math.inf)
         label_ids = torch.cat([classes.new_zeros((b, 1)), classes.clamp(min=0) + 1], dim=1)

@@ -29,9 +29,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from wsss_lightning.models.resize import padded_forward, resize
+from wsss_lightning.models.token_grid import TokenGrid, tokens_to_pixels
 from wsss_lightning.ops import channel_argmax, channel_max
 from wsss_lightning.pseudo_labels.affinity import radius_mask
 
@@ -124,6 +126,7 @@ def multiscale_cams(
     pad_to: int = 1,
     classes: Tensor | None = None,
     unflipped: MapsT | None = None,
+    tokens: TokenGrid | None = None,
 ) -> MapsT:
     """Multi-scale, flip-augmented, normalised CAMs of every map a network returns (DuPL ``cam_helper.py``).
 
@@ -159,6 +162,10 @@ def multiscale_cams(
         classes: ``(B, K)`` present classes (``present_classes``), or None for all C channels.
         unflipped: the raw maps ``cam_fn`` returns for ``images`` at scale 1.0, each ``(B, C, h, w)``; needs a
             scale of 1.0 and ``H``, ``W`` multiples of ``pad_to``.
+        tokens: where ``cam_fn``'s tokens sit on its input (``wsss_lightning.models.token_grid``); the maps
+            are then resampled by those positions instead of resized as cell centres (None, the reference
+            codes' resize), and padded inputs go to ``cam_fn`` as they are (the padding is at the bottom /
+            right, so no token moves).
 
     Returns:
         One map per map of ``cam_fn`` (e.g. ``(cams, aux_cams)``), each ``(B, C, H, W)`` in ``[0, 1)``;
@@ -182,6 +189,12 @@ def multiscale_cams(
             f"multiscale_cams: unflipped maps need a scale of 1.0 and images whose size is a multiple of "
             f"pad_to = {pad_to}; got scales {tuple(scales)} and {h}x{w} images"
         )
+
+    def run(x: Tensor) -> Any:
+        if tokens is None:
+            return padded_forward(cam_fn, x, pad_to)
+        return cam_fn(F.pad(x, (0, -x.shape[-1] % pad_to, 0, -x.shape[-2] % pad_to)))
+
     totals: list[Tensor] = []
     for scale in scales:
         size = (int(scale * h), int(scale * w))
@@ -190,7 +203,7 @@ def multiscale_cams(
         x = resize(images, size)
         if reuse and scale == 1.0:
             assert unflipped is not None
-            flipped = padded_forward(cam_fn, x.flip(-1), pad_to)
+            flipped = run(x.flip(-1))
             if isinstance(flipped, tuple) and len(flipped) != len(unflipped):
                 raise ValueError(
                     f"multiscale_cams: unflipped must hold one map per map of cam_fn ({len(flipped)}), "
@@ -203,7 +216,7 @@ def multiscale_cams(
                 )
             reuse = False  # a repeated scale 1.0 runs the network as usual
         else:
-            outputs = padded_forward(cam_fn, torch.cat([x, x.flip(-1)], dim=0), pad_to)
+            outputs = run(torch.cat([x, x.flip(-1)], dim=0))
         if not isinstance(outputs, tuple) or not outputs or (totals and len(outputs) != len(totals)):
             expected = "one or more" if not totals else f"{len(totals)}"
             raise ValueError(
@@ -220,7 +233,7 @@ def multiscale_cams(
                 )
             if classes is not None:
                 raw = _gather_channels(raw, both)
-            raw = resize(raw, (h, w))
+            raw = tokens_to_pixels(raw, (h, w), size, tokens)
             merged = torch.relu(torch.maximum(raw[:b], raw[b:].flip(-1)))
             if first:
                 totals.append(merged)

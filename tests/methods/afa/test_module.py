@@ -15,6 +15,7 @@ from tests.methods import tiny
 from wsss_lightning.cli import run_cli
 from wsss_lightning.methods import AFAModule, U2PLWeakModule, WeakContrastiveConfig
 from wsss_lightning.methods.afa import module as afa_module
+from wsss_lightning.models.token_grid import TokenGrid
 from wsss_lightning.pseudo_labels.cam import present_classes
 
 REPO = Path(__file__).resolve().parents[3]
@@ -126,14 +127,15 @@ def test_walk_comes_from_the_largest_scale_and_the_cams_of_the_present_classes()
     classes = present_classes(tags)
     cams, walk, grid = model.cams_with_walk(images, classes)
     assert cams.shape == (2, 2, 64, 64)
-    assert grid == (6, 6)  # 96-px inputs (scale 1.5) at 1/16
+    assert grid.size == (6, 6) and grid.input_size == (96, 96)  # 96-px inputs (scale 1.5) at 1/16
+    assert grid.tokens == TokenGrid(16.0, 0.0)  # MiT's padded convolutions: token c at pixel 16 c
     assert walk.shape == (2, 36, 36)
     assert float(cams[1, 1].abs().max()) == 0.0  # the padding channel of the one-class image
     # the walk's affinity is the network's on the 1.5-scale images
     _, affinity = model.net.cams_and_affinity(
         torch.nn.functional.interpolate(images, size=(96, 96), mode="bilinear")
     )
-    expected = torch.sigmoid(affinity) ** 2 * model._radius_mask(grid, images.device)
+    expected = torch.sigmoid(affinity) ** 2 * model._radius_mask(grid.size, images.device)
     expected = expected / (expected.sum(1, keepdim=True) + 0.1)
     torch.testing.assert_close(walk, expected)
 

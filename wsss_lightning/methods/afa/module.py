@@ -36,6 +36,7 @@ from wsss_lightning.models.afa import AFANetwork, AFAOutput
 from wsss_lightning.models.par import PAR
 from wsss_lightning.models.resize import resize
 from wsss_lightning.pseudo_labels.affinity import (
+    WalkGrid,
     propagate_stack,
     propagated_cam_labels,
     radius_mask,
@@ -170,12 +171,12 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
     @torch.no_grad()
     def cams_with_walk(
         self, images: Tensor, classes: Tensor, with_walk: bool = True
-    ) -> tuple[Tensor, Tensor | None, tuple[int, int]]:
+    ) -> tuple[Tensor, Tensor | None, WalkGrid]:
         """Multi-scale CAMs of the present classes and the random-walk matrix of one scale's affinity.
 
         Returns:
             ``cams`` ``(B, K, H, W)`` in ``[0, 1]``, ``walk`` ``(B, N, N)`` (None unless ``with_walk``) and
-            its token grid ``(h, w)``.
+            its token grid.
         """
         cfg = self.options.labels
         b, _, h, w = images.shape
@@ -189,13 +190,15 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
                 kept.append((affinity[:b], (int(cam.shape[-2]), int(cam.shape[-1]))))
             return (cam,)
 
-        (cams,) = multiscale_cams(cam_fn, images, cfg.scales, 1, classes)
-        affinity, grid = kept[0]
+        tokens = self.net.token_grid if cfg.token_positions == "encoder" else None
+        (cams,) = multiscale_cams(cam_fn, images, cfg.scales, 1, classes, tokens=tokens)
+        affinity, size = kept[0]
+        grid = WalkGrid(size, wanted, tokens)
         if not with_walk:
             return cams, None, grid
         walk = walk_matrix(
             torch.sigmoid(affinity),
-            mask=self._radius_mask(grid, affinity.device),
+            mask=self._radius_mask(size, affinity.device),
             power=cfg.walk_power,
             log_iterations=cfg.walk_log_iterations,
         )
@@ -217,7 +220,7 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
         cams: Tensor,
         classes: Tensor,
         box: Tensor | None,
-        walk: tuple[Tensor, tuple[int, int]] | None = None,
+        walk: tuple[Tensor, WalkGrid] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """PAR-refined pseudo-labels (B, H, W) and, with ``walk`` = (matrix, grid), the propagated ones.
 

@@ -63,6 +63,13 @@ class AFALabelConfig:
             largest scale (the released code keeps the affinity of the last of 1.0, 0.5, 1.5).
         walk_power: the affinity is raised to this power before the walk (2).
         walk_log_iterations: the walk matrix is squared this many times (0: one walk step).
+        token_positions: where the CAM and walk treat the last stage's tokens as sitting on the image.
+            ``encoder`` (default): where MiT's padded patch-embedding convolutions put them, token ``c`` at
+            pixel ``16 c`` (``wsss_lightning.models.token_grid``). ``cell_centres``: the released code's
+            bilinear resize (``F.interpolate``, ``align_corners=False``), which places token ``c`` at the
+            centre of its 16-pixel cell, ``16 c + 7.5``: it shifts every CAM 7.5 px down and right, the
+            flipped view's 7.5 px left, and the walk's samples by as much (1.5 % of a 512 crop, 6 % of a
+            128 one).
         target: what the segmentation head learns from: ``pseudo`` (the method) or ``mask``, the batch's
             ground-truth masks (the full-supervision ceiling of the same network and schedule; needs the
             TagsView's diagnostic masks). The CAM, affinity and random walk train as usual either way.
@@ -80,6 +87,7 @@ class AFALabelConfig:
     walk_power: float = 2.0
     walk_log_iterations: int = 0
     target: Literal["pseudo", "mask"] = "pseudo"
+    token_positions: Literal["encoder", "cell_centres"] = "encoder"
 
     def __post_init__(self) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
@@ -105,6 +113,8 @@ class AFALabelConfig:
             _fail("labels", "par_iterations", self.par_iterations, ">= 0")
         if self.target not in ("pseudo", "mask"):
             _fail("labels", "target", self.target, "'pseudo' or 'mask'")
+        if self.token_positions not in ("encoder", "cell_centres"):
+            _fail("labels", "token_positions", self.token_positions, "'encoder' or 'cell_centres'")
         if self.walk_power <= 0:
             _fail("labels", "walk_power", self.walk_power, "> 0")
         if self.walk_log_iterations < 0:
