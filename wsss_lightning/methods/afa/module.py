@@ -35,6 +35,7 @@ from wsss_lightning.metrics import SegmentationIoU, pseudo_label_accuracy
 from wsss_lightning.models.afa import AFANetwork, AFAOutput
 from wsss_lightning.models.par import PAR
 from wsss_lightning.models.resize import resize
+from wsss_lightning.models.token_grid import TokenGrid
 from wsss_lightning.pseudo_labels.affinity import (
     WalkGrid,
     propagate_stack,
@@ -190,7 +191,7 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
                 kept.append((affinity[:b], (int(cam.shape[-2]), int(cam.shape[-1]))))
             return (cam,)
 
-        tokens = self.net.token_grid if cfg.token_positions == "encoder" else None
+        tokens = self.token_grid(self.net.stride)
         (cams,) = multiscale_cams(cam_fn, images, cfg.scales, 1, classes, tokens=tokens)
         affinity, size = kept[0]
         grid = WalkGrid(size, wanted, tokens)
@@ -203,6 +204,16 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
             log_iterations=cfg.walk_log_iterations,
         )
         return cams, walk, grid
+
+    def token_grid(self, stride: float) -> TokenGrid | None:
+        """Where the tokens of a stride-``stride`` map of the network sit (``labels.token_positions``).
+
+        MiT's maps (and the SegFormer head's, on the first stage's grid) put token ``c`` on pixel
+        ``stride * c``; None is the released code's cell-centre resize.
+        """
+        if self.options.labels.token_positions != "encoder":
+            return None
+        return TokenGrid(stride, self.net.token_grid.origin)
 
     def _radius_mask(self, grid: tuple[int, int], device: torch.device) -> Tensor:
         # training crops share one grid; evaluation images of many sizes must not grow the cache

@@ -23,7 +23,7 @@ from wsss_lightning.methods.afa import AFAModule
 from wsss_lightning.methods.u2pl.options import WeakContrastiveConfig
 from wsss_lightning.methods.u2pl.weak import WeakContrastiveLoss
 from wsss_lightning.models.afa import AFAOutput
-from wsss_lightning.models.resize import resize
+from wsss_lightning.models.token_grid import pixels_to_tokens
 from wsss_lightning.pseudo_labels.cam import box_mask
 
 
@@ -82,10 +82,11 @@ class U2PLWeakModule(AFAModule):
     ) -> Tensor | None:
         if self.contrastive is None or self.global_step < self.contrastive_start or out.rep is None:
             return None
-        # CAM scores of the tagged classes at the representation grid (1/4 of the crop); class ids with
-        # background at 0, padding stays -1
+        # CAM scores of the tagged classes at the representation grid (1/4 of the crop: the SegFormer head's
+        # first-stage grid); class ids with background at 0, padding stays -1
         grid = (int(out.rep.shape[-2]), int(out.rep.shape[-1]))
-        scores = resize(cams, grid)
+        tokens = self.token_grid(cams.shape[-2] / grid[0])
+        scores = pixels_to_tokens(cams, grid, cams.shape[-2:], tokens)
         ids = classes.where(classes < 0, classes + 1)
         # the padding of crops larger than the rescaled image holds no content: neither anchors nor negatives
         scale = (grid[0] / cams.shape[-2], grid[1] / cams.shape[-1])
