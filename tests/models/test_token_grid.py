@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wsss_lightning.methods.asdt.network import ASDTNetwork
 from wsss_lightning.models.afa import AFANetwork
 from wsss_lightning.models.resize import resize
 from wsss_lightning.models.token_grid import TokenGrid, pixels_to_tokens, tokens_to_pixels
@@ -62,6 +63,24 @@ def test_mit_tokens_are_centred_where_the_network_says() -> None:
         col = float((weight.sum(0) * coords).sum() / weight.sum())
         assert abs(row - (grid.origin + grid.stride * r)) < 2.0, (r, c, row)
         assert abs(col - (grid.origin + grid.stride * c)) < 2.0, (r, c, col)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet38"])
+def test_asdt_backbones_tokens_are_centred_where_the_network_says(encoder: str) -> None:
+    """ASDT's stride-8 CNNs: an interior token's gradient reaches the input around ``8 c``, not ``8 c + 3.5``."""
+    torch.manual_seed(0)
+    net = ASDTNetwork(21, encoder=encoder, seg_width=8).eval()
+    grid = net.token_grid
+    assert grid == TokenGrid(8.0, 0.0)
+    image = torch.randn(1, 3, 96, 96, requires_grad=True)
+    coords = torch.arange(96.0)
+    for r, c in [(5, 5), (6, 5)]:
+        (grad,) = torch.autograd.grad(net.features(image)[0, :, r, c].pow(2).sum(), image)
+        weight = grad.abs().sum((0, 1))
+        row = float((weight.sum(1) * coords).sum() / weight.sum())
+        col = float((weight.sum(0) * coords).sum() / weight.sum())
+        assert abs(row - grid.stride * r) < 1.0, (encoder, r, row)
+        assert abs(col - grid.stride * c) < 1.0, (encoder, c, col)
 
 
 def _sampler(x: torch.Tensor) -> tuple[torch.Tensor]:

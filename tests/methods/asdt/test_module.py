@@ -221,7 +221,8 @@ def test_class_teacher_cams_average_the_scales_and_flips() -> None:
     from wsss_lightning.models.resize import resize
 
     for flip in (False, True):
-        model = small(labels=ReliableLabelConfig(cam_scales=(1.0, 0.5), cam_flip=flip)).eval()
+        labels = ReliableLabelConfig(cam_scales=(1.0, 0.5), cam_flip=flip, token_positions="cell_centres")
+        model = small(labels=labels).eval()
         images = torch.randn(2, 3, 32, 32)
         tags = batch()["tags"][:, 1:]
         with torch.no_grad():
@@ -233,6 +234,34 @@ def test_class_teacher_cams_average_the_scales_and_flips() -> None:
             mean = torch.stack(passes).mean(0) * tags[:, :, None, None]
             expected = asdt_labels.normalise_by_max(resize(mean, (32, 32)))
             torch.testing.assert_close(model.class_teacher_cams(images, base, tags), expected)
+
+
+def test_class_teacher_cams_at_token_positions_average_the_resampled_scales_and_flips() -> None:
+    """With the tokens where they sit (token c at pixel 8 c) each scale is resampled to the crop, then averaged."""
+    from wsss_lightning.models.resize import resize
+    from wsss_lightning.models.token_grid import TokenGrid, tokens_to_pixels
+
+    grid = TokenGrid(8.0, 0.0)
+    for flip in (False, True):
+        model = small(labels=ReliableLabelConfig(cam_scales=(1.0, 0.5), cam_flip=flip)).eval()
+        assert model.options.labels.token_positions == "encoder" and model.net.token_grid == grid
+        images = torch.randn(2, 3, 32, 32)
+        tags = batch()["tags"][:, 1:]
+        with torch.no_grad():
+            half = resize(images, (16, 16))
+            base = model.net.cams(images)
+            passes = [
+                tokens_to_pixels(base, (32, 32), (32, 32), grid),
+                tokens_to_pixels(model.net.cams(half), (32, 32), (16, 16), grid),
+            ]
+            if flip:
+                passes += [
+                    tokens_to_pixels(model.net.cams(images.flip(-1)), (32, 32), (32, 32), grid).flip(-1)
+                ]
+                passes += [tokens_to_pixels(model.net.cams(half.flip(-1)), (32, 32), (16, 16), grid).flip(-1)]
+            expected = asdt_labels.normalise_by_max(torch.stack(passes).mean(0) * tags[:, :, None, None])
+            cams = model.class_teacher_cams(images, base, tags)
+            torch.testing.assert_close(cams, expected)
 
 
 def test_pydensecrf_backend_gives_the_device_crfs_labels(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,6 +56,7 @@ from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.methods.tags import ImageTagsMixin
 from wsss_lightning.metrics import SegmentationIoU, pseudo_label_accuracy
 from wsss_lightning.models.resize import resize
+from wsss_lightning.models.token_grid import tokens_to_pixels
 from wsss_lightning.pseudo_labels.cam import box_mask
 
 Output = Literal["student", "seg_teacher", "max"]
@@ -216,9 +217,11 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         ``labels.cam_flip`` the flipped images' too), absent classes zeroed, the mean bilinearly upsampled to the
         crop and each map normalised by its maximum.
         """
+        cfg = self.options.labels
+        if cfg.token_positions == "encoder":
+            return self._cams_at_token_positions(images, cams, tags)
         grid = cams.shape[-2:]
         total, count = cams.float(), 1
-        cfg = self.options.labels
         for s in cfg.cam_scales:
             x = images if s == 1.0 else resize(images, (int(images.shape[-2] * s), int(images.shape[-1] * s)))
             if s != 1.0:
@@ -228,6 +231,20 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
                 total, count = total + resize(flipped, grid).float(), count + 1
         mean = total / count * tags[:, :, None, None]
         return normalise_by_max(resize(mean, images.shape[-2:]))
+
+    def _cams_at_token_positions(self, images: Tensor, cams: Tensor, tags: Tensor) -> Tensor:
+        """:meth:`class_teacher_cams` with every scale's CAM resampled to the crop where its tokens sit."""
+        cfg, tokens, size = self.options.labels, self.net.token_grid, images.shape[-2:]
+        total, count = tokens_to_pixels(cams.float(), size, size, tokens), 1
+        for s in cfg.cam_scales:
+            x = images if s == 1.0 else resize(images, (int(images.shape[-2] * s), int(images.shape[-1] * s)))
+            if s != 1.0:
+                total = total + tokens_to_pixels(self.net.cams(x).float(), size, x.shape[-2:], tokens)
+                count += 1
+            if cfg.cam_flip:  # resampled in the flipped frame, then flipped back
+                flipped = tokens_to_pixels(self.net.cams(x.flip(-1)).float(), size, x.shape[-2:], tokens)
+                total, count = total + flipped.flip(-1), count + 1
+        return normalise_by_max(total / count * tags[:, :, None, None])
 
     def reliable_labels(self, rgb: Tensor, cams: Tensor, tags: Tensor, roi: Tensor | None = None) -> Tensor:
         """B^ct with R^ct applied (255 where unreliable), with the ``labels`` options."""

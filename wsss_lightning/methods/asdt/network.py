@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from wsss_lightning.models.deeplab import build_dilated_encoder, feature_info
 from wsss_lightning.models.resnet38 import ResNet38, load_resnet38_weights
+from wsss_lightning.models.token_grid import TokenGrid
 from wsss_lightning.models.weights import load_encoder_weights
 
 __all__ = ["ASDTNetwork", "ASDTOutput", "freeze_batchnorm"]
@@ -119,6 +120,15 @@ class ASDTNetwork(nn.Module):
         super().train(mode)
         freeze_batchnorm(self.backbone)
         return self
+
+    @property
+    def token_grid(self) -> TokenGrid:
+        """Where the stride-8 features' tokens sit: on input pixel ``8 c`` for token ``c``.
+
+        Both backbones reach stride 8 by padded strided convolutions (and a padded max-pool in timm's ResNets),
+        each centring its output ``c`` on input position ``2 c``.
+        """
+        return TokenGrid(8.0, 0.0)
 
     def features(self, images: Tensor) -> Tensor:
         """Stride-8 backbone features (B, D, h, w)."""
