@@ -224,7 +224,7 @@ SECTIONS: tuple[Section, ...] = (
                 ("asdt/synthetic_voc.yaml",),
                 (*ASDT_RUN, "--model.init_args.teaching.mode=class"),
                 ASDT_STEPS,
-                metric="val/student/miou",
+                metric="val/max/miou",
             ),
             Row(
                 "V: ASDT (alternate)",
@@ -232,7 +232,7 @@ SECTIONS: tuple[Section, ...] = (
                 ("asdt/synthetic_voc.yaml",),
                 (*ASDT_RUN, "--model.init_args.teaching.mode=alternate"),
                 ASDT_STEPS,
-                metric="val/student/miou",
+                metric="val/max/miou",
             ),
         ),
         "ceiling/full masks",

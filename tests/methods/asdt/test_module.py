@@ -221,7 +221,8 @@ def test_class_teacher_cams_average_the_scales_and_flips() -> None:
     from wsss_lightning.models.resize import resize
 
     for flip in (False, True):
-        labels = ReliableLabelConfig(cam_scales=(1.0, 0.5), cam_flip=flip, token_positions="cell_centres")
+        labels = ReliableLabelConfig(cam_scales=(1.0, 0.5), cam_flip=flip)
+        assert labels.token_positions == "cell_centres"  # RRM's resizes are the default
         model = small(labels=labels).eval()
         images = torch.randn(2, 3, 32, 32)
         tags = batch()["tags"][:, 1:]
@@ -243,8 +244,9 @@ def test_class_teacher_cams_at_token_positions_average_the_resampled_scales_and_
 
     grid = TokenGrid(8.0, 0.0)
     for flip in (False, True):
-        model = small(labels=ReliableLabelConfig(cam_scales=(1.0, 0.5), cam_flip=flip)).eval()
-        assert model.options.labels.token_positions == "encoder" and model.net.token_grid == grid
+        labels = ReliableLabelConfig(cam_scales=(1.0, 0.5), cam_flip=flip, token_positions="encoder")
+        model = small(labels=labels).eval()
+        assert model.net.token_grid == grid
         images = torch.randn(2, 3, 32, 32)
         tags = batch()["tags"][:, 1:]
         with torch.no_grad():

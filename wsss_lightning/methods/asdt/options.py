@@ -154,12 +154,15 @@ class ReliableLabelConfig:
             the others run without gradient) (RRM and ASDT §4: 1, 0.5, 1.5, 2).
         cam_flip: add the horizontally flipped images' CAMs at every scale (flipped back, averaged with the others);
             RRM's CAMs (``network/RRM.py``) have no flip, hence off.
-        token_positions: where the CAMs' tokens sit on the image. ``encoder`` (default): where the backbone's
-            padded strided convolutions centre them, token ``c`` at pixel ``8 c`` (``wsss_lightning.models.
-            token_grid``); each scale's CAM is resampled to the crop by those positions and the scales are
-            averaged there. ``cell_centres``: RRM's bilinear resizes (``F.interpolate``, ``align_corners=False``,
-            the scales averaged on the scale-1 grid, then upsampled), which place token ``c`` at ``8 c + 3.5``:
-            every CAM lands 3.5 px down / right (1 % of a 321 crop, 5.5 % of a 64 one).
+        token_positions: where the CAMs' tokens sit on the image. ``cell_centres`` (default): RRM's bilinear
+            resizes (``F.interpolate``, ``align_corners=False``, the scales averaged on the scale-1 grid, then
+            upsampled), which place token ``c`` at ``8 c + 3.5``: every CAM lands 3.5 px down / right of its
+            content (1 % of a 321 crop, 5.5 % of a 64 one). ``encoder``: where the backbone's padded strided
+            convolutions centre the tokens, ``8 c`` (``wsss_lightning.models.token_grid``); each scale's CAM is
+            resampled to the crop by those positions and the scales are averaged there. Not the default: the
+            seg heads' logits are still upsampled as cell centres, so with ``encoder`` the class-teacher's
+            labels and the heads' predictions sit 3.5 px apart (measured worse on the synthetic set,
+            ``benchmarks/README.md``).
         mask_padding: set the padded border of the crop to 255 in ``B^ct`` (off: RRM does not mask it; the
             padding is always outside the dense-CRF energy's ROI).
         crf_backend: where the training labels' and the pseudo masks' CRFs run: ``device`` (batched mean-field on
@@ -177,7 +180,7 @@ class ReliableLabelConfig:
     crf_sure: float = 0.8
     cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     cam_flip: bool = False
-    token_positions: Literal["encoder", "cell_centres"] = "encoder"
+    token_positions: Literal["encoder", "cell_centres"] = "cell_centres"
     mask_padding: bool = False
     crf_backend: Literal["device", "pydensecrf"] = "device"
     crf_workers: int = 2
