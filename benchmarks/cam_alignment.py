@@ -1,7 +1,8 @@
 """What the CAM path loses to where it places the tokens: a perfect CAM through ``multiscale_cams`` (CPU, seconds).
 
 The "perfect CAM" of a class is, at every token of a stride-``s`` padded-convolution grid (MiT's, token ``c``
-at pixel ``s*c``), the fraction of that class's pixels in the ``s x s`` window around the token; it is made from
+at pixel ``s*c``, ``ceil(n / s)`` tokens), the fraction of that class's pixels in the window of ``s + 1`` pixels
+centred on the token; it is made from
 the ground-truth masks of the val images at every CAM scale and flip, exactly as a network whose tokens saw the
 masks would. It goes through AFA's CAM path (``multiscale_cams``: scales 1.0 / 0.5 / 1.5 with flips, max-merge,
 normalisation; labels at background score 0.45 over the ground-truth tags) with the tokens placed where they
@@ -40,11 +41,8 @@ def perfect_cam_fn(stride: int) -> Callable[[torch.Tensor], tuple[torch.Tensor]]
     """Token maps of the one-hot masks carried in the 'image' channels, on a padded-convolution grid."""
 
     def cam_fn(onehot: torch.Tensor) -> tuple[torch.Tensor]:
-        half = stride // 2
-        padded = F.pad(
-            onehot[:, 1:], (half, 0, half, 0)
-        )  # the window of token c: pixels s*c - s/2 .. s*c + s/2 - 1
-        return (F.avg_pool2d(padded, stride, stride, ceil_mode=True),)
+        # token c: the mean over pixels s*c - s/2 .. s*c + s/2 (centred on s*c); ceil(n / s) tokens, as MiT's
+        return (F.avg_pool2d(onehot[:, 1:], stride + 1, stride, stride // 2, count_include_pad=False),)
 
     return cam_fn
 

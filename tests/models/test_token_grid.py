@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from wsss_lightning.methods.asdt.network import ASDTNetwork
 from wsss_lightning.models.afa import AFANetwork
@@ -37,13 +38,21 @@ def test_padded_convolution_tokens_sit_on_stride_multiples() -> None:
     # sampling the pixels back at the tokens is exact on the stride multiples
     image = torch.randn(2, 3, 128, 128)
     torch.testing.assert_close(pixels_to_tokens(image, (8, 8), (128, 128), grid), image[..., ::16, ::16])
-    # a network run on the image resized to 192 px: token c at input pixel 16 c, i.e. (16 c + 0.5) / 1.5 - 0.5
-    positions = grid.pixel_positions(12, 128, 192)
-    torch.testing.assert_close(positions, (16 * torch.arange(12.0, dtype=torch.float64) + 0.5) / 1.5 - 0.5)
-    torch.testing.assert_close(
-        grid.token_positions(128, 192)[[0, 32, 64]].double(),
-        positions.new_tensor([(0.5 * 1.5 - 0.5) / 16, (32.5 * 1.5 - 0.5) / 16, (64.5 * 1.5 - 0.5) / 16]),
-    )
+    # a network run on the image resized to 192 px: a token map that reads the resized image at 16 c comes back
+    # onto the 128-px image where that image's content is
+    ramp = torch.arange(128.0).expand(1, 1, 128, 128)
+    seen = F.interpolate(ramp, size=(192, 192), mode="bilinear")[..., ::16, ::16]
+    back = tokens_to_pixels(seen, (128, 128), (192, 192), grid)
+    torch.testing.assert_close(back[0, 0, 5, 16:100], ramp[0, 0, 5, 16:100], atol=1e-4, rtol=0)
+
+
+def test_a_bf16_map_is_sampled_at_float32_positions() -> None:
+    ramp = torch.linspace(0, 1, 32).expand(1, 1, 32, 32)
+    for maps in (ramp, ramp.transpose(-1, -2)):
+        low = tokens_to_pixels(maps.bfloat16(), (512, 512), (768, 768), TokenGrid(24.0))
+        high = tokens_to_pixels(maps.bfloat16().float(), (512, 512), (768, 768), TokenGrid(24.0))
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low, high.bfloat16(), atol=0, rtol=0)
 
 
 def test_mit_tokens_are_centred_where_the_network_says() -> None:

@@ -62,14 +62,17 @@ def sample_grid(maps: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """Bilinear samples of ``maps`` ``(B, C, h, w)`` at every (row, col) pair: ``(B, C, len(rows), len(cols))``.
 
     ``rows`` / ``cols`` are coordinates in source pixels (centres at integers); positions outside the map take
-    the nearest border value, as ``F.interpolate`` does.
+    the nearest border value, as ``F.interpolate`` does. Sampled in float32 with autocast off (a bf16 grid would
+    round the positions by up to a pixel), returned in the maps' dtype.
     """
     h, w = maps.shape[-2:]
     y = (2 * rows + 1) / h - 1
     x = (2 * cols + 1) / w - 1
     grid = torch.stack(torch.meshgrid(y, x, indexing="ij")[::-1], dim=-1)
-    grid = grid.to(device=maps.device, dtype=maps.dtype)[None].expand(maps.shape[0], -1, -1, -1)
-    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    grid = grid.to(device=maps.device, dtype=torch.float32)[None].expand(maps.shape[0], -1, -1, -1)
+    with torch.autocast(maps.device.type, enabled=False):
+        out = F.grid_sample(maps.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.to(maps.dtype)
 
 
 def _pair(name: str, size: Sequence[int]) -> tuple[int, int]:

@@ -432,7 +432,7 @@ def affinity_labels(
     Args:
         token_labels: ``(B, h, w)`` labels on the token grid.
         ignore_index: label of ignored tokens.
-        radius: keep only pairs with ``|dy| < radius`` and ``|dx| < radius`` (``radius_mask``); the others
+        radius: keep only pairs with ``|dy| <= radius`` and ``|dx| <= radius`` (``radius_mask``); the others
             get ``ignore_index``. None keeps all pairs.
         diagonal: ``"ignore"``: each token's pair with itself gets ``ignore_index``; ``"positive"``: 1 (unless
             the token is ignored).

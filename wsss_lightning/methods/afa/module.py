@@ -208,8 +208,9 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
     def token_grid(self, stride: float) -> TokenGrid | None:
         """Where the tokens of a stride-``stride`` map of the network sit (``labels.token_positions``).
 
-        MiT's maps (and the SegFormer head's, on the first stage's grid) put token ``c`` on pixel
-        ``stride * c``; None is the released code's cell-centre resize.
+        MiT's stages put token ``c`` on pixel ``stride * c`` (the SegFormer head's output is on the first
+        stage's grid, but its deeper stages are upsampled onto it as cell centres); None is the released code's
+        cell-centre resize.
         """
         if self.options.labels.token_positions != "encoder":
             return None

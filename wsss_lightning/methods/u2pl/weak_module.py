@@ -85,7 +85,7 @@ class U2PLWeakModule(AFAModule):
         # CAM scores of the tagged classes at the representation grid (1/4 of the crop: the SegFormer head's
         # first-stage grid); class ids with background at 0, padding stays -1
         grid = (int(out.rep.shape[-2]), int(out.rep.shape[-1]))
-        tokens = self.token_grid(cams.shape[-2] / grid[0])
+        tokens = self.token_grid(float(self.net.encoder.reductions[0]))
         scores = pixels_to_tokens(cams, grid, cams.shape[-2:], tokens)
         ids = classes.where(classes < 0, classes + 1)
         # the padding of crops larger than the rescaled image holds no content: neither anchors nor negatives
