@@ -47,23 +47,25 @@ class TokenGrid:
         """Tokens at the centres of their ``stride``-pixel cells (a ViT patch embedding)."""
         return cls(stride, (stride - 1) / 2)
 
-    def token_positions(self, pixels: int, input_pixels: int) -> Tensor:
+    def token_positions(self, pixels: int, input_pixels: int, device: torch.device | None = None) -> Tensor:
         """Token coordinate of each of ``pixels`` image pixels, the network having seen ``input_pixels``."""
-        q = (torch.arange(pixels, dtype=torch.float64) + 0.5) * (input_pixels / pixels) - 0.5
+        q = (torch.arange(pixels, dtype=torch.float64, device=device) + 0.5) * (input_pixels / pixels) - 0.5
         return (q - self.origin) / self.stride
 
-    def pixel_positions(self, tokens: int, pixels: int, input_pixels: int) -> Tensor:
+    def pixel_positions(
+        self, tokens: int, pixels: int, input_pixels: int, device: torch.device | None = None
+    ) -> Tensor:
         """Image-pixel coordinate of each of ``tokens`` tokens on an image of ``pixels`` pixels."""
-        q = self.origin + self.stride * torch.arange(tokens, dtype=torch.float64)
+        q = self.origin + self.stride * torch.arange(tokens, dtype=torch.float64, device=device)
         return (q + 0.5) * (pixels / input_pixels) - 0.5
 
 
 def sample_grid(maps: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """Bilinear samples of ``maps`` ``(B, C, h, w)`` at every (row, col) pair: ``(B, C, len(rows), len(cols))``.
 
-    ``rows`` / ``cols`` are coordinates in source pixels (centres at integers); positions outside the map take
-    the nearest border value, as ``F.interpolate`` does. Sampled in float32 with autocast off (a bf16 grid would
-    round the positions by up to a pixel), returned in the maps' dtype.
+    ``rows`` / ``cols`` are coordinates in source pixels (centres at integers), on the maps' device; positions
+    outside the map take the nearest border value, as ``F.interpolate`` does. Sampled in float32 with autocast
+    off (a bf16 grid would round the positions by up to a pixel), returned in the maps' dtype.
     """
     h, w = maps.shape[-2:]
     y = (2 * rows + 1) / h - 1
@@ -92,7 +94,8 @@ def tokens_to_pixels(
     if grid is None:
         return resize(maps, (out_h, out_w))
     in_h, in_w = _pair("tokens_to_pixels", input_size)
-    return sample_grid(maps, grid.token_positions(out_h, in_h), grid.token_positions(out_w, in_w))
+    rows = grid.token_positions(out_h, in_h, maps.device)
+    return sample_grid(maps, rows, grid.token_positions(out_w, in_w, maps.device))
 
 
 def pixels_to_tokens(
@@ -107,4 +110,5 @@ def pixels_to_tokens(
         return resize(maps, (th, tw))
     in_h, in_w = _pair("pixels_to_tokens", input_size)
     h, w = maps.shape[-2:]
-    return sample_grid(maps, grid.pixel_positions(th, h, in_h), grid.pixel_positions(tw, w, in_w))
+    rows = grid.pixel_positions(th, h, in_h, maps.device)
+    return sample_grid(maps, rows, grid.pixel_positions(tw, w, in_w, maps.device))

@@ -21,6 +21,7 @@ seg-teacher maps) and ``alternate`` (row V, the method).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 import lightning as L
@@ -215,36 +216,30 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
 
         The scales' CAMs (``cams``: the training forward's, scale 1) are averaged on the training grid (with
         ``labels.cam_flip`` the flipped images' too), absent classes zeroed, the mean bilinearly upsampled to the
-        crop and each map normalised by its maximum.
+        crop and each map normalised by its maximum. With ``labels.token_positions: encoder`` each map is instead
+        resampled to the crop where its tokens sit and the mean is taken there.
         """
-        cfg = self.options.labels
-        if cfg.token_positions == "encoder":
-            return self._cams_at_token_positions(images, cams, tags)
+        cfg, size = self.options.labels, images.shape[-2:]
+        tokens = self.net.token_grid if cfg.token_positions == "encoder" else None
         grid = cams.shape[-2:]
-        total, count = cams.float(), 1
-        for s in cfg.cam_scales:
-            x = images if s == 1.0 else resize(images, (int(images.shape[-2] * s), int(images.shape[-1] * s)))
-            if s != 1.0:
-                total, count = total + resize(self.net.cams(x), grid).float(), count + 1
-            if cfg.cam_flip:
-                flipped = self.net.cams(x.flip(-1)).flip(-1)
-                total, count = total + resize(flipped, grid).float(), count + 1
-        mean = total / count * tags[:, :, None, None]
-        return normalise_by_max(resize(mean, images.shape[-2:]))
 
-    def _cams_at_token_positions(self, images: Tensor, cams: Tensor, tags: Tensor) -> Tensor:
-        """:meth:`class_teacher_cams` with every scale's CAM resampled to the crop where its tokens sit."""
-        cfg, tokens, size = self.options.labels, self.net.token_grid, images.shape[-2:]
-        total, count = tokens_to_pixels(cams.float(), size, size, tokens), 1
+        def place(maps: Tensor, seen: Sequence[int], flipped: bool = False) -> Tensor:
+            if tokens is None:  # RRM: on the scale-1 token grid, upsampled after the mean
+                return resize(maps.flip(-1) if flipped else maps, grid).float()
+            out = tokens_to_pixels(
+                maps.float(), size, seen, tokens
+            )  # in the flipped frame, then flipped back
+            return out.flip(-1) if flipped else out
+
+        total, count = place(cams, size), 1
         for s in cfg.cam_scales:
             x = images if s == 1.0 else resize(images, (int(images.shape[-2] * s), int(images.shape[-1] * s)))
             if s != 1.0:
-                total = total + tokens_to_pixels(self.net.cams(x).float(), size, x.shape[-2:], tokens)
-                count += 1
-            if cfg.cam_flip:  # resampled in the flipped frame, then flipped back
-                flipped = tokens_to_pixels(self.net.cams(x.flip(-1)).float(), size, x.shape[-2:], tokens)
-                total, count = total + flipped.flip(-1), count + 1
-        return normalise_by_max(total / count * tags[:, :, None, None])
+                total, count = total + place(self.net.cams(x), x.shape[-2:]), count + 1
+            if cfg.cam_flip:
+                total, count = total + place(self.net.cams(x.flip(-1)), x.shape[-2:], flipped=True), count + 1
+        mean = total / count * tags[:, :, None, None]
+        return normalise_by_max(resize(mean, size))
 
     def reliable_labels(self, rgb: Tensor, cams: Tensor, tags: Tensor, roi: Tensor | None = None) -> Tensor:
         """B^ct with R^ct applied (255 where unreliable), with the ``labels`` options."""
