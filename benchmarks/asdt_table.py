@@ -15,6 +15,9 @@ P̄ = max(P^st, P^s), and the precision of the class-teacher's reliable label on
 Usage::
 
     python benchmarks/asdt_table.py --root outputs/synthetic_voc [--seeds 0 1] [--steps 600] [--parallel 2]
+        [--rows ...] [--model.init_args.labels.token_positions=encoder ...]
+
+Arguments of the form ``--model.* / --data.* / --trainer.*=VALUE`` are added to every run's ``wsss fit``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ OUTPUTS = {"P^st": "val/seg_teacher/miou", "P^s": "val/student/miou", "P-bar": "
 
 def run_table(
     root: Path, out: Path, seeds: list[int], steps: int, parallel: int, rows: list[str] | None = None,
-    weights: Path | None = None,
+    weights: Path | None = None, overrides: tuple[str, ...] = (),
 ) -> dict[str, dict[str, list[float]]]:  # fmt: skip
     """Final validation values per row, output and seed; prints a markdown table."""
     rows = rows or list(ROWS)
@@ -53,6 +56,7 @@ def run_table(
                     f"--data.init_args.source.root={root}",
                     f"--model.init_args.teaching.mode={ROWS[row]}",
                     *start,
+                    *overrides,
                 ],
                 out / f"{ROWS[row]}_seed{seed}",
                 seed,
@@ -88,11 +92,17 @@ def main() -> None:
     parser.add_argument(
         "--scratch", action="store_true", help="random backbone instead of the pretrained one"
     )
-    args = parser.parse_args()
+    # any other ``--model.* / --data.* / --trainer.*=VALUE`` argument is added to every run
+    args, overrides = parser.parse_known_args()
+    unknown = [a for a in overrides if not a.startswith(("--model.", "--data.", "--trainer."))]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not (args.root / "cls_labels.txt").is_file():
         generate("voc", args.root)
     weights = None if args.scratch else pretrain_encoder(PretrainConfig(), REPO / "outputs" / "pretrained")
-    run_table(args.root, args.out, args.seeds, args.steps, args.parallel, args.rows, weights)
+    run_table(
+        args.root, args.out, args.seeds, args.steps, args.parallel, args.rows, weights, tuple(overrides)
+    )
 
 
 if __name__ == "__main__":

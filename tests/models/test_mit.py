@@ -72,10 +72,12 @@ def _block_io(enc: MiTEncoder, x: torch.Tensor) -> tuple[MiTOutput, list[dict[st
     return out, records
 
 
+@pytest.mark.parametrize("scaled", [False, True])
 @pytest.mark.parametrize("sr_ratios", [None, [2, 2, 2, 2]])
-def test_logits_match_numpy_recomputation(sr_ratios):
+def test_logits_match_numpy_recomputation(sr_ratios, scaled):
+    """Unscaled ``q·kᵀ`` as AFA's released encoder returns it by default; ``scaled_attention``: the softmax input."""
     kwargs = dict(TINY, sr_ratios=sr_ratios) if sr_ratios else TINY
-    enc = _tiny(attention_blocks=2, model_kwargs=kwargs)
+    enc = _tiny(attention_blocks=2, model_kwargs=kwargs, scaled_attention=scaled)
     out, records = _block_io(enc, torch.randn(2, 3, 64, 96))
     heads, width = 4, 32
     for block, rec, logits in zip(enc.backbone.block4, records, out.attentions, strict=True):
@@ -92,11 +94,12 @@ def test_logits_match_numpy_recomputation(sr_ratios):
         qh = q.reshape(batch, n, heads, width).transpose(0, 2, 1, 3)
         kh = kv[..., : heads * width].reshape(batch, m, heads, width).transpose(0, 2, 1, 3)
         vh = kv[..., heads * width :].reshape(batch, m, heads, width).transpose(0, 2, 1, 3)
-        expected = qh @ kh.transpose(0, 1, 3, 2) / np.sqrt(width)
+        softmax_input = qh @ kh.transpose(0, 1, 3, 2) / np.sqrt(width)
+        expected = softmax_input if scaled else softmax_input * np.sqrt(width)
         assert logits.shape == (batch, heads, n, m) and (m < n) == (sr_ratios is not None)
         np.testing.assert_allclose(logits.double().numpy(), expected, atol=1e-5)
-        # softmax(logits) @ v is what smp's attention fed to its output projection
-        att = np.exp(expected - expected.max(-1, keepdims=True))
+        # softmax(q·kᵀ·scale) @ v is what smp's attention fed to its output projection
+        att = np.exp(softmax_input - softmax_input.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)
         mixed = (att @ vh).transpose(0, 2, 1, 3).reshape(batch, n, heads * width)
         np.testing.assert_allclose(rec["mixed"].double().numpy(), mixed, atol=1e-5)

@@ -56,6 +56,12 @@ class AFANetwork(nn.Module):
         pooling: classification pooling: ``gmp`` (released code) or ``gap``.
         drop_path_rate: stochastic depth of the encoder (0.1).
         rep_channels: width of a representation head on the fused head features; 0 = none.
+        scaled_attention: feed the affinity head ``q·kᵀ·scale`` (the softmax's input) instead of the released
+            encoder's unscaled ``q·kᵀ`` (``wetr/mix_transformer.py``).
+        affinity_init: ``released``: the affinity head's weight drawn as in ``wetr/model_attn_aff.py``
+            (``kaiming_normal_`` with ``a = √5``, fan-out mode: std ``√(1/3)`` for its one output channel);
+            ``pytorch``: PyTorch's default convolution init (uniform, bound ``1/√(H·L)``). Both keep
+            PyTorch's default bias.
     """
 
     def __init__(
@@ -70,8 +76,14 @@ class AFANetwork(nn.Module):
         pooling: Literal["gmp", "gap"] = "gmp",
         drop_path_rate: float = 0.1,
         rep_channels: int = 0,
+        scaled_attention: bool = False,
+        affinity_init: Literal["released", "pytorch"] = "released",
     ) -> None:
         super().__init__()
+        if affinity_init not in ("released", "pytorch"):
+            raise ValueError(
+                f"AFANetwork: affinity_init = {affinity_init!r}; expected 'released' or 'pytorch'"
+            )
         if attention_blocks < 1:
             raise ValueError(
                 f"AFANetwork: attention_blocks = {attention_blocks}; the affinity head needs the attention of "
@@ -90,12 +102,15 @@ class AFANetwork(nn.Module):
             attention_blocks=attention_blocks,
             drop_path_rate=drop_path_rate,
             model_kwargs=dict(encoder_kwargs or {}),
+            scaled_attention=scaled_attention,
         )
         channels = list(self.encoder.out_channels)
         self.pooling = pooling
         self.classifier = nn.Conv2d(channels[-1], num_classes - 1, 1, bias=False)
         self.seg_head = SegFormerHead(channels, num_classes, embed_dim=embed_dim)
         self.affinity_head = nn.Conv2d(self.encoder.attention_channels, 1, 1, bias=True)
+        if affinity_init == "released":
+            nn.init.kaiming_normal_(self.affinity_head.weight, a=5**0.5, mode="fan_out")
         self.rep_head: nn.Module | None = None
         if rep_channels > 0:
             self.rep_head = representation_head(embed_dim, rep_channels, channels=embed_dim)

@@ -4,10 +4,12 @@ The network is segmentation_models_pytorch's ``MixVisionTransformer`` (Xie et al
 used as is apart from two things the affinity-from-attention method (AFA, Ru et al., CVPR 2022) needs:
 
 * the stride of the last patch embedding can be set to 1, so the last stage stays at 1/16 of the input;
-* the pre-softmax attention logits ``q·kᵀ·scale`` of the last blocks of the last stage are returned with the
-  stage outputs. They are recomputed from the outputs of each captured block's ``attn.q`` / ``attn.kv``
-  projections (read by forward hooks), so smp's attention code runs unchanged and the logits stay in the
-  autograd graph: a loss on them trains the q / k projections.
+* the pre-softmax attention logits of the last blocks of the last stage are returned with the stage outputs:
+  ``q·kᵀ`` as AFA's released encoder returns them (``wetr/mix_transformer.py``, ``Attention.forward``: the
+  scale is applied only inside the softmax), or ``q·kᵀ·scale``, the softmax's own input (``scaled_attention``).
+  They are recomputed from the outputs of each captured block's ``attn.q`` / ``attn.kv`` projections (read
+  by forward hooks), so smp's attention code runs unchanged and the logits stay in the autograd graph: a loss
+  on them trains the q / k projections.
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def attention_logits(q: Tensor, kv: Tensor, num_heads: int, scale: float) -> Ten
         q: (B, N, C) queries, the output of ``attn.q``.
         kv: (B, M, 2C) keys and values, the output of ``attn.kv`` (keys first, heads inner, as smp splits them).
         num_heads: the attention's heads h (C divisible by h).
-        scale: the attention's ``scale`` (head width ** -0.5 unless set otherwise).
+        scale: factor on ``q·kᵀ``: the attention's ``scale`` (head width ** -0.5 unless set otherwise) for the
+            softmax's input, 1 for AFA's unscaled logits.
 
     Returns:
         (B, h, N, M) logits ``q_h · k_hᵀ · scale``, before the softmax.
@@ -137,6 +140,8 @@ class MiTEncoder(nn.Module):
             finer grid, e.g. ``(4, 2, 1, 1)``: the last stage at 1/8).
         attention_blocks: number of blocks, counted from the end of the last stage, whose attention logits
             are returned (AFA: 2, i.e. all blocks of mit_b1's last stage). 0 returns none.
+        scaled_attention: return ``q·kᵀ·scale`` (the softmax's input) instead of AFA's ``q·kᵀ``. With
+            mit_b1's 64-wide heads the scale is 1/8, so the two differ by a factor of 8.
         drop_path_rate: stochastic depth rate, increasing linearly over the blocks (SegFormer / AFA: 0.1).
         model_kwargs: overrides of the architecture, e.g. ``{"embed_dims": [16, 32, 64, 128], "depths":
             [1, 1, 1, 2], "num_heads": [1, 1, 2, 4]}`` for a tiny network trained from scratch.
@@ -158,6 +163,7 @@ class MiTEncoder(nn.Module):
         attention_blocks: int = 0,
         drop_path_rate: float = 0.1,
         model_kwargs: dict[str, Any] | None = None,
+        scaled_attention: bool = False,
     ) -> None:
         super().__init__()
         strides = tuple(int(x) for x in strides)
@@ -177,6 +183,7 @@ class MiTEncoder(nn.Module):
             embed.proj.stride = (stride, stride)
         self.strides = strides
         self.attention_blocks = attention_blocks
+        self.scaled_attention = scaled_attention
         self._embed_dims: list[int] = [int(c) for c in params["embed_dims"]]
         self._num_heads: list[int] = [int(h) for h in params["num_heads"]]
         if weights is not None:
@@ -252,7 +259,12 @@ class MiTEncoder(nn.Module):
             for handle in handles:
                 handle.remove()
         attentions = [
-            attention_logits(store[f"{i}.q"], store[f"{i}.kv"], block.attn.num_heads, block.attn.scale)
+            attention_logits(
+                store[f"{i}.q"],
+                store[f"{i}.kv"],
+                block.attn.num_heads,
+                block.attn.scale if self.scaled_attention else 1.0,
+            )
             for i, block in enumerate(blocks)
         ]
         return MiTOutput(features, attentions)

@@ -101,6 +101,7 @@ def test_contrastive_disabled_allocates_no_bank_and_adds_no_term(synthetic, tmp_
         (U2PL_WEAK, tiny.U2PL_WEAK, ["--model.init_args.contrastive.beta=1.5"], "contrastive.beta"),
         (U2PL_WEAK, tiny.U2PL_WEAK, ["--model.init_args.contrastive.beta=0"], "contrastive.beta"),
         (U2PL_WEAK, tiny.U2PL_WEAK, ["--model.init_args.rep_channels=0"], "rep_channels"),
+        (AFA, tiny.AFA, ["--model.init_args.affinity_init=xavier"], "affinity_init"),
     ],
 )
 def test_bad_configuration_fails_at_start_naming_the_field(

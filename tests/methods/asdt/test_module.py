@@ -266,6 +266,40 @@ def test_class_teacher_cams_at_token_positions_average_the_resampled_scales_and_
             torch.testing.assert_close(cams, expected)
 
 
+def test_head_logits_follow_the_cams_token_placement() -> None:
+    """The seg heads' logits land where the CAMs do: token c at pixel 8 c (``encoder``) or 8 c + 3.5 (RRM)."""
+    import numpy as np
+
+    from wsss_lightning.models.resize import resize
+
+    images = torch.randn(2, 3, 32, 40)
+    for placement in ("cell_centres", "encoder"):
+        model = small(labels=ReliableLabelConfig(token_positions=placement), evaluate="student").eval()
+        with torch.no_grad():
+            out = model.net(images)
+            seg_teacher, student = model.head_logits(out, (32, 40))
+            logits = model(images)
+        tokens = out.student.double().numpy()
+        if placement == "cell_centres":
+            torch.testing.assert_close(student, resize(out.student, (32, 40)))
+            torch.testing.assert_close(logits, out.student)  # the caller upsamples, as RRM
+            continue
+
+        # plain NumPy bilinear sampling at token coordinate (pixel / 8), clamped to the border tokens
+        def axis(pixels: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            q = np.clip(np.arange(pixels) / 8.0, 0, n - 1)
+            lo = np.floor(q).astype(int)
+            hi = np.minimum(lo + 1, n - 1)
+            return lo, hi, q - lo
+
+        (r0, r1, wr), (c0, c1, wc) = axis(32, tokens.shape[2]), axis(40, tokens.shape[3])
+        rows = tokens[:, :, r0] * (1 - wr)[:, None] + tokens[:, :, r1] * wr[:, None]
+        expected = rows[..., c0] * (1 - wc) + rows[..., c1] * wc
+        np.testing.assert_allclose(student.double().numpy(), expected, atol=1e-5)
+        assert seg_teacher.shape == student.shape == (2, model.num_classes, 32, 40)
+        torch.testing.assert_close(logits, student)  # forward already at the input's size
+
+
 def test_pydensecrf_backend_gives_the_device_crfs_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     """``labels.crf_backend: pydensecrf`` (the reference, pool of processes) labels as the device CRF does."""
     from wsss_lightning.inference.crf import CRFPostProcessor

@@ -62,6 +62,10 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
         encoder_strides: patch-embedding strides of the four stages: AFA's ``[4, 2, 2, 1]`` keeps the last
             stage at 1/16; ``[4, 2, 1, 1]`` keeps it at 1/8 (a finer token grid for small images).
         attention_blocks: last-stage blocks whose attention logits feed the affinity head (2).
+        scaled_attention: feed the affinity head ``q·kᵀ·scale`` (the softmax's input); default ``False``, the
+            released encoder's unscaled ``q·kᵀ`` (``wetr/mix_transformer.py``).
+        affinity_init: the affinity head's weight init: ``released`` (``wetr/model_attn_aff.py``: normal, std
+            ``√(1/3)``) or ``pytorch`` (PyTorch's default, about 4x smaller for mit_b1's 16 channels).
         embed_dim: SegFormer head width (256).
         pooling: classification pooling, ``gmp`` (released code) or ``gap``.
         drop_path_rate: stochastic depth of the encoder (0.1).
@@ -85,6 +89,8 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
         embed_dim: int = 256,
         pooling: Literal["gmp", "gap"] = "gmp",
         drop_path_rate: float = 0.1,
+        scaled_attention: bool = False,
+        affinity_init: Literal["released", "pytorch"] = "released",
         phases: AFAPhaseConfig | None = None,
         labels: AFALabelConfig | None = None,
         loss_weights: AFALossWeights | None = None,
@@ -103,7 +109,9 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
     @override
     def configure_models(self) -> None:
         hp = self.options
-        self.check_choices(pooling=("gmp", "gap"), seg_loss=("balanced", "ce"))
+        self.check_choices(
+            pooling=("gmp", "gap"), seg_loss=("balanced", "ce"), affinity_init=("released", "pytorch")
+        )
         try:
             self.net = AFANetwork(
                 self.num_classes,
@@ -116,6 +124,8 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
                 pooling=hp.pooling,
                 drop_path_rate=hp.drop_path_rate,
                 rep_channels=self.representation_channels(),
+                scaled_attention=hp.scaled_attention,
+                affinity_init=hp.affinity_init,
             )
         except (ValueError, FileNotFoundError) as err:  # name the module's options, not the encoder's
             raise type(err)(

@@ -195,19 +195,41 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
             )["warmup_steps"]
 
     # ------------------------------------------------------------------ inference
+    def head_logits(self, out: ASDTOutput, size: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """The seg-teacher's and the student's logits at the input's ``size``.
+
+        Their tokens are placed as the CAMs' (``labels.token_positions``): RRM's bilinear upsampling
+        (``cell_centres``) or where the backbone centres them (``encoder``), so the class-teacher's labels and
+        the heads' predictions always sit on the same pixels.
+        """
+        grid = self.net.token_grid if self.options.labels.token_positions == "encoder" else None
+        return (
+            tokens_to_pixels(out.seg_teacher, size, size, grid),
+            tokens_to_pixels(out.student, size, size, grid),
+        )
+
     def _probs(self, out: ASDTOutput, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """P^st and P^s (B, C, H, W) of a forward's output, at ``size``."""
-        return resize(out.seg_teacher, size).float().softmax(1), resize(out.student, size).float().softmax(1)
+        seg_teacher, student = self.head_logits(out, size)
+        return seg_teacher.float().softmax(1), student.float().softmax(1)
 
     @override
     def forward(self, images: Tensor) -> Tensor:
-        """Logits of the evaluated output (log of P̄ for ``evaluate: max``), at the backbone's resolution."""
+        """Logits of the evaluated output (log of P̄ for ``evaluate: max``).
+
+        At the backbone's resolution with RRM's token placement (the caller's bilinear resize places them as
+        cell centres), at the input's with ``labels.token_positions: encoder``.
+        """
         out: ASDTOutput = self.net(images)
+        if self.options.labels.token_positions == "encoder":
+            seg_teacher, student = self.head_logits(out, images.shape[-2:])
+        else:
+            seg_teacher, student = out.seg_teacher, out.student
         if self.options.evaluate == "student":
-            return out.student
+            return student
         if self.options.evaluate == "seg_teacher":
-            return out.seg_teacher
-        return torch.maximum(out.seg_teacher.float().softmax(1), out.student.float().softmax(1)).log()
+            return seg_teacher
+        return torch.maximum(seg_teacher.float().softmax(1), student.float().softmax(1)).log()
 
     # ------------------------------------------------------------------ labels
     @torch.no_grad()
@@ -289,7 +311,7 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         # RRM does not mask the padded border in B^ct (it is usually background or 255); labels.mask_padding does
         roi = energy_roi if self.options.labels.mask_padding else None
         rgb = self.denormalize(images) * 255.0
-        seg_teacher, student = resize(out.seg_teacher, size), resize(out.student, size)
+        seg_teacher, student = self.head_logits(out, size)
         with torch.no_grad():
             cams = self.class_teacher_cams(images, out.cams.detach(), tags)
             ct_label = self.reliable_labels(rgb, cams, tags, roi)

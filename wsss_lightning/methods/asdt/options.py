@@ -154,15 +154,14 @@ class ReliableLabelConfig:
             the others run without gradient) (RRM and ASDT §4: 1, 0.5, 1.5, 2).
         cam_flip: add the horizontally flipped images' CAMs at every scale (flipped back, averaged with the others);
             RRM's CAMs (``network/RRM.py``) have no flip, hence off.
-        token_positions: where the CAMs' tokens sit on the image. ``cell_centres`` (default): RRM's bilinear
-            resizes (``F.interpolate``, ``align_corners=False``, the scales averaged on the scale-1 grid, then
-            upsampled), which place token ``c`` at ``8 c + 3.5``: every CAM lands 3.5 px down / right of its
-            content (1 % of a 321 crop, 5.5 % of a 64 one). ``encoder``: where the backbone's padded strided
-            convolutions centre the tokens, ``8 c`` (``wsss_lightning.models.token_grid``); each scale's CAM is
-            resampled to the crop by those positions and the scales are averaged there. Not the default: the
-            seg heads' logits are still upsampled as cell centres, so with ``encoder`` the class-teacher's
-            labels and the heads' predictions sit 3.5 px apart (measured worse on the synthetic set,
-            ``benchmarks/README.md``).
+        token_positions: where the tokens of the CAMs and of the two seg heads' logits sit on the image.
+            ``cell_centres`` (default): RRM's bilinear resizes (``F.interpolate``, ``align_corners=False``; the
+            CAM scales averaged on the scale-1 grid, then upsampled), which place token ``c`` at ``8 c + 3.5``:
+            every map lands 3.5 px down / right of its content (1 % of a 321 crop, 5.5 % of a 64 one).
+            ``encoder``: where the backbone's padded strided convolutions centre the tokens, ``8 c``
+            (``wsss_lightning.models.token_grid``); each scale's CAM is resampled to the crop by those positions
+            and the scales are averaged there, and the heads' logits are resampled the same way in training,
+            validation and prediction. The default stays RRM's (see ``benchmarks/README.md`` for both).
         mask_padding: set the padded border of the crop to 255 in ``B^ct`` (off: RRM does not mask it; the
             padding is always outside the dense-CRF energy's ROI).
         crf_backend: where the training labels' and the pseudo masks' CRFs run: ``device`` (batched mean-field on
