@@ -99,6 +99,17 @@ def test_gradients_skip_only_the_position_embedding():
     assert missing == []
 
 
+def test_trained_position_embedding_gets_a_gradient_through_its_resampling():
+    net = ViTBackbone(TINY, aux_layer=0, model_kwargs={**TINY_KWARGS, "depth": 2}, train_pos_embed=True)
+    features, _ = net(torch.randn(1, 3, 32, 48))  # a 2x3 grid resampled from the stored 4x4
+    features.square().mean().backward()
+    grad = net.vit.pos_embed.grad
+    assert net.vit.pos_embed.requires_grad and grad is not None
+    assert bool(
+        (grad[0, 1:].abs().sum(-1) > 0).all()
+    )  # every stored patch position feeds the bicubic resample
+
+
 @pytest.mark.parametrize(("aux_layer", "block"), [(-3, 1), (0, 0), (3, 3)])
 def test_aux_tokens_are_the_raw_output_of_the_chosen_block(aux_layer, block):
     torch.manual_seed(0)

@@ -183,9 +183,12 @@ class ViTBackbone(nn.Module):
             stored for; inputs may have any size that is a multiple of the patch size. Keep it at the
             checkpoint's resolution (224 for DeiT) so the stored embedding is used as trained: for another
             value timm resamples it once at load time (antialiased bicubic), as the reference never did.
+        train_pos_embed: train the position embedding. Off: it is frozen, as in DuPL's released ViT
+            (``model/backbone/vit.py``: ``pos_embed.requires_grad = False``), which loads a pretrained one. A
+            network trained from scratch would keep its random initial embedding (std 0.02) for the whole run.
 
     Attributes:
-        vit: the timm model (its ``head`` is an identity; ``pos_embed`` is frozen).
+        vit: the timm model (its ``head`` is an identity; ``pos_embed`` is frozen unless ``train_pos_embed``).
         patch_size: token stride in pixels.
         embed_dim: token channels D.
         aux_layer: the non-negative index of the auxiliary block.
@@ -202,6 +205,7 @@ class ViTBackbone(nn.Module):
         weights: str | None = None,
         aux_layer: int = -3,
         model_kwargs: dict[str, Any] | None = None,
+        train_pos_embed: bool = False,
     ) -> None:
         super().__init__()
         model_kwargs = dict(model_kwargs or {})
@@ -232,7 +236,7 @@ class ViTBackbone(nn.Module):
         if getattr(vit, "attn_pool", None) is not None:
             vit.attn_pool = None  # type: ignore[assignment]
         assert vit.pos_embed is not None  # checked by _validate_architecture
-        vit.pos_embed.requires_grad_(False)  # frozen as in the reference; it is only resampled
+        vit.pos_embed.requires_grad_(train_pos_embed)  # frozen as in the reference unless asked
         self.vit: VisionTransformer = vit
         self.patch_size = _patch_size(vit, name)
         self.embed_dim = int(vit.embed_dim)

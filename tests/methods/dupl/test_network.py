@@ -107,6 +107,14 @@ def test_param_groups_cover_every_trainable_parameter_once(net):
     torch.optim.AdamW([{"params": p, "lr": lrs[k]} for k, p in groups.items()], weight_decay=0.01)
 
 
+def test_trained_position_embedding_joins_the_backbone_group():
+    groups = _net(train_pos_embed=True).param_groups()
+    trained = _net(train_pos_embed=True)
+    assert trained.backbone.vit.pos_embed.requires_grad
+    assert id(trained.backbone.vit.pos_embed) in {id(p) for p in trained.param_groups()["backbone"]}
+    assert len(groups["backbone"]) == len(_net().param_groups()["backbone"]) + 1
+
+
 def test_every_trainable_parameter_gets_a_gradient():
     # what DDP without find_unused_parameters relies on
     net = _net(model_kwargs={**SMALL, "depth": 2}, aux_layer=0)

@@ -78,6 +78,8 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
         backbone_kwargs: extra ``timm.create_model`` arguments (e.g. ``{"depth": 6, "patch_size": 8}`` for
             a small model trained from scratch).
         aux_layer: block whose tokens feed the auxiliary classifier (-3 = block 10 of 12).
+        train_pos_embed: train the ViTs' position embedding. Off, as the released code (which freezes the
+            pretrained one); a network trained from scratch would keep its random initial embedding.
         pooling: classification pooling: ``gmp`` (released code, ToCo) or ``gap`` (the paper's text).
         head_channels: channels of the LargeFOV segmentation head (512).
         head_dilation: dilation of its 3x3 convolutions (5).
@@ -113,6 +115,7 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
         backbone_weights: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         aux_layer: int = -3,
+        train_pos_embed: bool = False,
         pooling: Literal["gmp", "gap"] = "gmp",
         head_channels: int = 512,
         head_dilation: int = 5,
@@ -166,6 +169,7 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
                 head_channels=hp.head_channels,
                 head_dilation=hp.head_dilation,
                 pooling=hp.pooling,
+                train_pos_embed=hp.train_pos_embed,
             )
             for _ in range(2)
         )

@@ -101,6 +101,7 @@ class DuPLSubNet(nn.Module):
         head_dilation: dilation of the segmentation head's 3×3 convolutions.
         pooling: pooling of the token map before the classifiers: ``gmp`` (global max, the released code)
             or ``gap`` (global average, the paper's text).
+        train_pos_embed: train the backbone's position embedding (frozen in the released code).
 
     Raises:
         ValueError: bad backbone arguments (see :class:`ViTBackbone`) or a non-positive ``num_classes``.
@@ -117,6 +118,7 @@ class DuPLSubNet(nn.Module):
         head_channels: int = 512,
         head_dilation: int = 5,
         pooling: str = "gmp",
+        train_pos_embed: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in _POOLS:
@@ -127,7 +129,13 @@ class DuPLSubNet(nn.Module):
                 f"num_classes: expected the number of foreground classes (>= 1), got {num_classes}"
             )
         self.num_classes = num_classes
-        self.backbone = ViTBackbone(backbone, weights=weights, aux_layer=aux_layer, model_kwargs=model_kwargs)
+        self.backbone = ViTBackbone(
+            backbone,
+            weights=weights,
+            aux_layer=aux_layer,
+            model_kwargs=model_kwargs,
+            train_pos_embed=train_pos_embed,
+        )
         dim = self.backbone.embed_dim
         self.classifier = nn.Conv2d(dim, num_classes, 1, bias=False)
         self.aux_classifier = nn.Conv2d(dim, num_classes, 1, bias=False)
@@ -194,7 +202,7 @@ class DuPLSubNet(nn.Module):
         """Trainable parameters split by learning-rate group.
 
         Returns:
-            ``backbone`` (pretrained ViT, frozen position embedding left out), ``classifier`` (the main and
+            ``backbone`` (pretrained ViT, a frozen position embedding left out), ``classifier`` (the main and
             auxiliary classifier weights) and ``seg_head``; DuPL trains the first with a 10× smaller
             learning rate (6e-5 vs 6e-4). Every trainable parameter appears exactly once.
         """
