@@ -2,11 +2,12 @@
 
 A bilinear resize with ``align_corners=False`` treats token ``c`` of a stride-``s`` map as the centre of the
 input cell ``[s*c, s*c + s)``, i.e. at pixel ``s*c + (s - 1) / 2``. That is where a ViT's patch embedding (a
-stride-``s`` convolution with kernel ``s`` and no padding) puts it. A pyramid of *padded* convolutions puts
-token ``c`` at pixel ``s*c`` instead: MiT's overlapping patch embeddings (kernel 7, stride 4, padding 3, then
-kernel 3, stride 2 or 1, padding 1; Xie et al., "SegFormer", NeurIPS 2021, Sec. 3.1) and a ResNet's strided
-convolutions. Resized like ViT maps, such maps land ``(s - 1) / 2`` pixels down and to the right of their
-content (7.5 px at stride 16), and the map of a horizontally flipped view as far to the left once flipped back.
+stride-``s`` convolution with kernel ``s`` and no padding) puts it. A pyramid of *padded* convolutions centres
+an untrained token ``c`` on pixel ``s*c`` instead: MiT's overlapping patch embeddings (kernel 7, stride 4,
+padding 3, then kernel 3, stride 2 or 1, padding 1; Xie et al., "SegFormer", NeurIPS 2021, Sec. 3.1) and a
+ResNet's strided convolutions. Where a *trained* network's maps put their content is learned: measured on CAMs
+(``benchmarks/cam_offset.py``) it lies between the two for MiT and at the cell centre for a ResNet-18, so the
+methods keep their released resize by default and offer these positions as an option.
 
 :class:`TokenGrid` states where the tokens are; :func:`tokens_to_pixels` and :func:`pixels_to_tokens` resample
 by those positions (``grid=None``: the cell-centre resize above). Both are one ``grid_sample`` over the batch.

@@ -15,6 +15,7 @@ from tests.methods import tiny
 from wsss_lightning.cli import run_cli
 from wsss_lightning.methods import AFAModule, U2PLWeakModule, WeakContrastiveConfig
 from wsss_lightning.methods.afa import module as afa_module
+from wsss_lightning.methods.afa.options import AFALabelConfig
 from wsss_lightning.models.token_grid import TokenGrid
 from wsss_lightning.pseudo_labels.cam import present_classes
 
@@ -118,9 +119,10 @@ def _tiny_model(cls: type[AFAModule] = AFAModule, **kwargs: Any) -> AFAModule:
     return cls(encoder="mit_b0", encoder_kwargs=ENCODER, embed_dim=16, **kwargs)
 
 
-def test_walk_comes_from_the_largest_scale_and_the_cams_of_the_present_classes():
+@pytest.mark.parametrize("placement", ["cell_centres", "encoder"])
+def test_walk_comes_from_the_largest_scale_and_the_cams_of_the_present_classes(placement):
     torch.manual_seed(0)
-    model = _tiny_model().eval()
+    model = _tiny_model(labels=AFALabelConfig(token_positions=placement)).eval()
     images = torch.randn(2, 3, 64, 64)
     tags = torch.zeros(2, 20)
     tags[0, [3, 7]] = 1
@@ -129,7 +131,8 @@ def test_walk_comes_from_the_largest_scale_and_the_cams_of_the_present_classes()
     cams, walk, grid = model.cams_with_walk(images, classes)
     assert cams.shape == (2, 2, 64, 64)
     assert grid.size == (6, 6) and grid.input_size == (96, 96)  # 96-px inputs (scale 1.5) at 1/16
-    assert grid.tokens == TokenGrid(16.0, 0.0)  # MiT's padded convolutions: token c at pixel 16 c
+    # the released code's cell-centre resize (the default), or MiT's padded convolutions: token c at pixel 16 c
+    assert grid.tokens == (None if placement == "cell_centres" else TokenGrid(16.0, 0.0))
     assert walk.shape == (2, 36, 36)
     assert float(cams[1, 1].abs().max()) == 0.0  # the padding channel of the one-class image
     # the walk's affinity is the network's on the 1.5-scale images

@@ -238,7 +238,7 @@ def test_class_teacher_cams_average_the_scales_and_flips() -> None:
 
 
 def test_class_teacher_cams_at_token_positions_average_the_resampled_scales_and_flips() -> None:
-    """With the tokens where they sit (token c at pixel 8 c) each scale is resampled to the crop, then averaged."""
+    """With ``encoder`` positions (token c at pixel 8 c) each scale is resampled to the crop, then averaged."""
     from wsss_lightning.models.resize import resize
     from wsss_lightning.models.token_grid import TokenGrid, tokens_to_pixels
 

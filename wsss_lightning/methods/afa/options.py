@@ -64,12 +64,12 @@ class AFALabelConfig:
         walk_power: the affinity is raised to this power before the walk (2).
         walk_log_iterations: the walk matrix is squared this many times (0: one walk step).
         token_positions: where the CAM and walk treat the last stage's tokens as sitting on the image.
-            ``encoder`` (default): where MiT's padded patch-embedding convolutions put them, token ``c`` at
-            pixel ``16 c`` (``wsss_lightning.models.token_grid``). ``cell_centres``: the released code's
-            bilinear resize (``F.interpolate``, ``align_corners=False``), which places token ``c`` at the
-            centre of its 16-pixel cell, ``16 c + 7.5``: it shifts every CAM 7.5 px down and right, the
-            flipped view's 7.5 px left, and the walk's samples by as much (1.5 % of a 512 crop, 6 % of a
-            128 one).
+            ``cell_centres`` (default): the released code's bilinear resize (``F.interpolate``,
+            ``align_corners=False``), token ``c`` at the centre of its 16-pixel cell, ``16 c + 7.5``.
+            ``encoder``: where MiT's padded patch-embedding convolutions centre an untrained token, pixel
+            ``16 c`` (``wsss_lightning.models.token_grid``). A trained network's CAM content sits between the
+            two (``benchmarks/cam_offset.py``: about ``16 c + 4`` on the synthetic set, where ``cell_centres``
+            scores as well as ``encoder`` or better), so the released resize is kept.
         target: what the segmentation head learns from: ``pseudo`` (the method) or ``mask``, the batch's
             ground-truth masks (the full-supervision ceiling of the same network and schedule; needs the
             TagsView's diagnostic masks). The CAM, affinity and random walk train as usual either way.
@@ -87,7 +87,7 @@ class AFALabelConfig:
     walk_power: float = 2.0
     walk_log_iterations: int = 0
     target: Literal["pseudo", "mask"] = "pseudo"
-    token_positions: Literal["encoder", "cell_centres"] = "encoder"
+    token_positions: Literal["encoder", "cell_centres"] = "cell_centres"
 
     def __post_init__(self) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):

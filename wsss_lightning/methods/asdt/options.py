@@ -156,12 +156,12 @@ class ReliableLabelConfig:
             RRM's CAMs (``network/RRM.py``) have no flip, hence off.
         token_positions: where the tokens of the CAMs and of the two seg heads' logits sit on the image.
             ``cell_centres`` (default): RRM's bilinear resizes (``F.interpolate``, ``align_corners=False``; the
-            CAM scales averaged on the scale-1 grid, then upsampled), which place token ``c`` at ``8 c + 3.5``:
-            every map lands 3.5 px down / right of its content (1 % of a 321 crop, 5.5 % of a 64 one).
-            ``encoder``: where the backbone's padded strided convolutions centre the tokens, ``8 c``
+            CAM scales averaged on the scale-1 grid, then upsampled), which place token ``c`` at ``8 c + 3.5``,
+            where a trained network's CAMs put their content (``benchmarks/cam_offset.py``). ``encoder``: where
+            the backbone's padded strided convolutions centre an untrained token, ``8 c``
             (``wsss_lightning.models.token_grid``); each scale's CAM is resampled to the crop by those positions
             and the scales are averaged there, and the heads' logits are resampled the same way in training,
-            validation and prediction. The default stays RRM's (see ``benchmarks/README.md`` for both).
+            validation and prediction (measured worse, ``benchmarks/README.md``).
         mask_padding: set the padded border of the crop to 255 in ``B^ct`` (off: RRM does not mask it; the
             padding is always outside the dense-CRF energy's ROI).
         crf_backend: where the training labels' and the pseudo masks' CRFs run: ``device`` (batched mean-field on
