@@ -17,7 +17,8 @@ Usage::
     python benchmarks/asdt_table.py --root outputs/synthetic_voc [--seeds 0 1] [--steps 600] [--parallel 2]
         [--rows ...] [--model.init_args.labels.token_positions=encoder ...]
 
-Arguments of the form ``--model.* / --data.* / --trainer.*=VALUE`` are added to every run's ``wsss fit``.
+Arguments of the form ``--model.* / --data.* / --trainer.*=VALUE`` are added to every run's ``wsss fit`` (give such
+runs their own ``--out``: a run's folder is replaced when it is run again).
 """
 
 from __future__ import annotations
@@ -94,9 +95,15 @@ def main() -> None:
     )
     # any other ``--model.* / --data.* / --trainer.*=VALUE`` argument is added to every run
     args, overrides = parser.parse_known_args()
-    unknown = [a for a in overrides if not a.startswith(("--model.", "--data.", "--trainer."))]
+    unknown = [
+        a for a in overrides if not a.startswith(("--model.", "--data.", "--trainer.")) or "=" not in a
+    ]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.error(f"unrecognized arguments (give others as --KEY=VALUE): {' '.join(unknown)}")
+    fixed = ("teaching.mode", "max_steps", "val_check_interval", "default_root_dir", "source.root", "seed")
+    taken = [a for a in overrides if any(f".{key}=" in a for key in fixed)]
+    if taken:
+        parser.error(f"set by the script itself (rows, --steps, --out, --root, --seeds): {' '.join(taken)}")
     if not (args.root / "cls_labels.txt").is_file():
         generate("voc", args.root)
     weights = None if args.scratch else pretrain_encoder(PretrainConfig(), REPO / "outputs" / "pretrained")

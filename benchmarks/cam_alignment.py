@@ -5,9 +5,11 @@ at pixel ``s*c``, ``ceil(n / s)`` tokens), the fraction of that class's pixels i
 centred on the token; it is made from
 the ground-truth masks of the val images at every CAM scale and flip, exactly as a network whose tokens saw the
 masks would. It goes through AFA's CAM path (``multiscale_cams``: scales 1.0 / 0.5 / 1.5 with flips, max-merge,
-normalisation; labels at background score 0.45 over the ground-truth tags) with the tokens placed where they
-sit (``labels.token_positions: encoder``) and as the released code resizes them (``cell_centres``), and the
-labels are scored against the masks. Any shortfall from 1.0 is the token grid's and the resampling's.
+normalisation; labels at background score 0.45 over the ground-truth tags) with the tokens at ``s*c``
+(``labels.token_positions: encoder``) and as the released code resizes them (``cell_centres``), and the labels
+are scored against the masks. Any shortfall from 1.0 is the token grid's and the resampling's. The perfect CAM's
+content sits at ``s*c`` by construction: this is what a wrong placement costs, not where a trained network's
+content sits (``cam_offset.py`` measures that).
 
     python benchmarks/cam_alignment.py --root outputs/synthetic_voc800
 """
@@ -70,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     masks = load_masks(args.root, args.split)
     print(f"{len(masks)} {args.split} masks of {masks.shape[-2]}x{masks.shape[-1]} px")
-    print("| token grid | CAM scales | tokens where they sit | cell-centre resize (released code) |")
+    print("| token grid | CAM scales | tokens at s*c | cell-centre resize (released code) |")
     print("|---|---|---:|---:|")
     for stride in (16, 8):
         for scales in ((1.0,), (1.0, 0.5, 1.5)):

@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss_lightning.methods import AFAModule, ASDTModule
 from wsss_lightning.metrics import SegmentationIoU
 from wsss_lightning.models.token_grid import TokenGrid, sample_grid
@@ -29,27 +28,26 @@ from wsss_lightning.pseudo_labels.cam import cam_labels_eval, present_classes
 
 
 def load_split(root: Path, split: str = "val") -> tuple[Tensor, Tensor]:
-    """``(N, 3, H, W)`` normalised images and ``(N, H, W)`` masks of a VOC-layout split (one image size)."""
+    """``(N, 3, H, W)`` RGB images in [0, 1] and ``(N, H, W)`` masks of a VOC-layout split (one image size)."""
     ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
     rgb = np.stack([np.array(Image.open(root / "JPEGImages" / f"{i}.jpg").convert("RGB")) for i in ids])
     masks = np.stack([np.array(Image.open(root / "SegmentationClassAug" / f"{i}.png")) for i in ids])
-    images = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    return (images - mean) / std, torch.from_numpy(masks).long()
+    return torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(masks).long()
 
 
-def trained_cams(checkpoint: Path, images: Tensor) -> tuple[Tensor, float, str]:
-    """Raw CAMs ``(N, C - 1, h, w)``, the token stride and the method of a checkpoint."""
+def trained_cams(checkpoint: Path, rgb: Tensor) -> tuple[Tensor, float, str]:
+    """Raw CAMs ``(N, C - 1, h, w)`` of RGB images, the token stride and the method of a checkpoint."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     name = str(state.get("hyper_parameters", {}).get("_class_path", ""))
     cls: type[AFAModule | ASDTModule] = ASDTModule if "ASDT" in name else AFAModule
     if not name:  # older checkpoints: try both
         cls = ASDTModule if any(k.startswith("net.seg_teacher") for k in state["state_dict"]) else AFAModule
     model = cls.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    images = (rgb - model.image_mean) / model.image_std  # the normalisation the model was trained with
     with torch.no_grad():
         if isinstance(model, ASDTModule):
             cams = torch.cat([model.net.cams(x) for x in images.split(8)])
-            stride = float(images.shape[-1] // cams.shape[-1])
+            stride = float(model.net.token_grid.stride)
         else:
             cams = torch.cat(
                 [model.net.cam(model.net.encoder(x).features[-1]).relu() for x in images.split(8)]
@@ -90,7 +88,7 @@ def main() -> None:
     for checkpoint in args.checkpoint:
         cams, stride, method = trained_cams(checkpoint, images)
         centre = (stride - 1) / 2
-        origins = sorted({0.0, centre / 2, centre, -centre / 2, 1.5 * centre})
+        origins = (0.0, centre / 2, centre, 1.5 * centre)
         print(f"\n{method} {checkpoint} (stride {stride:g}; cell centre {centre:g})")
         print("| origin (px) | rows only | columns only | both |")
         print("|---:|---:|---:|---:|")

@@ -57,7 +57,7 @@ class AFANetwork(nn.Module):
         drop_path_rate: stochastic depth of the encoder (0.1).
         rep_channels: width of a representation head on the fused head features; 0 = none.
         scaled_attention: feed the affinity head ``q·kᵀ·scale`` (the softmax's input) instead of the released
-            encoder's unscaled ``q·kᵀ`` (``wetr/mix_transformer.py``).
+            encoder's unscaled ``q·kᵀ`` (``rulixiang/afa``, ``wetr/mix_transformer.py``).
         affinity_init: ``released``: the affinity head's weight drawn as in ``wetr/model_attn_aff.py``
             (``kaiming_normal_`` with ``a = √5``, fan-out mode: std ``√(1/3)`` for its one output channel);
             ``pytorch``: PyTorch's default convolution init (uniform, bound ``1/√(H·L)``). Both keep

@@ -5,7 +5,7 @@ used as is apart from two things the affinity-from-attention method (AFA, Ru et 
 
 * the stride of the last patch embedding can be set to 1, so the last stage stays at 1/16 of the input;
 * the pre-softmax attention logits of the last blocks of the last stage are returned with the stage outputs:
-  ``q·kᵀ`` as AFA's released encoder returns them (``wetr/mix_transformer.py``, ``Attention.forward``: the
+  ``q·kᵀ`` as AFA's released encoder returns them (``rulixiang/afa``, ``wetr/mix_transformer.py``: the
   scale is applied only inside the softmax), or ``q·kᵀ·scale``, the softmax's own input (``scaled_attention``).
   They are recomputed from the outputs of each captured block's ``attn.q`` / ``attn.kv`` projections (read
   by forward hooks), so smp's attention code runs unchanged and the logits stay in the autograd graph: a loss

@@ -184,8 +184,9 @@ class ViTBackbone(nn.Module):
             checkpoint's resolution (224 for DeiT) so the stored embedding is used as trained: for another
             value timm resamples it once at load time (antialiased bicubic), as the reference never did.
         train_pos_embed: train the position embedding. Off: it is frozen, as in DuPL's released ViT
-            (``model/backbone/vit.py``: ``pos_embed.requires_grad = False``), which loads a pretrained one. A
-            network trained from scratch would keep its random initial embedding (std 0.02) for the whole run.
+            (``Wu0409/DuPL``, ``model/backbone/vit.py``: ``pos_embed.requires_grad = False``), which loads a
+            pretrained one; a network trained from scratch would keep its random initial embedding (std 0.02)
+            for the whole run. A trained embedding joins the backbone's optimizer group and its weight decay.
 
     Attributes:
         vit: the timm model (its ``head`` is an identity; ``pos_embed`` is frozen unless ``train_pos_embed``).

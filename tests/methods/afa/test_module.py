@@ -164,3 +164,15 @@ def test_ground_truth_target_needs_masks(synthetic, tmp_path, monkeypatch):
             ["fit", *args(AFA, synthetic("voc"), tiny.AFA, steps=2), "--model.init_args.labels.target=mask",
              "--model.init_args.phases.seg_start=0", "--data.init_args.view.init_args.diagnostic_masks=false"]
         )  # fmt: skip
+
+
+def test_checkpoint_from_before_the_attention_option_keeps_the_scaled_attention():
+    """A checkpoint without ``scaled_attention`` in its hyper-parameters was trained with ``q·kᵀ·scale``."""
+    old = _tiny_model()
+    assert not old.net.encoder.scaled_attention  # the released input is the default
+    with pytest.warns(UserWarning, match="predates model.init_args.scaled_attention"):
+        old.on_load_checkpoint({"hyper_parameters": {"num_classes": 21}})
+    assert old.net.encoder.scaled_attention and old.hparams["scaled_attention"]
+    new = _tiny_model()
+    new.on_load_checkpoint({"hyper_parameters": {"num_classes": 21, "scaled_attention": False}})
+    assert not new.net.encoder.scaled_attention

@@ -271,7 +271,9 @@ def test_head_logits_follow_the_cams_token_placement() -> None:
     import numpy as np
 
     from wsss_lightning.models.resize import resize
+    from wsss_lightning.models.token_grid import TokenGrid, tokens_to_pixels
 
+    grid = TokenGrid(8.0, 0.0)
     images = torch.randn(2, 3, 32, 40)
     for placement in ("cell_centres", "encoder"):
         model = small(labels=ReliableLabelConfig(token_positions=placement), evaluate="student").eval()
@@ -297,7 +299,25 @@ def test_head_logits_follow_the_cams_token_placement() -> None:
         expected = rows[..., c0] * (1 - wc) + rows[..., c1] * wc
         np.testing.assert_allclose(student.double().numpy(), expected, atol=1e-5)
         assert seg_teacher.shape == student.shape == (2, model.num_classes, 32, 40)
+        torch.testing.assert_close(seg_teacher, tokens_to_pixels(out.seg_teacher, (32, 40), (32, 40), grid))
         torch.testing.assert_close(logits, student)  # forward already at the input's size
+
+
+def test_encoder_positions_train_validate_and_predict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``encoder`` positions a training step reaches every head, and multi-scale inference keeps the size."""
+    model = small(labels=ReliableLabelConfig(cam_scales=(1.0, 0.5), token_positions="encoder"))
+    monkeypatch.setattr(model, "log_dict", lambda values, **_: None)
+    monkeypatch.setattr(model, "log_progress_loss", lambda *a, **k: None)
+    model.active_teacher = "seg"
+    model.training_step(batch(), 0).backward()  # type: ignore[no-untyped-call]
+    assert model.net.student[2].weight.grad is not None and model.net.seg_teacher[2].weight.grad is not None
+    model.eval()
+    model.inference.test_scales = (1.0, 0.75)
+    with torch.no_grad():
+        logits = model.predict_logits(batch()["image"][:, :, :30, :26], test_time=True)
+        out = model.predict_step(batch(), 0)
+    assert logits.shape == (2, model.num_classes, 30, 26) and bool(torch.isfinite(logits).all())
+    assert out["masks"][1].shape == (24, 32)
 
 
 def test_pydensecrf_backend_gives_the_device_crfs_labels(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -63,7 +64,7 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
             stage at 1/16; ``[4, 2, 1, 1]`` keeps it at 1/8 (a finer token grid for small images).
         attention_blocks: last-stage blocks whose attention logits feed the affinity head (2).
         scaled_attention: feed the affinity head ``q·kᵀ·scale`` (the softmax's input); default ``False``, the
-            released encoder's unscaled ``q·kᵀ`` (``wetr/mix_transformer.py``).
+            released encoder's unscaled ``q·kᵀ`` (``rulixiang/afa``, ``wetr/mix_transformer.py``).
         affinity_init: the affinity head's weight init: ``released`` (``wetr/model_attn_aff.py``: normal, std
             ``√(1/3)``) or ``pytorch`` (PyTorch's default, about 4x smaller for mit_b1's 16 channels).
         embed_dim: SegFormer head width (256).
@@ -133,6 +134,20 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
                 f"encoder_strides / attention_blocks: {err}"
             ) from err
         self.par = PAR(hp.labels.par_dilations, hp.labels.par_iterations)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        # A checkpoint from before ``scaled_attention`` existed was trained with the scaled logits: keep them.
+        if "scaled_attention" not in checkpoint.get("hyper_parameters", {"scaled_attention": None}):
+            if not self.net.encoder.scaled_attention:
+                rank_zero_warn(
+                    f"{type(self).__name__}: the checkpoint predates model.init_args.scaled_attention and was "
+                    "trained with the affinity head reading q·kᵀ·scale; it keeps that input "
+                    "(scaled_attention: true)"
+                )
+            self.net.encoder.scaled_attention = True
+            self.hparams["scaled_attention"] = True
 
     @override
     def configure_metrics(self) -> None:
