@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from wsss_lightning.data.supervision import tags_from_mask
 from wsss_lightning.methods import AFAModule, ASDTModule
 from wsss_lightning.metrics import SegmentationIoU
 from wsss_lightning.models.token_grid import TokenGrid, sample_grid
@@ -37,11 +38,9 @@ def load_split(root: Path, split: str = "val") -> tuple[Tensor, Tensor]:
 
 def trained_cams(checkpoint: Path, rgb: Tensor) -> tuple[Tensor, float, str]:
     """Raw CAMs ``(N, C - 1, h, w)`` of RGB images, the token stride and the method of a checkpoint."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    name = str(state.get("hyper_parameters", {}).get("_class_path", ""))
-    cls: type[AFAModule | ASDTModule] = ASDTModule if "ASDT" in name else AFAModule
-    if not name:  # older checkpoints: try both
-        cls = ASDTModule if any(k.startswith("net.seg_teacher") for k in state["state_dict"]) else AFAModule
+    # the module that wrote the file (SegmentationMethod.on_save_checkpoint); U2PL+ WS's is an AFAModule
+    writer = str(torch.load(checkpoint, map_location="cpu", weights_only=True).get("method", ""))
+    cls: type[AFAModule | ASDTModule] = ASDTModule if writer.endswith(".ASDTModule") else AFAModule
     model = cls.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     images = (rgb - model.image_mean) / model.image_std  # the normalisation the model was trained with
     with torch.no_grad():
@@ -56,23 +55,27 @@ def trained_cams(checkpoint: Path, rgb: Tensor) -> tuple[Tensor, float, str]:
     return cams, stride, cls.__name__
 
 
-def score(cams: Tensor, masks: Tensor, stride: float, row_origin: float, col_origin: float) -> float:
+def true_classes(masks: Tensor, num_classes: int) -> Tensor:
+    """``(N, K)`` each mask's foreground classes (``present_classes`` of its tags)."""
+    tags = np.stack([tags_from_mask(m, num_classes) for m in masks.numpy()])
+    return present_classes(torch.from_numpy(tags[:, 1:]))
+
+
+def score(
+    cams: Tensor, masks: Tensor, classes: Tensor, stride: float, row_origin: float, col_origin: float
+) -> float:
     """CAM-label mIoU with token ``c`` at pixel ``origin + stride * c`` (per axis)."""
-    num_classes = cams.shape[1] + 1
-    metric = SegmentationIoU(num_classes)
+    metric = SegmentationIoU(cams.shape[1] + 1)
     rows = TokenGrid(stride, row_origin).token_positions(masks.shape[-2], masks.shape[-2]).float()
     cols = TokenGrid(stride, col_origin).token_positions(masks.shape[-1], masks.shape[-1]).float()
-    for maps, batch in zip(cams.split(8), masks.split(8), strict=True):
-        onehot = torch.nn.functional.one_hot(batch.clamp(max=num_classes - 1), num_classes)
-        tags = (onehot[..., 1:] * (batch != 255)[..., None]).flatten(1, 2).amax(1).float()
-        classes = present_classes(tags)
+    for maps, batch, present in zip(cams.split(8), masks.split(8), classes.split(8), strict=True):
         pixels = sample_grid(maps, rows, cols)
         picked = torch.gather(
-            pixels, 1, classes.clamp(min=0)[:, :, None, None].expand(-1, -1, *pixels.shape[-2:])
+            pixels, 1, present.clamp(min=0)[:, :, None, None].expand(-1, -1, *pixels.shape[-2:])
         )
-        picked = picked * (classes >= 0)[:, :, None, None]
+        picked = picked * (present >= 0)[:, :, None, None]
         picked = picked / picked.flatten(2).amax(2).clamp_min(1e-5)[:, :, None, None]
-        metric.update(cam_labels_eval(picked, None, 0.45, classes=classes), batch)
+        metric.update(cam_labels_eval(picked, None, 0.45, classes=present), batch)
     return float(metric.compute()[0])
 
 
@@ -87,14 +90,15 @@ def main() -> None:
     images, masks = load_split(args.root)
     for checkpoint in args.checkpoint:
         cams, stride, method = trained_cams(checkpoint, images)
+        classes = true_classes(masks, cams.shape[1] + 1)
         centre = (stride - 1) / 2
         origins = (0.0, centre / 2, centre, 1.5 * centre)
         print(f"\n{method} {checkpoint} (stride {stride:g}; cell centre {centre:g})")
         print("| origin (px) | rows only | columns only | both |")
         print("|---:|---:|---:|---:|")
         for o in origins:
-            cells = (score(cams, masks, stride, o, 0.0), score(cams, masks, stride, 0.0, o))
-            both = score(cams, masks, stride, o, o)
+            cells = (score(cams, masks, classes, stride, o, 0.0), score(cams, masks, classes, stride, 0.0, o))
+            both = score(cams, masks, classes, stride, o, o)
             print(f"| {o:g} | {cells[0]:.3f} | {cells[1]:.3f} | {both:.3f} |")
 
 

@@ -105,9 +105,8 @@ def test_trained_position_embedding_gets_a_gradient_through_its_resampling():
     features.square().mean().backward()
     grad = net.vit.pos_embed.grad
     assert net.vit.pos_embed.requires_grad and grad is not None
-    assert bool(
-        (grad[0, 1:].abs().sum(-1) > 0).all()
-    )  # every stored patch position feeds the bicubic resample
+    # every stored patch position feeds the bicubic resample
+    assert bool((grad[0, 1:].abs().sum(-1) > 0).all())
 
 
 @pytest.mark.parametrize(("aux_layer", "block"), [(-3, 1), (0, 0), (3, 3)])

@@ -108,10 +108,10 @@ def test_param_groups_cover_every_trainable_parameter_once(net):
 
 
 def test_trained_position_embedding_joins_the_backbone_group():
-    groups = _net(train_pos_embed=True).param_groups()
     trained = _net(train_pos_embed=True)
+    groups = trained.param_groups()
     assert trained.backbone.vit.pos_embed.requires_grad
-    assert id(trained.backbone.vit.pos_embed) in {id(p) for p in trained.param_groups()["backbone"]}
+    assert id(trained.backbone.vit.pos_embed) in {id(p) for p in groups["backbone"]}
     assert len(groups["backbone"]) == len(_net().param_groups()["backbone"]) + 1
 
 

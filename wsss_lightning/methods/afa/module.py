@@ -139,7 +139,8 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         # A checkpoint from before ``scaled_attention`` existed was trained with the scaled logits: keep them.
-        if "scaled_attention" not in checkpoint.get("hyper_parameters", {"scaled_attention": None}):
+        saved = checkpoint.get("hyper_parameters")
+        if saved is not None and "scaled_attention" not in saved:
             if not self.net.encoder.scaled_attention:
                 rank_zero_warn(
                     f"{type(self).__name__}: the checkpoint predates model.init_args.scaled_attention and was "

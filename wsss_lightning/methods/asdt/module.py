@@ -57,7 +57,7 @@ from wsss_lightning.methods.base import SegmentationMethod
 from wsss_lightning.methods.tags import ImageTagsMixin
 from wsss_lightning.metrics import SegmentationIoU, pseudo_label_accuracy
 from wsss_lightning.models.resize import resize
-from wsss_lightning.models.token_grid import tokens_to_pixels
+from wsss_lightning.models.token_grid import TokenGrid, tokens_to_pixels
 from wsss_lightning.pseudo_labels.cam import box_mask
 
 Output = Literal["student", "seg_teacher", "max"]
@@ -195,17 +195,23 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
             )["warmup_steps"]
 
     # ------------------------------------------------------------------ inference
+    @property
+    def tokens(self) -> TokenGrid | None:
+        """Where every token map (CAMs, seg heads) is placed on the image (``labels.token_positions``).
+
+        The backbone's token grid for ``encoder``, None for RRM's bilinear resizes (``cell_centres``).
+        """
+        return self.net.token_grid if self.options.labels.token_positions == "encoder" else None
+
     def head_logits(self, out: ASDTOutput, size: Sequence[int]) -> tuple[Tensor, Tensor]:
         """The seg-teacher's and the student's logits at the input's ``size``.
 
-        Their tokens are placed as the CAMs' (``labels.token_positions``): RRM's bilinear upsampling
-        (``cell_centres``) or where the backbone centres them (``encoder``), so the class-teacher's labels and
-        the heads' predictions always sit on the same pixels.
+        Their tokens are placed as the CAMs' (:attr:`tokens`), so the class-teacher's labels and the heads'
+        predictions always sit on the same pixels.
         """
-        grid = self.net.token_grid if self.options.labels.token_positions == "encoder" else None
         return (
-            tokens_to_pixels(out.seg_teacher, size, size, grid),
-            tokens_to_pixels(out.student, size, size, grid),
+            tokens_to_pixels(out.seg_teacher, size, size, self.tokens),
+            tokens_to_pixels(out.student, size, size, self.tokens),
         )
 
     def _probs(self, out: ASDTOutput, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -221,15 +227,18 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         cell centres), at the input's with ``labels.token_positions: encoder``.
         """
         out: ASDTOutput = self.net(images)
-        if self.options.labels.token_positions == "encoder":
-            seg_teacher, student = self.head_logits(out, images.shape[-2:])
-        else:
-            seg_teacher, student = out.seg_teacher, out.student
+        tokens, size = self.tokens, images.shape[-2:]
+
+        def place(logits: Tensor) -> Tensor:  # only the maps the evaluated output reads
+            return logits if tokens is None else tokens_to_pixels(logits, size, size, tokens)
+
         if self.options.evaluate == "student":
-            return student
+            return place(out.student)
         if self.options.evaluate == "seg_teacher":
-            return seg_teacher
-        return torch.maximum(seg_teacher.float().softmax(1), student.float().softmax(1)).log()
+            return place(out.seg_teacher)
+        return torch.maximum(
+            place(out.seg_teacher).float().softmax(1), place(out.student).float().softmax(1)
+        ).log()
 
     # ------------------------------------------------------------------ labels
     @torch.no_grad()
@@ -241,16 +250,14 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         crop and each map normalised by its maximum. With ``labels.token_positions: encoder`` each map is instead
         resampled to the crop where its tokens sit and the mean is taken there.
         """
-        cfg, size = self.options.labels, images.shape[-2:]
-        tokens = self.net.token_grid if cfg.token_positions == "encoder" else None
+        cfg, size, tokens = self.options.labels, images.shape[-2:], self.tokens
         grid = cams.shape[-2:]
 
         def place(maps: Tensor, seen: Sequence[int], flipped: bool = False) -> Tensor:
             if tokens is None:  # RRM: on the scale-1 token grid, upsampled after the mean
                 return resize(maps.flip(-1) if flipped else maps, grid).float()
-            out = tokens_to_pixels(
-                maps.float(), size, seen, tokens
-            )  # in the flipped frame, then flipped back
+            # resampled in the flipped frame, then flipped back
+            out = tokens_to_pixels(maps.float(), size, seen, tokens)
             return out.flip(-1) if flipped else out
 
         total, count = place(cams, size), 1
