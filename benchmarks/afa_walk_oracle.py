@@ -1,0 +1,125 @@
+"""Whether AFA's random walk or its learned affinity keeps the propagated CAM below the raw one (CPU, seconds).
+
+AFA (Ru et al., CVPR 2022, Sec. 3.3, Eq. 6-7) propagates the CAM with a random walk on the affinity its head
+predicts from the attention maps. On the synthetic sets the propagated CAM scores below the raw CAM
+(``benchmarks/README.md``, "AFA and U2PL+ WS vs the ceiling"). This script takes a trained AFA / U2PL+ WS
+checkpoint and, on the val images of its VOC-layout set, walks the same multi-scale CAMs (the validation's, with
+the ground-truth tags and the checkpoint's background score) with four affinities, everything else as the
+checkpoint's validation (walk scale, radius window, power, token placement):
+
+* **learned**: ``sigmoid`` of the affinity head, the validation's ``val/aff_cam`` row;
+* **head targets**: the affinity labels the head is trained towards (``affinity_labels`` of the refined CAM
+  label nearest-downsampled to the token grid: 1 same label, 0 different), 0.5 where the target is ignored;
+* **ground truth**: ``p_iᵀ p_j`` of the ground-truth mask's one-hot sampled at the tokens as the walk samples the
+  CAMs (bilinear; a perfect affinity, 1 inside a region, 0 across regions of different classes);
+* **none**: 1 for every pair of the window (the walk alone, without an affinity).
+
+It also prints the learned affinity's mean on the ground-truth same-class and different-class pairs of the
+window. A walk that helps with the ground-truth affinity and hurts with the learned one places the loss in the
+affinity head, not in the walk.
+
+    python benchmarks/afa_walk_oracle.py --root outputs/synthetic_voc800 --checkpoint PATH [PATH ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from cam_offset import load_split, true_classes
+from torch import Tensor
+
+from wsss_lightning.methods import AFAModule
+from wsss_lightning.metrics import SegmentationIoU
+from wsss_lightning.pseudo_labels.affinity import WalkGrid, propagated_cam_labels, radius_mask, walk_matrix
+from wsss_lightning.pseudo_labels.cam import affinity_labels, cam_labels_eval
+
+AFFINITIES = ("learned", "head targets", "ground truth", "none")
+
+
+def token_classes(labels: Tensor, grid: WalkGrid, num_classes: int, ignore_index: int) -> Tensor:
+    """``(B, C, N)`` a ``(B, H, W)`` label map's one-hot sampled at the walk's tokens, summing to 1 per token.
+
+    Ignored pixels are zero vectors, so they count for no class; a token that samples only ignored pixels is 0.
+    """
+    onehot = F.one_hot(labels.clamp(max=num_classes - 1), num_classes).permute(0, 3, 1, 2).float()
+    onehot = onehot * (labels != ignore_index)[:, None]
+    assert grid.input_size is not None
+    onehot = F.interpolate(onehot, size=grid.input_size, mode="nearest")
+    fractions = grid.down(onehot).flatten(2).clamp_min(0)
+    return fractions / fractions.sum(1, keepdim=True).clamp_min(1e-6)
+
+
+@torch.no_grad()
+def affinities(
+    model: AFAModule, images: Tensor, masks: Tensor, cams: Tensor, classes: Tensor, grid: WalkGrid
+) -> dict[str, Tensor]:
+    """``(B, N, N)`` pair affinities in ``[0, 1]`` of :data:`AFFINITIES` on the walk's token grid."""
+    assert grid.input_size is not None
+    at_walk_scale = F.interpolate(images, size=grid.input_size, mode="bilinear", align_corners=False)
+    learned = torch.sigmoid(model.net.cams_and_affinity(at_walk_scale)[1])
+    refined, _ = model.refined_labels(model.denormalize(images), cams, classes, None)
+    tokens = F.interpolate(refined[:, None].float(), size=grid.size, mode="nearest")[:, 0].long()
+    pairs = affinity_labels(tokens, model.ignore_index, radius=None, diagonal="positive")
+    targets = torch.where(pairs == model.ignore_index, 0.5, pairs.float())
+    truth = token_classes(masks, grid, model.num_classes, model.ignore_index)
+    return {
+        "learned": learned,
+        "head targets": targets,
+        "ground truth": torch.einsum("bcn,bcm->bnm", truth, truth),
+        "none": torch.ones_like(learned),
+    }
+
+
+def evaluate(model: AFAModule, rgb: Tensor, masks: Tensor) -> tuple[dict[str, float], tuple[float, float]]:
+    """mIoU of the raw CAM and of the CAM walked with each affinity; the learned affinity on same / other pairs."""
+    cfg = model.options.labels
+    classes = true_classes(masks, model.num_classes)
+    metrics = {name: SegmentationIoU(model.num_classes) for name in ("raw CAM", *AFFINITIES)}
+    same, other = [], []
+    for x, y, present in zip(rgb.split(8), masks.split(8), classes.split(8), strict=True):
+        images = (x - model.image_mean) / model.image_std
+        with torch.no_grad():
+            cams, _, grid = model.cams_with_walk(images, present, with_walk=False)
+            window = radius_mask(*grid.size, cfg.radius, device=images.device)
+            metrics["raw CAM"].update(cam_labels_eval(cams, None, cfg.background, classes=present), y)
+            pair_values = affinities(model, images, y, cams, present, grid)
+            for name, values in pair_values.items():
+                walk = walk_matrix(
+                    values, mask=window, power=cfg.walk_power, log_iterations=cfg.walk_log_iterations
+                )
+                metrics[name].update(propagated_cam_labels(cams, present, walk, grid, cfg.background), y)
+            truth = token_classes(y, grid, model.num_classes, model.ignore_index).argmax(1)
+            same_class = truth[:, :, None] == truth[:, None, :]
+            same.append(pair_values["learned"][same_class & window])
+            other.append(pair_values["learned"][~same_class & window])
+    scores = {name: float(metric.compute()[0]) for name, metric in metrics.items()}
+    return scores, (float(torch.cat(same).mean()), float(torch.cat(other).mean()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", type=Path, required=True, help="VOC-layout set the checkpoints trained on")
+    parser.add_argument("--checkpoint", type=Path, nargs="+", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rgb, masks = load_split(args.root)
+    print(
+        "| checkpoint | raw CAM | "
+        + " | ".join(f"walk: {a}" for a in AFFINITIES)
+        + " | learned: same / other |"
+    )
+    print("|---|" + "---:|" * (len(AFFINITIES) + 2))
+    for checkpoint in args.checkpoint:
+        model = AFAModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+        scores, (same, other) = evaluate(model, rgb, masks)
+        cells = " | ".join(f"{v:.3f}" for v in scores.values())
+        print(f"| {checkpoint} | {cells} | {same:.2f} / {other:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
