@@ -8,14 +8,15 @@ the ground-truth tags and the checkpoint's background score) with four affinitie
 checkpoint's validation (walk scale, radius window, power, token placement):
 
 * **learned**: ``sigmoid`` of the affinity head, the validation's ``val/aff_cam`` row;
-* **head targets**: the affinity labels the head is trained towards (``affinity_labels`` of the refined CAM
-  label nearest-downsampled to the token grid: 1 same label, 0 different), 0.5 where the target is ignored;
-* **ground truth**: ``p_iᵀ p_j`` of the ground-truth mask's one-hot sampled at the tokens as the walk samples the
-  CAMs (bilinear; a perfect affinity, 1 inside a region, 0 across regions of different classes);
+* **head targets**: the same / different-label pairs (``affinity_labels``) of the refined CAM label the head is
+  trained towards, sampled at the tokens where the walk reads the CAMs; the head has no target where either
+  token is ignored (the label's uncertain band), so those pairs are shown at 0.5 and at 0;
+* **ground truth**: ``p_iᵀ p_j`` of the ground-truth mask's class shares sampled at the tokens as the walk samples
+  the CAMs (a perfect affinity: 1 inside a region, 0 across regions of different classes);
 * **none**: 1 for every pair of the window (the walk alone, without an affinity).
 
 It also prints the learned affinity's mean on the ground-truth same-class and different-class pairs of the
-window. A walk that helps with the ground-truth affinity and hurts with the learned one places the loss in the
+window (tokens whose sample is mostly ignored pixels and each token's pair with itself left out). A walk that helps with the ground-truth affinity and hurts with the learned one places the loss in the
 affinity head, not in the walk.
 
     python benchmarks/afa_walk_oracle.py --root outputs/synthetic_voc800 --checkpoint PATH [PATH ...]
@@ -36,20 +37,16 @@ from wsss_lightning.metrics import SegmentationIoU
 from wsss_lightning.pseudo_labels.affinity import WalkGrid, propagated_cam_labels, radius_mask, walk_matrix
 from wsss_lightning.pseudo_labels.cam import affinity_labels, cam_labels_eval
 
-AFFINITIES = ("learned", "head targets", "ground truth", "none")
+AFFINITIES = ("learned", "head targets, ignored 0.5", "head targets, ignored 0", "ground truth", "none")
 
 
 def token_classes(labels: Tensor, grid: WalkGrid, num_classes: int, ignore_index: int) -> Tensor:
-    """``(B, C, N)`` a ``(B, H, W)`` label map's one-hot sampled at the walk's tokens, summing to 1 per token.
-
-    Ignored pixels are zero vectors, so they count for no class; a token that samples only ignored pixels is 0.
-    """
-    onehot = F.one_hot(labels.clamp(max=num_classes - 1), num_classes).permute(0, 3, 1, 2).float()
-    onehot = onehot * (labels != ignore_index)[:, None]
-    assert grid.input_size is not None
-    onehot = F.interpolate(onehot, size=grid.input_size, mode="nearest")
-    fractions = grid.down(onehot).flatten(2).clamp_min(0)
-    return fractions / fractions.sum(1, keepdim=True).clamp_min(1e-6)
+    """``(B, C + 1, N)`` a ``(B, H, W)`` label map's one-hot sampled at the walk's tokens as the walk samples the
+    CAMs (``WalkGrid.down``); the last channel is the ignored pixels' share. Sums to 1 per token."""
+    ignored = labels == ignore_index
+    ids = torch.where(ignored, num_classes, labels.clamp(max=num_classes - 1))
+    onehot = F.one_hot(ids, num_classes + 1).permute(0, 3, 1, 2).float()
+    return grid.down(onehot).flatten(2)
 
 
 @torch.no_grad()
@@ -60,24 +57,32 @@ def affinities(
     assert grid.input_size is not None
     at_walk_scale = F.interpolate(images, size=grid.input_size, mode="bilinear", align_corners=False)
     learned = torch.sigmoid(model.net.cams_and_affinity(at_walk_scale)[1])
+    # the refined label at the tokens where the walk reads the CAMs (the majority of each token's sample)
     refined, _ = model.refined_labels(model.denormalize(images), cams, classes, None)
-    tokens = F.interpolate(refined[:, None].float(), size=grid.size, mode="nearest")[:, 0].long()
+    shares = token_classes(refined, grid, model.num_classes, model.ignore_index)
+    tokens = shares.argmax(1)
+    tokens = torch.where(tokens == model.num_classes, model.ignore_index, tokens).view(-1, *grid.size)
     pairs = affinity_labels(tokens, model.ignore_index, radius=None, diagonal="positive")
-    targets = torch.where(pairs == model.ignore_index, 0.5, pairs.float())
-    truth = token_classes(masks, grid, model.num_classes, model.ignore_index)
+    # the ground truth: p_i . p_j of the class shares (ignored pixels count for no class)
+    truth = token_classes(masks, grid, model.num_classes, model.ignore_index)[:, :-1]
+    truth = truth / truth.sum(1, keepdim=True).clamp_min(1e-6)
     return {
         "learned": learned,
-        "head targets": targets,
+        "head targets, ignored 0.5": torch.where(pairs == model.ignore_index, 0.5, pairs.float()),
+        "head targets, ignored 0": torch.where(pairs == model.ignore_index, 0.0, pairs.float()),
         "ground truth": torch.einsum("bcn,bcm->bnm", truth, truth),
         "none": torch.ones_like(learned),
     }
 
 
 def evaluate(model: AFAModule, rgb: Tensor, masks: Tensor) -> tuple[dict[str, float], tuple[float, float]]:
-    """mIoU of the raw CAM and of the CAM walked with each affinity; the learned affinity on same / other pairs."""
+    """mIoU of the raw CAM and of the CAM walked with each affinity; the learned affinity's mean on the window's
+    ground-truth same-class / different-class pairs (tokens with a majority class, the diagonal left out)."""
     cfg = model.options.labels
     classes = true_classes(masks, model.num_classes)
-    metrics = {name: SegmentationIoU(model.num_classes) for name in ("raw CAM", *AFFINITIES)}
+    metrics = {
+        name: SegmentationIoU(model.num_classes, model.ignore_index) for name in ("raw CAM", *AFFINITIES)
+    }
     same, other = [], []
     for x, y, present in zip(rgb.split(8), masks.split(8), classes.split(8), strict=True):
         images = (x - model.image_mean) / model.image_std
@@ -92,9 +97,13 @@ def evaluate(model: AFAModule, rgb: Tensor, masks: Tensor) -> tuple[dict[str, fl
                 )
                 metrics[name].update(propagated_cam_labels(cams, present, walk, grid, cfg.background), y)
             truth = token_classes(y, grid, model.num_classes, model.ignore_index).argmax(1)
+            known = truth < model.num_classes
+            counted = (
+                window & ~torch.eye(window.shape[0], dtype=torch.bool) & known[:, :, None] & known[:, None, :]
+            )
             same_class = truth[:, :, None] == truth[:, None, :]
-            same.append(pair_values["learned"][same_class & window])
-            other.append(pair_values["learned"][~same_class & window])
+            same.append(pair_values["learned"][same_class & counted])
+            other.append(pair_values["learned"][~same_class & counted])
     scores = {name: float(metric.compute()[0]) for name, metric in metrics.items()}
     return scores, (float(torch.cat(same).mean()), float(torch.cat(other).mean()))
 
