@@ -53,6 +53,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Formatter
+from typing import Any
 
 from learning_runs import wsss_fit
 
@@ -224,7 +225,7 @@ SECTIONS: tuple[Section, ...] = (
                 ("asdt/synthetic_voc.yaml",),
                 (*ASDT_RUN, "--model.init_args.teaching.mode=class"),
                 ASDT_STEPS,
-                metric="val/max/miou",
+                metric="val/student/miou",
             ),
             Row(
                 "V: ASDT (alternate)",
@@ -232,7 +233,7 @@ SECTIONS: tuple[Section, ...] = (
                 ("asdt/synthetic_voc.yaml",),
                 (*ASDT_RUN, "--model.init_args.teaching.mode=alternate"),
                 ASDT_STEPS,
-                metric="val/max/miou",
+                metric="val/student/miou",
             ),
         ),
         "ceiling/full masks",
@@ -378,11 +379,14 @@ def run_folder(out: Path, section: str, row: str, seed: int) -> Path:
 
 
 def cached_run(
-    cache: dict[str, dict[str, float]], section: str, row: Row, seed: int
+    cache: dict[str, dict[str, Any]], section: str, row: Row, seed: int
 ) -> dict[str, float] | None:
-    """The cached run of ``row``, unless there is none or it ran another number of steps than the row's."""
+    """The cached run of ``row``, unless there is none or it ran another number of steps or scored another metric
+    than the row's (runs cached without their metric count as the row's)."""
     run = cache.get(run_key(section, row.name, seed))
-    return run if run is not None and run["steps"] == row.steps else None
+    if run is None or run["steps"] != row.steps or run.get("metric", row.metric) != row.metric:
+        return None
+    return run
 
 
 def fill(args: tuple[str, ...], values: dict[str, str]) -> list[str]:
@@ -397,11 +401,11 @@ def run_sections(
     parallel: int,
     values: dict[str, str],
     rows: set[str] | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Train every row of ``sections`` (or only the ``rows`` named) for every seed not in the cache; returns
     the whole cache."""
     cache_file = out / "results.json"
-    cache: dict[str, dict[str, float]] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    cache: dict[str, dict[str, Any]] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     lock = threading.Lock()
     jobs: dict[str, Future[None]] = {}
 
@@ -420,7 +424,12 @@ def run_sections(
         if row.metric not in metrics:
             raise RuntimeError(f"{key}: {row.metric} not logged (logged: {sorted(metrics)})")
         with lock:
-            cache[key] = {"miou": metrics[row.metric], "seconds": seconds, "steps": row.steps}
+            cache[key] = {
+                "miou": metrics[row.metric],
+                "seconds": seconds,
+                "steps": row.steps,
+                "metric": row.metric,
+            }
             cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True))
         print(f"{key}: {metrics[row.metric]:.3f} in {seconds / 60:.1f} min", flush=True)
 
@@ -456,7 +465,7 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def summarise(cache: dict[str, dict[str, float]], seeds: list[int]) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(cache: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, dict[str, dict[str, float]]]:
     """Per section and row: mean, half-range, per-seed values, minutes and steps of the cached runs."""
     table: dict[str, dict[str, dict[str, float]]] = {}
     for section in SECTIONS:

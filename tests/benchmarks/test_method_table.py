@@ -172,7 +172,19 @@ def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
     trained: list[str] = []
     monkeypatch.setattr(table, "wsss_fit", lambda key, *a: (trained.append(key), ({"val/miou": 0.7}, 1.0))[1])
     rerun = table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, {"voc": "/voc"})
-    assert rerun["dupl/DuPL/0"] == {"miou": 0.7, "seconds": 1.0, "steps": table.DUPL_STEPS}
+    assert rerun["dupl/DuPL/0"] == {
+        "miou": 0.7,
+        "seconds": 1.0,
+        "steps": table.DUPL_STEPS,
+        "metric": "val/miou",
+    }
+    assert trained == ["dupl/DuPL/0"]
+    # a cached run that scored another metric is not this row's result either
+    rerun["dupl/DuPL/0"]["metric"] = "val/max/miou"
+    assert "DuPL" not in table.summarise(rerun, seeds)["dupl"]
+    (tmp_path / "results.json").write_text(json.dumps(rerun))
+    trained.clear()
+    table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, {"voc": "/voc"})
     assert trained == ["dupl/DuPL/0"]
 
 
