@@ -24,12 +24,9 @@ affinity head, not in the walk.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from cam_offset import load_split, true_classes
+from cam_offset import checkpoints_and_val_split, true_classes
 from torch import Tensor
 
 from wsss_lightning.methods import AFAModule
@@ -109,21 +106,14 @@ def evaluate(model: AFAModule, rgb: Tensor, masks: Tensor) -> tuple[dict[str, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--root", type=Path, required=True, help="VOC-layout set the checkpoints trained on")
-    parser.add_argument("--checkpoint", type=Path, nargs="+", required=True)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    rgb, masks = load_split(args.root)
+    checkpoints, rgb, masks = checkpoints_and_val_split(__doc__)
     print(
         "| checkpoint | raw CAM | "
         + " | ".join(f"walk: {a}" for a in AFFINITIES)
         + " | learned: same / other |"
     )
     print("|---|" + "---:|" * (len(AFFINITIES) + 2))
-    for checkpoint in args.checkpoint:
+    for checkpoint in checkpoints:
         model = AFAModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
         scores, (same, other) = evaluate(model, rgb, masks)
         cells = " | ".join(f"{v:.3f}" for v in scores.values())

@@ -79,16 +79,22 @@ def score(
     return float(metric.compute()[0])
 
 
-def main() -> None:
+def checkpoints_and_val_split(description: str | None) -> tuple[list[Path], Tensor, Tensor]:
+    """The command line of the checkpoint scripts (``--root``, ``--checkpoint``): the checkpoints and the val
+    split of their set (``load_split``); one thread."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--root", type=Path, required=True, help="VOC-layout set the checkpoints trained on")
     parser.add_argument("--checkpoint", type=Path, nargs="+", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    images, masks = load_split(args.root)
-    for checkpoint in args.checkpoint:
+    return list(args.checkpoint), *load_split(args.root)
+
+
+def main() -> None:
+    checkpoints, images, masks = checkpoints_and_val_split(__doc__)
+    for checkpoint in checkpoints:
         cams, stride, method = trained_cams(checkpoint, images)
         classes = true_classes(masks, cams.shape[1] + 1)
         centre = (stride - 1) / 2
