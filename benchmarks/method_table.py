@@ -27,8 +27,12 @@ per-seed values, the ratio to the section's ceiling, steps and minutes per run, 
 The object-layout sections train on the hard VOC set (``wsss-data synthetic --difficulty hard``, 800 train /
 100 val images of 128², seed 0; 64² for Seminar), the street section on hard GTA5 / Cityscapes sets (600 train
 images of 128×256 each; 100 Cityscapes val images). Every finished run is cached in ``<out>/results.json`` (by section,
-row and seed) and skipped when asked again, so sections can be run one at a time and the table is rewritten
-from everything measured so far; a row not measured yet reads "not run".
+row and seed) with the commit it was trained with, the SHA-256 digests of the data sets and weights file it read, the
+torch version and the CPU kernels torch picked. A cached run is skipped when asked again if it read the same data
+and weights as the row would now, so sections can be run one at a time (and side by side) and the table is
+rewritten from everything measured so far; a row not measured yet reads "not run". The table gives each row's
+commit and flags runs cached before runs kept this record: rerunning such a run may give another value, and so may
+another CPU (AVX2 and AVX-512 kernels round differently).
 
 Usage::
 
@@ -46,9 +50,14 @@ runs every section with two seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import functools
+import hashlib
 import json
+import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +112,10 @@ class Section:
     check: Callable[[dict[str, float], float | None], bool] = field(
         default=lambda mean, ceiling: True, repr=False
     )
+
+
+#: per section and row: the summary of its cached runs (``summarise``)
+Summary = dict[str, dict[str, dict[str, Any]]]
 
 
 VOC = ("--data.init_args.source.root={voc}",)
@@ -378,6 +391,58 @@ def run_folder(out: Path, section: str, row: str, seed: int) -> Path:
     return out / "runs" / section / f"{slug(row)}_seed{seed}"
 
 
+def code_version() -> str:
+    """The checked-out commit, with ``+changes`` when the package, configs or benchmarks differ from it
+    (``unknown`` outside a git checkout)."""
+    git = ["git", "-C", str(REPO)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, check=True
+        )
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", "wsss_lightning", "configs", "benchmarks"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
+
+
+@functools.cache
+def digest(path: str) -> str:
+    """The first 12 hex digits of the SHA-256 of a file, or of a folder's files (relative names and contents, in
+    name order); ``missing`` when there is nothing at ``path``."""
+    root = Path(path)
+    if not root.exists():
+        return "missing"
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        name, data = f.relative_to(root).as_posix().encode(), f.read_bytes()
+        h.update(b"%d:%s%d:" % (len(name), name, len(data)) + data)
+    return h.hexdigest()[:12]
+
+
+def row_inputs(row: Row, values: dict[str, str]) -> dict[str, str]:
+    """The digests of the data sets and weights files ``row`` reads (its ancillary checkpoint apart: that is a run
+    of the table, with its own record)."""
+    names = {f for a in row.extra for _, f, _, _ in Formatter().parse(a) if f} - {"ancillary"}
+    return {name: digest(values[name]) for name in sorted(names) if name in values}
+
+
+def environment() -> dict[str, str]:
+    """What the runs' floating-point results depend on besides the code and inputs: the torch version and the CPU
+    kernels it picks (AVX2 and AVX-512 kernels round differently, and a few hundred steps turn that into mIoU)."""
+    import torch
+
+    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+
+
+def same_inputs(run: dict[str, Any], row: Row, values: dict[str, str]) -> bool:
+    """Whether a cached run recorded its inputs and they are the ones ``row`` would read now."""
+    return run.get("inputs") == row_inputs(row, values)
+
+
 def cached_run(
     cache: dict[str, dict[str, Any]], section: str, row: Row, seed: int
 ) -> dict[str, float] | None:
@@ -387,6 +452,17 @@ def cached_run(
     if run is None or run["steps"] != row.steps or run.get("metric", row.metric) != row.metric:
         return None
     return run
+
+
+@contextlib.contextmanager
+def cache_lock(cache_file: Path) -> Iterator[None]:
+    """Held while the cache file is read and rewritten: invocations running side by side keep each other's runs."""
+    with open(cache_file.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def fill(args: tuple[str, ...], values: dict[str, str]) -> list[str]:
@@ -403,8 +479,10 @@ def run_sections(
     rows: set[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train every row of ``sections`` (or only the ``rows`` named) for every seed not in the cache; returns
-    the whole cache."""
+    the whole cache. A cached run counts only if it recorded the data and weights it read and they are the ones
+    the row reads now; each run records them with the code version and the environment."""
     cache_file = out / "results.json"
+    version, env = code_version(), environment()
     cache: dict[str, dict[str, Any]] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     lock = threading.Lock()
     jobs: dict[str, Future[None]] = {}
@@ -423,14 +501,23 @@ def run_sections(
         )
         if row.metric not in metrics:
             raise RuntimeError(f"{key}: {row.metric} not logged (logged: {sorted(metrics)})")
-        with lock:
+        with lock, cache_lock(cache_file):  # another invocation may have cached runs since this one started
+            if cache_file.is_file():
+                cache.update(
+                    {k: v for k, v in json.loads(cache_file.read_text()).items() if k not in trained}
+                )
             cache[key] = {
                 "miou": metrics[row.metric],
                 "seconds": seconds,
                 "steps": row.steps,
                 "metric": row.metric,
+                "version": version,
+                "inputs": row_inputs(row, values),
+                **env,
             }
-            cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True))
+            partial = cache_file.with_suffix(".json.partial")
+            partial.write_text(json.dumps(cache, indent=1, sort_keys=True))
+            partial.replace(cache_file)
         print(f"{key}: {metrics[row.metric]:.3f} in {seconds / 60:.1f} min", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -446,9 +533,11 @@ def run_sections(
     with ThreadPoolExecutor(parallel) as pool:
         for section, row, seed in ordered:
             key = run_key(section.key, row.name, seed)
-            # trained again: a run of another length, or one whose dependency is trained again
+            # trained again: a run of another length or metric, one without a record of its inputs or with other
+            # inputs, or one whose dependency is trained again
             stale = row.after is not None and run_key(section.key, row.after, seed) in trained
-            if cached_run(cache, section.key, row, seed) is not None and not stale:
+            cached = cached_run(cache, section.key, row, seed)
+            if cached is not None and same_inputs(cached, row, values) and not stale:
                 done: Future[None] = Future()
                 done.set_result(None)
                 jobs[key] = done
@@ -465,9 +554,10 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def summarise(cache: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per section and row: mean, half-range, per-seed values, minutes and steps of the cached runs."""
-    table: dict[str, dict[str, dict[str, float]]] = {}
+def summarise(cache: dict[str, dict[str, Any]], seeds: list[int]) -> Summary:
+    """Per section and row: mean, half-range, per-seed values, minutes, steps and code versions of the cached
+    runs."""
+    table: Summary = {}
     for section in SECTIONS:
         table[section.key] = {}
         for row in section.rows:
@@ -482,17 +572,50 @@ def summarise(cache: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, d
                 "minutes": sum(r["seconds"] for r in runs.values()) / len(runs) / 60,
                 "steps": row.steps,
                 **{f"seed{s}": r["miou"] for s, r in runs.items()},
+                "versions": sorted({short_version(r) for r in runs.values()}),
+                "keys": [run_key(section.key, row.name, s) for s in runs],
             }
     return table
 
 
-def ceiling_entry(section: Section, table: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+UNRECORDED = "—"  # a run cached before runs recorded their code version, inputs and environment
+
+
+def short_version(run: dict[str, Any]) -> str:
+    """The run's commit, 7 digits (with ``+changes``), or ``UNRECORDED``."""
+    version = run.get("version")
+    if version is None:
+        return UNRECORDED
+    commit, _, changes = version.partition("+")
+    return commit[:7] + ("+" + changes if changes else "")
+
+
+def provenance_lines(cache: dict[str, dict[str, Any]], keys: list[str]) -> list[str]:
+    """The inputs and environments of the runs ``keys`` (of ``cache``), and how many have no record."""
+    runs = [cache[k] for k in keys]
+    inputs = sorted({f"{name} {d}" for r in runs for name, d in r.get("inputs", {}).items()})
+    envs = sorted({f"torch {r['torch']} ({r['cpu']})" for r in runs if "torch" in r})
+    unrecorded = sum("version" not in r for r in runs)
+    lines = []
+    if inputs:
+        lines.append(f"Inputs (SHA-256, 12 digits): {', '.join(inputs)}. Environments: {', '.join(envs)}.")
+    if unrecorded:
+        lines.append(
+            f"{unrecorded} of the {len(runs)} runs listed (version {UNRECORDED}) were recorded before runs kept their "
+            "code version, inputs and environment: they come from earlier versions of the package, and rerunning "
+            'their command may give another value (benchmarks/README.md, "Not every cached row reproduces"). '
+            "Training them again replaces them."
+        )
+    return lines
+
+
+def ceiling_entry(section: Section, table: Summary) -> dict[str, Any]:
     """The summary of the section's ceiling row (empty when not measured)."""
     key, row = section.ceiling.split("/", 1)
     return table.get(key, {}).get(row, {})
 
 
-def ceiling_of(section: Section, table: dict[str, dict[str, dict[str, float]]]) -> float | None:
+def ceiling_of(section: Section, table: Summary) -> float | None:
     """The mean of the section's ceiling row, when measured."""
     return ceiling_entry(section, table).get("mean")
 
@@ -501,7 +624,7 @@ def ceiling_of(section: Section, table: dict[str, dict[str, dict[str, float]]]) 
 FAILED = 0.25
 
 
-def bar_status(section: Section, table: dict[str, dict[str, dict[str, float]]], seeds: list[int]) -> str:
+def bar_status(section: Section, table: Summary, seeds: list[int]) -> str:
     """``met``, ``NOT met`` or why it cannot be judged yet."""
     rows = table[section.key]
     entry = ceiling_entry(section, table)
@@ -518,13 +641,24 @@ def bar_status(section: Section, table: dict[str, dict[str, dict[str, float]]], 
     return "met"
 
 
-def markdown(table: dict[str, dict[str, dict[str, float]]], seeds: list[int]) -> str:
-    """The table as markdown: one block per section."""
+def status_with_versions(section: Section, table: Summary, seeds: list[int]) -> str:
+    """``bar_status``, saying so when a row it reads has runs of earlier, unrecorded versions."""
+    status = bar_status(section, table, seeds)
+    read = [table[section.key].get(name, {}) for name in section.bar_rows] + [ceiling_entry(section, table)]
+    if not status.startswith("not judged") and any(UNRECORDED in e.get("versions", ()) for e in read):
+        status += f", on runs of earlier versions (version {UNRECORDED}) that this version has not reproduced"
+    return status
+
+
+def markdown(table: Summary, seeds: list[int], cache: dict[str, dict[str, Any]] | None = None) -> str:
+    """The table as markdown: one block per section; with the ``cache`` it summarises, the inputs and environments
+    of its runs."""
     lines = [
         "# Method table (hard synthetic sets)",
         "",
         "Written by `benchmarks/method_table.py` (`make table`); do not edit by hand. val mIoU at the end of",
-        f"training, mean ± half the range over seeds {', '.join(map(str, seeds))}, one CPU thread per run.",
+        f"training, mean ± half the range over seeds {', '.join(map(str, seeds))}, one CPU thread per run; version:",
+        "the commit the runs of the row were trained with.",
         "",
     ]
     total = 0.0
@@ -532,31 +666,34 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], seeds: list[int]) ->
         ceiling = ceiling_of(section, table)
         lines += [f"## {section.title}", ""]
         lines += [
-            "| row | role | mIoU | per seed | / ceiling | steps | min / run |",
-            "|---|---|---:|---|---:|---:|---:|",
+            "| row | role | mIoU | per seed | / ceiling | steps | min / run | version |",
+            "|---|---|---:|---|---:|---:|---:|---|",
         ]
         for row in section.rows:
             entry = table[section.key].get(row.name)
             if entry is None:
-                lines.append(f"| {row.name} | {row.role} | not run | | | {row.steps} | |")
+                lines.append(f"| {row.name} | {row.role} | not run | | | {row.steps} | | |")
                 continue
             total += entry["minutes"] * entry["n"]
             per_seed = ", ".join(f"{entry[f'seed{s}']:.3f}" for s in seeds if f"seed{s}" in entry)
             ratio = "" if ceiling is None else f"{entry['mean'] / ceiling:.2f}"
             lines.append(
                 f"| {row.name} | {row.role} | {entry['mean']:.3f} ± {entry['spread']:.3f} | {per_seed} | {ratio} "
-                f"| {int(entry['steps'])} | {entry['minutes']:.1f} |"
+                f"| {int(entry['steps'])} | {entry['minutes']:.1f} | {', '.join(entry['versions'])} |"
             )
         lines.append("")
         if section.ceiling.split("/")[0] != section.key:
             lines += [f"Ceiling: {section.ceiling.replace('/', ': ')}.", ""]
         if section.bar:
-            lines += [f"Bar: {section.bar}: {bar_status(section, table, seeds)}.", ""]
+            lines += [f"Bar: {section.bar}: {status_with_versions(section, table, seeds)}.", ""]
     lines += [f"Total training time of the runs listed: {total:.0f} min of one thread each.", ""]
+    if cache is not None:
+        keys = [k for rows in table.values() for entry in rows.values() for k in entry["keys"]]
+        lines += [line for text in provenance_lines(cache, keys) for line in (text, "")]
     return "\n".join(lines)
 
 
-def plot(table: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+def plot(table: Summary, path: Path) -> None:
     """A bar chart: one group per section, a bar per measured row, the spread as error bars."""
     import matplotlib
 
@@ -620,9 +757,10 @@ def main() -> None:
     table = summarise(cache, seeds)
     args.write.mkdir(parents=True, exist_ok=True)
     name = "method_table_quick" if args.quick else "method_table"  # a quick run keeps the 2-seed table
-    (args.write / f"{name}.md").write_text(markdown(table, seeds))
+    text = markdown(table, seeds, cache)
+    (args.write / f"{name}.md").write_text(text)
     plot(table, args.write / f"{name}.png")
-    print(markdown(table, seeds))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import json
 from types import ModuleType
 
 import pytest
+import torch
 import yaml
 
 from tests.helpers import load_benchmark
@@ -24,10 +25,12 @@ def table() -> ModuleType:
 def fake_cache(
     table: ModuleType, seeds: list[int], skip: set[str] = frozenset()
 ) -> dict[str, dict[str, float]]:
-    """A result per row and seed: ceilings 0.8, baselines 0.5, methods 0.6 (+0.01 per seed)."""
+    """A result per row and seed: ceilings 0.8, baselines 0.5, methods 0.6 (+0.01 per seed), recorded by one
+    version."""
     level = {"ceiling": 0.8, "baseline": 0.5, "method": 0.6}
+    record = {"version": "0123456789", "inputs": {}, "torch": "2.x", "cpu": "AVX2"}
     return {
-        f"{s.key}/{r.name}/{seed}": {"miou": level[r.role] + 0.01 * seed, "seconds": 60.0 * (seed + 1), "steps": r.steps}
+        f"{s.key}/{r.name}/{seed}": {"miou": level[r.role] + 0.01 * seed, "seconds": 60.0 * (seed + 1), "steps": r.steps, **record}
         for s in table.SECTIONS
         for r in s.rows
         for seed in seeds
@@ -159,20 +162,39 @@ def test_plot_writes_a_png(table, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def recorded(table: ModuleType, cache: dict[str, dict], values: dict[str, str]) -> dict[str, dict]:
+    """``cache`` with each run's record of the inputs its row reads from ``values``."""
+    rows = {table.run_key(s.key, r.name, 0)[:-1]: r for s in table.SECTIONS for r in s.rows}
+    return {
+        k: {**v, "inputs": table.row_inputs(rows[k.rsplit("/", 1)[0] + "/"], values)}
+        for k, v in cache.items()
+    }
+
+
+def voc_folder(tmp_path) -> dict[str, str]:
+    """A data root with one file, as the ``voc`` placeholder's value."""
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    (voc / "a.png").write_bytes(b"image")
+    return {"voc": str(voc)}
+
+
 def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
     seeds = [0]
+    values = voc_folder(tmp_path)
     cache = {k: v for k, v in fake_cache(table, seeds).items() if k.startswith(("ceiling/", "dupl/"))}
+    cache = recorded(table, cache, values)
     (tmp_path / "results.json").write_text(json.dumps(cache))
     monkeypatch.setattr(table, "wsss_fit", lambda *a, **k: pytest.fail(f"trained {a[0]}"))
-    assert table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, {}) == cache
+    assert table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, values) == cache
     # a cached run of another length is not this row's result: not in the summary, and trained again
     cache["dupl/DuPL/0"]["steps"] = 600
     assert "DuPL" not in table.summarise(cache, seeds)["dupl"]
     (tmp_path / "results.json").write_text(json.dumps(cache))
     trained: list[str] = []
     monkeypatch.setattr(table, "wsss_fit", lambda key, *a: (trained.append(key), ({"val/miou": 0.7}, 1.0))[1])
-    rerun = table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, {"voc": "/voc"})
-    assert rerun["dupl/DuPL/0"] == {
+    rerun = table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, values)
+    assert {k: rerun["dupl/DuPL/0"][k] for k in ("miou", "seconds", "steps", "metric")} == {
         "miou": 0.7,
         "seconds": 1.0,
         "steps": table.DUPL_STEPS,
@@ -184,8 +206,86 @@ def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
     assert "DuPL" not in table.summarise(rerun, seeds)["dupl"]
     (tmp_path / "results.json").write_text(json.dumps(rerun))
     trained.clear()
-    table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, {"voc": "/voc"})
+    table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, values)
     assert trained == ["dupl/DuPL/0"]
+
+
+def test_a_run_records_its_code_version_inputs_and_environment(table, tmp_path, monkeypatch):
+    values = {**voc_folder(tmp_path), "resnet18": str(tmp_path / "r18.pth")}
+    (tmp_path / "r18.pth").write_bytes(b"weights")
+    monkeypatch.setattr(table, "wsss_fit", lambda *a: ({"val/student/miou": 0.4, "val/miou": 0.3}, 2.0))
+    cache = table.run_sections(["asdt"], [0], tmp_path, 1, values, rows={"I: class-teacher only"})
+    run = cache["asdt/I: class-teacher only/0"]
+    assert run["version"] == table.code_version() != "unknown"  # the tests run in the repository's checkout
+    assert run["inputs"] == {"resnet18": table.digest(values["resnet18"]), "voc": table.digest(values["voc"])}
+    assert run["torch"] == torch.__version__
+    assert run["cpu"] == torch.backends.cpu.get_cpu_capability()
+    assert json.loads((tmp_path / "results.json").read_text()) == cache
+
+
+def test_a_run_without_a_record_or_with_other_inputs_is_trained_again(table, tmp_path, monkeypatch):
+    values = voc_folder(tmp_path)
+    key = "ceiling/full masks/0"
+    legacy = {"miou": 0.7, "seconds": 1.0, "steps": 600}  # cached before runs kept their record
+    (tmp_path / "results.json").write_text(json.dumps({key: legacy}))
+    trained: list[str] = []
+    monkeypatch.setattr(table, "wsss_fit", lambda key, *a: (trained.append(key), ({"val/miou": 0.6}, 1.0))[1])
+    table.run_sections(["ceiling"], [0], tmp_path, 1, values)
+    assert trained == [key]
+    table.run_sections(["ceiling"], [0], tmp_path, 1, values)
+    assert trained == [key]  # now recorded with these inputs: cached
+    other = tmp_path / "other_voc"  # the same row on another data set
+    other.mkdir()
+    (other / "a.png").write_bytes(b"another image")
+    table.run_sections(["ceiling"], [0], tmp_path, 1, {"voc": str(other)})
+    assert trained == [key, key]
+
+
+def test_digest_reads_names_and_contents(table, tmp_path):
+    for name, files in {"a": {"x.png": b"1", "s/y.png": b"2"}, "b": {"x.png": b"1", "s/y.png": b"2"},
+                        "c": {"x.png": b"1", "s/z.png": b"2"}, "d": {"x.png": b"1", "s/y.png": b"3"}}.items():  # fmt: skip
+        for rel, data in files.items():
+            (tmp_path / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / rel).write_bytes(data)
+    a, b, c, d = (table.digest(str(tmp_path / n)) for n in "abcd")
+    assert a == b and len({a, c, d}) == 3  # the same files elsewhere: the same digest
+    assert table.digest(str(tmp_path / "a" / "x.png")) == table.digest(str(tmp_path / "b" / "x.png"))
+    assert table.digest(str(tmp_path / "nothing")) == "missing"
+
+
+def test_two_invocations_side_by_side_keep_each_others_runs(table, tmp_path, monkeypatch):
+    values = voc_folder(tmp_path)
+
+    def fit(key, *args):  # another invocation caches a run while this one trains
+        (tmp_path / "results.json").write_text(json.dumps({"da/DAFormer/0": {"miou": 0.2, "steps": 1500}}))
+        return {"val/miou": 0.6}, 1.0
+
+    monkeypatch.setattr(table, "wsss_fit", fit)
+    table.run_sections(["ceiling"], [0], tmp_path, 1, values)
+    assert set(json.loads((tmp_path / "results.json").read_text())) == {
+        "da/DAFormer/0",
+        "ceiling/full masks/0",
+    }
+
+
+def test_markdown_gives_each_rows_versions_and_flags_unrecorded_runs(table):
+    seeds = [0, 1]
+    cache = fake_cache(table, seeds)
+    for key, run in cache.items():
+        if key.startswith("u2pl/SupOnly"):  # cached before runs kept a record
+            for field in ("version", "inputs", "torch", "cpu"):
+                del run[field]
+        else:
+            run.update(version="0123456789+changes", inputs={"voc": "abc"})
+    text = table.markdown(table.summarise(cache, seeds), seeds, cache)
+    u2pl = text.split("## U2PL, semi")[1].split("## ")[0]
+    assert "| 1050 | 1.5 | 0123456+changes |" in u2pl.split("SupOnly")[0]  # the ceiling row: recorded
+    assert "| SupOnly, pretrained | baseline | 0.505 ± 0.005 | 0.500, 0.510 | 0.63 | 1050 | 1.5 | — |" in u2pl
+    assert "that this version has not reproduced." in u2pl  # its bar reads the unrecorded row
+    dupl = text.split("## DuPL")[1].split("## ")[0]
+    assert "Bar: DuPL >= 0.85 of the ceiling: **NOT met**." in dupl
+    assert "Inputs (SHA-256, 12 digits): voc abc. Environments: torch 2.x (AVX2)." in text
+    assert f"2 of the {len(cache)} runs listed (version —) were recorded before" in text
 
 
 def test_each_section_gets_the_sets_its_rows_read(table, tmp_path, monkeypatch):
