@@ -408,14 +408,22 @@ def code_version() -> str:
     return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
 
 
+DERIVED = ".wsss_cache"  # the data module's derived files in a data root (WSSSDataModule's cache_dir)
+
+
 @functools.cache
 def digest(path: str) -> str:
     """The first 12 hex digits of the SHA-256 of a file, or of a folder's files (relative names and contents, in
-    name order); ``missing`` when there is nothing at ``path``."""
+    name order; not the tags and partitions the data module derives into ``.wsss_cache``); ``missing`` when there
+    is nothing at ``path``."""
     root = Path(path)
     if not root.exists():
         return "missing"
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(p for p in root.rglob("*") if p.is_file() and DERIVED not in p.relative_to(root).parts)
+    )
     h = hashlib.sha256()
     for f in files:
         name, data = f.relative_to(root).as_posix().encode(), f.read_bytes()

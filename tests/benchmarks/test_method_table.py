@@ -251,6 +251,12 @@ def test_digest_reads_names_and_contents(table, tmp_path):
     assert a == b and len({a, c, d}) == 3  # the same files elsewhere: the same digest
     assert table.digest(str(tmp_path / "a" / "x.png")) == table.digest(str(tmp_path / "b" / "x.png"))
     assert table.digest(str(tmp_path / "nothing")) == "missing"
+    (
+        tmp_path / "b" / ".wsss_cache"
+    ).mkdir()  # what the data module derives from a data set is not the data set
+    (tmp_path / "b" / ".wsss_cache" / "tags.npz").write_bytes(b"tags")
+    table.digest.cache_clear()
+    assert table.digest(str(tmp_path / "b")) == a
 
 
 def test_two_invocations_side_by_side_keep_each_others_runs(table, tmp_path, monkeypatch):
