@@ -55,6 +55,8 @@ import fcntl
 import functools
 import hashlib
 import json
+import os
+import platform
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -438,12 +440,34 @@ def row_inputs(row: Row, values: dict[str, str]) -> dict[str, str]:
     return {name: digest(values[name]) for name in sorted(names) if name in values}
 
 
+#: environment variables that change which CPU kernels torch runs (oneDNN's convolutions, ATen's vector code)
+KERNEL_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string elsewhere."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def environment() -> dict[str, str]:
-    """What the runs' floating-point results depend on besides the code and inputs: the torch version and the CPU
-    kernels it picks (AVX2 and AVX-512 kernels round differently, and a few hundred steps turn that into mIoU)."""
+    """What the runs' floating-point results depend on besides the code and inputs: the torch version, the CPU and
+    the kernels torch picks for it. The same run with oneDNN held to AVX2 on an AVX-512 CPU leaves the trajectory
+    at the 4th digit of the loss within 10 steps, and 1,000 steps turn that into hundredths of mIoU
+    (benchmarks/README.md, "What a cached run depends on")."""
     import torch
 
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+    forced = {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
+    return {
+        "torch": torch.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(),
+        **({"kernels": " ".join(f"{k}={v}" for k, v in forced.items())} if forced else {}),
+    }
 
 
 def same_inputs(run: dict[str, Any], row: Row, values: dict[str, str]) -> bool:
@@ -598,11 +622,17 @@ def short_version(run: dict[str, Any]) -> str:
     return commit[:7] + ("+" + changes if changes else "")
 
 
+def environment_text(run: dict[str, Any]) -> str:
+    """A run's recorded environment in a few words."""
+    details = [run["cpu"], *(run[k] for k in ("cpu_model", "kernels") if k in run)]
+    return f"torch {run['torch']} ({', '.join(details)})"
+
+
 def provenance_lines(cache: dict[str, dict[str, Any]], keys: list[str]) -> list[str]:
     """The inputs and environments of the runs ``keys`` (of ``cache``), and how many have no record."""
     runs = [cache[k] for k in keys]
     inputs = sorted({f"{name} {d}" for r in runs for name, d in r.get("inputs", {}).items()})
-    envs = sorted({f"torch {r['torch']} ({r['cpu']})" for r in runs if "torch" in r})
+    envs = sorted({environment_text(r) for r in runs if "torch" in r})
     unrecorded = sum("version" not in r for r in runs)
     lines = []
     if inputs:

@@ -220,6 +220,10 @@ def test_a_run_records_its_code_version_inputs_and_environment(table, tmp_path, 
     assert run["inputs"] == {"resnet18": table.digest(values["resnet18"]), "voc": table.digest(values["voc"])}
     assert run["torch"] == torch.__version__
     assert run["cpu"] == torch.backends.cpu.get_cpu_capability()
+    assert run["cpu_model"] == table.cpu_model() != ""
+    assert "kernels" not in run  # nothing held torch's kernels back
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert table.environment()["kernels"] == "ONEDNN_MAX_CPU_ISA=AVX2"
     assert json.loads((tmp_path / "results.json").read_text()) == cache
 
 
@@ -291,6 +295,9 @@ def test_markdown_gives_each_rows_versions_and_flags_unrecorded_runs(table):
     dupl = text.split("## DuPL")[1].split("## ")[0]
     assert "Bar: DuPL >= 0.85 of the ceiling: **NOT met**." in dupl
     assert "Inputs (SHA-256, 12 digits): voc abc. Environments: torch 2.x (AVX2)." in text
+    cache["ceiling/full masks/0"].update(cpu_model="Some CPU", kernels="ONEDNN_MAX_CPU_ISA=AVX2")
+    text = table.markdown(table.summarise(cache, seeds), seeds, cache)
+    assert "Environments: torch 2.x (AVX2), torch 2.x (AVX2, Some CPU, ONEDNN_MAX_CPU_ISA=AVX2)." in text
     assert f"2 of the {len(cache)} runs listed (version —) were recorded before" in text
 
 
