@@ -50,22 +50,17 @@ runs every section with two seeds.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import functools
-import hashlib
 import json
-import os
-import platform
-import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from string import Formatter
 from typing import Any
 
+import run_cache
 from learning_runs import wsss_fit
 
 from wsss_lightning.runs import last_checkpoint, newest_last
@@ -393,86 +388,22 @@ def run_folder(out: Path, section: str, row: str, seed: int) -> Path:
     return out / "runs" / section / f"{slug(row)}_seed{seed}"
 
 
-def code_version() -> str:
-    """The checked-out commit, with ``+changes`` when the package, configs or benchmarks differ from it
-    (``unknown`` outside a git checkout)."""
-    git = ["git", "-C", str(REPO)]
-    try:
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, check=True
-        )
-        changed = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no", "--", "wsss_lightning", "configs", "benchmarks"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
-
-
-DERIVED = ".wsss_cache"  # the data module's derived files in a data root (WSSSDataModule's cache_dir)
-
-
-@functools.cache
-def digest(path: str) -> str:
-    """The first 12 hex digits of the SHA-256 of a file, or of a folder's files (relative names and contents, in
-    name order; not the tags and partitions the data module derives into ``.wsss_cache``); ``missing`` when there
-    is nothing at ``path``."""
-    root = Path(path)
-    if not root.exists():
-        return "missing"
-    files = (
-        [root]
-        if root.is_file()
-        else sorted(p for p in root.rglob("*") if p.is_file() and DERIVED not in p.relative_to(root).parts)
+def row_record(row: Row, values: dict[str, str], digests: dict[str, str]) -> dict[str, Any]:
+    """What a cached run of ``row`` must have recorded to stand for it now: the digests of the data sets and
+    weights it reads (``inputs``; its ancillary checkpoint apart, a run of the table with its own record) and of
+    its stacked config files and arguments before the paths are filled in (``configs``). ``digests`` memoises the
+    paths' digests over one invocation."""
+    names = sorted(
+        {f for a in row.extra for _, f, _, _ in Formatter().parse(a) if f} - {"ancillary"} & set(values)
     )
-    h = hashlib.sha256()
-    for f in files:
-        name, data = f.relative_to(root).as_posix().encode(), f.read_bytes()
-        h.update(b"%d:%s%d:" % (len(name), name, len(data)) + data)
-    return h.hexdigest()[:12]
-
-
-def row_inputs(row: Row, values: dict[str, str]) -> dict[str, str]:
-    """The digests of the data sets and weights files ``row`` reads (its ancillary checkpoint apart: that is a run
-    of the table, with its own record)."""
-    names = {f for a in row.extra for _, f, _, _ in Formatter().parse(a) if f} - {"ancillary"}
-    return {name: digest(values[name]) for name in sorted(names) if name in values}
-
-
-#: environment variables that change which CPU kernels torch runs (oneDNN's convolutions, ATen's vector code)
-KERNEL_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string elsewhere."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def environment() -> dict[str, str]:
-    """What the runs' floating-point results depend on besides the code and inputs: the torch version, the CPU and
-    the kernels torch picks for it. The same run with oneDNN held to AVX2 on an AVX-512 CPU leaves the trajectory
-    at the 4th digit of the loss within 10 steps, and 1,000 steps turn that into hundredths of mIoU
-    (benchmarks/README.md, "What a cached run depends on")."""
-    import torch
-
-    forced = {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
+    for name in names:
+        if values[name] not in digests:
+            digests[values[name]] = run_cache.digest(values[name])
+    configs = [f"{c}\n{(CONFIGS / c).read_text()}" for c in row.configs]
     return {
-        "torch": torch.__version__,
-        "cpu": torch.backends.cpu.get_cpu_capability(),
-        "cpu_model": cpu_model(),
-        **({"kernels": " ".join(f"{k}={v}" for k, v in forced.items())} if forced else {}),
+        "inputs": {name: digests[values[name]] for name in names},
+        "configs": run_cache.text_digest([*configs, *row.extra]),
     }
-
-
-def same_inputs(run: dict[str, Any], row: Row, values: dict[str, str]) -> bool:
-    """Whether a cached run recorded its inputs and they are the ones ``row`` would read now."""
-    return run.get("inputs") == row_inputs(row, values)
 
 
 def cached_run(
@@ -486,15 +417,26 @@ def cached_run(
     return run
 
 
-@contextlib.contextmanager
-def cache_lock(cache_file: Path) -> Iterator[None]:
-    """Held while the cache file is read and rewritten: invocations running side by side keep each other's runs."""
-    with open(cache_file.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def why_train(
+    cache: run_cache.Cache, section: str, row: Row, seed: int, record: dict[str, Any]
+) -> str | None:
+    """Why the cached run of ``row`` does not stand for it now (``None`` when it does)."""
+    key = run_key(section, row.name, seed)
+    if key not in cache:
+        return "not cached"
+    run = cached_run(cache, section, row, seed)
+    if run is None:
+        return "cached with another step count or metric"
+    if "version" not in run:
+        return "cached before runs kept a record of their inputs"
+    for name, value in record.items():
+        if run.get(name) != value:
+            return f"cached with other {name}"
+    if row.after is not None:
+        first = cache.get(run_key(section, row.after, seed), {})
+        if "finished" not in first or run.get("after") != first["finished"]:
+            return f"cached from another run of {row.after}"
+    return None
 
 
 def fill(args: tuple[str, ...], values: dict[str, str]) -> list[str]:
@@ -509,17 +451,18 @@ def run_sections(
     parallel: int,
     values: dict[str, str],
     rows: set[str] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Train every row of ``sections`` (or only the ``rows`` named) for every seed not in the cache; returns
-    the whole cache. A cached run counts only if it recorded the data and weights it read and they are the ones
-    the row reads now; each run records them with the code version and the environment."""
+) -> run_cache.Cache:
+    """Train every row of ``sections`` (or only the ``rows`` named) for every seed whose cached run does not
+    stand for it (``why_train``); returns the whole cache. Each run records its code version, inputs, configs,
+    environment and when it finished; invocations side by side keep each other's runs and train a run once."""
     cache_file = out / "results.json"
-    version, env = code_version(), environment()
-    cache: dict[str, dict[str, Any]] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    env = run_cache.environment()
+    digests: dict[str, str] = {}
+    cache = run_cache.read(cache_file)
     lock = threading.Lock()
     jobs: dict[str, Future[None]] = {}
 
-    def run(section: Section, row: Row, seed: int) -> None:
+    def run(section: Section, row: Row, seed: int, record: dict[str, Any]) -> None:
         key = run_key(section.key, row.name, seed)
         folder = run_folder(out, section.key, row.name, seed)
         row_values = dict(values)
@@ -527,29 +470,34 @@ def run_sections(
             jobs[run_key(section.key, row.after, seed)].result()
             first = run_folder(out, section.key, row.after, seed)
             row_values["ancillary"] = str(last_checkpoint(newest_last(first) or first))
-        configs = [CONFIGS / c for c in row.configs]
-        metrics, seconds = wsss_fit(
-            key, configs, fill(row.extra, row_values), folder, seed + row.seed_offset, row.steps
-        )
-        if row.metric not in metrics:
-            raise RuntimeError(f"{key}: {row.metric} not logged (logged: {sorted(metrics)})")
-        with lock, cache_lock(cache_file):  # another invocation may have cached runs since this one started
-            if cache_file.is_file():
-                cache.update(
-                    {k: v for k, v in json.loads(cache_file.read_text()).items() if k not in trained}
-                )
-            cache[key] = {
+        with run_cache.file_lock(folder.with_suffix(".lock")):  # one invocation at a time trains this run
+            current = run_cache.read(cache_file)
+            if why_train(current, section.key, row, seed, record) is None:  # another invocation trained it
+                with lock:
+                    cache.update(current)
+                return
+            version = run_cache.code_version()
+            configs = [CONFIGS / c for c in row.configs]
+            metrics, seconds = wsss_fit(
+                key, configs, fill(row.extra, row_values), folder, seed + row.seed_offset, row.steps
+            )
+            if row.metric not in metrics:
+                raise RuntimeError(f"{key}: {row.metric} not logged (logged: {sorted(metrics)})")
+            entry = {
                 "miou": metrics[row.metric],
                 "seconds": seconds,
                 "steps": row.steps,
                 "metric": row.metric,
                 "version": version,
-                "inputs": row_inputs(row, values),
+                **record,
                 **env,
+                "finished": datetime.now(timezone.utc).isoformat(),
             }
-            partial = cache_file.with_suffix(".json.partial")
-            partial.write_text(json.dumps(cache, indent=1, sort_keys=True))
-            partial.replace(cache_file)
+            if row.after is not None:  # the ancillary run whose checkpoint it read
+                entry["after"] = current[run_key(section.key, row.after, seed)]["finished"]
+            stored = run_cache.store(cache_file, key, entry)
+        with lock:
+            cache.update(stored)
         print(f"{key}: {metrics[row.metric]:.3f} in {seconds / 60:.1f} min", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -565,17 +513,18 @@ def run_sections(
     with ThreadPoolExecutor(parallel) as pool:
         for section, row, seed in ordered:
             key = run_key(section.key, row.name, seed)
-            # trained again: a run of another length or metric, one without a record of its inputs or with other
-            # inputs, or one whose dependency is trained again
-            stale = row.after is not None and run_key(section.key, row.after, seed) in trained
-            cached = cached_run(cache, section.key, row, seed)
-            if cached is not None and same_inputs(cached, row, values) and not stale:
+            record = row_record(row, values, digests)
+            reason = why_train(cache, section.key, row, seed, record)
+            if row.after is not None and run_key(section.key, row.after, seed) in trained:
+                reason = f"{row.after} is trained again"
+            if reason is None:
                 done: Future[None] = Future()
                 done.set_result(None)
                 jobs[key] = done
             else:
+                print(f"to train: {key} ({reason})", flush=True)
                 trained.add(key)
-                jobs[key] = pool.submit(run, section, row, seed)
+                jobs[key] = pool.submit(run, section, row, seed, record)
         for future in jobs.values():
             future.result()
     return cache

@@ -163,12 +163,9 @@ def test_plot_writes_a_png(table, tmp_path):
 
 
 def recorded(table: ModuleType, cache: dict[str, dict], values: dict[str, str]) -> dict[str, dict]:
-    """``cache`` with each run's record of the inputs its row reads from ``values``."""
-    rows = {table.run_key(s.key, r.name, 0)[:-1]: r for s in table.SECTIONS for r in s.rows}
-    return {
-        k: {**v, "inputs": table.row_inputs(rows[k.rsplit("/", 1)[0] + "/"], values)}
-        for k, v in cache.items()
-    }
+    """``cache`` with each run's record of the inputs and configs its row reads with ``values``."""
+    rows = {f"{s.key}/{r.name}": r for s in table.SECTIONS for r in s.rows}
+    return {k: {**v, **table.row_record(rows[k.rsplit("/", 1)[0]], values, {})} for k, v in cache.items()}
 
 
 def voc_folder(tmp_path) -> dict[str, str]:
@@ -177,6 +174,11 @@ def voc_folder(tmp_path) -> dict[str, str]:
     voc.mkdir()
     (voc / "a.png").write_bytes(b"image")
     return {"voc": str(voc)}
+
+
+def fit_returning(trained: list[str], miou: float = 0.6):
+    """A stand-in for ``wsss_fit`` that notes the runs it is asked for."""
+    return lambda key, *args: (trained.append(key), ({"val/miou": miou, "val/student/miou": miou}, 1.0))[1]
 
 
 def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
@@ -192,7 +194,7 @@ def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
     assert "DuPL" not in table.summarise(cache, seeds)["dupl"]
     (tmp_path / "results.json").write_text(json.dumps(cache))
     trained: list[str] = []
-    monkeypatch.setattr(table, "wsss_fit", lambda key, *a: (trained.append(key), ({"val/miou": 0.7}, 1.0))[1])
+    monkeypatch.setattr(table, "wsss_fit", fit_returning(trained, 0.7))
     rerun = table.run_sections(["ceiling", "dupl"], seeds, tmp_path, 2, values)
     assert {k: rerun["dupl/DuPL/0"][k] for k in ("miou", "seconds", "steps", "metric")} == {
         "miou": 0.7,
@@ -210,39 +212,58 @@ def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
     assert trained == ["dupl/DuPL/0"]
 
 
-def test_a_run_records_its_code_version_inputs_and_environment(table, tmp_path, monkeypatch):
+def test_a_run_records_its_code_version_inputs_configs_and_environment(table, tmp_path, monkeypatch):
     values = {**voc_folder(tmp_path), "resnet18": str(tmp_path / "r18.pth")}
     (tmp_path / "r18.pth").write_bytes(b"weights")
     monkeypatch.setattr(table, "wsss_fit", lambda *a: ({"val/student/miou": 0.4, "val/miou": 0.3}, 2.0))
     cache = table.run_sections(["asdt"], [0], tmp_path, 1, values, rows={"I: class-teacher only"})
     run = cache["asdt/I: class-teacher only/0"]
-    assert run["version"] == table.code_version() != "unknown"  # the tests run in the repository's checkout
-    assert run["inputs"] == {"resnet18": table.digest(values["resnet18"]), "voc": table.digest(values["voc"])}
+    digest = table.run_cache.digest
+    assert run["version"] == table.run_cache.code_version()
+    assert run["inputs"] == {"resnet18": digest(values["resnet18"]), "voc": digest(values["voc"])}
+    row = section_of(table, "asdt").rows[0]
+    assert run["configs"] == table.row_record(row, values, {})["configs"]
     assert run["torch"] == torch.__version__
     assert run["cpu"] == torch.backends.cpu.get_cpu_capability()
-    assert run["cpu_model"] == table.cpu_model() != ""
+    assert run["cpu_model"] == table.run_cache.cpu_model()
     assert "kernels" not in run  # nothing held torch's kernels back
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    assert table.environment()["kernels"] == "ONEDNN_MAX_CPU_ISA=AVX2"
+    assert run["finished"].endswith("+00:00")
     assert json.loads((tmp_path / "results.json").read_text()) == cache
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert table.run_cache.environment()["kernels"] == "ONEDNN_MAX_CPU_ISA=AVX2"
 
 
-def test_a_run_without_a_record_or_with_other_inputs_is_trained_again(table, tmp_path, monkeypatch):
+def test_a_run_without_a_record_or_with_other_inputs_or_configs_is_trained_again(
+    table, tmp_path, monkeypatch
+):
     values = voc_folder(tmp_path)
     key = "ceiling/full masks/0"
     legacy = {"miou": 0.7, "seconds": 1.0, "steps": 600}  # cached before runs kept their record
     (tmp_path / "results.json").write_text(json.dumps({key: legacy}))
     trained: list[str] = []
-    monkeypatch.setattr(table, "wsss_fit", lambda key, *a: (trained.append(key), ({"val/miou": 0.6}, 1.0))[1])
+    monkeypatch.setattr(table, "wsss_fit", fit_returning(trained))
     table.run_sections(["ceiling"], [0], tmp_path, 1, values)
     assert trained == [key]
     table.run_sections(["ceiling"], [0], tmp_path, 1, values)
     assert trained == [key]  # now recorded with these inputs: cached
-    other = tmp_path / "other_voc"  # the same row on another data set
-    other.mkdir()
-    (other / "a.png").write_bytes(b"another image")
-    table.run_sections(["ceiling"], [0], tmp_path, 1, {"voc": str(other)})
-    assert trained == [key, key]
+    (tmp_path / "voc" / "a.png").write_bytes(b"another image")  # the data set regenerated differently
+    table.run_sections(["ceiling"], [0], tmp_path, 1, values)
+    assert trained == [key] * 2
+    configs = tmp_path / "configs"  # the row's config edited
+    (configs / "supervised").mkdir(parents=True)
+    text = (table.CONFIGS / "supervised" / "synthetic_voc.yaml").read_text()
+    (configs / "supervised" / "synthetic_voc.yaml").write_text(text)
+    monkeypatch.setattr(table, "CONFIGS", configs)
+    table.run_sections(["ceiling"], [0], tmp_path, 1, values)
+    assert trained == [key] * 2  # the same text elsewhere: the same configs
+    (configs / "supervised" / "synthetic_voc.yaml").write_text(text + "\nseed_everything: 7\n")
+    cache = table.run_cache.read(tmp_path / "results.json")
+    row = section_of(table, "ceiling").rows[0]
+    assert table.why_train(cache, "ceiling", row, 0, table.row_record(row, values, {})) == (
+        "cached with other configs"
+    )
+    table.run_sections(["ceiling"], [0], tmp_path, 1, values)
+    assert trained == [key] * 3
 
 
 def test_digest_reads_names_and_contents(table, tmp_path):
@@ -251,31 +272,69 @@ def test_digest_reads_names_and_contents(table, tmp_path):
         for rel, data in files.items():
             (tmp_path / name / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name / rel).write_bytes(data)
-    a, b, c, d = (table.digest(str(tmp_path / n)) for n in "abcd")
+    digest = table.run_cache.digest
+    a, b, c, d = (digest(tmp_path / n) for n in "abcd")
     assert a == b and len({a, c, d}) == 3  # the same files elsewhere: the same digest
-    assert table.digest(str(tmp_path / "a" / "x.png")) == table.digest(str(tmp_path / "b" / "x.png"))
-    assert table.digest(str(tmp_path / "nothing")) == "missing"
+    assert digest(tmp_path / "a" / "x.png") == digest(tmp_path / "b" / "x.png") != a
+    assert digest(tmp_path / "nothing") == "missing"
     (
         tmp_path / "b" / ".wsss_cache"
     ).mkdir()  # what the data module derives from a data set is not the data set
     (tmp_path / "b" / ".wsss_cache" / "tags.npz").write_bytes(b"tags")
-    table.digest.cache_clear()
-    assert table.digest(str(tmp_path / "b")) == a
+    assert digest(tmp_path / "b") == a
 
 
-def test_two_invocations_side_by_side_keep_each_others_runs(table, tmp_path, monkeypatch):
+def test_a_primary_from_another_run_of_its_ancillary_is_trained_again(table, tmp_path, monkeypatch):
+    values = {"voc64": voc_folder(tmp_path)["voc"]}
+
+    def fit(key, configs, extra, folder, seed, steps):
+        trained.append(key)
+        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+        return {"val/miou": 0.5}, 1.0
+
+    trained: list[str] = []
+    monkeypatch.setattr(table, "wsss_fit", fit)
+    monkeypatch.setattr(table, "last_checkpoint", lambda folder: folder / "last.ckpt", raising=False)
+    cache = table.run_sections(["seminar"], [0], tmp_path, 1, values, rows={"primary"})
+    assert cache["seminar/primary/0"]["after"] == cache["seminar/ancillary/0"]["finished"]
+    # the ancillary trained again by another invocation (``--rows ancillary``): the cached primary is stale
+    trained.clear()
+    cache["seminar/ancillary/0"]["finished"] = "later"
+    (tmp_path / "results.json").write_text(json.dumps(cache))
+    table.run_sections(["seminar"], [0], tmp_path, 1, values, rows={"primary"})
+    assert trained == ["seminar/primary/0"]
+
+
+def test_invocations_side_by_side_keep_each_others_runs_and_train_a_run_once(table, tmp_path, monkeypatch):
     values = voc_folder(tmp_path)
+    cache_file = tmp_path / "results.json"
+    trained: list[str] = []
 
-    def fit(key, *args):  # another invocation caches a run while this one trains
-        (tmp_path / "results.json").write_text(json.dumps({"da/DAFormer/0": {"miou": 0.2, "steps": 1500}}))
-        return {"val/miou": 0.6}, 1.0
+    def fit(key, *args):  # another invocation caches a run of another row while this one trains
+        table.run_cache.store(cache_file, "da/DAFormer/0", {"miou": 0.2, "steps": 1500})
+        return fit_returning(trained)(key, *args)
 
     monkeypatch.setattr(table, "wsss_fit", fit)
     table.run_sections(["ceiling"], [0], tmp_path, 1, values)
-    assert set(json.loads((tmp_path / "results.json").read_text())) == {
-        "da/DAFormer/0",
-        "ceiling/full masks/0",
-    }
+    assert set(json.loads(cache_file.read_text())) == {"da/DAFormer/0", "ceiling/full masks/0"}
+    # this invocation read the cache before another finished the same run: it does not train it again
+    finished = table.run_cache.load(cache_file)
+    cache_file.write_text(json.dumps({}))
+    read = table.run_cache.read
+    first_read = []
+
+    def stale_then_current(path):
+        if not first_read:  # the cache as this invocation found it at its start
+            first_read.append(path)
+            return {}
+        return finished  # meanwhile the other invocation stored its run
+
+    monkeypatch.setattr(table.run_cache, "read", stale_then_current)
+    trained.clear()
+    table.run_sections(["ceiling"], [0], tmp_path, 1, values)
+    assert trained == []
+    monkeypatch.setattr(table.run_cache, "read", read)
 
 
 def test_markdown_gives_each_rows_versions_and_flags_unrecorded_runs(table):

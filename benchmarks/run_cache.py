@@ -1,0 +1,138 @@
+"""The method table's run cache: what each cached run records about where it came from, and the file locks that
+let invocations run side by side.
+
+A run's value depends on more than its command: the code version, the bytes of the data and weights it read, and
+the CPU kernels torch picks (oneDNN's convolutions round differently on AVX2 and AVX-512, and a thousand steps
+turn that into hundredths of mIoU; benchmarks/README.md, "What a cached run depends on"). Each run records them;
+``method_table.py`` reuses a cached run only when its inputs and configs are the ones the row reads now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DERIVED = ".wsss_cache"  # the data module's derived files in a data root (WSSSDataModule's cache_dir)
+#: environment variables that change which CPU kernels torch runs (oneDNN's convolutions, ATen's vector code, MKL)
+KERNEL_VARIABLES = (
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+)
+Cache = dict[str, dict[str, Any]]
+
+
+def code_version() -> str:
+    """The checked-out commit, with ``+changes`` when the package, configs or benchmarks differ from it (tracked
+    files changed, or files git does not know); ``unknown`` outside a git checkout."""
+    git = ["git", "-C", str(REPO)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, check=True
+        )
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--", "wsss_lightning", "configs", "benchmarks"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
+
+
+def digest(path: str | Path) -> str:
+    """The first 12 hex digits of the SHA-256 of a file, or of a folder's files (relative names and contents, in
+    name order; not the tags and partitions the data module derives into ``.wsss_cache``); ``missing`` when there
+    is nothing at ``path``."""
+    root = Path(path)
+    if not root.exists():
+        return "missing"
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(p for p in root.rglob("*") if p.is_file() and DERIVED not in p.relative_to(root).parts)
+    )
+    h = hashlib.sha256()
+    for f in files:
+        name, data = f.relative_to(root).as_posix().encode(), f.read_bytes()
+        h.update(b"%d:%s%d:" % (len(name), name, len(data)) + data)
+    return h.hexdigest()[:12]
+
+
+def text_digest(parts: Iterable[str]) -> str:
+    """The first 12 hex digits of the SHA-256 of ``parts`` (each length-prefixed)."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode()
+        h.update(b"%d:" % len(data) + data)
+    return h.hexdigest()[:12]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string elsewhere (``unknown`` when
+    neither says)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def environment() -> dict[str, str]:
+    """What a run's floating-point results depend on besides the code and inputs: the torch version, the CPU, the
+    vector code torch picks for it and any variable that holds its kernels back."""
+    import torch
+
+    forced = {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
+    return {
+        "torch": torch.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(),
+        **({"kernels": " ".join(f"{k}={v}" for k, v in forced.items())} if forced else {}),
+    }
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created when missing) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load(cache_file: Path) -> Cache:
+    """The cache file's runs (none when there is no file)."""
+    return json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+
+
+def read(cache_file: Path) -> Cache:
+    """The cache file's runs, read under its lock."""
+    with file_lock(cache_file.with_suffix(".lock")):
+        return load(cache_file)
+
+
+def store(cache_file: Path, key: str, run: dict[str, Any]) -> Cache:
+    """Write one run into the cache file, keeping every other run in it (another invocation's too); returns the
+    file's runs after the write."""
+    with file_lock(cache_file.with_suffix(".lock")):
+        cache = load(cache_file)
+        cache[key] = run
+        partial = cache_file.with_suffix(".json.partial")
+        partial.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        partial.replace(cache_file)
+    return cache
