@@ -573,7 +573,7 @@ def short_version(run: dict[str, Any]) -> str:
 
 def environment_text(run: dict[str, Any]) -> str:
     """A run's recorded environment in a few words."""
-    details = [run["cpu"], *(run[k] for k in ("cpu_model", "kernels") if k in run)]
+    details = [run["cpu"], *(run[k] for k in ("cpu_model", "kernels", "libraries") if k in run)]
     return f"torch {run['torch']} ({', '.join(details)})"
 
 

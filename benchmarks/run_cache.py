@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 from collections.abc import Iterable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ KERNEL_VARIABLES = (
     "MKL_CBWR",
     "MKL_ENABLE_INSTRUCTIONS",
 )
+#: the libraries a run's numbers pass through besides torch (only torch is pinned, in constraints.txt)
+LIBRARIES = ("numpy", "opencv-python-headless", "albumentations", "pillow", "timm", "lightning")
 Cache = dict[str, dict[str, Any]]
 
 
@@ -91,7 +94,8 @@ def cpu_model() -> str:
 
 def environment() -> dict[str, str]:
     """What a run's floating-point results depend on besides the code and inputs: the torch version, the CPU, the
-    vector code torch picks for it and any variable that holds its kernels back."""
+    vector code torch picks for it, any variable that holds its kernels back, and the versions of the other
+    libraries the images and weights pass through (``LIBRARIES``)."""
     import torch
 
     forced = {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
@@ -100,7 +104,16 @@ def environment() -> dict[str, str]:
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "cpu_model": cpu_model(),
         **({"kernels": " ".join(f"{k}={v}" for k, v in forced.items())} if forced else {}),
+        "libraries": " ".join(f"{name}=={library_version(name)}" for name in LIBRARIES),
     }
+
+
+def library_version(name: str) -> str:
+    """The installed version of a distribution, ``absent`` when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from types import ModuleType
 
+import numpy
 import pytest
 import torch
 import yaml
@@ -227,6 +228,7 @@ def test_a_run_records_its_code_version_inputs_configs_and_environment(table, tm
     assert run["cpu"] == torch.backends.cpu.get_cpu_capability()
     assert run["cpu_model"] == table.run_cache.cpu_model()
     assert "kernels" not in run  # nothing held torch's kernels back
+    assert f"numpy=={numpy.__version__}" in run["libraries"].split()
     assert run["finished"].endswith("+00:00")
     assert json.loads((tmp_path / "results.json").read_text()) == cache
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
