@@ -590,7 +590,7 @@ def provenance_lines(cache: dict[str, dict[str, Any]], keys: list[str]) -> list[
         lines.append(
             f"{unrecorded} of the {len(runs)} runs listed (version {UNRECORDED}) were recorded before runs kept their "
             "code version, inputs and environment: they come from earlier versions of the package, and rerunning "
-            'their command may give another value (benchmarks/README.md, "Not every cached row reproduces"). '
+            'their command may give another value (benchmarks/README.md, "What a cached run depends on"). '
             "Training them again replaces them."
         )
     return lines

@@ -2,8 +2,9 @@
 let invocations run side by side.
 
 A run's value depends on more than its command: the code version, the bytes of the data and weights it read, and
-the CPU kernels torch picks (oneDNN's convolutions round differently on AVX2 and AVX-512, and a thousand steps
-turn that into hundredths of mIoU; benchmarks/README.md, "What a cached run depends on"). Each run records them;
+the CPU kernels torch picks (oneDNN's convolutions round differently on AVX2 and AVX-512: U2PL's SupOnly row
+leaves the AVX-512 trajectory within 10 steps and ends 0.003 mIoU away, and a pretrained encoder becomes other
+weights; benchmarks/README.md, "What a cached run depends on"). Each run records them;
 ``method_table.py`` reuses a cached run only when its inputs and configs are the ones the row reads now.
 """
 
