@@ -28,8 +28,8 @@ The object-layout sections train on the hard VOC set (``wsss-data synthetic --di
 100 val images of 128², seed 0; 64² for Seminar), the street section on hard GTA5 / Cityscapes sets (600 train
 images of 128×256 each; 100 Cityscapes val images). Every finished run is cached in ``<out>/results.json`` (by section,
 row and seed) with the commit it was trained with, the SHA-256 digests of the data sets and weights file it read, the
-torch version and the CPU kernels torch picked. A cached run is skipped when asked again if it read the same data
-and weights as the row would now, so sections can be run one at a time (and side by side) and the table is
+torch version and the CPU kernels torch picked (``run_cache.py``). A cached run is skipped when asked again if it
+has the row's steps and metric and read the same data, weights and configs as the row would now, so sections can be run one at a time (and side by side) and the table is
 rewritten from everything measured so far; a row not measured yet reads "not run". The table gives each row's
 commit and flags runs cached before runs kept this record: rerunning such a run may give another value, and so may
 another CPU (AVX2 and AVX-512 kernels round differently).
@@ -50,7 +50,6 @@ runs every section with two seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -336,17 +335,14 @@ HARD_SETS = {
 }
 
 
+def row_placeholders(row: Row) -> set[str]:
+    """The ``{placeholders}`` of ``row``'s arguments."""
+    return {f for a in row.extra for _, f, _, _ in Formatter().parse(a) if f}
+
+
 def placeholders(sections: list[str]) -> set[str]:
     """The ``{placeholders}`` the rows of ``sections`` read."""
-    fields = (
-        f
-        for s in SECTIONS
-        if s.key in sections
-        for r in s.rows
-        for a in r.extra
-        for _, f, _, _ in Formatter().parse(a)
-    )
-    return {f for f in fields if f}
+    return {f for s in SECTIONS if s.key in sections for r in s.rows for f in row_placeholders(r)}
 
 
 def make_data(data: Path, sections: list[str]) -> dict[str, str]:
@@ -393,9 +389,7 @@ def row_record(row: Row, values: dict[str, str], digests: dict[str, str]) -> dic
     weights it reads (``inputs``; its ancillary checkpoint apart, a run of the table with its own record) and of
     its stacked config files and arguments before the paths are filled in (``configs``). ``digests`` memoises the
     paths' digests over one invocation."""
-    names = sorted(
-        {f for a in row.extra for _, f, _, _ in Formatter().parse(a) if f} - {"ancillary"} & set(values)
-    )
+    names = sorted(row_placeholders(row) - {"ancillary"} & set(values))
     for name in names:
         if values[name] not in digests:
             digests[values[name]] = run_cache.digest(values[name])
@@ -736,7 +730,7 @@ def main() -> None:
         sections.append("ceiling")
     cache_file = args.out / "results.json"
     if args.table_only:
-        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+        cache = run_cache.read(cache_file)
     else:
         values = run_values(args.out / "data", sections)
         rows = None if args.rows is None else set(args.rows)
