@@ -374,6 +374,37 @@ def run_values(data: Path, sections: list[str]) -> dict[str, str]:
     return values
 
 
+def present_values(data: Path) -> dict[str, str]:
+    """The placeholder values of the inputs that exist here, generating and training nothing (the data roots under
+    ``data`` and the pretrained ResNet-18)."""
+    from wsss_lightning.data.pretrain_task import PretrainConfig
+    from wsss_lightning.models.pretrain import pretrained_path
+
+    paths = {name: data / folder for name, (folder, *_) in HARD_SETS.items()}
+    paths["resnet18"] = pretrained_path(PretrainConfig(encoder="resnet18"), REPO / "outputs" / "pretrained")
+    return {name: str(path) for name, path in paths.items() if path.exists()}
+
+
+def stale_runs(cache: run_cache.Cache, seeds: list[int], values: dict[str, str]) -> dict[str, str]:
+    """Per cached run key of the table: why the run no longer stands for its row (``why_train``), for the recorded
+    runs whose inputs exist here (``values``); runs without a record are flagged apart (``UNRECORDED``)."""
+    digests: dict[str, str] = {}
+    stale = {}
+    for section in SECTIONS:
+        for row in section.rows:
+            if not row_placeholders(row) - {"ancillary"} <= set(values):
+                continue  # an input that is not here cannot be checked
+            record = row_record(row, values, digests)
+            for seed in seeds:
+                run = cached_run(cache, section.key, row, seed)
+                if run is None or "version" not in run:
+                    continue
+                reason = why_train(cache, section.key, row, seed, record)
+                if reason is not None:
+                    stale[run_key(section.key, row.name, seed)] = reason
+    return stale
+
+
 def run_key(section: str, row: str, seed: int) -> str:
     """The cache key of one run."""
     return f"{section}/{row}/{seed}"
@@ -427,8 +458,8 @@ def why_train(
         if run.get(name) != value:
             return f"cached with other {name}"
     if row.after is not None:
-        first = cache.get(run_key(section, row.after, seed), {})
-        if "finished" not in first or run.get("after") != first["finished"]:
+        finished = cache.get(run_key(section, row.after, seed), {}).get("finished")
+        if finished is None or run.get("after") != finished:
             return f"cached from another run of {row.after}"
     return None
 
@@ -488,7 +519,7 @@ def run_sections(
                 "finished": datetime.now(timezone.utc).isoformat(),
             }
             if row.after is not None:  # the ancillary run whose checkpoint it read
-                entry["after"] = current[run_key(section.key, row.after, seed)]["finished"]
+                entry["after"] = current.get(run_key(section.key, row.after, seed), {}).get("finished")
             stored = run_cache.store(cache_file, key, entry)
         with lock:
             cache.update(stored)
@@ -622,18 +653,37 @@ def bar_status(section: Section, table: Summary, seeds: list[int]) -> str:
     return "met"
 
 
-def status_with_versions(section: Section, table: Summary, seeds: list[int]) -> str:
-    """``bar_status``, saying so when a row it reads has runs of earlier, unrecorded versions."""
+def status_with_versions(
+    section: Section, table: Summary, seeds: list[int], stale: dict[str, str] | None = None
+) -> str:
+    """``bar_status``, saying so when a row it reads has runs of earlier, unrecorded versions or runs that no longer
+    stand for their row (``stale``, from ``stale_runs``)."""
     status = bar_status(section, table, seeds)
+    if status.startswith("not judged"):
+        return status
     read = [table[section.key].get(name, {}) for name in section.bar_rows] + [ceiling_entry(section, table)]
-    if not status.startswith("not judged") and any(UNRECORDED in e.get("versions", ()) for e in read):
+    if any(UNRECORDED in e.get("versions", ()) for e in read):
         status += f", on runs of earlier versions (version {UNRECORDED}) that this version has not reproduced"
+    if any(k in (stale or {}) for e in read for k in e.get("keys", ())):
+        status += ", on runs that no longer stand for their rows (see the version column)"
     return status
 
 
-def markdown(table: Summary, seeds: list[int], cache: dict[str, dict[str, Any]] | None = None) -> str:
+def version_text(entry: dict[str, Any], stale: dict[str, str]) -> str:
+    """The version column of a row: its runs' commits, and why any of them no longer stands for the row."""
+    reasons = [f"seed {key.rsplit('/', 1)[1]} {stale[key]}" for key in entry["keys"] if key in stale]
+    return ", ".join(entry["versions"]) + ("".join(f"; **stale**: {r}" for r in reasons))
+
+
+def markdown(
+    table: Summary,
+    seeds: list[int],
+    cache: dict[str, dict[str, Any]] | None = None,
+    stale: dict[str, str] | None = None,
+) -> str:
     """The table as markdown: one block per section; with the ``cache`` it summarises, the inputs and environments
-    of its runs."""
+    of its runs; with ``stale`` (``stale_runs``), which runs no longer stand for their rows and why."""
+    stale = stale or {}
     lines = [
         "# Method table (hard synthetic sets)",
         "",
@@ -660,13 +710,13 @@ def markdown(table: Summary, seeds: list[int], cache: dict[str, dict[str, Any]] 
             ratio = "" if ceiling is None else f"{entry['mean'] / ceiling:.2f}"
             lines.append(
                 f"| {row.name} | {row.role} | {entry['mean']:.3f} ± {entry['spread']:.3f} | {per_seed} | {ratio} "
-                f"| {int(entry['steps'])} | {entry['minutes']:.1f} | {', '.join(entry['versions'])} |"
+                f"| {int(entry['steps'])} | {entry['minutes']:.1f} | {version_text(entry, stale)} |"
             )
         lines.append("")
         if section.ceiling.split("/")[0] != section.key:
             lines += [f"Ceiling: {section.ceiling.replace('/', ': ')}.", ""]
         if section.bar:
-            lines += [f"Bar: {section.bar}: {status_with_versions(section, table, seeds)}.", ""]
+            lines += [f"Bar: {section.bar}: {status_with_versions(section, table, seeds, stale)}.", ""]
     lines += [f"Total training time of the runs listed: {total:.0f} min of one thread each.", ""]
     if cache is not None:
         keys = [k for rows in table.values() for entry in rows.values() for k in entry["keys"]]
@@ -736,9 +786,12 @@ def main() -> None:
         rows = None if args.rows is None else set(args.rows)
         cache = run_sections(sections, seeds, args.out, args.parallel, values, rows)
     table = summarise(cache, seeds)
+    # the cache holds every section's runs, trained or not by this invocation: check them against the rows as they
+    # stand (configs, inputs present here, ancillary runs)
+    stale = stale_runs(cache, seeds, present_values(args.out / "data"))
     args.write.mkdir(parents=True, exist_ok=True)
     name = "method_table_quick" if args.quick else "method_table"  # a quick run keeps the 2-seed table
-    text = markdown(table, seeds, cache)
+    text = markdown(table, seeds, cache, stale)
     (args.write / f"{name}.md").write_text(text)
     plot(table, args.write / f"{name}.png")
     print(text)

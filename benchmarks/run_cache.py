@@ -147,6 +147,10 @@ def store(cache_file: Path, key: str, run: dict[str, Any]) -> Cache:
         cache = load(cache_file)
         cache[key] = run
         partial = cache_file.with_suffix(".json.partial")
-        partial.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        # on disk before it replaces the file: a crash leaves the old file or the new one
+        with open(partial, "w") as handle:
+            handle.write(json.dumps(cache, indent=1, sort_keys=True))
+            handle.flush()
+            os.fsync(handle.fileno())
         partial.replace(cache_file)
     return cache

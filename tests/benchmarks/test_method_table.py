@@ -268,6 +268,38 @@ def test_a_run_without_a_record_or_with_other_inputs_or_configs_is_trained_again
     assert trained == [key] * 3
 
 
+def test_runs_that_no_longer_stand_for_their_rows_are_flagged_in_the_table(table, tmp_path, monkeypatch):
+    seeds = [0, 1]
+    values = voc_folder(tmp_path)
+    cache = recorded(table, fake_cache(table, seeds), values)
+    cache["ceiling/full masks/1"]["inputs"] = {"voc": "0123456789ab"}  # trained on another data set
+    cache["dupl/DuPL/0"]["configs"] = "another"  # its config edited since
+    del cache["u2pl/SupOnly, pretrained/0"]["version"]  # no record: flagged as unrecorded, not as stale
+    stale = table.stale_runs(cache, seeds, values)
+    assert stale == {
+        "ceiling/full masks/1": "cached with other inputs",
+        "dupl/DuPL/0": "cached with other configs",
+    }
+    # rows whose inputs are not here (the pretrained U2PL and ASDT rows, the 64-px and street sets) are not checked
+    assert table.stale_runs(cache, seeds, {}) == {}
+    text = table.markdown(table.summarise(cache, seeds), seeds, cache, stale)
+    ceiling = text.split("## Full masks")[1].split("## ")[0]
+    assert "| 0123456; **stale**: seed 1 cached with other inputs |" in ceiling
+    dupl = text.split("## DuPL")[1].split("## ")[0]
+    assert "| DuPL | method |" in dupl and "**stale**: seed 0 cached with other configs |" in dupl
+    assert dupl.count("**stale**") == 1  # only the row whose run is stale
+    assert "on runs that no longer stand for their rows" in dupl
+    asdt = text.split("## ASDT")[1].split("## ")[
+        0
+    ]  # reads the stale ceiling too (its ratio and failed-run check)
+    assert "on runs that no longer stand for their rows" in asdt
+    assert "no longer stand" not in text.split("## U2PL, semi")[1].split("## ")[0]
+    # what is here, generating and training nothing
+    monkeypatch.setattr(table, "REPO", tmp_path)
+    (tmp_path / "voc_hard").mkdir()
+    assert table.present_values(tmp_path) == {"voc": str(tmp_path / "voc_hard")}
+
+
 def test_digest_reads_names_and_contents(table, tmp_path):
     for name, files in {"a": {"x.png": b"1", "s/y.png": b"2"}, "b": {"x.png": b"1", "s/y.png": b"2"},
                         "c": {"x.png": b"1", "s/z.png": b"2"}, "d": {"x.png": b"1", "s/y.png": b"3"}}.items():  # fmt: skip
