@@ -32,7 +32,9 @@ torch version and the CPU kernels torch picked (``run_cache.py``). A cached run 
 has the row's steps and metric and read the same data, weights and configs as the row would now, so sections can be run one at a time (and side by side) and the table is
 rewritten from everything measured so far; a row not measured yet reads "not run". The table gives each row's
 commit and flags runs cached before runs kept this record: rerunning such a run may give another value, and so may
-another CPU (AVX2 and AVX-512 kernels round differently).
+another CPU (AVX2 and AVX-512 kernels round differently). It also marks a recorded run **stale**, with the reason,
+when its configs, its inputs (those present here) or its ancillary run are no longer the row's, whichever sections
+the invocation trained (``--table-only`` too).
 
 Usage::
 
