@@ -33,8 +33,8 @@ has the row's steps and metric and read the same data, weights and configs as th
 rewritten from everything measured so far; a row not measured yet reads "not run". The table gives each row's
 commit and flags runs cached before runs kept this record: rerunning such a run may give another value, and so may
 another CPU (AVX2 and AVX-512 kernels round differently). It also marks a recorded run **stale**, with the reason,
-when its configs, its inputs (those present here) or its ancillary run are no longer the row's, whichever sections
-the invocation trained (``--table-only`` too).
+when its configs, its inputs (those present here; the others are not checked) or its ancillary run are no longer
+the row's, whichever sections the invocation trained (``--table-only`` too).
 
 Usage::
 
@@ -388,22 +388,25 @@ def present_values(data: Path) -> dict[str, str]:
 
 
 def stale_runs(cache: run_cache.Cache, seeds: list[int], values: dict[str, str]) -> dict[str, str]:
-    """Per cached run key of the table: why the run no longer stands for its row (``why_train``), for the recorded
-    runs whose inputs exist here (``values``); runs without a record are flagged apart (``UNRECORDED``)."""
+    """Per cached run key of the table: why the recorded run no longer stands for its row (``why_train``: its
+    configs, the inputs of ``values`` (those present here; the others are not checked) or its ancillary run, which
+    makes it stale when stale itself). Runs without a record are flagged apart (``UNRECORDED``)."""
     digests: dict[str, str] = {}
-    stale = {}
+    stale: dict[str, str] = {}
     for section in SECTIONS:
-        for row in section.rows:
-            if not row_placeholders(row) - {"ancillary"} <= set(values):
-                continue  # an input that is not here cannot be checked
+        for row in section.rows:  # a row's ``after`` comes before it
             record = row_record(row, values, digests)
             for seed in seeds:
                 run = cached_run(cache, section.key, row, seed)
                 if run is None or "version" not in run:
                     continue
-                reason = why_train(cache, section.key, row, seed, record)
+                key = run_key(section.key, row.name, seed)
+                reason = why_train(cache, section.key, row, seed, record, present_only=True)
+                first = None if row.after is None else run_key(section.key, row.after, seed)
+                if reason is None and first is not None and first in stale:
+                    reason = f"its {row.after} run is stale ({stale[first]})"
                 if reason is not None:
-                    stale[run_key(section.key, row.name, seed)] = reason
+                    stale[key] = reason
     return stale
 
 
@@ -445,9 +448,15 @@ def cached_run(
 
 
 def why_train(
-    cache: run_cache.Cache, section: str, row: Row, seed: int, record: dict[str, Any]
+    cache: run_cache.Cache,
+    section: str,
+    row: Row,
+    seed: int,
+    record: dict[str, Any],
+    present_only: bool = False,
 ) -> str | None:
-    """Why the cached run of ``row`` does not stand for it now (``None`` when it does)."""
+    """Why the cached run of ``row`` does not stand for it now (``None`` when it does). With ``present_only`` the
+    run's inputs are compared only for those in ``record`` (the inputs present on this machine)."""
     key = run_key(section, row.name, seed)
     if key not in cache:
         return "not cached"
@@ -456,8 +465,13 @@ def why_train(
         return "cached with another step count or metric"
     if "version" not in run:
         return "cached before runs kept a record of their inputs"
+    if "finished" not in run:
+        return "cached without its finish time"  # a primary could not be tied to this run
     for name, value in record.items():
-        if run.get(name) != value:
+        recorded = run.get(name)
+        if present_only and name == "inputs" and isinstance(recorded, dict):
+            recorded = {k: v for k, v in recorded.items() if k in value}
+        if recorded != value:
             return f"cached with other {name}"
     if row.after is not None:
         finished = cache.get(run_key(section, row.after, seed), {}).get("finished")

@@ -16,6 +16,8 @@ import yaml
 
 from tests.helpers import load_benchmark
 from wsss_lightning import methods
+from wsss_lightning.data.pretrain_task import PretrainConfig
+from wsss_lightning.models.pretrain import pretrained_path
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +29,13 @@ def fake_cache(
     table: ModuleType, seeds: list[int], skip: set[str] = frozenset()
 ) -> dict[str, dict[str, float]]:
     """A result per row and seed: ceilings 0.8, baselines 0.5, methods 0.6 (+0.01 per seed), recorded by one
-    version."""
+    version at one time (a primary read its ancillary of that time)."""
     level = {"ceiling": 0.8, "baseline": 0.5, "method": 0.6}
-    record = {"version": "0123456789", "inputs": {}, "torch": "2.x", "cpu": "AVX2"}
+    finished = "2026-01-01T00:00:00+00:00"
+    record = {"version": "0123456789", "inputs": {}, "torch": "2.x", "cpu": "AVX2", "finished": finished}
     return {
-        f"{s.key}/{r.name}/{seed}": {"miou": level[r.role] + 0.01 * seed, "seconds": 60.0 * (seed + 1), "steps": r.steps, **record}
+        f"{s.key}/{r.name}/{seed}": {"miou": level[r.role] + 0.01 * seed, "seconds": 60.0 * (seed + 1), "steps": r.steps, **record,
+                                     **({} if r.after is None else {"after": finished})}
         for s in table.SECTIONS
         for r in s.rows
         for seed in seeds
@@ -270,18 +274,34 @@ def test_a_run_without_a_record_or_with_other_inputs_or_configs_is_trained_again
 
 def test_runs_that_no_longer_stand_for_their_rows_are_flagged_in_the_table(table, tmp_path, monkeypatch):
     seeds = [0, 1]
-    values = voc_folder(tmp_path)
+    (tmp_path / "r18.pth").write_bytes(b"weights")
+    values = {**voc_folder(tmp_path), "voc64": str(tmp_path / "voc"), "resnet18": str(tmp_path / "r18.pth")}
     cache = recorded(table, fake_cache(table, seeds), values)
     cache["ceiling/full masks/1"]["inputs"] = {"voc": "0123456789ab"}  # trained on another data set
     cache["dupl/DuPL/0"]["configs"] = "another"  # its config edited since
-    del cache["u2pl/SupOnly, pretrained/0"]["version"]  # no record: flagged as unrecorded, not as stale
-    stale = table.stale_runs(cache, seeds, values)
-    assert stale == {
+    cache["u2pl/SupOnly, pretrained/1"]["inputs"]["resnet18"] = "0123456789ab"  # other pretrained weights
+    cache["seminar/ancillary/0"]["configs"] = "another"  # and so the primary that read it
+    cache["seminar/primary/1"]["after"] = "earlier"  # read an earlier run of its ancillary
+    del cache["asdt/V: ASDT (alternate)/1"]["finished"]  # no finish time: a primary could not be tied to it
+    del cache["weak/AFA/1"]["version"]  # no record: flagged as unrecorded, not as stale
+    assert table.stale_runs(cache, seeds, values) == {
         "ceiling/full masks/1": "cached with other inputs",
+        "u2pl/SupOnly, pretrained/1": "cached with other inputs",
         "dupl/DuPL/0": "cached with other configs",
+        "asdt/V: ASDT (alternate)/1": "cached without its finish time",
+        "seminar/ancillary/0": "cached with other configs",
+        "seminar/primary/0": "its ancillary run is stale (cached with other configs)",
+        "seminar/primary/1": "cached from another run of ancillary",
     }
-    # rows whose inputs are not here (the pretrained U2PL and ASDT rows, the 64-px and street sets) are not checked
-    assert table.stale_runs(cache, seeds, {}) == {}
+    # inputs that are not here are not compared; configs and ancillary runs still are
+    assert set(table.stale_runs(cache, seeds, {})) == {
+        "dupl/DuPL/0",
+        "asdt/V: ASDT (alternate)/1",
+        "seminar/ancillary/0",
+        "seminar/primary/0",
+        "seminar/primary/1",
+    }
+    stale = table.stale_runs(cache, seeds, values)
     text = table.markdown(table.summarise(cache, seeds), seeds, cache, stale)
     ceiling = text.split("## Full masks")[1].split("## ")[0]
     assert "| 0123456; **stale**: seed 1 cached with other inputs |" in ceiling
@@ -289,15 +309,25 @@ def test_runs_that_no_longer_stand_for_their_rows_are_flagged_in_the_table(table
     assert "| DuPL | method |" in dupl and "**stale**: seed 0 cached with other configs |" in dupl
     assert dupl.count("**stale**") == 1  # only the row whose run is stale
     assert "on runs that no longer stand for their rows" in dupl
-    asdt = text.split("## ASDT")[1].split("## ")[
-        0
-    ]  # reads the stale ceiling too (its ratio and failed-run check)
+    # the ASDT bar reads the stale ceiling too (its ratio and failed-run check)
+    asdt = text.split("## ASDT")[1].split("## ")[0]
     assert "on runs that no longer stand for their rows" in asdt
-    assert "no longer stand" not in text.split("## U2PL, semi")[1].split("## ")[0]
+    seminar = text.split("## Seminar")[1].split("## ")[0]
+    primary = next(line for line in seminar.splitlines() if line.startswith("| primary |"))
+    assert primary.endswith(
+        "| 0123456; **stale**: seed 0 its ancillary run is stale (cached with other configs); **stale**: seed 1 "
+        "cached from another run of ancillary |"
+    )
+    weak = text.split("## AFA")[1].split("## ")[0]
+    assert "no longer stand" not in weak and "version —" in weak  # unrecorded, not stale
     # what is here, generating and training nothing
     monkeypatch.setattr(table, "REPO", tmp_path)
+    assert table.present_values(tmp_path) == {}
     (tmp_path / "voc_hard").mkdir()
-    assert table.present_values(tmp_path) == {"voc": str(tmp_path / "voc_hard")}
+    weights = pretrained_path(PretrainConfig(encoder="resnet18"), tmp_path / "outputs" / "pretrained")
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    assert table.present_values(tmp_path) == {"voc": str(tmp_path / "voc_hard"), "resnet18": str(weights)}
 
 
 def test_digest_reads_names_and_contents(table, tmp_path):
@@ -338,6 +368,14 @@ def test_a_primary_from_another_run_of_its_ancillary_is_trained_again(table, tmp
     (tmp_path / "results.json").write_text(json.dumps(cache))
     table.run_sections(["seminar"], [0], tmp_path, 1, values, rows={"primary"})
     assert trained == ["seminar/primary/0"]
+    # an ancillary cached without its finish time cannot be tied to a primary: both are trained again
+    trained.clear()
+    cache = table.run_cache.read(tmp_path / "results.json")
+    del cache["seminar/ancillary/0"]["finished"]
+    (tmp_path / "results.json").write_text(json.dumps(cache))
+    cache = table.run_sections(["seminar"], [0], tmp_path, 1, values, rows={"primary"})
+    assert trained == ["seminar/ancillary/0", "seminar/primary/0"]
+    assert cache["seminar/primary/0"]["after"] == cache["seminar/ancillary/0"]["finished"]
 
 
 def test_invocations_side_by_side_keep_each_others_runs_and_train_a_run_once(table, tmp_path, monkeypatch):
