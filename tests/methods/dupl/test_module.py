@@ -39,7 +39,7 @@ def test_fit_runs_every_phase_and_logs_cam_pseudo_and_seg_miou(synthetic, tmp_pa
                 "val/best_subnet", "train/noise_precision", "train/noise_recall",
                 "train/fg_label_error"):  # fmt: skip
         assert key in metrics, key
-    for output in ("seg1", "seg2", "cam1", "cam2", "pseudo1", "pseudo2"):
+    for output in ("seg1", "seg2", "cam1", "cam2", "pseudo1", "pseudo2", "seg_kept1", "seg_kept2"):
         assert 0.0 <= float(metrics[f"val/{output}/miou"]) <= 1.0, output
     # the cosine descent ran: the last step's thresholds sit at the per-class end values (0.55 / hard 0.70)
     thresholds = cli.model.class_thresholds

@@ -185,10 +185,11 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
     @override
     def configure_metrics(self) -> None:
         super().configure_metrics()
-        # per sub-net: segmentation, CAM and pseudo-label IoU (keys "seg1", "cam2", ...)
+        # per sub-net: segmentation, CAM and pseudo-label IoU (keys "seg1", "cam2", ...), and the segmentation's IoU
+        # on the pixels its pseudo-labels keep ("seg_kept1"), the pixel set of "pseudo1"
         self.val_outputs = nn.ModuleDict(
             {f"{kind}{k}": SegmentationIoU(self.num_classes, self.ignore_index)
-             for kind in ("seg", "cam", "pseudo") for k in (1, 2)}
+             for kind in ("seg", "cam", "pseudo", "seg_kept") for k in (1, 2)}
         )  # fmt: skip
 
     def _val_metric(self, kind: str, k: int) -> SegmentationIoU:
@@ -463,26 +464,26 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
         tags, classes = self._fg_tags(batch), self._classes(batch)
         images01 = self.denormalize(images)
         high = image_thresholds(self.class_thresholds, tags)
-        cams = []
+        cams, segs = [], []
         for k in range(2):
             self._subnet = k
             try:
-                self._val_metric("seg", k).update(
-                    channel_argmax(self.predict_logits(images, test_time=False)), masks
-                )
+                segs.append(channel_argmax(self.predict_logits(images, test_time=False)))
             finally:
                 self._subnet = None
+            self._val_metric("seg", k).update(segs[k], masks)
             cam, _ = self._cams(k, images, classes)
             self._val_metric("cam", k).update(
                 cam_labels_eval(cam, None, self.options.threshold.eval_background, classes=classes), masks
             )
             cams.append(cam)
         for k, pseudo in enumerate(self._pseudo_labels(images01, cams, classes, high, None)):
-            # pseudo-label mIoU over the pixels the pseudo-labels keep (the rest are ignored in training)
+            # pseudo-label mIoU over the pixels the pseudo-labels keep (the rest are ignored in training), and the
+            # segmentation's over the same pixels
             kept = pseudo != self.ignore_index
-            self._val_metric("pseudo", k).update(
-                torch.where(kept, pseudo, 0), torch.where(kept, masks, self.ignore_index)
-            )
+            kept_masks = torch.where(kept, masks, self.ignore_index)
+            self._val_metric("pseudo", k).update(torch.where(kept, pseudo, 0), kept_masks)
+            self._val_metric("seg_kept", k).update(torch.where(kept, segs[k], 0), kept_masks)
 
     @override
     def validation_table_iou(self) -> tuple[float, dict[str, float]] | None:
@@ -495,6 +496,7 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
         for k in range(2):
             self._log_iou("val", self._val_metric("cam", k), f"cam{k + 1}")
             self._log_iou("val", self._val_metric("pseudo", k), f"pseudo{k + 1}")
+            self._log_iou("val", self._val_metric("seg_kept", k), f"seg_kept{k + 1}")
         best = 0 if seg[0] >= seg[1] else 1
         self._val_best = best
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
