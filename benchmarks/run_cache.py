@@ -37,18 +37,28 @@ LIBRARIES = ("numpy", "opencv-python-headless", "albumentations", "pillow", "tim
 Cache = dict[str, dict[str, Any]]
 
 
+#: what a run's code is: the package, the configs and the benchmark scripts, not the benchmarks' text and figures
+#: (the method table rewrites its .md and .png after every invocation)
+CODE_PATHS = (
+    "wsss_lightning",
+    "configs",
+    "benchmarks",
+    ":(exclude)benchmarks/*.md",
+    ":(exclude)benchmarks/*.png",
+)
+
+
 def code_version() -> str:
-    """The checked-out commit, with ``+changes`` when the package, configs or benchmarks differ from it (tracked
-    files changed, or files git does not know); ``unknown`` outside a git checkout."""
+    """The checked-out commit, with ``+changes`` when the package, configs or benchmark scripts differ from it
+    (tracked files changed, or files git does not know; ``CODE_PATHS``); ``unknown`` outside a git checkout."""
     git = ["git", "-C", str(REPO)]
     try:
         commit = subprocess.run(
             [*git, "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, check=True
         )
         changed = subprocess.run(
-            [*git, "status", "--porcelain", "--", "wsss_lightning", "configs", "benchmarks"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            [*git, "status", "--porcelain", "--", *CODE_PATHS], capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")

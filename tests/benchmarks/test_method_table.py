@@ -7,6 +7,7 @@ CE, U2PL+ WS within 0.02 of AFA, DAFormer above source only).
 from __future__ import annotations
 
 import json
+import subprocess
 from types import ModuleType
 
 import numpy
@@ -328,6 +329,39 @@ def test_runs_that_no_longer_stand_for_their_rows_are_flagged_in_the_table(table
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"weights")
     assert table.present_values(tmp_path) == {"voc": str(tmp_path / "voc_hard"), "resnet18": str(weights)}
+
+
+def test_code_version_reads_the_code_not_the_tables_text_and_figures(table, tmp_path, monkeypatch):
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
+    files = ["wsss_lightning/a.py", "configs/b.yaml", "benchmarks/c.py", "benchmarks/method_table.md",
+             "benchmarks/method_table.png", "benchmarks/README.md", "notes.txt"]  # fmt: skip
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("0")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(table.run_cache, "REPO", tmp_path)
+    commit = git("rev-parse", "--short=10", "HEAD")
+    for name in [
+        "benchmarks/method_table.md",
+        "benchmarks/method_table.png",
+        "benchmarks/README.md",
+        "notes.txt",
+    ]:
+        (tmp_path / name).write_text("1")  # the table rewritten, its text edited, a file outside the code
+    assert table.run_cache.code_version() == commit
+    for name in ["wsss_lightning/a.py", "configs/b.yaml", "benchmarks/c.py", "benchmarks/d.py"]:
+        git("stash", "-q", "--include-untracked")
+        (tmp_path / name).write_text("1")  # a changed or new file of the code
+        assert table.run_cache.code_version() == commit + "+changes", name
+    monkeypatch.setattr(table.run_cache, "REPO", tmp_path / "nothing")
+    assert table.run_cache.code_version() == "unknown"
 
 
 def test_digest_reads_names_and_contents(table, tmp_path):
