@@ -59,12 +59,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from string import Formatter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import run_cache
 from learning_runs import wsss_fit
 
 from wsss_lightning.runs import last_checkpoint, newest_last
+
+if TYPE_CHECKING:
+    from wsss_lightning.data.pretrain_task import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -347,11 +350,23 @@ def placeholders(sections: list[str]) -> set[str]:
     return {f for s in SECTIONS if s.key in sections for r in s.rows for f in row_placeholders(r)}
 
 
+def data_roots(data: Path) -> dict[str, Path]:
+    """Where each hard set lives under ``data``, by placeholder."""
+    return {name: data / folder for name, (folder, *_) in HARD_SETS.items()}
+
+
+def resnet18_config() -> PretrainConfig:
+    """The arguments of the pretrained ResNet-18 the rows read (``wsss-data pretrain-encoder``'s defaults)."""
+    from wsss_lightning.data.pretrain_task import PretrainConfig
+
+    return PretrainConfig(encoder="resnet18")
+
+
 def make_data(data: Path, sections: list[str]) -> dict[str, str]:
     """Generate the hard sets the rows of ``sections`` read (where missing); returns the placeholder values."""
     from wsss_lightning.data.synthetic import generate  # torch-free, but only when data is needed
 
-    roots = {name: data / folder for name, (folder, *_) in HARD_SETS.items()}
+    roots = data_roots(data)
     for name in sorted(placeholders(sections) & HARD_SETS.keys()):
         if not roots[name].is_dir():
             _, layout, num_train, num_val, size = HARD_SETS[name]
@@ -361,10 +376,9 @@ def make_data(data: Path, sections: list[str]) -> dict[str, str]:
 
 def pretrained_resnet18(out: Path) -> str:
     """The cached ResNet-18 of ``wsss-data pretrain-encoder`` (default arguments), trained when missing."""
-    from wsss_lightning.data.pretrain_task import PretrainConfig
     from wsss_lightning.models.pretrain import pretrain_encoder
 
-    return str(pretrain_encoder(PretrainConfig(encoder="resnet18"), out))
+    return str(pretrain_encoder(resnet18_config(), out))
 
 
 def run_values(data: Path, sections: list[str]) -> dict[str, str]:
@@ -379,11 +393,10 @@ def run_values(data: Path, sections: list[str]) -> dict[str, str]:
 def present_values(data: Path) -> dict[str, str]:
     """The placeholder values of the inputs that exist here, generating and training nothing (the data roots under
     ``data`` and the pretrained ResNet-18)."""
-    from wsss_lightning.data.pretrain_task import PretrainConfig
     from wsss_lightning.models.pretrain import pretrained_path
 
-    paths = {name: data / folder for name, (folder, *_) in HARD_SETS.items()}
-    paths["resnet18"] = pretrained_path(PretrainConfig(encoder="resnet18"), REPO / "outputs" / "pretrained")
+    paths = data_roots(data)
+    paths["resnet18"] = pretrained_path(resnet18_config(), REPO / "outputs" / "pretrained")
     return {name: str(path) for name, path in paths.items() if path.exists()}
 
 
@@ -680,7 +693,7 @@ def status_with_versions(
     read = [table[section.key].get(name, {}) for name in section.bar_rows] + [ceiling_entry(section, table)]
     if any(UNRECORDED in e.get("versions", ()) for e in read):
         status += f", on runs of earlier versions (version {UNRECORDED}) that this version has not reproduced"
-    if any(k in (stale or {}) for e in read for k in e.get("keys", ())):
+    if stale and any(k in stale for e in read for k in e.get("keys", ())):
         status += ", on runs that no longer stand for their rows (see the version column)"
     return status
 
