@@ -26,14 +26,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from learning_runs import wsss_fit
 
 from wsss_lightning.data.pretrain_task import PretrainConfig
+from wsss_lightning.data.synthetic import generate_once
 
 REPO = Path(__file__).resolve().parents[1]
 AFA = REPO / "configs" / "afa" / "synthetic_voc.yaml"
@@ -145,22 +144,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--pretrained", action="store_true", help="start from the pretrained small MiT")
     args = parser.parse_args()
-    if not (args.root / "JPEGImages").is_dir():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "wsss_lightning.data.cli",
-                "synthetic",
-                "--layout",
-                "voc",
-                "--num-train",
-                "800",
-                "--out",
-                str(args.root),
-            ],
-            check=True,
-        )
+    generate_once("voc", args.root, num_train=800)
     start = pretrained_args() if args.pretrained else ()
     run_table(args.root, args.out, args.seeds, args.steps, args.parallel, start)
 

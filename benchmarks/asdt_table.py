@@ -30,7 +30,7 @@ from pathlib import Path
 from learning_runs import wsss_fit
 
 from wsss_lightning.data.pretrain_task import PretrainConfig
-from wsss_lightning.data.synthetic import generate
+from wsss_lightning.data.synthetic import generate_once
 from wsss_lightning.models.pretrain import pretrain_encoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,8 +104,7 @@ def main() -> None:
     taken = [a for a in overrides if any(f".{key}=" in a for key in fixed)]
     if taken:
         parser.error(f"set by the script itself (rows, --steps, --out, --root, --seeds): {' '.join(taken)}")
-    if not (args.root / "cls_labels.txt").is_file():
-        generate("voc", args.root)
+    generate_once("voc", args.root)
     weights = None if args.scratch else pretrain_encoder(PretrainConfig(), REPO / "outputs" / "pretrained")
     run_table(
         args.root, args.out, args.seeds, args.steps, args.parallel, args.rows, weights, tuple(overrides)

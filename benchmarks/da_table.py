@@ -20,12 +20,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from learning_runs import wsss_fit
+
+from wsss_lightning.data.synthetic import generate_once
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -67,13 +67,8 @@ def bars(mean: dict[str, float]) -> dict[str, bool]:
 
 def make_data(source: Path = SOURCE, target: Path = TARGET) -> None:
     """Write the two synthetic street datasets the configs name, where missing."""
-    for layout, root, num_val in (("gta5", source, "30"), ("cityscapes", target, "100")):
-        if not root.is_dir():
-            subprocess.run(
-                [sys.executable, "-m", "wsss_lightning.data.cli", "synthetic", "--layout", layout,
-                 "--out", str(root), "--num-train", "600", "--num-val", num_val, "--size", "128", "256"],
-                check=True,
-            )  # fmt: skip
+    for layout, root, num_val in (("gta5", source, 30), ("cityscapes", target, 100)):
+        generate_once(layout, root, num_train=600, num_val=num_val, image_size=(128, 256))  # type: ignore[arg-type]
 
 
 def run_table(

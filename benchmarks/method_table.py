@@ -364,13 +364,12 @@ def resnet18_config() -> PretrainConfig:
 
 def make_data(data: Path, sections: list[str]) -> dict[str, str]:
     """Generate the hard sets the rows of ``sections`` read (where missing); returns the placeholder values."""
-    from wsss_lightning.data.synthetic import generate  # torch-free, but only when data is needed
+    from wsss_lightning.data.synthetic import generate_once  # torch-free, but only when data is needed
 
     roots = data_roots(data)
     for name in sorted(placeholders(sections) & HARD_SETS.keys()):
-        if not roots[name].is_dir():
-            _, layout, num_train, num_val, size = HARD_SETS[name]
-            generate(layout, roots[name], 0, num_train, num_val, size, difficulty="hard")  # type: ignore[arg-type]
+        _, layout, num_train, num_val, size = HARD_SETS[name]
+        generate_once(layout, roots[name], 0, num_train, num_val, size, difficulty="hard")  # type: ignore[arg-type]
     return {name: str(root) for name, root in roots.items()}
 
 

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from wsss_lightning.data.pretrain_task import PretrainConfig
-from wsss_lightning.data.synthetic import generate
+from wsss_lightning.data.synthetic import generate_once
 from wsss_lightning.models.pretrain import pretrain_encoder
 from wsss_lightning.runs import last_checkpoint, newest_last
 
@@ -202,8 +202,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=None)
     parser.add_argument("--pretrained", action="store_true", help="start from the pretrained ResNet-18")
     args = parser.parse_args()
-    if not (args.root / "SegmentationClicks").is_dir():
-        generate("voc", args.root, image_size=(IMAGE_SIZE, IMAGE_SIZE))
+    generate_once("voc", args.root, image_size=(IMAGE_SIZE, IMAGE_SIZE))
     check_image_size(args.root)
     start = pretrained_args() if args.pretrained else ()
     run_table(args.root, args.out, args.seeds, args.steps, args.parallel, args.rows, start)

@@ -11,27 +11,17 @@ import time
 from pathlib import Path
 
 from wsss_lightning.cli import run_cli
-
-
-def ensure_synthetic(layout: str, out: Path, seed: int = 0) -> Path:
-    """Generate the synthetic dataset once; later runs reuse it (a marker file says it is complete)."""
-    from wsss_lightning.data.synthetic import generate
-
-    marker = out / ".complete"
-    if not marker.exists():
-        generate(layout, out, seed=seed)  # type: ignore[arg-type]
-        marker.touch()
-    return out
+from wsss_lightning.data.synthetic import LAYOUTS, generate_once
 
 
 def run(argv: list[str] | None = None) -> dict[str, float]:
     """Run the demo and return the final validation metrics."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/quickstart.yaml")
-    parser.add_argument("--layout", default="voc", help="synthetic layout to generate")
+    parser.add_argument("--layout", default="voc", choices=LAYOUTS, help="synthetic layout to generate")
     parser.add_argument("--data-dir", default="outputs/synthetic_voc", type=Path)
     args, extra = parser.parse_known_args(argv)
-    root = ensure_synthetic(args.layout, args.data_dir)
+    root = generate_once(args.layout, args.data_dir)
     start = time.perf_counter()
     cli = run_cli(["fit", "--config", args.config, "--data.source.root", str(root), *extra])
     results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]

@@ -469,7 +469,7 @@ def test_markdown_gives_each_rows_versions_and_flags_unrecorded_runs(table):
 def test_each_section_gets_the_sets_its_rows_read(table, tmp_path, monkeypatch):
     made: list[tuple] = []
     monkeypatch.setattr(
-        "wsss_lightning.data.synthetic.generate", lambda *args, **kwargs: made.append((*args, kwargs))
+        "wsss_lightning.data.synthetic.generate_once", lambda *args, **kwargs: made.append((*args, kwargs))
     )
     values = table.make_data(tmp_path, ["seminar"])
     # Seminar reads the 64-px hard set only: its crop covers the image

@@ -123,8 +123,7 @@ def test_dupl_schedule_that_fits_is_untouched(synthetic, tmp_path, monkeypatch, 
 
 def test_demo_with_a_short_run(synthetic, tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
-    root = Path(synthetic("voc"))
-    (root / ".complete").touch()  # the demo generates its data only once
+    root = Path(synthetic("voc"))  # the demo generates its data only where the folder is missing
     with caplog.at_level("INFO"):
         summary = demo.run([
             "--config", str(QUICKSTART), "--data-dir", str(root), *DUPL_SMALL,

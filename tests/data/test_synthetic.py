@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wsss_lightning.data import synthetic
 from wsss_lightning.data.datasets import build_source
 from wsss_lightning.data.datasets.base import read_index_png
 from wsss_lightning.data.supervision import load_tags, read_id_list, tags_from_mask
-from wsss_lightning.data.synthetic import Layout, generate, object_class_styles, plan_classes
+from wsss_lightning.data.synthetic import Layout, generate, generate_once, object_class_styles, plan_classes
 
 
 def _read_all(root: Path, layout: str, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -109,3 +110,47 @@ def test_street_domain_gap(tmp_path: Path) -> None:
 def test_bad_layout(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="valid layouts"):
         generate("ade20k", tmp_path)  # type: ignore[arg-type]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generate_once_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = synthetic._WRITERS["voc"]
+
+    def interrupted(root: Path, *args: object) -> None:
+        (root / "JPEGImages").mkdir(parents=True)
+        (root / "JPEGImages" / "half_written.jpg").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(synthetic._WRITERS, "voc", interrupted)
+    out = tmp_path / "sets" / "voc_small"
+    with pytest.raises(KeyboardInterrupt):
+        generate_once("voc", out, 3, 4, 2, (32, 32))
+    assert list((tmp_path / "sets").iterdir()) == []  # neither the set nor its temporary folder
+    monkeypatch.setitem(synthetic._WRITERS, "voc", writer)
+    assert generate_once("voc", out, 3, 4, 2, (32, 32)) == out
+    assert _tree(out) == _tree(generate("voc", tmp_path / "direct", 3, 4, 2, (32, 32)))
+    assert [p.name for p in (tmp_path / "sets").iterdir()] == ["voc_small"]
+
+
+def test_generate_once_reuses_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = generate_once("voc", tmp_path / "voc_small", 3, 4, 2, (32, 32))
+    (out / "marker").write_text("kept")
+    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: pytest.fail("generated again"))
+    assert generate_once("voc", out, 3, 4, 2, (32, 32)) == out and (out / "marker").read_text() == "kept"
+
+
+def test_generate_once_another_process_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "voc_small"
+    real = synthetic.generate
+
+    def racing(layout: Layout, staged: Path, *args: object) -> Path:
+        real(layout, out, *args)  # another process renames its complete set into place meanwhile
+        (out / "theirs").write_text("")
+        return real(layout, staged, *args)
+
+    monkeypatch.setattr(synthetic, "generate", racing)
+    assert generate_once("voc", out, 3, 4, 2, (32, 32)) == out
+    assert (out / "theirs").exists() and [p.name for p in tmp_path.iterdir()] == ["voc_small"]

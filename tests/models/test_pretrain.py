@@ -33,6 +33,21 @@ def test_weights_load_into_the_dilated_segmentation_encoder_and_are_reused(tmp_p
     assert pretrain_encoder(TINY, tmp_path, verbose=False) == path and path.stat().st_mtime_ns == mtime
 
 
+def test_an_interrupted_save_leaves_no_weights_file(tmp_path, monkeypatch) -> None:
+    def interrupted(state: object, file: object) -> None:
+        with open(file, "wb") as f:  # type: ignore[call-overload]
+            f.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_encoder(TINY, tmp_path, verbose=False)
+    assert not pretrained_path(TINY, tmp_path).exists()  # the next call trains again instead of loading it
+    assert not [p for p in tmp_path.rglob("*") if ".pth" in p.name]  # nor its staged copy
+    monkeypatch.undo()
+    assert pretrain_encoder(TINY, tmp_path, verbose=False).is_file()
+
+
 def test_the_cli_writes_the_same_file(tmp_path, capsys) -> None:
     args = ["pretrain-encoder", "--out", str(tmp_path), "--num-images", "24", "--image-size", "32"]
     args += ["--crop", "24", "--steps", "3", "--batch-size", "4", "--threads", "1"]

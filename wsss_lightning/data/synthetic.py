@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,36 @@ def generate(
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     _WRITERS[layout](root, seed, n_train, n_val, size, difficulty)
+    return root
+
+
+def generate_once(
+    layout: Layout,
+    out: str | Path,
+    seed: int = 0,
+    num_train: int | None = None,
+    num_val: int | None = None,
+    image_size: tuple[int, int] | None = None,
+    difficulty: Difficulty = "easy",
+) -> Path:
+    """:func:`generate` unless ``out`` is already there; for datasets generated once and reused by later runs.
+
+    The set is written into a temporary folder beside ``out`` and renamed to ``out`` when complete, so an
+    interrupted generation leaves no partial ``out`` that a later call would take for the set, and two processes
+    generating it at once both end with the complete set (the first rename wins; the sets are identical). The
+    arguments of an existing ``out`` are not checked: name the folder after them.
+    """
+    root = Path(out)
+    if root.is_dir():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}.", dir=root.parent) as tmp:
+        staged = generate(layout, Path(tmp) / root.name, seed, num_train, num_val, image_size, difficulty)
+        try:
+            staged.rename(root)
+        except OSError:
+            if not root.is_dir():  # not another process's complete set: a real failure
+                raise
     return root
 
 

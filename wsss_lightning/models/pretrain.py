@@ -17,6 +17,7 @@ reuses the file (``wsss-data pretrain-encoder``).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import asdict
@@ -148,10 +149,16 @@ def pretrain_encoder(config: PretrainConfig, out_dir: str | Path, verbose: bool 
     with torch.no_grad():
         f1 = _f1(model(_normalise(images[:held_out])), labels[:held_out])
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.encoder_state(), path)
     minutes = (time.perf_counter() - start) / 60
     info = {**asdict(config), "held_out_tag_f1": round(f1, 4), "minutes": round(minutes, 2)}
     path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    # written beside it and renamed: an interrupted save leaves no partial weights file that a later call would load
+    staged = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        torch.save(model.encoder_state(), staged)
+        staged.replace(path)
+    finally:
+        staged.unlink(missing_ok=True)
     if verbose:
         print(f"pretrained {config.encoder} in {minutes:.1f} min (held-out tag F1 {f1:.3f}): {path}")
     return path
