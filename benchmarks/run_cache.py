@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
@@ -24,6 +25,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DERIVED = ".wsss_cache"  # the data module's derived files in a data root (WSSSDataModule's cache_dir)
+#: the rare-class statistics the data module derives into a data root when a run samples by them (DAFormer's RCS;
+#: ``wsss_lightning.data.rare_classes.default_stats_path``): the first such run writes them, so counting them would
+#: make every run that read the set before them stale
+DERIVED_FILES = "class_stats_*.npz"
 #: environment variables that change which CPU kernels torch runs (oneDNN's convolutions, ATen's vector code, MKL)
 KERNEL_VARIABLES = (
     "ONEDNN_MAX_CPU_ISA",
@@ -64,17 +69,24 @@ def code_version() -> str:
     return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
 
 
+def _derived(relative: Path) -> bool:
+    """Whether a file of a data root (its path relative to the root) is derived from the set by the data module."""
+    return DERIVED in relative.parts or (
+        len(relative.parts) == 1 and fnmatch.fnmatch(relative.name, DERIVED_FILES)
+    )
+
+
 def digest(path: str | Path) -> str:
     """The first 12 hex digits of the SHA-256 of a file, or of a folder's files (relative names and contents, in
-    name order; not the tags and partitions the data module derives into ``.wsss_cache``); ``missing`` when there
-    is nothing at ``path``."""
+    name order; not what the data module derives from the set: its ``.wsss_cache`` (tags, partitions) and the
+    rare-class statistics at the root); ``missing`` when there is nothing at ``path``."""
     root = Path(path)
     if not root.exists():
         return "missing"
     files = (
         [root]
         if root.is_file()
-        else sorted(p for p in root.rglob("*") if p.is_file() and DERIVED not in p.relative_to(root).parts)
+        else sorted(p for p in root.rglob("*") if p.is_file() and not _derived(p.relative_to(root)))
     )
     h = hashlib.sha256()
     for f in files:

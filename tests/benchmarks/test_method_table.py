@@ -6,6 +6,7 @@ CE, U2PL+ WS within 0.02 of AFA, DAFormer above source only).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import subprocess
 from types import ModuleType
@@ -18,6 +19,7 @@ import yaml
 from tests.helpers import load_benchmark
 from wsss_lightning import methods
 from wsss_lightning.data.pretrain_task import PretrainConfig
+from wsss_lightning.data.rare_classes import default_stats_path
 from wsss_lightning.models.pretrain import pretrained_path
 
 
@@ -379,7 +381,13 @@ def test_digest_reads_names_and_contents(table, tmp_path):
         tmp_path / "b" / ".wsss_cache"
     ).mkdir()  # what the data module derives from a data set is not the data set
     (tmp_path / "b" / ".wsss_cache" / "tags.npz").write_bytes(b"tags")
+    # nor are the rare-class statistics the first DAFormer run writes at the root (a stats file elsewhere counts)
+    stats = default_stats_path(tmp_path / "b", "train")
+    assert fnmatch.fnmatch(stats.name, table.run_cache.DERIVED_FILES)
+    stats.write_bytes(b"stats")
     assert digest(tmp_path / "b") == a
+    (tmp_path / "b" / "s" / stats.name).write_bytes(b"stats")
+    assert digest(tmp_path / "b") != a
 
 
 def test_a_primary_from_another_run_of_its_ancillary_is_trained_again(table, tmp_path, monkeypatch):
