@@ -26,9 +26,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DERIVED = ".wsss_cache"  # the data module's derived files in a data root (WSSSDataModule's cache_dir)
 #: the rare-class statistics the data module derives into a data root when a run samples by them (DAFormer's RCS;
-#: ``wsss_lightning.data.rare_classes.default_stats_path``): the first such run writes them, so counting them would
-#: make every run that read the set before them stale
-DERIVED_FILES = "class_stats_*.npz"
+#: ``wsss_lightning.data.rare_classes.default_stats_path``), and their temporary file while it writes them: the
+#: first such run writes them, so counting them would make every run that read the set before them stale
+DERIVED_FILES = ("class_stats_*.npz", ".class_stats_*.npz.*.tmp")
 #: environment variables that change which CPU kernels torch runs (oneDNN's convolutions, ATen's vector code, MKL)
 KERNEL_VARIABLES = (
     "ONEDNN_MAX_CPU_ISA",
@@ -72,7 +72,7 @@ def code_version() -> str:
 def _derived(relative: Path) -> bool:
     """Whether a file of a data root (its path relative to the root) is derived from the set by the data module."""
     return DERIVED in relative.parts or (
-        len(relative.parts) == 1 and fnmatch.fnmatch(relative.name, DERIVED_FILES)
+        len(relative.parts) == 1 and any(fnmatch.fnmatchcase(relative.name, p) for p in DERIVED_FILES)
     )
 
 

@@ -142,6 +142,12 @@ def test_generate_once_reuses_the_folder(tmp_path: Path, monkeypatch: pytest.Mon
     assert generate_once("voc", out, 3, 4, 2, (32, 32)) == out and (out / "marker").read_text() == "kept"
 
 
+def test_generate_once_fills_an_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "voc_small").mkdir()
+    out = generate_once("voc", tmp_path / "voc_small", 3, 4, 2, (32, 32))
+    assert _tree(out) == _tree(generate("voc", tmp_path / "direct", 3, 4, 2, (32, 32)))
+
+
 def test_generate_once_another_process_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "voc_small"
     real = synthetic.generate

@@ -109,25 +109,32 @@ def generate_once(
     image_size: tuple[int, int] | None = None,
     difficulty: Difficulty = "easy",
 ) -> Path:
-    """:func:`generate` unless ``out`` is already there; for datasets generated once and reused by later runs.
+    """:func:`generate` unless ``out`` is already there, for datasets generated once and reused by later runs.
 
-    The set is written into a temporary folder beside ``out`` and renamed to ``out`` when complete, so an
-    interrupted generation leaves no partial ``out`` that a later call would take for the set, and two processes
-    generating it at once both end with the complete set (the first rename wins; the sets are identical). The
-    arguments of an existing ``out`` are not checked: name the folder after them.
+    An empty ``out`` counts as missing. The set is written into a temporary folder beside ``out`` (``.<name>.*``) and renamed to ``out`` when complete,
+    so an interrupted generation leaves no partial ``out`` that a later call would take for the set, and two
+    processes generating it at once both end with the complete set (the first rename wins; the sets are identical).
+    A process killed outright (SIGKILL) leaves its temporary folder behind; nothing reads it, delete it by hand.
+    The arguments of an existing ``out`` are not checked: name the folder after them. A folder written directly by
+    :func:`generate` (``wsss-data synthetic``) and interrupted is not detected either.
     """
     root = Path(out)
-    if root.is_dir():
+    if _filled(root):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{root.name}.", dir=root.parent) as tmp:
         staged = generate(layout, Path(tmp) / root.name, seed, num_train, num_val, image_size, difficulty)
         try:
-            staged.rename(root)
+            staged.rename(root)  # replaces an empty folder
         except OSError:
-            if not root.is_dir():  # not another process's complete set: a real failure
+            if not _filled(root):  # not another process's complete set: a real failure
                 raise
     return root
+
+
+def _filled(folder: Path) -> bool:
+    """Whether ``folder`` is a folder with something in it."""
+    return folder.is_dir() and any(folder.iterdir())
 
 
 # =============================================================================================================
