@@ -385,9 +385,8 @@ def test_digest_reads_names_and_contents(table, tmp_path):
     stats = default_stats_path(tmp_path / "b", "train")
     assert fnmatch.fnmatchcase(stats.name, table.run_cache.DERIVED_FILES[0])
     stats.write_bytes(b"stats")
-    stats.with_name(f".{stats.name}.123.tmp").write_bytes(
-        b"being written"
-    )  # save_class_stats's temporary file
+    # save_class_stats's temporary file while it writes them
+    stats.with_name(f".{stats.name}.123.tmp").write_bytes(b"being written")
     assert digest(tmp_path / "b") == a
     (tmp_path / "b" / "s" / stats.name).write_bytes(b"stats")
     assert digest(tmp_path / "b") != a

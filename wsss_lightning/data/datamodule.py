@@ -78,6 +78,7 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,6 +123,7 @@ from wsss_lightning.data.views import (
     TagsView,
     view_from_config,
 )
+from wsss_lightning.files import atomic_write
 
 Supervision = Literal["full", "image", "click", "semi", "domain"]
 Stage = Literal["fit", "validate", "test", "predict"]
@@ -135,14 +137,6 @@ def _ids_digest(ids: Sequence[str], extra: str = "") -> str:
     digest = hashlib.sha1(extra.encode())
     digest.update("\n".join(ids).encode())
     return digest.hexdigest()[:12]
-
-
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write via a temporary file and rename, so concurrent readers / writers (DDP ranks) never see half files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _read_partition(path: Path, source: SegmentationSource) -> list[str]:
@@ -593,7 +587,7 @@ class WSSSDataModule(L.LightningDataModule):
             with tmp.open("wb") as f:  # a file object stops numpy from appending ".npz" to the temporary name
                 np.savez(f, version=_CACHE_VERSION, ids=ids, tags=tags, mask_mtime=newest)
 
-        _atomic_write_bytes(path, save)
+        atomic_write(path, save)
         return tags
 
     def _class_stats(self, source: SegmentationSource) -> ClassStats:
@@ -635,7 +629,7 @@ class WSSSDataModule(L.LightningDataModule):
                     path = folder / name
                     text = "".join(f"{i}\n" for i in ids)
                     if not path.is_file() or path.read_text() != text:
-                        _atomic_write_bytes(path, lambda tmp, ids=ids: write_id_list(tmp, ids))
+                        atomic_write(path, partial(write_id_list, ids=ids))
         if not labeled or not (unlabeled or view.labeled_only):
             raise ValueError(
                 f"semi-supervised partition of {source!r} has {len(labeled)} labeled and {len(unlabeled)} "

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wsss_lightning.data.supervision import map_masks
+from wsss_lightning.files import atomic_write
 
 if TYPE_CHECKING:
     from wsss_lightning.data.datasets.base import SegmentationSource
@@ -170,20 +171,19 @@ def default_stats_path(root: str | Path, split: str) -> Path:
 
 def save_class_stats(path: str | Path, stats: ClassStats) -> Path:
     """Write ``stats`` to ``path`` (``.npz``) via a temporary file, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:  # a file object stops numpy from appending ".npz" to the temporary name
-        np.savez(
-            f,
-            version=stats.version,
-            ids=np.asarray(stats.ids, dtype=np.str_),
-            counts=np.asarray(stats.counts, dtype=np.int64),
-            num_classes=stats.num_classes,
-            label_mtime=stats.label_mtime,
-        )
-    os.replace(tmp, path)
-    return path
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object stops numpy from appending ".npz" to the temporary name
+            np.savez(
+                f,
+                version=stats.version,
+                ids=np.asarray(stats.ids, dtype=np.str_),
+                counts=np.asarray(stats.counts, dtype=np.int64),
+                num_classes=stats.num_classes,
+                label_mtime=stats.label_mtime,
+            )
+
+    return atomic_write(path, save)
 
 
 def load_class_stats(path: str | Path) -> ClassStats:

@@ -17,7 +17,6 @@ reuses the file (``wsss-data pretrain-encoder``).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict
@@ -35,6 +34,7 @@ from wsss_lightning.data.pretrain_task import NUM_OBJECT_CLASSES, SEED_OFFSET, P
 from wsss_lightning.data.supervision import load_tags
 from wsss_lightning.data.synthetic import generate
 from wsss_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from wsss_lightning.files import atomic_write
 from wsss_lightning.models.deeplab import feature_info
 from wsss_lightning.models.mit import MiTEncoder, MiTOutput
 
@@ -152,13 +152,8 @@ def pretrain_encoder(config: PretrainConfig, out_dir: str | Path, verbose: bool 
     minutes = (time.perf_counter() - start) / 60
     info = {**asdict(config), "held_out_tag_f1": round(f1, 4), "minutes": round(minutes, 2)}
     path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
-    # written beside it and renamed: an interrupted save leaves no partial weights file that a later call would load
-    staged = path.with_name(f".{path.name}.{os.getpid()}")
-    try:
-        torch.save(model.encoder_state(), staged)
-        staged.replace(path)
-    finally:
-        staged.unlink(missing_ok=True)
+    # an interrupted save leaves no partial weights file that a later call would load
+    atomic_write(path, lambda tmp: torch.save(model.encoder_state(), tmp))
     if verbose:
         print(f"pretrained {config.encoder} in {minutes:.1f} min (held-out tag F1 {f1:.3f}): {path}")
     return path
