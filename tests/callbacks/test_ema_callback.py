@@ -168,6 +168,38 @@ def test_warmup_end_copies_bn_statistics_only_when_asked(tmp_path: Path, copy_bu
     assert np.array_equal(teacher_mean, student_mean) == copy_buffers
 
 
+class WeightsAtStep(Callback):
+    """Teacher and student parameters right after the EMA callback's batch-start hook at ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.seen: tuple[np.ndarray, np.ndarray] | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            self.seen = (flat(pl_module.teacher), flat(pl_module.student))
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_first_pseudo_labels_after_a_warmup_come_from_the_student_without_a_copy_phase(
+    tmp_path: Path, warmup: int
+) -> None:
+    # without a copy phase the teacher still starts from the student after a warm-up (its own weights were never
+    # trained); with no warm-up it keeps its initial weights until the first update (DAFormer, AEL)
+    ema = EMATeacherCallback(decay=0.9, warmup_steps=warmup, copy_at_warmup_end=False)
+    probe = WeightsAtStep(warmup)
+    model = Tiny()
+    initial = flat(model.teacher)
+    trainer(tmp_path, [ema, probe], max_steps=warmup + 1).fit(model, loader(8))
+    assert probe.seen is not None
+    teacher, student = probe.seen
+    if warmup:
+        np.testing.assert_array_equal(teacher, student)
+        assert not np.array_equal(teacher, initial)
+    else:
+        np.testing.assert_array_equal(teacher, initial)
+
+
 def test_updates_only_on_optimizer_steps_with_accumulation(tmp_path: Path) -> None:
     ema = EMATeacherCallback(decay=0.9, warmup_steps=1, copy_steps=1)
     _, rows, initial = run(tmp_path, ema, n=8, max_epochs=2, accumulate_grad_batches=2)

@@ -24,7 +24,8 @@ class EMATeacherCallback(Callback):
 
     * ``i < W`` — supervised-only warm-up: the teacher is left alone (logged decay 1).
     * ``W <= i < W + C`` — the teacher is set equal to the student (logged decay 0); it is also set equal
-      before the first step after the warm-up, so the first pseudo-labels come from the current student.
+      before the first step after a warm-up (``W > 0``, with or without a copy phase), so the first
+      pseudo-labels come from the current student, not from the teacher's never-trained weights.
     * ``i >= W + C`` — EMA with decay ``min(1 - 1/(k+1), decay)`` (``ramp=True``) or ``decay``, where
       ``k = i - W + ramp_offset``.
 
@@ -195,8 +196,10 @@ class EMATeacherCallback(Callback):
     ) -> None:
         self._step_at_batch_start = trainer.global_step
         warmup, copy = self.phases(trainer)
-        if trainer.global_step == warmup and (copy or self.copy_buffers_at_warmup_end):
-            # U2PL re-points the teacher at the student before the first post-warm-up forward
+        if trainer.global_step == warmup and (warmup or copy or self.copy_buffers_at_warmup_end):
+            # U2PL re-points the teacher at the student before the first post-warm-up forward. Without a copy
+            # phase the teacher is still set equal to the student after a warm-up: its weights were never
+            # trained, and the first pseudo-labels would otherwise come from them
             teacher, student = self.networks(pl_module)
             teacher.copy_from(student, include_buffers=True if self.copy_buffers_at_warmup_end else None)
 

@@ -108,7 +108,8 @@ class TeacherConfig:
     Attributes:
         ema_decay: the teacher's maximum EMA decay (0.99); the decay ramps as min(1 - 1/(k+1), ema_decay).
         copy_first_epoch: the teacher equals the student during the first semi-supervised epoch, as in the
-            released code.
+            released code. ``False``: the teacher starts as the student at the end of the warm-up and follows it
+            by EMA (the ramped decay) from the first semi-supervised step.
         bn_from_student: at the end of the warm-up the teacher also takes the student's BN running statistics
             (the reference keeps the teacher's own, gathered by train-mode forwards of its never-updated
             weights during the warm-up).
