@@ -46,6 +46,38 @@ def test_u2pl_fit_runs_warmup_then_semi_supervised_losses(synthetic, tmp_path, m
     assert float(metrics["schedule/anneal"]) == pytest.approx(0.5)  # alpha_t at epoch 1 of 2
 
 
+def test_oracle_labels_replace_the_teachers_pseudo_labels_by_the_ground_truth(
+    synthetic, tmp_path, monkeypatch
+):
+    from wsss_lightning.methods.u2pl import module as u2pl_module
+
+    seen: dict[str, list[torch.Tensor]] = {"truth": [], "labels": []}
+    accuracy, cutmix = u2pl_module.pseudo_label_accuracy, u2pl_module.apply_cutmix
+
+    def spy_accuracy(labels, truth, ignore_index):
+        seen["truth"].append(truth.clone())
+        return accuracy(labels, truth, ignore_index)
+
+    def spy_cutmix(images, labels, conf, boxes):
+        seen["labels"].append(labels.clone())
+        return cutmix(images, labels, conf, boxes)
+
+    monkeypatch.setattr(u2pl_module, "pseudo_label_accuracy", spy_accuracy)
+    monkeypatch.setattr(u2pl_module, "apply_cutmix", spy_cutmix)
+    monkeypatch.chdir(tmp_path)
+    run_cli(
+        [
+            "fit",
+            *args(synthetic("voc")),
+            "--data.init_args.view.init_args.keep_target_masks=true",
+            "--model.init_args.unsupervised.oracle_labels=true",
+        ]
+    )
+    assert len(seen["labels"]) == len(seen["truth"]) == 2  # the two semi-supervised steps
+    for labels, truth in zip(seen["labels"], seen["truth"], strict=True):
+        torch.testing.assert_close(labels, truth.to(labels.dtype), rtol=0, atol=0)
+
+
 def test_suponly_baseline_trains_on_the_labeled_list_only(synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = run_cli(
@@ -66,6 +98,7 @@ def test_suponly_baseline_trains_on_the_labeled_list_only(synthetic, tmp_path, m
         (["--model.init_args.contrastive.num_negatives=1000"], "num_negatives"),
         (["--model.init_args.encoder=no_such_encoder"], "encoder"),
         (["--model.init_args.unsupervised.drop_percent=150"], "drop_percent"),
+        (["--model.init_args.unsupervised.oracle_labels=true"], "keep_target_masks"),  # no ground truth kept
     ],
 )
 def test_bad_configuration_fails_at_start_naming_the_field(override, field, synthetic, tmp_path, monkeypatch):

@@ -162,6 +162,12 @@ class U2PLModule(SegmentationMethod):
         epochs = run_length(self.trainer, "epoch")
         if epochs is not None and epochs > 0:
             self._fit_schedule(epochs)
+        view = getattr(getattr(self.trainer, "datamodule", None), "view", None)
+        if self.options.unsupervised.oracle_labels and not getattr(view, "keep_target_masks", False):
+            raise ValueError(
+                "model.init_args.unsupervised.oracle_labels needs the unlabeled images' ground truth: set "
+                "data.init_args.view.init_args.keep_target_masks: true (SemiView)"
+            )
 
     def _fit_schedule(self, epochs: int) -> None:
         """Scale the warm-up into a run of ``epochs`` epochs shorter than it; anneal alpha_t over the run.
@@ -293,6 +299,13 @@ class U2PLModule(SegmentationMethod):
         diagnostics = {}
         if truth_u is not None:  # pixel accuracy of the teacher's pseudo-labels (never trained on)
             diagnostics["train/pseudo_accuracy"] = pseudo_label_accuracy(labels_u, truth_u, self.ignore_index)
+            if unsup.oracle_labels:  # diagnostic: perfect pseudo-labels, everything else unchanged
+                labels_u = truth_u.to(labels_u.dtype)
+        elif unsup.oracle_labels:
+            raise ValueError(
+                "model.init_args.unsupervised.oracle_labels: the unlabeled batch has no 'mask' "
+                "(SemiView(keep_target_masks=True) keeps it)"
+            )
         boxes = cutmix_boxes(
             images_u.shape[0], size[0], size[1], prob=unsup.cutmix_prob, device=images_u.device
         )

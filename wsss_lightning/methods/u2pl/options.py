@@ -139,6 +139,10 @@ class UnsupervisedConfig:
         cutmix_prob: probability that a step mixes the unlabeled batch with CutMix (0.5).
         prototypical_denoising: U2PL+ prototypical denoising of the teacher's pseudo-labels (Sec. 3.4; needs
             ``contrastive.momentum_prototype``).
+        oracle_labels: diagnostic, not a method setting: the unlabeled images' ground truth replaces the
+            teacher's pseudo-labels (their confidence, the entropy bands and every other term stay the teacher's),
+            to measure what the rest of the method reaches with perfect pseudo-labels. Needs the ground truth in
+            the unlabeled batches (``SemiView(keep_target_masks=True)``).
     """
 
     weight: float = 1.0
@@ -149,6 +153,7 @@ class UnsupervisedConfig:
     sce_xi2: float = 0.1
     cutmix_prob: float = 0.5
     prototypical_denoising: bool = False
+    oracle_labels: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("unsupervised", self, "loss", ("ce", "sce"))
