@@ -21,6 +21,7 @@ from wsss_lightning.methods.u2pl.losses import (
     entropy_band_masks,
     entropy_percentile_mask,
     masked_percentile,
+    oracle_pseudo_labels,
     pixel_entropy,
     teacher_entropy,
     unsupervised_loss,
@@ -545,3 +546,23 @@ def test_percentiles_of_one_sort_match_separate_calls() -> None:
         strict=True,
     ):
         assert torch.equal(a, b)
+
+
+def test_oracle_pseudo_labels_against_numpy() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (2, 5, 6))
+    truth = rng.integers(0, 4, (2, 5, 6))
+    truth[0, :2] = 255  # no ground truth there
+    lab, tru = torch.from_numpy(labels), torch.from_numpy(truth).to(torch.uint8)
+    off = UnsupervisedConfig()
+    np.testing.assert_array_equal(oracle_pseudo_labels(lab, tru, off).numpy(), labels)
+    np.testing.assert_array_equal(
+        oracle_pseudo_labels(lab, tru, UnsupervisedConfig(oracle_labels=True)).numpy(), truth
+    )
+    filtered = oracle_pseudo_labels(lab, tru, UnsupervisedConfig(oracle_filter=True))
+    assert filtered.dtype == lab.dtype
+    np.testing.assert_array_equal(filtered.numpy(), np.where((truth != 255) & (labels != truth), 255, labels))
+    with pytest.raises(ValueError, match="truth must match"):
+        oracle_pseudo_labels(lab, tru[:, :4], off)
+    with pytest.raises(ValueError, match="oracle_filter"):
+        UnsupervisedConfig(oracle_labels=True, oracle_filter=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,20 +47,20 @@ def test_u2pl_fit_runs_warmup_then_semi_supervised_losses(synthetic, tmp_path, m
     assert float(metrics["schedule/anneal"]) == pytest.approx(0.5)  # alpha_t at epoch 1 of 2
 
 
-def test_oracle_labels_replace_the_teachers_pseudo_labels_by_the_ground_truth(
-    synthetic, tmp_path, monkeypatch
-):
+@pytest.mark.parametrize("oracle", ["oracle_labels", "oracle_filter"])
+def test_oracle_diagnostics_train_on_the_ground_truth(oracle, synthetic, tmp_path, monkeypatch):
     from wsss_lightning.methods.u2pl import module as u2pl_module
 
-    seen: dict[str, list[torch.Tensor]] = {"truth": [], "labels": []}
+    seen: dict[str, list[torch.Tensor]] = {"teacher": [], "truth": [], "trained": []}
     accuracy, cutmix = u2pl_module.pseudo_label_accuracy, u2pl_module.apply_cutmix
 
     def spy_accuracy(labels, truth, ignore_index):
+        seen["teacher"].append(labels.clone())
         seen["truth"].append(truth.clone())
         return accuracy(labels, truth, ignore_index)
 
     def spy_cutmix(images, labels, conf, boxes):
-        seen["labels"].append(labels.clone())
+        seen["trained"].append(labels.clone())
         return cutmix(images, labels, conf, boxes)
 
     monkeypatch.setattr(u2pl_module, "pseudo_label_accuracy", spy_accuracy)
@@ -70,12 +71,20 @@ def test_oracle_labels_replace_the_teachers_pseudo_labels_by_the_ground_truth(
             "fit",
             *args(synthetic("voc")),
             "--data.init_args.view.init_args.keep_target_masks=true",
-            "--model.init_args.unsupervised.oracle_labels=true",
+            f"--model.init_args.unsupervised.{oracle}=true",
         ]
     )
-    assert len(seen["labels"]) == len(seen["truth"]) == 2  # the two semi-supervised steps
-    for labels, truth in zip(seen["labels"], seen["truth"], strict=True):
-        torch.testing.assert_close(labels, truth.to(labels.dtype), rtol=0, atol=0)
+    assert len(seen["trained"]) == len(seen["truth"]) == 2  # the two semi-supervised steps
+    for teacher, truth, trained in zip(seen["teacher"], seen["truth"], seen["trained"], strict=True):
+        teacher, truth, trained = teacher.numpy(), truth.to(teacher.dtype).numpy(), trained.numpy()
+        if oracle == "oracle_labels":
+            expected = truth
+        else:  # the teacher's labels, those that disagree with a known ground truth ignored
+            expected = np.where((truth != 255) & (teacher != truth), 255, teacher)
+            assert (expected == 255).any() and (
+                expected != 255
+            ).any()  # the untrained teacher errs, not always
+        np.testing.assert_array_equal(trained, expected)
 
 
 def test_suponly_baseline_trains_on_the_labeled_list_only(synthetic, tmp_path, monkeypatch):
@@ -99,6 +108,15 @@ def test_suponly_baseline_trains_on_the_labeled_list_only(synthetic, tmp_path, m
         (["--model.init_args.encoder=no_such_encoder"], "encoder"),
         (["--model.init_args.unsupervised.drop_percent=150"], "drop_percent"),
         (["--model.init_args.unsupervised.oracle_labels=true"], "keep_target_masks"),  # no ground truth kept
+        (["--model.init_args.unsupervised.oracle_filter=true"], "keep_target_masks"),
+        (
+            [
+                "--model.init_args.unsupervised.oracle_labels=true",
+                "--model.init_args.unsupervised.oracle_filter=true",
+                "--data.init_args.view.init_args.keep_target_masks=true",
+            ],
+            "oracle_filter",
+        ),
     ],
 )
 def test_bad_configuration_fails_at_start_naming_the_field(override, field, synthetic, tmp_path, monkeypatch):

@@ -222,6 +222,28 @@ def downsample_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
+def oracle_pseudo_labels(
+    labels: Tensor, truth: Tensor, options: UnsupervisedConfig, ignore_index: int = 255
+) -> Tensor:
+    """The pseudo-labels of the oracle diagnostics (``options.oracle_labels`` / ``oracle_filter``), else ``labels``.
+
+    ``oracle_labels``: the ground truth ``truth`` itself. ``oracle_filter``: ``labels`` with every pixel whose
+    label disagrees with a known ground truth set to ``ignore_index`` (pixels where ``truth`` is
+    ``ignore_index`` keep their label). Both ``(B, H, W)``.
+    """
+    if labels.shape != truth.shape:
+        raise ValueError(
+            f"oracle_pseudo_labels: truth must match labels {tuple(labels.shape)}, got {tuple(truth.shape)}"
+        )
+    truth = truth.to(labels.dtype)
+    if options.oracle_labels:
+        return truth
+    if options.oracle_filter:
+        wrong = (truth != ignore_index) & (labels != truth)
+        return labels.masked_fill(wrong, ignore_index)
+    return labels
+
+
 def unsupervised_loss(
     logits: Tensor,
     target: Tensor,

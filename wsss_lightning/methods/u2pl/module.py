@@ -44,6 +44,7 @@ from wsss_lightning.methods.u2pl.losses import (
     downsample_labels,
     entropy_band_masks,
     entropy_percentile_mask,
+    oracle_pseudo_labels,
     teacher_entropy,
     unsupervised_loss,
 )
@@ -163,11 +164,17 @@ class U2PLModule(SegmentationMethod):
         if epochs is not None and epochs > 0:
             self._fit_schedule(epochs)
         view = getattr(getattr(self.trainer, "datamodule", None), "view", None)
-        if self.options.unsupervised.oracle_labels and not getattr(view, "keep_target_masks", False):
+        oracle = self._oracle()
+        if oracle and not getattr(view, "keep_target_masks", False):
             raise ValueError(
-                "model.init_args.unsupervised.oracle_labels needs the unlabeled images' ground truth: set "
+                f"model.init_args.unsupervised.{oracle} needs the unlabeled images' ground truth: set "
                 "data.init_args.view.init_args.keep_target_masks: true (SemiView)"
             )
+
+    def _oracle(self) -> str:
+        """The name of the oracle diagnostic switched on, or ``""``."""
+        unsup = self.options.unsupervised
+        return "oracle_labels" if unsup.oracle_labels else "oracle_filter" if unsup.oracle_filter else ""
 
     def _fit_schedule(self, epochs: int) -> None:
         """Scale the warm-up into a run of ``epochs`` epochs shorter than it; anneal alpha_t over the run.
@@ -299,11 +306,10 @@ class U2PLModule(SegmentationMethod):
         diagnostics = {}
         if truth_u is not None:  # pixel accuracy of the teacher's pseudo-labels (never trained on)
             diagnostics["train/pseudo_accuracy"] = pseudo_label_accuracy(labels_u, truth_u, self.ignore_index)
-            if unsup.oracle_labels:  # diagnostic: perfect pseudo-labels, everything else unchanged
-                labels_u = truth_u.to(labels_u.dtype)
-        elif unsup.oracle_labels:
+            labels_u = oracle_pseudo_labels(labels_u, truth_u, unsup, self.ignore_index)
+        elif self._oracle():
             raise ValueError(
-                "model.init_args.unsupervised.oracle_labels: the unlabeled batch has no 'mask' "
+                f"model.init_args.unsupervised.{self._oracle()}: the unlabeled batch has no 'mask' "
                 "(SemiView(keep_target_masks=True) keeps it)"
             )
         boxes = cutmix_boxes(

@@ -143,6 +143,9 @@ class UnsupervisedConfig:
             teacher's pseudo-labels (their confidence, the entropy bands and every other term stay the teacher's),
             to measure what the rest of the method reaches with perfect pseudo-labels. Needs the ground truth in
             the unlabeled batches (``SemiView(keep_target_masks=True)``).
+        oracle_filter: diagnostic, not a method setting: the teacher's pseudo-labels stay, but those that
+            disagree with the ground truth are ignored, as a perfect reliability filter would do (pixels without
+            ground truth keep theirs). Needs the ground truth as ``oracle_labels``; exclusive with it.
     """
 
     weight: float = 1.0
@@ -154,6 +157,7 @@ class UnsupervisedConfig:
     cutmix_prob: float = 0.5
     prototypical_denoising: bool = False
     oracle_labels: bool = False
+    oracle_filter: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("unsupervised", self, "loss", ("ce", "sce"))
@@ -163,6 +167,8 @@ class UnsupervisedConfig:
             _fail("unsupervised", "drop_percent", self.drop_percent, "a percentage in [0, 100)")
         if not 0.0 <= self.cutmix_prob <= 1.0:
             _fail("unsupervised", "cutmix_prob", self.cutmix_prob, "a probability in [0, 1]")
+        if self.oracle_labels and self.oracle_filter:
+            _fail("unsupervised", "oracle_filter", self.oracle_filter, "False when oracle_labels is set")
 
 
 @dataclass
