@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 DERIVED = ".wsss_cache"  # the data module's derived files in a data root (WSSSDataModule's cache_dir)
 #: the rare-class statistics the data module derives into a data root when a run samples by them (DAFormer's RCS;
 #: ``wsss_lightning.data.rare_classes.default_stats_path``), and their temporary file while it writes them
-#: (``wsss_lightning.files.atomic_write``): the
-#: first such run writes them, so counting them would make every run that read the set before them stale
+#: (``wsss_lightning.files.atomic_write``): the first such run writes them, so counting them would make every run
+#: that read the set before them stale
 DERIVED_FILES = ("class_stats_*.npz", ".class_stats_*.npz.*.tmp")
 #: environment variables that change which CPU kernels torch runs (oneDNN's convolutions, ATen's vector code, MKL)
 KERNEL_VARIABLES = (

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -22,3 +25,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_savez(path: str | Path, **arrays: Any) -> Path:
+    """``np.savez`` of ``arrays`` to ``path`` through :func:`atomic_write`, under exactly that name."""
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object stops numpy from appending ".npz" to the temporary name
+            np.savez(f, **arrays)
+
+    return atomic_write(path, save)

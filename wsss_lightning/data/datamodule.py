@@ -123,7 +123,7 @@ from wsss_lightning.data.views import (
     TagsView,
     view_from_config,
 )
-from wsss_lightning.files import atomic_write
+from wsss_lightning.files import atomic_savez, atomic_write
 
 Supervision = Literal["full", "image", "click", "semi", "domain"]
 Stage = Literal["fit", "validate", "test", "predict"]
@@ -582,12 +582,7 @@ class WSSSDataModule(L.LightningDataModule):
         if self.info.has_background:
             tags[:, 0] = 1.0  # background is present in every image by convention (see image_tags)
         ids = np.asarray(source.ids, dtype=np.str_)
-
-        def save(tmp: Path) -> None:
-            with tmp.open("wb") as f:  # a file object stops numpy from appending ".npz" to the temporary name
-                np.savez(f, version=_CACHE_VERSION, ids=ids, tags=tags, mask_mtime=newest)
-
-        atomic_write(path, save)
+        atomic_savez(path, version=_CACHE_VERSION, ids=ids, tags=tags, mask_mtime=newest)
         return tags
 
     def _class_stats(self, source: SegmentationSource) -> ClassStats:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wsss_lightning.data.supervision import map_masks
-from wsss_lightning.files import atomic_write
+from wsss_lightning.files import atomic_savez
 
 if TYPE_CHECKING:
     from wsss_lightning.data.datasets.base import SegmentationSource
@@ -171,19 +171,14 @@ def default_stats_path(root: str | Path, split: str) -> Path:
 
 def save_class_stats(path: str | Path, stats: ClassStats) -> Path:
     """Write ``stats`` to ``path`` (``.npz``) via a temporary file, so readers never see half a file."""
-
-    def save(tmp: Path) -> None:
-        with tmp.open("wb") as f:  # a file object stops numpy from appending ".npz" to the temporary name
-            np.savez(
-                f,
-                version=stats.version,
-                ids=np.asarray(stats.ids, dtype=np.str_),
-                counts=np.asarray(stats.counts, dtype=np.int64),
-                num_classes=stats.num_classes,
-                label_mtime=stats.label_mtime,
-            )
-
-    return atomic_write(path, save)
+    return atomic_savez(
+        path,
+        version=stats.version,
+        ids=np.asarray(stats.ids, dtype=np.str_),
+        counts=np.asarray(stats.counts, dtype=np.int64),
+        num_classes=stats.num_classes,
+        label_mtime=stats.label_mtime,
+    )
 
 
 def load_class_stats(path: str | Path) -> ClassStats:

@@ -111,9 +111,10 @@ def generate_once(
 ) -> Path:
     """:func:`generate` unless ``out`` is already there, for datasets generated once and reused by later runs.
 
-    An empty ``out`` counts as missing. The set is written into a temporary folder beside ``out`` (``.<name>.*``) and renamed to ``out`` when complete,
-    so an interrupted generation leaves no partial ``out`` that a later call would take for the set, and two
-    processes generating it at once both end with the complete set (the first rename wins; the sets are identical).
+    An empty ``out`` counts as missing. The set is written into a temporary folder beside ``out`` (``.<name>.*``)
+    and renamed to ``out`` when complete, so an interrupted generation leaves no partial ``out`` that a later call
+    would take for the set, and two processes generating it at once both end with the complete set (the first
+    rename wins; the sets are identical).
     A process killed outright (SIGKILL) leaves its temporary folder behind; nothing reads it, delete it by hand.
     The arguments of an existing ``out`` are not checked: name the folder after them. A folder written directly by
     :func:`generate` (``wsss-data synthetic``) and interrupted is not detected either.

@@ -235,12 +235,10 @@ def oracle_pseudo_labels(
         raise ValueError(
             f"oracle_pseudo_labels: truth must match labels {tuple(labels.shape)}, got {tuple(truth.shape)}"
         )
-    truth = truth.to(labels.dtype)
     if options.oracle_labels:
-        return truth
+        return truth.to(labels.dtype)
     if options.oracle_filter:
-        wrong = (truth != ignore_index) & (labels != truth)
-        return labels.masked_fill(wrong, ignore_index)
+        return labels.masked_fill((truth != ignore_index) & (labels != truth), ignore_index)
     return labels
 
 

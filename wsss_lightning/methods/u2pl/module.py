@@ -306,12 +306,13 @@ class U2PLModule(SegmentationMethod):
         diagnostics = {}
         if truth_u is not None:  # pixel accuracy of the teacher's pseudo-labels (never trained on)
             diagnostics["train/pseudo_accuracy"] = pseudo_label_accuracy(labels_u, truth_u, self.ignore_index)
+        if oracle := self._oracle():  # diagnostics only
+            if truth_u is None:
+                raise ValueError(
+                    f"model.init_args.unsupervised.{oracle}: the unlabeled batch has no 'mask' "
+                    "(SemiView(keep_target_masks=True) keeps it)"
+                )
             labels_u = oracle_pseudo_labels(labels_u, truth_u, unsup, self.ignore_index)
-        elif self._oracle():
-            raise ValueError(
-                f"model.init_args.unsupervised.{self._oracle()}: the unlabeled batch has no 'mask' "
-                "(SemiView(keep_target_masks=True) keeps it)"
-            )
         boxes = cutmix_boxes(
             images_u.shape[0], size[0], size[1], prob=unsup.cutmix_prob, device=images_u.device
         )
