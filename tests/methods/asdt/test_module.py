@@ -134,6 +134,30 @@ def test_warmup_trains_the_class_teacher_alone(monkeypatch: pytest.MonkeyPatch) 
     assert set(logged) == {"train/loss_cls", "train/loss"}
 
 
+@pytest.mark.parametrize(("mode", "seg_teacher_steps"), [("alternate", 1), ("class", 0)])
+def test_the_optimizer_skips_the_heads_a_step_does_not_train(
+    mode: str, seg_teacher_steps: int, synthetic, tmp_path, monkeypatch
+) -> None:
+    """Two warm-up steps, then one full step: AdamW has counted the classifier's three steps, the student's one,
+    and the seg-teacher's one (none in row I), so the heads' first update is a fresh AdamW's."""
+    monkeypatch.chdir(tmp_path)
+    root = synthetic("voc")
+    cli = run_cli(
+        ["fit", "--config", str(SYNTHETIC), "--data.source.root", str(root), *TINY, "--trainer.max_steps=3",
+         "--model.init_args.warmup_steps=2", f"--model.init_args.teaching.mode={mode}",
+         "--trainer.limit_val_batches=0"]
+    )  # fmt: skip
+    optimizer = cli.trainer.optimizers[0]
+    net = cli.model.net
+
+    def steps(module: torch.nn.Module) -> set[int]:
+        return {int(optimizer.state[p]["step"]) if p in optimizer.state else 0 for p in module.parameters()}
+
+    assert steps(net.classifier) == {3}
+    assert steps(net.student) == {1}
+    assert steps(net.seg_teacher) == {seg_teacher_steps}
+
+
 def test_predict_writes_pseudo_masks_of_the_tags() -> None:
     model = small().eval()
     data = batch()
@@ -185,6 +209,7 @@ def test_fit_logs_every_output_and_predict_writes_train_set_psms(synthetic, tmp_
         (["--model.init_args.labels.cam_quantile=1.5"], "labels.cam_quantile"),
         (["--model.init_args.evaluate=teacher"], "evaluate"),
         (["--model.init_args.warmup_steps=-1"], "warmup_steps"),
+        (["--model.init_args.dilation=8"], "model.init_args.dilation 8 does not fit the 8×8"),
         (["--data.init_args.view=wsss_lightning.data.FullView"], "TagsView"),
     ],
 )

@@ -302,6 +302,36 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         return ce, energy
 
     @override
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # a 3×3 conv with dilation d reads real features off-centre only on a map wider than d tokens: below that
+        # its off-centre weights get no gradient in training and act untrained on larger images at test
+        h, w = batch["image"].shape[-2:]
+        tokens = min(-(-h // 8), -(-w // 8))
+        if self.options.dilation >= tokens:
+            raise ValueError(
+                f"{type(self).__name__}: model.init_args.dilation {self.options.dilation} does not fit the "
+                f"{-(-h // 8)}×{-(-w // 8)} stride-8 feature map of the {h}×{w} training crops: the seg heads' "
+                f"off-centre taps would read only padding in training and act untrained on larger images. Use a "
+                f"dilation below {tokens} (RRM's 12 is for 321-px crops, a 41×41 map) or larger crops "
+                f"(data.init_args.transform.crop_size)"
+            )
+
+    def untrained_heads(self) -> list[nn.Module]:
+        """The seg heads the current step does not train: both during the warm-up, the seg-teacher in row I."""
+        if self.global_step < self.warmup_steps:
+            return [self.net.seg_teacher, self.net.student]
+        return [self.net.seg_teacher] if self.options.teaching.mode == "class" else []
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # the untrained heads stay in the graph at 0 (DDP sees every parameter used); their zero gradients are
+        # dropped here so that the optimizer skips them: AdamW would otherwise count these steps in its bias
+        # correction (after a 300-step warm-up the heads' first steps come out 1.6-3.4x too large) and decay them
+        for head in self.untrained_heads():
+            for p in head.parameters():
+                p.grad = None
+
+    @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         images = batch["image"]
         size = (images.shape[-2], images.shape[-1])
