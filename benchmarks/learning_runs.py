@@ -11,6 +11,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_env() -> dict[str, str]:
+    """The environment of a run: one thread, W&B off, and this checkout's package first on the import path, so that
+    a run trains the code of the checkout whose configs it reads and whose commit it records, even where the
+    environment's editable install points to another checkout."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": path}
+
 
 def final_metrics(folder: Path) -> dict[str, float]:
     """The last logged value of every validation metric of a run."""
@@ -41,9 +51,8 @@ def wsss_fit(
         "--trainer.enable_model_summary=false",
         "--data.init_args.loader.num_workers=0", "--data.init_args.loader.persistent_workers=false",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     start = time.perf_counter()
-    result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run(args, env=run_env(), capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{name}, seed {seed}: wsss fit failed:\n{result.stderr[-3000:]}")
     return final_metrics(folder), time.perf_counter() - start

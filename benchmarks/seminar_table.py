@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from learning_runs import run_env
 
 from wsss_lightning.data.pretrain_task import PretrainConfig
 from wsss_lightning.data.synthetic import generate_once
@@ -112,9 +113,8 @@ def fit(
     ]  # fmt: skip
     if ancillary is not None:
         args.append(f"--model.init_args.ancillary_checkpoint={ancillary}")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     began = time.perf_counter()
-    result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run(args, env=run_env(), capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{row}, seed {seed}: wsss fit failed:\n{result.stderr[-3000:]}")
     return final_miou(folder), time.perf_counter() - began
