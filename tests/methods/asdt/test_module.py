@@ -15,7 +15,7 @@ from tests.methods import tiny
 from wsss_lightning.cli import run_cli
 from wsss_lightning.methods import ASDTModule, PWWaveConfig, ReliableLabelConfig, TeachingConfig
 from wsss_lightning.methods.asdt import labels as asdt_labels
-from wsss_lightning.methods.asdt.network import ASDTNetwork
+from wsss_lightning.methods.asdt.network import ASDTNetwork, head_reach_warning
 from wsss_lightning.models.resnet38 import ResNet38
 
 REPO = Path(__file__).resolve().parents[3]
@@ -158,6 +158,20 @@ def test_the_optimizer_skips_the_heads_a_step_does_not_train(
     assert steps(net.seg_teacher) == {seg_teacher_steps}
 
 
+def test_a_dilation_past_the_crops_feature_map_is_named_at_the_first_batch(synthetic, tmp_path, monkeypatch) -> None:
+    # a tap at offset d reads features of an n-token map only where n > d: 64 px -> 8 tokens
+    assert head_reach_warning(7, (64, 64)) is None
+    message = head_reach_warning(8, (64, 72))
+    assert message is not None and "dilation 8 does not fit the 8×9" in message and "at least 65 px" in message
+    assert head_reach_warning(12, (321, 321)) is None  # RRM's 41×41 map
+    monkeypatch.chdir(tmp_path)
+    root = synthetic("voc")
+    args = ["fit", "--config", str(SYNTHETIC), "--data.source.root", str(root), *TINY, "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=0"]  # fmt: skip
+    with pytest.warns(UserWarning, match="model.init_args.dilation 12 does not fit the 8×8"):
+        run_cli(args)
+
+
 def test_predict_writes_pseudo_masks_of_the_tags() -> None:
     model = small().eval()
     data = batch()
@@ -209,7 +223,6 @@ def test_fit_logs_every_output_and_predict_writes_train_set_psms(synthetic, tmp_
         (["--model.init_args.labels.cam_quantile=1.5"], "labels.cam_quantile"),
         (["--model.init_args.evaluate=teacher"], "evaluate"),
         (["--model.init_args.warmup_steps=-1"], "warmup_steps"),
-        (["--model.init_args.dilation=8"], "model.init_args.dilation 8 does not fit the 8×8"),
         (["--data.init_args.view=wsss_lightning.data.FullView"], "TagsView"),
     ],
 )

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from lightning.pytorch.utilities import rank_zero_warn
+
 from wsss_lightning.callbacks.pw_wave import PWWaveCallback
 from wsss_lightning.callbacks.schedule import fit_to_run, run_length
 from wsss_lightning.inference.crf import CRFPostProcessor
@@ -46,7 +48,7 @@ from wsss_lightning.methods.asdt.labels import (
     seg_teacher_labels,
 )
 from wsss_lightning.methods.asdt.losses import bg_fg_ce, structure_gate
-from wsss_lightning.methods.asdt.network import ASDTNetwork, ASDTOutput
+from wsss_lightning.methods.asdt.network import ASDTNetwork, ASDTOutput, head_reach_warning
 from wsss_lightning.methods.asdt.options import (
     PWWaveConfig,
     ReliableLabelConfig,
@@ -302,19 +304,17 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         return ce, energy
 
     @override
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._reach_checked = False
+
+    @override
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
-        # a 3×3 conv with dilation d reads real features off-centre only on a map wider than d tokens: below that
-        # its off-centre weights get no gradient in training and act untrained on larger images at test
-        h, w = batch["image"].shape[-2:]
-        tokens = min(-(-h // 8), -(-w // 8))
-        if self.options.dilation >= tokens:
-            raise ValueError(
-                f"{type(self).__name__}: model.init_args.dilation {self.options.dilation} does not fit the "
-                f"{-(-h // 8)}×{-(-w // 8)} stride-8 feature map of the {h}×{w} training crops: the seg heads' "
-                f"off-centre taps would read only padding in training and act untrained on larger images. Use a "
-                f"dilation below {tokens} (RRM's 12 is for 321-px crops, a 41×41 map) or larger crops "
-                f"(data.init_args.transform.crop_size)"
-            )
+        if not getattr(self, "_reach_checked", True):  # once per fit, on its first crop
+            self._reach_checked = True
+            warning = head_reach_warning(self.options.dilation, tuple(batch["image"].shape[-2:]))
+            if warning is not None:
+                rank_zero_warn(f"{type(self).__name__}: {warning}")
 
     def untrained_heads(self) -> list[nn.Module]:
         """The seg heads the current step does not train: both during the warm-up, the seg-teacher in row I."""

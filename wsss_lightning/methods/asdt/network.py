@@ -168,3 +168,21 @@ class ASDTNetwork(nn.Module):
             else:
                 groups["backbone_bias" if bias else "backbone"].append(p)
         return groups
+
+
+def head_reach_warning(dilation: int, crop: tuple[int, int]) -> str | None:
+    """Why the seg heads' 3×3 convolutions cannot learn their off-centre taps on ``crop``-sized training crops, or
+    None when they can. A tap at offset ``d`` reads a feature of an ``n``-token map only where ``n > d``: below, it
+    reads padding at every position, gets no gradient and keeps its initial weights, which then act on the larger
+    maps of whole images at test time."""
+    h, w = crop
+    tokens = (-(-h // 8), -(-w // 8))  # the stride-8 map of a padded-convolution backbone
+    if dilation < min(tokens):
+        return None
+    return (
+        f"model.init_args.dilation {dilation} does not fit the {tokens[0]}×{tokens[1]} stride-8 feature map of the "
+        f"{h}×{w} training crops: the seg heads' off-centre taps read only padding in training and keep their "
+        f"initial weights, which act on whole images at test time (a dilation below {min(tokens)}, or crops of "
+        f"at least {8 * dilation + 1} px, trains them; RRM's 12 is for 321-px crops, a 41×41 map)"
+    )
+
