@@ -26,11 +26,10 @@ from typing import Any, Literal, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
-
-from lightning.pytorch.utilities import rank_zero_warn
 
 from wsss_lightning.callbacks.pw_wave import PWWaveCallback
 from wsss_lightning.callbacks.schedule import fit_to_run, run_length

@@ -171,10 +171,12 @@ class ASDTNetwork(nn.Module):
 
 
 def head_reach_warning(dilation: int, crop: tuple[int, int]) -> str | None:
-    """Why the seg heads' 3×3 convolutions cannot learn their off-centre taps on ``crop``-sized training crops, or
-    None when they can. A tap at offset ``d`` reads a feature of an ``n``-token map only where ``n > d``: below, it
-    reads padding at every position, gets no gradient and keeps its initial weights, which then act on the larger
-    maps of whole images at test time."""
+    """Why the seg heads' 3×3 convolutions cannot learn their off-centre taps on ``crop``-sized crops (None: they can).
+
+    A tap at offset ``d`` reads a feature of an ``n``-token map only where ``n > d``: below, it reads padding at
+    every position, gets no gradient and keeps its initial weights, which then act on the larger maps of whole
+    images at test time.
+    """
     h, w = crop
     tokens = (-(-h // 8), -(-w // 8))  # the stride-8 map of a padded-convolution backbone
     if dilation < min(tokens):
