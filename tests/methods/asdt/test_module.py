@@ -158,11 +158,15 @@ def test_the_optimizer_skips_the_heads_a_step_does_not_train(
     assert steps(net.seg_teacher) == {seg_teacher_steps}
 
 
-def test_a_dilation_past_the_crops_feature_map_is_named_at_the_first_batch(synthetic, tmp_path, monkeypatch) -> None:
+def test_a_dilation_past_the_crops_feature_map_is_named_at_the_first_batch(
+    synthetic, tmp_path, monkeypatch
+) -> None:
     # a tap at offset d reads features of an n-token map only where n > d: 64 px -> 8 tokens
     assert head_reach_warning(7, (64, 64)) is None
     message = head_reach_warning(8, (64, 72))
-    assert message is not None and "dilation 8 does not fit the 8×9" in message and "at least 65 px" in message
+    assert (
+        message is not None and "dilation 8 does not fit the 8×9" in message and "at least 65 px" in message
+    )
     assert head_reach_warning(12, (321, 321)) is None  # RRM's 41×41 map
     monkeypatch.chdir(tmp_path)
     root = synthetic("voc")

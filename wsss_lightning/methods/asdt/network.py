@@ -187,4 +187,3 @@ def head_reach_warning(dilation: int, crop: tuple[int, int]) -> str | None:
         f"initial weights, which act on whole images at test time (a dilation below {min(tokens)}, or crops of "
         f"at least {8 * dilation + 1} px, trains them; RRM's 12 is for 321-px crops, a 41×41 map)"
     )
-
