@@ -175,3 +175,23 @@ def test_mask_target_trains_both_segmentation_heads_on_the_ground_truth():
         model._segmentation(
             model.denormalize(images), [], seg_logits, None, None, None, {"image": images}, {}
         )
+
+
+def test_the_optimizer_leaves_the_seg_heads_alone_until_the_segmentation_phase(synthetic, tmp_path, monkeypatch):
+    """Segmentation from step 3 (t > seg_start = 2) of 5: AdamW has counted five steps of the backbone and two of
+    each seg head, so the heads' first update is a fresh AdamW's, as the official code's (no gradient before)."""
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(
+        ["fit", *args(synthetic("voc"), steps=5), "--model.init_args.phases.seg_start=2",
+         "--model.init_args.phases.noise_filter_start=4", "--trainer.limit_val_batches=0"]
+    )  # fmt: skip
+    optimizer = cli.trainer.optimizers[0]
+
+    def steps(module: torch.nn.Module) -> set[int]:
+        trained = (p for p in module.parameters() if p.requires_grad)
+        return {int(optimizer.state[p]["step"]) if p in optimizer.state else 0 for p in trained}
+
+    for student in cli.model.students:
+        assert steps(student.seg_head) == {2}
+        assert steps(student.backbone) == {5}
+
