@@ -177,7 +177,9 @@ def test_mask_target_trains_both_segmentation_heads_on_the_ground_truth():
         )
 
 
-def test_the_optimizer_leaves_the_seg_heads_alone_until_the_segmentation_phase(synthetic, tmp_path, monkeypatch):
+def test_the_optimizer_leaves_the_seg_heads_alone_until_the_segmentation_phase(
+    synthetic, tmp_path, monkeypatch
+):
     """Segmentation from step 3 (t > seg_start = 2) of 5: AdamW has counted five steps of the backbone and two of
     each seg head, so the heads' first update is a fresh AdamW's, as the official code's (no gradient before)."""
     monkeypatch.chdir(tmp_path)
@@ -194,4 +196,3 @@ def test_the_optimizer_leaves_the_seg_heads_alone_until_the_segmentation_phase(s
     for student in cli.model.students:
         assert steps(student.seg_head) == {2}
         assert steps(student.backbone) == {5}
-

@@ -325,7 +325,7 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
         # heads' first updates up to ~3x too large
         if self.global_step <= self.phases.seg_start:
             for student in self.students:
-                for p in student.seg_head.parameters():
+                for p in cast(DuPLSubNet, student).seg_head.parameters():
                     p.grad = None
 
     @override
