@@ -351,3 +351,9 @@ def load_benchmark(name: str) -> ModuleType:
     finally:
         sys.path.remove(str(BENCHMARKS))
     return module
+
+
+def adam_steps(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> set[int]:
+    """The step counts the optimizer holds for ``module``'s trainable parameters (0: never stepped)."""
+    trained = (p for p in module.parameters() if p.requires_grad)
+    return {int(optimizer.state[p]["step"]) if p in optimizer.state else 0 for p in trained}

@@ -460,6 +460,22 @@ class SegmentationMethod(L.LightningModule, ABC):
         """Parameter groups trained without weight decay (e.g. RRM's biases); none by default."""
         return frozenset()
 
+    def untrained_modules(self) -> list[nn.Module]:
+        """Modules the current step's loss keeps in the graph at 0 only, so that DDP sees every parameter used.
+
+        :meth:`on_before_optimizer_step` drops their zero gradients, so the optimizer skips them as if they had no
+        gradient. None by default.
+        """
+        return []
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # AdamW would otherwise count these steps in its bias correction (the modules' first real updates then come
+        # out up to ~3x too large) and apply its weight decay to them
+        for module in self.untrained_modules():
+            for p in module.parameters():
+                p.grad = None
+
     def build_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer over ``param_groups`` with the configured learning-rate multipliers."""
         cfg = self.optim

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.helpers import adam_steps
 from tests.methods import tiny
 from wsss_lightning.cli import run_cli
 from wsss_lightning.methods import ASDTModule, PWWaveConfig, ReliableLabelConfig, TeachingConfig
@@ -147,15 +148,10 @@ def test_the_optimizer_skips_the_heads_a_step_does_not_train(
          "--model.init_args.warmup_steps=2", f"--model.init_args.teaching.mode={mode}",
          "--trainer.limit_val_batches=0"]
     )  # fmt: skip
-    optimizer = cli.trainer.optimizers[0]
-    net = cli.model.net
-
-    def steps(module: torch.nn.Module) -> set[int]:
-        return {int(optimizer.state[p]["step"]) if p in optimizer.state else 0 for p in module.parameters()}
-
-    assert steps(net.classifier) == {3}
-    assert steps(net.student) == {1}
-    assert steps(net.seg_teacher) == {seg_teacher_steps}
+    optimizer, net = cli.trainer.optimizers[0], cli.model.net
+    assert adam_steps(optimizer, net.classifier) == {3}
+    assert adam_steps(optimizer, net.student) == {1}
+    assert adam_steps(optimizer, net.seg_teacher) == {seg_teacher_steps}
 
 
 def test_a_dilation_past_the_crops_feature_map_is_named_at_the_first_batch(

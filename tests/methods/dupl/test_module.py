@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import adam_steps
 from tests.methods import tiny
 from wsss_lightning.cli import run_cli
 
@@ -188,11 +189,6 @@ def test_the_optimizer_leaves_the_seg_heads_alone_until_the_segmentation_phase(
          "--model.init_args.phases.noise_filter_start=4", "--trainer.limit_val_batches=0"]
     )  # fmt: skip
     optimizer = cli.trainer.optimizers[0]
-
-    def steps(module: torch.nn.Module) -> set[int]:
-        trained = (p for p in module.parameters() if p.requires_grad)
-        return {int(optimizer.state[p]["step"]) if p in optimizer.state else 0 for p in trained}
-
     for student in cli.model.students:
-        assert steps(student.seg_head) == {2}
-        assert steps(student.backbone) == {5}
+        assert adam_steps(optimizer, student.seg_head) == {2}
+        assert adam_steps(optimizer, student.backbone) == {5}

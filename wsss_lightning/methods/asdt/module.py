@@ -303,32 +303,18 @@ class ASDTModule(ImageTagsMixin, SegmentationMethod):
         return ce, energy
 
     @override
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self._reach_checked = False
-
-    @override
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if not getattr(self, "_reach_checked", True):  # once per fit, on its first crop
-            self._reach_checked = True
+        if batch_idx == 0:  # an epoch's first crop (Python shows a repeated warning once)
             warning = head_reach_warning(self.options.dilation, tuple(batch["image"].shape[-2:]))
             if warning is not None:
                 rank_zero_warn(f"{type(self).__name__}: {warning}")
 
-    def untrained_heads(self) -> list[nn.Module]:
+    @override
+    def untrained_modules(self) -> list[nn.Module]:
         """The seg heads the current step does not train: both during the warm-up, the seg-teacher in row I."""
         if self.global_step < self.warmup_steps:
             return [self.net.seg_teacher, self.net.student]
         return [self.net.seg_teacher] if self.options.teaching.mode == "class" else []
-
-    @override
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # the untrained heads stay in the graph at 0 (DDP sees every parameter used); their zero gradients are
-        # dropped here so that the optimizer skips them: AdamW would otherwise count these steps in its bias
-        # correction (after a 300-step warm-up the heads' first steps come out 1.6-3.4x too large) and decay them
-        for head in self.untrained_heads():
-            for p in head.parameters():
-                p.grad = None
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

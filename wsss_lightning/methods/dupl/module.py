@@ -318,15 +318,11 @@ class DuPLModule(ImageTagsMixin, SegmentationMethod):
 
     # ------------------------------------------------------------------ training
     @override
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Until the segmentation phase the official code gives the seg heads no gradient (a constant placeholder
-        # loss), so AdamW leaves them alone. Here they stay in the graph at 0 (DDP sees every parameter used) and
-        # their zero gradients are dropped, or AdamW would count those steps in its bias correction and make the
-        # heads' first updates up to ~3x too large
+    def untrained_modules(self) -> list[nn.Module]:
+        """The seg heads until the segmentation phase (the official code: no gradient, a placeholder loss)."""
         if self.global_step <= self.phases.seg_start:
-            for student in self.students:
-                for p in cast(DuPLSubNet, student).seg_head.parameters():
-                    p.grad = None
+            return [cast(DuPLSubNet, student).seg_head for student in self.students]
+        return []
 
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
