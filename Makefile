@@ -34,7 +34,8 @@ test-slow: $(STAMP)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow
 
 # The method table (benchmarks/method_table.md and .png): every method, its baseline and its ceiling on the hard
-# synthetic sets, 2 seeds (table-quick: 1 seed). Finished runs are cached in outputs/method_table.
+# synthetic sets, 2 seeds (table-quick: 1 seed). Finished runs are recorded in benchmarks/method_table_runs.json
+# (committed with the table); data, weights and checkpoints go to outputs/method_table.
 table: $(STAMP)
 	$(BIN)/python benchmarks/method_table.py
 

@@ -26,20 +26,23 @@ per-seed values, the ratio to the section's ceiling, steps and minutes per run, 
 
 The object-layout sections train on the hard VOC set (``wsss-data synthetic --difficulty hard``, 800 train /
 100 val images of 128², seed 0; 64² for Seminar), the street section on hard GTA5 / Cityscapes sets (600 train
-images of 128×256 each; 100 Cityscapes val images). Every finished run is cached in ``<out>/results.json`` (by section,
-row and seed) with the commit it was trained with, the SHA-256 digests of the data sets and weights file it read, the
+images of 128×256 each; 100 Cityscapes val images). Every finished run is recorded in
+``benchmarks/method_table_runs.json`` (``--cache``; committed beside the table, so that the table can be rewritten
+and extended from a fresh checkout; by section, row and seed) with the commit it was trained with, the SHA-256 digests of the data sets and weights file it read, the
 torch version and the CPU kernels torch picked (``run_cache.py``). A cached run is skipped when asked again if it
 has the row's steps and metric and read the same data, weights and configs as the row would now, so sections can be run one at a time (and side by side) and the table is
 rewritten from everything measured so far; a row not measured yet reads "not run". The table gives each row's
 commit and flags runs cached before runs kept this record: rerunning such a run may give another value, and so may
-another CPU (AVX2 and AVX-512 kernels round differently). It also marks a recorded run **stale**, with the reason,
+another CPU (AVX2 and AVX-512 kernels round differently), and marks the runs carried over from an earlier table
+without their full record (``carried``: their value, minutes, commit, and the inputs and environment the table
+listed, not their configs). It also marks a recorded run **stale**, with the reason,
 when its configs, its inputs (those present here; the others are not checked) or its ancillary run are no longer
 the row's, whichever sections the invocation trained (``--table-only`` too).
 
 Usage::
 
     python benchmarks/method_table.py [--sections u2pl dupl ...] [--rows NAME ...] [--seeds 0 1] [--quick]
-        [--parallel 2] [--table-only]
+        [--parallel 2] [--table-only] [--cache FILE]
 
 A bar that holds while every row it compares stays below a quarter of the ceiling is written as "met, but every row
 it compares is below 0.25 of the ceiling: a comparison of failed runs" (``FAILED``): it does not show the method
@@ -71,6 +74,8 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+#: every run's record, committed beside the table it is written into
+RUNS = REPO / "benchmarks" / "method_table_runs.json"
 
 
 @dataclass(frozen=True)
@@ -402,7 +407,8 @@ def present_values(data: Path) -> dict[str, str]:
 def stale_runs(cache: run_cache.Cache, seeds: list[int], values: dict[str, str]) -> dict[str, str]:
     """Per cached run key of the table: why the recorded run no longer stands for its row (``why_train``: its
     configs, the inputs of ``values`` (those present here; the others are not checked) or its ancillary run, which
-    makes it stale when stale itself). Runs without a record are flagged apart (``UNRECORDED``)."""
+    makes it stale when stale itself). Runs without a record (``UNRECORDED``) and runs carried over without their
+    full record (``carried``) are flagged apart."""
     digests: dict[str, str] = {}
     stale: dict[str, str] = {}
     for section in SECTIONS:
@@ -410,7 +416,7 @@ def stale_runs(cache: run_cache.Cache, seeds: list[int], values: dict[str, str])
             record = row_record(row, values, digests)
             for seed in seeds:
                 run = cached_run(cache, section.key, row, seed)
-                if run is None or "version" not in run:
+                if run is None or "version" not in run or "carried" in run:
                     continue
                 key = run_key(section.key, row.name, seed)
                 reason = why_train(cache, section.key, row, seed, record, present_only=True)
@@ -477,6 +483,8 @@ def why_train(
         return "cached with another step count or metric"
     if "version" not in run:
         return "cached before runs kept a record of their inputs"
+    if "carried" in run:
+        return f"carried over from {run['carried']} without its full record"
     if "finished" not in run:
         return "cached without its finish time"  # a primary could not be tied to this run
     for name, value in record.items():
@@ -504,11 +512,13 @@ def run_sections(
     parallel: int,
     values: dict[str, str],
     rows: set[str] | None = None,
+    cache_file: Path | None = None,
 ) -> run_cache.Cache:
     """Train every row of ``sections`` (or only the ``rows`` named) for every seed whose cached run does not
     stand for it (``why_train``); returns the whole cache. Each run records its code version, inputs, configs,
-    environment and when it finished; invocations side by side keep each other's runs and train a run once."""
-    cache_file = out / "results.json"
+    environment and when it finished, in ``cache_file`` (default ``<out>/results.json``); invocations side by side
+    keep each other's runs and train a run once."""
+    cache_file = cache_file or out / "results.json"
     env = run_cache.environment()
     digests: dict[str, str] = {}
     cache = run_cache.read(cache_file)
@@ -607,6 +617,7 @@ def summarise(cache: dict[str, dict[str, Any]], seeds: list[int]) -> Summary:
                 "steps": row.steps,
                 **{f"seed{s}": r["miou"] for s, r in runs.items()},
                 "versions": sorted({short_version(r) for r in runs.values()}),
+                "carried": sorted({r["carried"] for r in runs.values() if "carried" in r}),
                 "keys": [run_key(section.key, row.name, s) for s in runs],
             }
     return table
@@ -620,6 +631,8 @@ def short_version(run: dict[str, Any]) -> str:
     version = run.get("version")
     if version is None:
         return UNRECORDED
+    if "carried" in run:  # the version column of the table it was carried from, as written there
+        return version
     commit, _, changes = version.partition("+")
     return commit[:7] + ("+" + changes if changes else "")
 
@@ -636,6 +649,7 @@ def provenance_lines(cache: dict[str, dict[str, Any]], keys: list[str]) -> list[
     inputs = sorted({f"{name} {d}" for r in runs for name, d in r.get("inputs", {}).items()})
     envs = sorted({environment_text(r) for r in runs if "torch" in r})
     unrecorded = sum("version" not in r for r in runs)
+    carried = sorted({r["carried"] for r in runs if "carried" in r})
     lines = []
     if inputs:
         lines.append(f"Inputs (SHA-256, 12 digits): {', '.join(inputs)}. Environments: {', '.join(envs)}.")
@@ -645,6 +659,15 @@ def provenance_lines(cache: dict[str, dict[str, Any]], keys: list[str]) -> list[
             "code version, inputs and environment: they come from earlier versions of the package, and rerunning "
             'their command may give another value (benchmarks/README.md, "What a cached run depends on"). '
             "Training them again replaces them."
+        )
+    for source in carried:
+        count = sum(r.get("carried") == source for r in runs)
+        lines.append(
+            f"{count} of the {len(runs)} runs listed (version marked carried) are carried over from {source}: its "
+            "values (to the three decimals it gave, so a mean here may differ from its in the last digit), minutes "
+            "and commits, with the inputs and environment it listed; their full records (configs, finish times) "
+            "were lost with the run cache of the machine that trained them, so this table cannot check them "
+            "against the rows as they stand. Training them again replaces them."
         )
     return lines
 
@@ -692,6 +715,8 @@ def status_with_versions(
     read = [table[section.key].get(name, {}) for name in section.bar_rows] + [ceiling_entry(section, table)]
     if any(UNRECORDED in e.get("versions", ()) for e in read):
         status += f", on runs of earlier versions (version {UNRECORDED}) that this version has not reproduced"
+    if any(e.get("carried") for e in read):
+        status += ", on runs carried over without their full records (below)"
     if stale and any(k in stale for e in read for k in e.get("keys", ())):
         status += ", on runs that no longer stand for their rows (see the version column)"
     return status
@@ -700,7 +725,8 @@ def status_with_versions(
 def version_text(entry: dict[str, Any], stale: dict[str, str]) -> str:
     """The version column of a row: its runs' commits, and why any of them no longer stands for the row."""
     reasons = [f"seed {key.rsplit('/', 1)[1]} {stale[key]}" for key in entry["keys"] if key in stale]
-    return ", ".join(entry["versions"]) + ("".join(f"; **stale**: {r}" for r in reasons))
+    carried = " (carried)" if entry.get("carried") else ""
+    return ", ".join(entry["versions"]) + carried + "".join(f"; **stale**: {r}" for r in reasons)
 
 
 def markdown(
@@ -797,6 +823,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "method_table")
     parser.add_argument("--write", type=Path, default=REPO / "benchmarks", help="folder of the .md and .png")
+    parser.add_argument("--cache", type=Path, default=RUNS, help="the runs' records (JSON)")
     parser.add_argument(
         "--table-only", action="store_true", help="rewrite the table from the cache, train nothing"
     )
@@ -806,13 +833,12 @@ def main() -> None:
     shared_ceiling = any(s.ceiling.startswith("ceiling/") for s in SECTIONS if s.key in sections)
     if "ceiling" not in sections and shared_ceiling and args.rows is None:
         sections.append("ceiling")
-    cache_file = args.out / "results.json"
     if args.table_only:
-        cache = run_cache.read(cache_file)
+        cache = run_cache.read(args.cache)
     else:
         values = run_values(args.out / "data", sections)
         rows = None if args.rows is None else set(args.rows)
-        cache = run_sections(sections, seeds, args.out, args.parallel, values, rows)
+        cache = run_sections(sections, seeds, args.out, args.parallel, values, rows, args.cache)
     table = summarise(cache, seeds)
     # the cache holds every section's runs, trained or not by this invocation: check them against the rows as they
     # stand (configs, inputs present here, ancillary runs)

@@ -43,14 +43,15 @@ LIBRARIES = ("numpy", "opencv-python-headless", "albumentations", "pillow", "tim
 Cache = dict[str, dict[str, Any]]
 
 
-#: what a run's code is: the package, the configs and the benchmark scripts, not the benchmarks' text and figures
-#: (the method table rewrites its .md and .png after every invocation)
+#: what a run's code is: the package, the configs and the benchmark scripts, not the benchmarks' text, figures and
+#: run records (the method table rewrites its .md, .png and runs' JSON as it goes)
 CODE_PATHS = (
     "wsss_lightning",
     "configs",
     "benchmarks",
     ":(exclude)benchmarks/*.md",
     ":(exclude)benchmarks/*.png",
+    ":(exclude)benchmarks/method_table_runs.json",
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import subprocess
 from types import ModuleType
 
@@ -341,7 +342,8 @@ def test_code_version_reads_the_code_not_the_tables_text_and_figures(table, tmp_
         ).stdout.strip()  # fmt: skip
 
     files = ["wsss_lightning/a.py", "configs/b.yaml", "benchmarks/c.py", "benchmarks/method_table.md",
-             "benchmarks/method_table.png", "benchmarks/README.md", "notes.txt"]  # fmt: skip
+             "benchmarks/method_table.png", "benchmarks/method_table_runs.json", "benchmarks/README.md",
+             "notes.txt"]  # fmt: skip
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("0")
@@ -353,10 +355,12 @@ def test_code_version_reads_the_code_not_the_tables_text_and_figures(table, tmp_
     for name in [
         "benchmarks/method_table.md",
         "benchmarks/method_table.png",
+        "benchmarks/method_table_runs.json",
         "benchmarks/README.md",
         "notes.txt",
     ]:
-        (tmp_path / name).write_text("1")  # the table rewritten, its text edited, a file outside the code
+        # the table and its run records rewritten, its text edited, a file outside the code
+        (tmp_path / name).write_text("1")
     assert table.run_cache.code_version() == commit
     for name in ["wsss_lightning/a.py", "configs/b.yaml", "benchmarks/c.py", "benchmarks/d.py"]:
         git("stash", "-q", "--include-untracked")
@@ -474,6 +478,62 @@ def test_markdown_gives_each_rows_versions_and_flags_unrecorded_runs(table):
     text = table.markdown(table.summarise(cache, seeds), seeds, cache)
     assert "Environments: torch 2.x (AVX2), torch 2.x (AVX2, Some CPU, ONEDNN_MAX_CPU_ISA=AVX2)." in text
     assert f"2 of the {len(cache)} runs listed (version —) were recorded before" in text
+
+
+def test_runs_carried_over_without_their_record_are_marked_and_trained_again(table, tmp_path, monkeypatch):
+    seeds = [0]
+    values = voc_folder(tmp_path)
+    cache = recorded(
+        table, {k: v for k, v in fake_cache(table, seeds).items() if k.startswith("ceiling/")}, values
+    )
+    key = "ceiling/full masks/0"
+    source = "benchmarks/method_table.md at 0123456"
+    cache[key] = {"miou": 0.7, "seconds": 60.0, "steps": 600, "metric": "val/miou", "version": "abcdef1, 7654321",
+                  "carried": source, "inputs": {"voc": "abc"}, "torch": "2.x", "cpu": "AVX2"}  # fmt: skip
+    row = section_of(table, "ceiling").rows[0]
+    assert table.why_train(cache, "ceiling", row, 0, table.row_record(row, values, {})) == (
+        f"carried over from {source} without its full record"
+    )
+    assert table.stale_runs(cache, seeds, values) == {}  # flagged apart, not as stale
+    summary = table.summarise(cache, seeds)
+    text = table.markdown(summary, seeds, cache)
+    assert (
+        "| 600 | 1.0 | abcdef1, 7654321 (carried) |" in text
+    )  # the carried table's version column as written
+    assert f"1 of the 1 runs listed (version marked carried) are carried over from {source}" in text
+    dupl = section_of(table, "dupl")
+    assert "carried" not in table.status_with_versions(dupl, summary, seeds)  # its rows are not carried
+    cache.update(
+        recorded(table, {k: v for k, v in fake_cache(table, seeds).items() if k.startswith("dupl/")}, values)
+    )
+    cache["dupl/DuPL/0"].update(carried=source)
+    summary = table.summarise(cache, seeds)
+    assert table.status_with_versions(dupl, summary, seeds).endswith(
+        ", on runs carried over without their full records (below)"
+    )
+    # asked for, a carried run is trained again and its record replaces it, in the cache file the caller names
+    cache_file = tmp_path / "records" / "runs.json"
+    cache_file.parent.mkdir()
+    cache_file.write_text(json.dumps(cache))
+    trained: list[str] = []
+    monkeypatch.setattr(table, "wsss_fit", fit_returning(trained, 0.75))
+    rerun = table.run_sections(["ceiling"], seeds, tmp_path, 1, values, cache_file=cache_file)
+    assert trained == [key]
+    assert "carried" not in rerun[key] and rerun[key]["miou"] == 0.75
+    assert json.loads(cache_file.read_text()) == rerun
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_the_committed_run_records_give_the_committed_table(table, tmp_path):
+    """``benchmarks/method_table.md`` is what ``--table-only`` writes from ``benchmarks/method_table_runs.json``
+    (but for the runs it marked stale against the inputs of the machine that wrote it, which are not here)."""
+    assert table.RUNS == table.REPO / "benchmarks" / "method_table_runs.json"
+    cache = json.loads(table.RUNS.read_text())
+    seeds = [0, 1]
+    written = (table.REPO / "benchmarks" / "method_table.md").read_text()
+    written = re.sub(r"; \*\*stale\*\*: [^|]*", "", written)
+    written = written.replace(", on runs that no longer stand for their rows (see the version column)", "")
+    assert table.markdown(table.summarise(cache, seeds), seeds, cache, {}) == written
 
 
 def test_each_section_gets_the_sets_its_rows_read(table, tmp_path, monkeypatch):
