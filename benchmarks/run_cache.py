@@ -78,13 +78,20 @@ def _derived(relative: Path) -> bool:
     )
 
 
+#: weights files, digested by their tensors (``weights_digest``)
+WEIGHTS_SUFFIXES = (".pth", ".pt")
+
+
 def digest(path: str | Path) -> str:
     """The first 12 hex digits of the SHA-256 of a file, or of a folder's files (relative names and contents, in
     name order; not what the data module derives from the set: its ``.wsss_cache`` (tags, partitions) and the
-    rare-class statistics at the root); ``missing`` when there is nothing at ``path``."""
+    rare-class statistics at the root), or of a weights file's tensors (``weights_digest``); ``missing`` when
+    there is nothing at ``path``."""
     root = Path(path)
     if not root.exists():
         return "missing"
+    if root.is_file() and root.suffix in WEIGHTS_SUFFIXES:
+        return weights_digest(root)
     files = (
         [root]
         if root.is_file()
@@ -94,6 +101,23 @@ def digest(path: str | Path) -> str:
     for f in files:
         name, data = f.relative_to(root).as_posix().encode(), f.read_bytes()
         h.update(b"%d:%s%d:" % (len(name), name, len(data)) + data)
+    return h.hexdigest()[:12]
+
+
+def weights_digest(path: Path) -> str:
+    """The first 12 hex digits of the SHA-256 of a saved ``state_dict``'s tensors (names, dtypes, shapes and
+    values, in name order). Not of the file's bytes: ``torch.save`` writes a random serialization id and names the
+    archive's records after the file it writes to (a temporary one, for the pretrained encoders), so the same
+    weights saved twice are two different files."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].contiguous()
+        head = f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode()
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        h.update(b"%d:" % len(head) + head + b"%d:" % len(data) + data)
     return h.hexdigest()[:12]
 
 

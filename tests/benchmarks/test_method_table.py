@@ -21,6 +21,7 @@ from tests.helpers import load_benchmark
 from wsss_lightning import methods
 from wsss_lightning.data.pretrain_task import PretrainConfig
 from wsss_lightning.data.rare_classes import default_stats_path
+from wsss_lightning.files import atomic_write
 from wsss_lightning.models.pretrain import pretrained_path
 
 
@@ -223,7 +224,7 @@ def test_cached_runs_are_not_trained_again(table, tmp_path, monkeypatch):
 
 def test_a_run_records_its_code_version_inputs_configs_and_environment(table, tmp_path, monkeypatch):
     values = {**voc_folder(tmp_path), "resnet18": str(tmp_path / "r18.pth")}
-    (tmp_path / "r18.pth").write_bytes(b"weights")
+    torch.save({"w": torch.ones(2)}, tmp_path / "r18.pth")
     monkeypatch.setattr(table, "wsss_fit", lambda *a: ({"val/student/miou": 0.4, "val/miou": 0.3}, 2.0))
     cache = table.run_sections(["asdt"], [0], tmp_path, 1, values, rows={"I: class-teacher only"})
     run = cache["asdt/I: class-teacher only/0"]
@@ -278,7 +279,7 @@ def test_a_run_without_a_record_or_with_other_inputs_or_configs_is_trained_again
 
 def test_runs_that_no_longer_stand_for_their_rows_are_flagged_in_the_table(table, tmp_path, monkeypatch):
     seeds = [0, 1]
-    (tmp_path / "r18.pth").write_bytes(b"weights")
+    torch.save({"w": torch.ones(2)}, tmp_path / "r18.pth")
     values = {**voc_folder(tmp_path), "voc64": str(tmp_path / "voc"), "resnet18": str(tmp_path / "r18.pth")}
     cache = recorded(table, fake_cache(table, seeds), values)
     cache["ceiling/full masks/1"]["inputs"] = {"voc": "0123456789ab"}  # trained on another data set
@@ -394,6 +395,29 @@ def test_digest_reads_names_and_contents(table, tmp_path):
     assert digest(tmp_path / "b") == a
     (tmp_path / "b" / "s" / stats.name).write_bytes(b"stats")
     assert digest(tmp_path / "b") != a
+
+
+def test_a_weights_file_is_digested_by_its_tensors_not_its_bytes(table, tmp_path):
+    """The same weights saved twice through a temporary file (as the pretrained encoders are; another process's
+    temporary file has another name, which the archive's records take) are two different files, with one digest;
+    another value, name, dtype or shape gives another digest."""
+    state = {"conv.weight": torch.arange(6.0).reshape(2, 3), "bn.num_batches_tracked": torch.tensor(3)}
+    paths = [tmp_path / "a" / "w.pth", tmp_path / "b" / "w.pth"]
+    atomic_write(paths[0], lambda tmp: torch.save(state, tmp))
+    paths[1].parent.mkdir()
+    torch.save(state, paths[1].with_name(".w.pth.12345.tmp"))
+    paths[1].with_name(".w.pth.12345.tmp").replace(paths[1])
+    assert paths[0].read_bytes() != paths[1].read_bytes()
+    digest = table.run_cache.digest
+    assert digest(paths[0]) == digest(paths[1])
+    for changed in (
+        {**state, "conv.weight": state["conv.weight"] + 1e-6},
+        {"conv.bias" if k == "conv.weight" else k: v for k, v in state.items()},
+        {**state, "conv.weight": state["conv.weight"].double()},
+        {**state, "conv.weight": state["conv.weight"].reshape(3, 2)},
+    ):
+        torch.save(changed, paths[1])
+        assert digest(paths[1]) != digest(paths[0])
 
 
 def test_a_primary_from_another_run_of_its_ancillary_is_trained_again(table, tmp_path, monkeypatch):
