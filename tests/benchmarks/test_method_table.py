@@ -611,10 +611,10 @@ def test_a_row_brings_and_waits_for_its_dependency_and_gets_its_checkpoint(table
 # the sections whose bar the slow test below keeps, with the minutes it takes on 2 cores (both seeds, with the
 # ceiling), and the bars benchmarks/method_table.md reports missed (strict: a bar that starts holding fails here
 # until the mark goes)
-BARS = {"u2pl": 65, "dupl": 40, "asdt": 30, "seminar": 25, "weak": 45, "da": 35}
+BARS = {"u2pl": 85, "dupl": 40, "asdt": 30, "seminar": 25, "weak": 45, "da": 35}
 MISSED = {
     "u2pl": "U2PL 0.002 below SupOnly on this version's runs (per seed -0.039, +0.034)",
-    "dupl": "DuPL at 0.72 of its ceiling",
+    "dupl": "DuPL at 0.73 of its ceiling",
     "asdt": "ASDT below its class-teacher-only row",
     "seminar": "primary below partial CE",
     "weak": "met between failed runs only",

@@ -123,6 +123,22 @@ def test_print_config_for_every_shipped_config(stack, capsys):
             assert printed["model"]["init_args"]["contrastive"]["enabled"] is False
 
 
+def _full_size_bases() -> list[str]:
+    """The base configs of the real data sets (not the synthetic ones or the quickstart, not fragments)."""
+    return [s[0] for s in _stacks() if len(s) == 1 and "synthetic" not in s[0] and s[0] != "quickstart.yaml"]
+
+
+@pytest.mark.parametrize("config", _full_size_bases())
+def test_every_full_size_config_states_the_global_batch(config):
+    """The learning rate of a published config belongs to a global batch: every full-size config names it, so
+    that ``fit`` can check devices x nodes x batch size x accumulation against it on any number of GPUs."""
+    loaded = yaml.safe_load((CONFIGS / config).read_text())
+    model = loaded["model"]["init_args"]
+    loader = loaded["data"]["init_args"].get("loader", {})
+    stated = model.get("global_batch_size", loader.get("global_batch_size"))
+    assert isinstance(stated, int) and stated >= 1, f"{config}: no global_batch_size"
+
+
 def test_data_root_override_reaches_the_datamodule(synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = synthetic("voc")
