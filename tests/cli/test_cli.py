@@ -12,6 +12,7 @@ from PIL import Image
 from tests.methods import tiny
 from wsss_lightning.cli import run_cli
 from wsss_lightning.data.datasets.base import DataError
+from wsss_lightning.runs import experiment_folder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 LAYOUTS = {"voc": "voc", "coco": "coco", "cityscapes": "cityscapes", "gta5": "gta5"}
@@ -137,6 +138,17 @@ def test_every_full_size_config_states_the_global_batch(config):
     loader = loaded["data"]["init_args"].get("loader", {})
     stated = model.get("global_batch_size", loader.get("global_batch_size"))
     assert isinstance(stated, int) and stated >= 1, f"{config}: no global_batch_size"
+
+
+@pytest.mark.parametrize("primary", ["seminar/voc_primary.yaml", "seminar/synthetic_voc_primary.yaml"])
+def test_a_primary_config_defaults_to_the_checkpoint_its_ancillary_config_writes(primary):
+    """``wsss fit -c <ancillary>`` writes its first run to ``<experiment>/version_0``; the primary stage's default
+    ``ancillary_checkpoint`` is that run's last checkpoint, so the two README commands chain without an override."""
+    ancillary = primary.replace("_primary", "_ancillary")
+    assert (CONFIGS / ancillary).is_file()
+    default = yaml.safe_load((CONFIGS / primary).read_text())["model"]["init_args"]["ancillary_checkpoint"]
+    written = Path(experiment_folder([f"configs/{ancillary}"])) / "version_0" / "checkpoints" / "last.ckpt"
+    assert Path(default) == written
 
 
 def test_data_root_override_reaches_the_datamodule(synthetic, tmp_path, monkeypatch):
