@@ -65,6 +65,57 @@ def test_affinity_loss_matches_numpy_and_its_gradient_autograd_of_the_loop() -> 
     )
 
 
+def np_affinitynet_balance(logits: np.ndarray, labels: np.ndarray, token_labels: np.ndarray) -> float:
+    """AffinityNet's Eq. 7 balance of AFA's terms, pair by pair: bg-bg positives, fg-fg positives, negatives."""
+    sums = {"bg": 0.0, "fg": 0.0, "neg": 0.0}
+    counts = {"bg": 0, "fg": 0, "neg": 0}
+    for b in range(logits.shape[0]):
+        flat = token_labels[b].reshape(-1)
+        for i in range(logits.shape[1]):
+            for j in range(logits.shape[2]):
+                s = 1.0 / (1.0 + np.exp(-logits[b, i, j]))
+                if labels[b, i, j] == 1:
+                    kind = "bg" if flat[i] == 0 and flat[j] == 0 else "fg"
+                    sums[kind], counts[kind] = sums[kind] + (1.0 - s), counts[kind] + 1
+                elif labels[b, i, j] == 0:
+                    sums["neg"], counts["neg"] = sums["neg"] + s, counts["neg"] + 1
+    mean = {k: sums[k] / (counts[k] + 1) for k in sums}
+    return 0.25 * mean["bg"] + 0.25 * mean["fg"] + 0.5 * mean["neg"]
+
+
+def test_affinitynet_balance_matches_numpy_and_weighs_foreground_positives_apart() -> None:
+    g = torch.Generator().manual_seed(3)
+    token_labels = torch.randint(0, 3, (2, 3, 4), generator=g)
+    token_labels[:, :2] = 0  # mostly background, as small objects give
+    token_labels[0, 2, :1] = 255
+    labels = affinity_labels(token_labels, radius=2, diagonal="positive")
+    logits = torch.randn(2, 12, 12, generator=g, dtype=torch.float64) * 3
+    background = token_labels.flatten(1) == 0
+    leaf = logits.clone().requires_grad_()
+    loss = affinity_loss(leaf, labels, background=background)
+    reference = np_affinitynet_balance(logits.numpy(), labels.numpy(), token_labels.numpy())
+    np.testing.assert_allclose(loss.item(), reference, rtol=1e-12)
+    assert abs(loss.item() - affinity_loss(logits, labels).item()) > 1e-3  # a different loss than AFA's
+    # a foreground-foreground positive pair weighs more than a background-background one
+    (grad,) = torch.autograd.grad(loss, leaf)
+    flat = token_labels.flatten(1)
+    both_bg = (flat[:, :, None] == 0) & (flat[:, None, :] == 0)
+    positive = labels == 1
+    scale = torch.sigmoid(logits) * (1 - torch.sigmoid(logits))  # d(1 - s)/dlogit = -scale
+    per_pair = -grad / scale
+    fg_weight = per_pair[positive & ~both_bg].unique()
+    bg_weight = per_pair[positive & both_bg].unique()
+    torch.testing.assert_close(fg_weight, fg_weight[:1].expand_as(fg_weight))
+    torch.testing.assert_close(bg_weight, bg_weight[:1].expand_as(bg_weight))
+    assert fg_weight[0] > bg_weight[0] > 0
+
+
+def test_affinity_loss_rejects_a_background_of_the_wrong_shape() -> None:
+    logits, labels = case(0)
+    with pytest.raises(ValueError, match="affinity_loss: background must be a bool"):
+        affinity_loss(logits, labels, background=torch.zeros(2, 11, dtype=torch.bool))
+
+
 def test_affinity_loss_counts_over_the_whole_batch() -> None:
     logits, labels = case(1)
     whole = affinity_loss(logits, labels)

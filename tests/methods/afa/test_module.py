@@ -65,6 +65,36 @@ def test_fit_runs_every_phase_and_logs_cam_propagated_cam_pseudo_and_seg_miou(
     assert 0.0 <= results["test/miou"] <= 1.0
 
 
+@pytest.mark.parametrize("balance", ["afa", "affinitynet"])
+def test_affinity_balance_reaches_the_affinity_loss(balance, synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seen: list[Any] = []
+    real = afa_module.affinity_loss
+
+    def spy(logits: torch.Tensor, pairs: torch.Tensor, background: Any = None) -> torch.Tensor:
+        seen.append((pairs, background))
+        return real(logits, pairs, background=background)
+
+    monkeypatch.setattr(afa_module, "affinity_loss", spy)
+    run_cli(
+        [
+            "fit",
+            *args(AFA, synthetic("voc"), tiny.AFA),
+            f"--model.init_args.labels.affinity_balance={balance}",
+        ]
+    )
+    assert seen, "the affinity loss was never called"
+    for pairs, background in seen:
+        if balance == "afa":
+            assert background is None
+        else:  # the background tokens of the refined label: their pairs are positive (or beyond the radius)
+            assert background.dtype == torch.bool and background.shape == pairs.shape[:2]
+            both = background[:, :, None] & background[:, None, :]
+            assert set(pairs[both].unique().tolist()) <= {1, 255}
+    if balance == "affinitynet":
+        assert any(bool(background.any()) for _, background in seen), "no background token was ever labelled"
+
+
 def test_u2pl_weak_adds_the_contrastive_term_and_fills_its_bank(synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = run_cli(["fit", *args(U2PL_WEAK, synthetic("voc"), tiny.U2PL_WEAK)])
@@ -103,6 +133,7 @@ def test_contrastive_disabled_allocates_no_bank_and_adds_no_term(synthetic, tmp_
         (U2PL_WEAK, tiny.U2PL_WEAK, ["--model.init_args.contrastive.beta=0"], "contrastive.beta"),
         (U2PL_WEAK, tiny.U2PL_WEAK, ["--model.init_args.rep_channels=0"], "rep_channels"),
         (AFA, tiny.AFA, ["--model.init_args.affinity_init=xavier"], "affinity_init"),
+        (AFA, tiny.AFA, ["--model.init_args.labels.affinity_balance=psa"], "labels.affinity_balance"),
     ],
 )
 def test_bad_configuration_fails_at_start_naming_the_field(

@@ -338,7 +338,10 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
                 logs["train/pseudo_accuracy"] = pseudo_label_accuracy(
                     target, batch["mask"], self.ignore_index
                 )
-        loss_aff = affinity_loss(out.affinity_logits, pairs)
+        balance = self.options.labels.affinity_balance == "affinitynet"
+        loss_aff = affinity_loss(
+            out.affinity_logits, pairs, background=tokens.flatten(1) == 0 if balance else None
+        )
         seg_logits = resize(out.seg_logits, size)
         if self.options.seg_loss == "balanced":
             loss_seg = balanced_seg_ce(seg_logits, target, self.ignore_index)

@@ -70,6 +70,10 @@ class AFALabelConfig:
             ``16 c`` (``wsss_lightning.models.token_grid``). A trained network's CAM content sits between the
             two (``benchmarks/cam_offset.py``: about ``16 c + 4`` on the synthetic set, where ``cell_centres``
             scores as well as ``encoder`` or better), so the released resize is kept.
+        affinity_balance: how the affinity loss weighs its pairs: ``afa`` (default, the released
+            ``get_aff_loss``: positive and negative pairs averaged apart, half each) or ``affinitynet``
+            (AffinityNet's Eq. 7 balance: background-background and foreground-foreground positives averaged
+            apart, a quarter each, negatives half; ``wsss_lightning.losses.affinity``).
         target: what the segmentation head learns from: ``pseudo`` (the method) or ``mask``, the batch's
             ground-truth masks (the full-supervision ceiling of the same network and schedule; needs the
             TagsView's diagnostic masks). The CAM, affinity and random walk train as usual either way.
@@ -86,6 +90,7 @@ class AFALabelConfig:
     propagation_scale: float | None = None
     walk_power: float = 2.0
     walk_log_iterations: int = 0
+    affinity_balance: Literal["afa", "affinitynet"] = "afa"
     target: Literal["pseudo", "mask"] = "pseudo"
     token_positions: Literal["encoder", "cell_centres"] = "cell_centres"
 
@@ -111,6 +116,8 @@ class AFALabelConfig:
             _fail("labels", "par_downscale", self.par_downscale, ">= 1")
         if self.par_iterations < 0:
             _fail("labels", "par_iterations", self.par_iterations, ">= 0")
+        if self.affinity_balance not in ("afa", "affinitynet"):
+            _fail("labels", "affinity_balance", self.affinity_balance, "'afa' or 'affinitynet'")
         if self.target not in ("pseudo", "mask"):
             _fail("labels", "target", self.target, "'pseudo' or 'mask'")
         if self.token_positions not in ("encoder", "cell_centres"):
