@@ -20,7 +20,11 @@ learning rate (AFA: 6e-5 / 6e-4) and its LayerNorms frozen (AFA's ``backbone_nor
 Usage::
 
     python benchmarks/afa_table.py --root outputs/synthetic_voc800 [--seeds 0 1] [--steps 1200] [--parallel 2]
-        [--pretrained]
+        [--pretrained] [--runs afa u2pl_weak ceiling] [--override KEY=VALUE ...]
+
+``--override`` passes ``--KEY=VALUE`` to every run (``--override model.init_args.labels.affinity_balance=affinitynet``
+for the variant of ``benchmarks/README.md``); ``--runs`` trains only some of the runs (the rows and bars that
+need the others are left out).
 """
 
 from __future__ import annotations
@@ -84,32 +88,36 @@ def fit(
 
 
 def run_table(
-    root: Path, out: Path, seeds: list[int], steps: int, parallel: int, start: tuple[str, ...] = ()
+    root: Path,
+    out: Path,
+    seeds: list[int],
+    steps: int,
+    parallel: int,
+    start: tuple[str, ...] = (),
+    runs: tuple[str, ...] = ("afa", "u2pl_weak", "ceiling"),
 ) -> dict[str, list[float]]:
-    """Per row, the value of every seed; prints the table and the bars."""
+    """Per row of the trained ``runs``, the value of every seed; prints the table and the bars (all runs)."""
     results: dict[tuple[str, int], dict[str, float]] = {}
-    seconds: dict[str, list[float]] = {run: [] for run in RUNS}
+    seconds: dict[str, list[float]] = {run: [] for run in runs}
     with ThreadPoolExecutor(parallel) as pool:
-        jobs = {
-            (r, s): pool.submit(fit, r, s, root, out, steps, start)
-            for r in ("afa", "u2pl_weak", "ceiling")
-            for s in seeds
-        }
+        jobs = {(r, s): pool.submit(fit, r, s, root, out, steps, start) for r in runs for s in seeds}
         for (r, s), job in jobs.items():
             results[r, s], sec = job.result()
             seconds[r].append(sec)
-    table = {row: [results[run, s][key] for s in seeds] for row, (run, key) in ROWS.items()}
+    table = {row: [results[run, s][key] for s in seeds] for row, (run, key) in ROWS.items() if run in runs}
     mean = {row: sum(v) / len(v) for row, v in table.items()}
     print(f"| row | {' | '.join(f'seed {s}' for s in seeds)} | mean | ratio to ceiling |")
     print(f"|---|{'---:|' * len(seeds)}---:|---:|")
-    ceiling = mean["full masks (ceiling)"]
+    ceiling = mean.get("full masks (ceiling)")
     for row, values in table.items():
         cells = " | ".join(f"{v:.3f}" for v in values)
-        print(f"| {row} | {cells} | **{mean[row]:.3f}** | {mean[row] / ceiling:.2f} |")
+        ratio = "–" if ceiling is None else f"{mean[row] / ceiling:.2f}"
+        print(f"| {row} | {cells} | **{mean[row]:.3f}** | {ratio} |")
     print()
     print(" | ".join(f"{run}: {sum(s) / len(s) / 60:.1f} min / run" for run, s in seconds.items()))
-    for name, ok in bars(mean).items():
-        print(f"{name}: {'met' if ok else 'MISSED'}")
+    if len(mean) == len(ROWS):
+        for name, ok in bars(mean).items():
+            print(f"{name}: {'met' if ok else 'MISSED'}")
     return table
 
 
@@ -143,10 +151,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--pretrained", action="store_true", help="start from the pretrained small MiT")
+    parser.add_argument("--runs", nargs="+", choices=tuple(RUNS), default=list(RUNS), help="runs to train")
+    parser.add_argument(
+        "--override", nargs="+", default=[], metavar="KEY=VALUE", help="--KEY=VALUE for every run"
+    )
     args = parser.parse_args()
     generate_once("voc", args.root, num_train=800)
-    start = pretrained_args() if args.pretrained else ()
-    run_table(args.root, args.out, args.seeds, args.steps, args.parallel, start)
+    start = (*(pretrained_args() if args.pretrained else ()), *(f"--{o}" for o in args.override))
+    run_table(args.root, args.out, args.seeds, args.steps, args.parallel, start, tuple(args.runs))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ checkpoint's validation (walk scale, radius window, power, token placement):
 * **none**: 1 for every pair of the window (the walk alone, without an affinity).
 
 It also prints the learned affinity's mean on the ground-truth same-class and different-class pairs of the
-window (tokens whose sample is mostly ignored pixels and each token's pair with itself left out). A walk that helps with the ground-truth affinity and hurts with the learned one places the loss in the
+window (tokens whose sample is mostly ignored pixels and each token's pair with itself left out), and the
+same-class mean split into background-background and object (same foreground class) pairs: the affinity loss
+weighs the two kinds together (AFA) or apart (``labels.affinity_balance: affinitynet``). A walk that helps with the ground-truth affinity and hurts with the learned one places the loss in the
 affinity head, not in the walk.
 
     python benchmarks/afa_walk_oracle.py --root outputs/synthetic_voc800 --checkpoint PATH [PATH ...]
@@ -72,15 +74,19 @@ def affinities(
     }
 
 
-def evaluate(model: AFAModule, rgb: Tensor, masks: Tensor) -> tuple[dict[str, float], tuple[float, float]]:
+PAIRS = ("same", "background", "object", "other")
+
+
+def evaluate(model: AFAModule, rgb: Tensor, masks: Tensor) -> tuple[dict[str, float], dict[str, float]]:
     """mIoU of the raw CAM and of the CAM walked with each affinity; the learned affinity's mean on the window's
-    ground-truth same-class / different-class pairs (tokens with a majority class, the diagonal left out)."""
+    ground-truth pairs of :data:`PAIRS` (same class; of it, both background and both one foreground class;
+    different classes), tokens with a majority class, the diagonal left out."""
     cfg = model.options.labels
     classes = true_classes(masks, model.num_classes)
     metrics = {
         name: SegmentationIoU(model.num_classes, model.ignore_index) for name in ("raw CAM", *AFFINITIES)
     }
-    same, other = [], []
+    pairs: dict[str, list[Tensor]] = {kind: [] for kind in PAIRS}
     for x, y, present in zip(rgb.split(8), masks.split(8), classes.split(8), strict=True):
         images = (x - model.image_mean) / model.image_std
         with torch.no_grad():
@@ -98,11 +104,14 @@ def evaluate(model: AFAModule, rgb: Tensor, masks: Tensor) -> tuple[dict[str, fl
             counted = (
                 window & ~torch.eye(window.shape[0], dtype=torch.bool) & known[:, :, None] & known[:, None, :]
             )
-            same_class = truth[:, :, None] == truth[:, None, :]
-            same.append(pair_values["learned"][same_class & counted])
-            other.append(pair_values["learned"][~same_class & counted])
+            same_class = (truth[:, :, None] == truth[:, None, :]) & counted
+            background = same_class & (truth == 0)[:, :, None]
+            kinds = {"same": same_class, "background": background, "object": same_class & ~background}
+            kinds["other"] = ~same_class & counted
+            for kind, selected in kinds.items():
+                pairs[kind].append(pair_values["learned"][selected])
     scores = {name: float(metric.compute()[0]) for name, metric in metrics.items()}
-    return scores, (float(torch.cat(same).mean()), float(torch.cat(other).mean()))
+    return scores, {kind: float(torch.cat(values).mean()) for kind, values in pairs.items()}
 
 
 def main() -> None:
@@ -110,14 +119,17 @@ def main() -> None:
     print(
         "| checkpoint | raw CAM | "
         + " | ".join(f"walk: {a}" for a in AFFINITIES)
-        + " | learned: same / other |"
+        + " | learned: same / other | learned same: background / object |"
     )
-    print("|---|" + "---:|" * (len(AFFINITIES) + 2))
+    print("|---|" + "---:|" * (len(AFFINITIES) + 3))
     for checkpoint in checkpoints:
         model = AFAModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-        scores, (same, other) = evaluate(model, rgb, masks)
+        scores, learned = evaluate(model, rgb, masks)
         cells = " | ".join(f"{v:.3f}" for v in scores.values())
-        print(f"| {checkpoint} | {cells} | {same:.2f} / {other:.2f} |")
+        print(
+            f"| {checkpoint} | {cells} | {learned['same']:.2f} / {learned['other']:.2f} | "
+            f"{learned['background']:.2f} / {learned['object']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -77,6 +77,10 @@ def test_affinities_walk_as_the_validation_and_score_an_untrained_model():
         pairs["head targets, ignored 0"], pairs["head targets, ignored 0.5"] * ~ignored
     )
     assert bool((pairs["none"] == 1).all())
-    scores, (same, other) = oracle.evaluate(model, rgb, masks)
+    scores, learned = oracle.evaluate(model, rgb, masks)
     assert set(scores) == {"raw CAM", *oracle.AFFINITIES}
-    assert all(0 <= v <= 1 for v in (*scores.values(), same, other))
+    assert set(learned) == set(oracle.PAIRS)
+    assert all(0 <= v <= 1 for v in (*scores.values(), *learned.values()))
+    # same-class pairs are the background-background and the object pairs together
+    low, high = sorted((learned["background"], learned["object"]))
+    assert low - 1e-6 <= learned["same"] <= high + 1e-6 and high > low
