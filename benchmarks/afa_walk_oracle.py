@@ -80,7 +80,8 @@ PAIRS = ("same", "background", "object", "other")
 def evaluate(model: AFAModule, rgb: Tensor, masks: Tensor) -> tuple[dict[str, float], dict[str, float]]:
     """mIoU of the raw CAM and of the CAM walked with each affinity; the learned affinity's mean on the window's
     ground-truth pairs of :data:`PAIRS` (same class; of it, both background and both one foreground class;
-    different classes), tokens with a majority class, the diagonal left out."""
+    different classes), tokens with a majority class, the diagonal left out; and the background pairs' share of
+    the same-class pairs (``background share``)."""
     cfg = model.options.labels
     classes = true_classes(masks, model.num_classes)
     metrics = {
@@ -111,7 +112,10 @@ def evaluate(model: AFAModule, rgb: Tensor, masks: Tensor) -> tuple[dict[str, fl
             for kind, selected in kinds.items():
                 pairs[kind].append(pair_values["learned"][selected])
     scores = {name: float(metric.compute()[0]) for name, metric in metrics.items()}
-    return scores, {kind: float(torch.cat(values).mean()) for kind, values in pairs.items()}
+    learned = {kind: float(torch.cat(values).mean()) for kind, values in pairs.items()}
+    counts = {kind: sum(len(v) for v in values) for kind, values in pairs.items()}
+    learned["background share"] = counts["background"] / counts["same"]
+    return scores, learned
 
 
 def main() -> None:
@@ -119,7 +123,7 @@ def main() -> None:
     print(
         "| checkpoint | raw CAM | "
         + " | ".join(f"walk: {a}" for a in AFFINITIES)
-        + " | learned: same / other | learned same: background / object |"
+        + " | learned: same / other | learned same: background / object (background's share of the pairs) |"
     )
     print("|---|" + "---:|" * (len(AFFINITIES) + 3))
     for checkpoint in checkpoints:
@@ -128,7 +132,7 @@ def main() -> None:
         cells = " | ".join(f"{v:.3f}" for v in scores.values())
         print(
             f"| {checkpoint} | {cells} | {learned['same']:.2f} / {learned['other']:.2f} | "
-            f"{learned['background']:.2f} / {learned['object']:.2f} |"
+            f"{learned['background']:.2f} / {learned['object']:.2f} ({learned['background share']:.2f}) |"
         )
 
 

@@ -79,8 +79,10 @@ def test_affinities_walk_as_the_validation_and_score_an_untrained_model():
     assert bool((pairs["none"] == 1).all())
     scores, learned = oracle.evaluate(model, rgb, masks)
     assert set(scores) == {"raw CAM", *oracle.AFFINITIES}
-    assert set(learned) == set(oracle.PAIRS)
+    assert set(learned) == {*oracle.PAIRS, "background share"}
     assert all(0 <= v <= 1 for v in (*scores.values(), *learned.values()))
-    # same-class pairs are the background-background and the object pairs together
-    low, high = sorted((learned["background"], learned["object"]))
-    assert low - 1e-6 <= learned["same"] <= high + 1e-6 and high > low
+    # same-class pairs are the background-background and the object pairs together, weighted by their counts
+    share = learned["background share"]
+    assert 0 < share < 1
+    mixed = share * learned["background"] + (1 - share) * learned["object"]
+    assert learned["same"] == pytest.approx(mixed, rel=1e-5) and learned["background"] != learned["object"]

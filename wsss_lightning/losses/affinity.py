@@ -11,7 +11,8 @@ Eq. 7) balances one step further: the positive pairs are split into background-b
 foreground-foreground pairs, each averaged apart, ``L = L_bg+ / 4 + L_fg+ / 4 + L_- / 2``. Where background
 pairs make most of the positives (small objects), AFA's form gives a foreground token's positive pairs little
 weight against its negatives; ``background=`` applies AffinityNet's balance to AFA's terms (AffinityNet's own
-terms are log-likelihoods; AFA's ``1 - s`` and ``s`` are kept).
+terms are log-likelihoods, and it leaves a token's pair with itself out; AFA's ``1 - s`` and ``s`` are kept, and
+so is AFA's diagonal: a token's self-pair counts with the positives of its kind).
 """
 
 from __future__ import annotations

@@ -66,33 +66,40 @@ def test_fit_runs_every_phase_and_logs_cam_propagated_cam_pseudo_and_seg_miou(
 
 
 @pytest.mark.parametrize("balance", ["afa", "affinitynet"])
-def test_affinity_balance_reaches_the_affinity_loss(balance, synthetic, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["afa", "u2pl_weak"])
+def test_affinity_balance_reaches_the_affinity_loss(method, balance, synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    tokens: list[torch.Tensor] = []
     seen: list[Any] = []
-    real = afa_module.affinity_loss
+    real_labels, real_loss = afa_module.affinity_labels, afa_module.affinity_loss
 
-    def spy(logits: torch.Tensor, pairs: torch.Tensor, background: Any = None) -> torch.Tensor:
-        seen.append((pairs, background))
-        return real(logits, pairs, background=background)
+    def labels_spy(token_labels: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
+        tokens.append(token_labels)
+        return real_labels(token_labels, *a, **k)
 
-    monkeypatch.setattr(afa_module, "affinity_loss", spy)
+    def loss_spy(logits: torch.Tensor, pairs: torch.Tensor, background: Any = None) -> torch.Tensor:
+        seen.append(background)
+        return real_loss(logits, pairs, background=background)
+
+    monkeypatch.setattr(afa_module, "affinity_labels", labels_spy)
+    monkeypatch.setattr(afa_module, "affinity_loss", loss_spy)
+    config, extra = (AFA, tiny.AFA) if method == "afa" else (U2PL_WEAK, tiny.U2PL_WEAK)
     run_cli(
         [
             "fit",
-            *args(AFA, synthetic("voc"), tiny.AFA),
+            *args(config, synthetic("voc"), extra),
             f"--model.init_args.labels.affinity_balance={balance}",
         ]
     )
-    assert seen, "the affinity loss was never called"
-    for pairs, background in seen:
+    assert seen and len(seen) == len(tokens), (len(seen), len(tokens))
+    for token_labels, background in zip(tokens, seen, strict=True):
         if balance == "afa":
             assert background is None
-        else:  # the background tokens of the refined label: their pairs are positive (or beyond the radius)
-            assert background.dtype == torch.bool and background.shape == pairs.shape[:2]
-            both = background[:, :, None] & background[:, None, :]
-            assert set(pairs[both].unique().tolist()) <= {1, 255}
+        else:  # the tokens whose refined label is the background class (0): not ignored (255), not objects
+            torch.testing.assert_close(background, token_labels.flatten(1) == 0)
     if balance == "affinitynet":
-        assert any(bool(background.any()) for _, background in seen), "no background token was ever labelled"
+        kinds = torch.cat([t.flatten() for t in tokens]).unique().tolist()
+        assert 0 in kinds and len(kinds) > 1, kinds  # background and other tokens were both labelled
 
 
 def test_u2pl_weak_adds_the_contrastive_term_and_fills_its_bank(synthetic, tmp_path, monkeypatch):
