@@ -15,6 +15,11 @@ checkpoint's validation (walk scale, radius window, power, token placement):
   the CAMs (a perfect affinity: 1 inside a region, 0 across regions of different classes);
 * **none**: 1 for every pair of the window (the walk alone, without an affinity).
 
+A further column walks the learned affinity as AFA's own ``validate()`` scores its ``aff_cam``
+(``scripts/dist_train_voc.py``): the affinity of the plain scale-1.0 forward and background score 0.35, where
+the validation here (``val/aff_cam``) walks with the training walk's affinity (the largest scale) and the raw
+CAM's background score (0.45), so that the raw and the propagated CAM are scored alike.
+
 It also prints the learned affinity's mean on the ground-truth same-class and different-class pairs of the
 window (tokens whose sample is mostly ignored pixels and each token's pair with itself left out), and the
 same-class mean split into background-background and object (same foreground class) pairs: the affinity loss
@@ -25,6 +30,8 @@ affinity head, not in the walk.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -118,18 +125,40 @@ def evaluate(model: AFAModule, rgb: Tensor, masks: Tensor) -> tuple[dict[str, fl
     return scores, learned
 
 
+#: AFA's ``validate()``: ``propagte_aff_cam_with_bkg(..., aff=attn_pred, bkg_score=0.35)`` on the plain forward
+AFA_VALIDATE_SCALE, AFA_VALIDATE_BACKGROUND = 1.0, 0.35
+
+
+def afa_validate_score(model: AFAModule, rgb: Tensor, masks: Tensor) -> float:
+    """mIoU of the CAM walked with the learned affinity of the scale-1.0 forward, background score 0.35."""
+    labels = model.options.labels
+    model.options.labels = dataclasses.replace(labels, propagation_scale=AFA_VALIDATE_SCALE)
+    metric = SegmentationIoU(model.num_classes, model.ignore_index)
+    try:
+        classes = true_classes(masks, model.num_classes)
+        for x, y, present in zip(rgb.split(8), masks.split(8), classes.split(8), strict=True):
+            images = (x - model.image_mean) / model.image_std
+            cams, walk, grid = model.cams_with_walk(images, present)
+            assert walk is not None
+            metric.update(propagated_cam_labels(cams, present, walk, grid, AFA_VALIDATE_BACKGROUND), y)
+    finally:
+        model.options.labels = labels
+    return float(metric.compute()[0])
+
+
 def main() -> None:
     checkpoints, rgb, masks = checkpoints_and_val_split(__doc__)
     print(
         "| checkpoint | raw CAM | "
         + " | ".join(f"walk: {a}" for a in AFFINITIES)
-        + " | learned: same / other | learned same: background / object (background's share of the pairs) |"
+        + " | walk: learned, AFA's validate() | learned: same / other"
+        + " | learned same: background / object (background's share of the pairs) |"
     )
-    print("|---|" + "---:|" * (len(AFFINITIES) + 3))
+    print("|---|" + "---:|" * (len(AFFINITIES) + 4))
     for checkpoint in checkpoints:
         model = AFAModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
         scores, learned = evaluate(model, rgb, masks)
-        cells = " | ".join(f"{v:.3f}" for v in scores.values())
+        cells = " | ".join(f"{v:.3f}" for v in (*scores.values(), afa_validate_score(model, rgb, masks)))
         print(
             f"| {checkpoint} | {cells} | {learned['same']:.2f} / {learned['other']:.2f} | "
             f"{learned['background']:.2f} / {learned['object']:.2f} ({learned['background share']:.2f}) |"

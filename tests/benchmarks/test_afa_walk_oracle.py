@@ -9,8 +9,9 @@ import torch
 from tests.helpers import load_benchmark
 from wsss_lightning.methods import AFAModule
 from wsss_lightning.methods.afa.options import AFALabelConfig
+from wsss_lightning.metrics import SegmentationIoU
 from wsss_lightning.models.token_grid import TokenGrid
-from wsss_lightning.pseudo_labels.affinity import WalkGrid, radius_mask, walk_matrix
+from wsss_lightning.pseudo_labels.affinity import WalkGrid, propagated_cam_labels, radius_mask, walk_matrix
 from wsss_lightning.pseudo_labels.cam import present_classes
 
 ENCODER = {"embed_dims": [8, 16, 16, 32], "depths": [1, 1, 1, 2], "num_heads": [1, 1, 2, 2]}
@@ -86,3 +87,32 @@ def test_affinities_walk_as_the_validation_and_score_an_untrained_model():
     assert 0 < share < 1
     mixed = share * learned["background"] + (1 - share) * learned["object"]
     assert learned["same"] == pytest.approx(mixed, rel=1e-5) and learned["background"] != learned["object"]
+
+
+def test_afa_validate_walks_the_plain_forwards_affinity_with_background_035_and_restores_the_options():
+    oracle = load_benchmark("afa_walk_oracle")
+    torch.manual_seed(0)
+    model = AFAModule(
+        encoder="mit_b0", encoder_kwargs=ENCODER, embed_dim=16, labels=AFALabelConfig(radius=2)
+    ).eval()
+    masks = torch.zeros(2, 64, 64, dtype=torch.long)
+    masks[:, :32] = 5
+    rgb = torch.rand(2, 3, 64, 64)
+    before = model.options.labels
+    got = oracle.afa_validate_score(model, rgb, masks)
+    assert model.options.labels is before
+    # the same by hand: a model whose walk is the scale-1.0 affinity, background 0.35
+    by_hand = AFAModule(
+        encoder="mit_b0",
+        encoder_kwargs=ENCODER,
+        embed_dim=16,
+        labels=AFALabelConfig(radius=2, propagation_scale=1.0),
+    ).eval()
+    by_hand.load_state_dict(model.state_dict())
+    images = (rgb - model.image_mean) / model.image_std
+    classes = present_classes(torch.nn.functional.one_hot(torch.tensor([4, 4]), 20).float())
+    cams, walk, grid = by_hand.cams_with_walk(images, classes)
+    assert grid.size == (4, 4)  # the 64-px input's own tokens, not the 1.5-scale ones
+    metric = SegmentationIoU(model.num_classes, model.ignore_index)
+    metric.update(propagated_cam_labels(cams, classes, walk, grid, 0.35), masks)
+    assert got == pytest.approx(float(metric.compute()[0]))
