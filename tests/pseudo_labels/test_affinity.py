@@ -13,6 +13,7 @@ from tests.pseudo_labels.test_cam import FakePAR, np_resize, par_case
 from wsss_lightning.models.token_grid import TokenGrid
 from wsss_lightning.pseudo_labels.affinity import (
     WalkGrid,
+    labels_at_tokens,
     propagate_stack,
     propagated_cam_labels,
     radius_mask,
@@ -243,6 +244,44 @@ def test_propagate_stack_treats_neg_inf_channels_as_padding() -> None:
         propagate_stack(walk, (5, 5))
     with pytest.raises(ValueError, match="propagate_stack: stack_logits"):
         propagate_stack(walk, (4, 5))(stack[:2])
+
+
+@pytest.mark.parametrize(("size", "grid"), [((128, 128), (8, 8)), ((130, 97), (9, 7)), ((64, 48), (4, 3))])
+def test_labels_at_tokens_read_the_pixel_of_each_token(size: tuple[int, int], grid: tuple[int, int]) -> None:
+    labels = torch.randint(0, 21, (2, *size))
+    labels[0, :3] = 255
+    big_h, big_w = size
+    h, w = grid
+    # None: the released nearest resize, token c reads pixel floor(c * H / h)
+    nearest = labels_at_tokens(labels, grid)
+    torch.testing.assert_close(nearest, F.interpolate(labels[:, None].float(), size=grid)[:, 0].long())
+    rows = [int(np.floor(c * big_h / h)) for c in range(h)]
+    cols = [int(np.floor(c * big_w / w)) for c in range(w)]
+    np.testing.assert_array_equal(nearest.numpy(), labels.numpy()[:, rows][:, :, cols])
+    # a placement: the pixel nearest to where it puts the token (NumPy reference of its positions)
+    for placement in (TokenGrid.cell_centres(16), TokenGrid(16, 0.0), TokenGrid(8, 3.5)):
+
+        def nearest_pixel(tokens: int, pixels: int, p: TokenGrid = placement) -> list[int]:
+            return [
+                min(max(int(np.floor(p.origin + p.stride * c + 0.5)), 0), pixels - 1) for c in range(tokens)
+            ]
+
+        read = labels_at_tokens(labels, grid, placement)
+        expected = labels.numpy()[:, nearest_pixel(h, big_h)][:, :, nearest_pixel(w, big_w)]
+        np.testing.assert_array_equal(read.numpy(), expected)
+        assert read.dtype == labels.dtype
+    # the released placement of AFA's 16-pixel cells: the first pixel; cell centres: the 9th (16 c + 8)
+    if size == (128, 128):
+        np.testing.assert_array_equal(nearest.numpy(), labels.numpy()[:, ::16, ::16])
+        centres = labels_at_tokens(labels, grid, TokenGrid.cell_centres(16))
+        np.testing.assert_array_equal(centres.numpy(), labels.numpy()[:, 8::16, 8::16])
+
+
+def test_labels_at_tokens_reject_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="labels must be"):
+        labels_at_tokens(torch.zeros(1, 1, 8, 8, dtype=torch.long), (2, 2))
+    with pytest.raises(ValueError, match="grid must have"):
+        labels_at_tokens(torch.zeros(1, 8, 8, dtype=torch.long), (0, 2))
 
 
 def test_walk_grids_with_token_positions_sample_the_tokens_where_they_sit() -> None:

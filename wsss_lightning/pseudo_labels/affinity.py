@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from wsss_lightning.models.token_grid import TokenGrid, pixels_to_tokens, tokens_to_pixels
@@ -32,6 +33,7 @@ from wsss_lightning.ops import channel_argmax
 
 __all__ = [
     "WalkGrid",
+    "labels_at_tokens",
     "propagate_stack",
     "propagated_cam_labels",
     "radius_mask",
@@ -62,6 +64,32 @@ def radius_mask(h: int, w: int, radius: int, device: torch.device | str | None =
     near_rows = (rows[:, None] - rows[None, :]).abs() <= radius
     near_cols = (cols[:, None] - cols[None, :]).abs() <= radius
     return near_rows & near_cols
+
+
+def labels_at_tokens(labels: Tensor, grid: tuple[int, int], placement: TokenGrid | None = None) -> Tensor:
+    """The label under each token of an ``h' x w'`` grid: the affinity loss's token labels.
+
+    Args:
+        labels: ``(B, H, W)`` integer labels at the resolution of the network's input.
+        grid: ``(h', w')`` the token grid.
+        placement: None reads pixel ``floor(c * H / h')`` (``F.interpolate(..., mode="nearest")``, AFA's
+            ``cams_to_affinity_label``: with a stride of 16, token ``c`` reads pixel ``16 c``, the first of
+            its cell); a :class:`~wsss_lightning.models.token_grid.TokenGrid` reads the pixel nearest to where
+            it puts token ``c`` (the cell centre ``16 c + 8`` for ``TokenGrid.cell_centres(16)``).
+
+    Returns:
+        ``(B, h', w')`` labels (same dtype as ``labels``).
+    """
+    if labels.ndim != 3:
+        raise ValueError(f"labels_at_tokens: labels must be (B, H, W), got {tuple(labels.shape)}")
+    (big_h, big_w), (h, w) = labels.shape[-2:], grid
+    if h < 1 or w < 1:
+        raise ValueError(f"labels_at_tokens: the grid must have h, w >= 1, got {grid}")
+    if placement is None:
+        return F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].to(labels.dtype)
+    rows = placement.pixel_positions(h, big_h, big_h, labels.device).add(0.5).floor().clamp(0, big_h - 1)
+    cols = placement.pixel_positions(w, big_w, big_w, labels.device).add(0.5).floor().clamp(0, big_w - 1)
+    return labels[:, rows.long()[:, None], cols.long()[None, :]]
 
 
 def _check_walk(name: str, walk: Tensor, batch: int | None = None) -> None:

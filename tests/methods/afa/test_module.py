@@ -102,6 +102,46 @@ def test_affinity_balance_reaches_the_affinity_loss(method, balance, synthetic, 
         assert 0 in kinds and len(kinds) > 1, kinds  # background and other tokens were both labelled
 
 
+@pytest.mark.parametrize("targets", ["nearest", "token_positions"])
+@pytest.mark.parametrize("method", ["afa", "u2pl_weak"])
+def test_affinity_targets_choose_the_pixel_each_token_reads(
+    method, targets, synthetic, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    placements: list[Any] = []
+    read: list[torch.Tensor] = []
+    paired: list[torch.Tensor] = []
+    real_read, real_labels = afa_module.labels_at_tokens, afa_module.affinity_labels
+
+    def read_spy(labels: torch.Tensor, grid: tuple[int, int], placement: Any = None) -> torch.Tensor:
+        placements.append(placement)
+        read.append(real_read(labels, grid, placement))
+        return read[-1]
+
+    def labels_spy(token_labels: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
+        paired.append(token_labels)
+        return real_labels(token_labels, *a, **k)
+
+    monkeypatch.setattr(afa_module, "labels_at_tokens", read_spy)
+    monkeypatch.setattr(afa_module, "affinity_labels", labels_spy)
+    config, extra = (AFA, tiny.AFA) if method == "afa" else (U2PL_WEAK, tiny.U2PL_WEAK)
+    cli = run_cli(
+        [
+            "fit",
+            *args(config, synthetic("voc"), extra),
+            f"--model.init_args.labels.affinity_targets={targets}",
+        ]
+    )
+    assert read and len(read) == len(paired), (len(read), len(paired))
+    # the tokens read are the ones the affinity targets are made of
+    for tokens, pairs_of in zip(read, paired, strict=True):
+        torch.testing.assert_close(tokens.long(), pairs_of)
+    stride = cli.model.net.stride
+    for placement in placements:
+        # the default token placement (cell centres) is where the CAM and the walk put the tokens
+        assert placement == (None if targets == "nearest" else TokenGrid.cell_centres(stride))
+
+
 def test_u2pl_weak_adds_the_contrastive_term_and_fills_its_bank(synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = run_cli(["fit", *args(U2PL_WEAK, synthetic("voc"), tiny.U2PL_WEAK)])
@@ -141,6 +181,7 @@ def test_contrastive_disabled_allocates_no_bank_and_adds_no_term(synthetic, tmp_
         (U2PL_WEAK, tiny.U2PL_WEAK, ["--model.init_args.rep_channels=0"], "rep_channels"),
         (AFA, tiny.AFA, ["--model.init_args.affinity_init=xavier"], "affinity_init"),
         (AFA, tiny.AFA, ["--model.init_args.labels.affinity_balance=psa"], "labels.affinity_balance"),
+        (AFA, tiny.AFA, ["--model.init_args.labels.affinity_targets=centre"], "labels.affinity_targets"),
     ],
 )
 def test_bad_configuration_fails_at_start_naming_the_field(

@@ -39,6 +39,7 @@ from wsss_lightning.models.resize import resize
 from wsss_lightning.models.token_grid import TokenGrid
 from wsss_lightning.pseudo_labels.affinity import (
     WalkGrid,
+    labels_at_tokens,
     propagate_stack,
     propagated_cam_labels,
     radius_mask,
@@ -242,6 +243,12 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
             return None
         return TokenGrid(stride, self.net.token_grid.origin)
 
+    def _affinity_target_grid(self) -> TokenGrid | None:
+        """Where the affinity loss reads each token's label (``labels.affinity_targets``); None: nearest."""
+        if self.options.labels.affinity_targets == "nearest":
+            return None
+        return self.token_grid(self.net.stride) or TokenGrid.cell_centres(self.net.stride)
+
     def _radius_mask(self, grid: tuple[int, int], device: torch.device) -> Tensor:
         # training crops share one grid; evaluation images of many sizes must not grow the cache
         cache: dict[tuple[Any, ...], Tensor] = self.__dict__.setdefault("_radius_masks", {})
@@ -328,9 +335,9 @@ class AFAModule(ImageTagsMixin, SegmentationMethod):
             )
             if propagated is not None:
                 target = propagated
-            # affinity labels: the refined label, nearest-downsampled to the training pass's token grid
-            train_grid = tuple(out.features.shape[-2:])
-            tokens = F.interpolate(labels[:, None].float(), size=train_grid, mode="nearest")[:, 0].long()
+            # affinity labels: the refined label at each token of the training pass's grid
+            train_grid = (int(out.features.shape[-2]), int(out.features.shape[-1]))
+            tokens = labels_at_tokens(labels, train_grid, self._affinity_target_grid()).long()
             pairs = affinity_labels(
                 tokens, self.ignore_index, radius=self.options.labels.radius, diagonal="positive"
             )

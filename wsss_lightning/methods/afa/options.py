@@ -74,6 +74,11 @@ class AFALabelConfig:
             ``get_aff_loss``: positive and negative pairs averaged apart, half each) or ``affinitynet``
             (AffinityNet's Eq. 7 balance: background-background and foreground-foreground positives averaged
             apart, a quarter each, negatives half; ``wsss_lightning.losses.affinity``).
+        affinity_targets: which pixel of the refined label a token's affinity target reads: ``nearest``
+            (default, the released ``cams_to_affinity_label``: a nearest resize, so token ``c`` reads pixel
+            ``16 c``, the first of its 16-pixel cell) or ``token_positions`` (the pixel where
+            ``token_positions`` puts the token: the cell centre ``16 c + 8`` with ``cell_centres``, where the CAM
+            and the walk also place it; pixel ``16 c`` with ``encoder``).
         target: what the segmentation head learns from: ``pseudo`` (the method) or ``mask``, the batch's
             ground-truth masks (the full-supervision ceiling of the same network and schedule; needs the
             TagsView's diagnostic masks). The CAM, affinity and random walk train as usual either way.
@@ -91,6 +96,7 @@ class AFALabelConfig:
     walk_power: float = 2.0
     walk_log_iterations: int = 0
     affinity_balance: Literal["afa", "affinitynet"] = "afa"
+    affinity_targets: Literal["nearest", "token_positions"] = "nearest"
     target: Literal["pseudo", "mask"] = "pseudo"
     token_positions: Literal["encoder", "cell_centres"] = "cell_centres"
 
@@ -118,6 +124,8 @@ class AFALabelConfig:
             _fail("labels", "par_iterations", self.par_iterations, ">= 0")
         if self.affinity_balance not in ("afa", "affinitynet"):
             _fail("labels", "affinity_balance", self.affinity_balance, "'afa' or 'affinitynet'")
+        if self.affinity_targets not in ("nearest", "token_positions"):
+            _fail("labels", "affinity_targets", self.affinity_targets, "'nearest' or 'token_positions'")
         if self.target not in ("pseudo", "mask"):
             _fail("labels", "target", self.target, "'pseudo' or 'mask'")
         if self.token_positions not in ("encoder", "cell_centres"):
